@@ -1,0 +1,165 @@
+"""Fuse re-parameterizable blocks when training ends, verify the deploy model, report what it saves.
+
+Structural re-parameterization (RepVGG, ACNet, DBB, ...) trains a multi-branch model and deploys a
+plain one. This callback does the switch for any LightningModule whose blocks implement
+``fuse()`` (or the foreign ``reparameterize()`` / ``switch_to_deploy()``), see
+``framework.reparam.fuse_model``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils._pytree import tree_leaves
+
+from framework.errors import LitzooError
+from framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
+from framework.reparam import DEPLOY_KEY, fuse_model, is_fusable
+
+
+def batch_inputs(batch: Any) -> torch.Tensor:
+    """The model input of a batch: the ``image`` entry of a dict batch, else the first tensor."""
+    if isinstance(batch, dict):
+        if "image" in batch:
+            return batch["image"]
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor):
+        raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}")
+    return batch
+
+
+class ReparamFusion(Callback):
+    """Fuse every re-parameterizable block at the end of ``fit`` and before ``test``/``predict``.
+
+    At the end of fit it (1) runs one real batch through the model in eval mode, (2) fuses the
+    model in place, (3) runs the batch again and raises if the outputs differ by more than
+    ``tolerance * max(1, max|y|)``, (4) logs the error and parameters / FLOPs / CPU latency before
+    and after, and (5) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
+    the fused structure when loading it). The training-time ``last.ckpt`` stays the resumable
+    artefact. When ``validate``/``test``/``predict`` start outside fit, the loaded training-time
+    weights are fused first, so evaluation runs on the deploy model.
+
+    Args:
+        tolerance: largest allowed output difference, relative to ``max(1, max|y|)``.
+        measure_latency: time one forward pass before and after fusion (on the module's device).
+        latency_repeats: timed repetitions (median reported).
+        deploy_filename: file name of the fused checkpoint, written next to the other checkpoints
+            (``None`` = do not write one).
+    """
+
+    def __init__(
+        self,
+        tolerance: float = 1e-4,
+        measure_latency: bool = True,
+        latency_repeats: int = 10,
+        deploy_filename: str | None = "deploy.ckpt",
+    ) -> None:
+        if tolerance <= 0:
+            raise ValueError(f"tolerance must be positive, got {tolerance}")
+        if latency_repeats < 1:
+            raise ValueError(f"latency_repeats must be >= 1, got {latency_repeats}")
+        self.tolerance = tolerance
+        self.measure_latency = measure_latency
+        self.latency_repeats = latency_repeats
+        self.deploy_filename = deploy_filename
+        self.fused = False
+        self.report: dict[str, float] = {}
+        self.deploy_path: Path | None = None
+
+    # ---------------------------------------------------------------- fit end
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not any(is_fusable(m) for m in pl_module.modules()):
+            rank_zero_warn("ReparamFusion: the model has no block with fuse(), reparameterize() or switch_to_deploy(); nothing to fuse")
+            return
+        inputs = batch_inputs(next(iter(self._reference_loader(trainer)))).to(pl_module.device)
+        before = self._measure(pl_module, inputs)
+        with eval_mode(pl_module), torch.no_grad():
+            reference = [t.clone() for t in tree_leaves(pl_module(inputs)) if isinstance(t, torch.Tensor)]
+        fuse_model(pl_module, inplace=True)
+        self.fused = True
+        with eval_mode(pl_module), torch.no_grad():
+            fused_out = [t for t in tree_leaves(pl_module(inputs)) if isinstance(t, torch.Tensor)]
+        error = max((a - b).abs().max().item() for a, b in zip(reference, fused_out))
+        scale = max(1.0, max(t.abs().max().item() for t in reference))
+        after = self._measure(pl_module, inputs)
+        self.report = {"max_abs_error": error, **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}}
+        if "latency_ms_before" in self.report:
+            self.report["latency_ratio"] = self.report["latency_ms_after"] / self.report["latency_ms_before"]
+        self._log(trainer)
+        if error > self.tolerance * scale:
+            raise LitzooError(
+                f"ReparamFusion: fused outputs differ from the training-time model by {error:.3g} "
+                f"(allowed {self.tolerance * scale:.3g}); a block's fuse() is not equivalent to its forward in eval mode"
+            )
+        self._save_deploy_checkpoint(trainer)
+
+    @staticmethod
+    def _reference_loader(trainer: L.Trainer):
+        for loaders in (trainer.val_dataloaders, trainer.train_dataloader):
+            if isinstance(loaders, dict):
+                loaders = list(loaders.values())
+            if isinstance(loaders, (list, tuple)):
+                loaders = loaders[0] if loaders else None
+            if loaders is not None:
+                return loaders
+        raise LitzooError("ReparamFusion needs a validation or training dataloader to check the fused model")
+
+    def _measure(self, pl_module: L.LightningModule, inputs: torch.Tensor) -> dict[str, float]:
+        sample = inputs[:1]
+        out = {"params": float(count_parameters(pl_module)), "flops": float(count_flops(pl_module, sample))}
+        if self.measure_latency:
+            out["latency_ms"] = 1e3 * measure_latency(pl_module, inputs, repeats=self.latency_repeats)
+        return out
+
+    def _log(self, trainer: L.Trainer) -> None:
+        r = self.report
+        line = (
+            f"ReparamFusion: max |fused - unfused| = {r['max_abs_error']:.3g}; "
+            f"params {format_count(r['params_before'])} -> {format_count(r['params_after'])}; "
+            f"FLOPs/sample {format_count(r['flops_before'])} -> {format_count(r['flops_after'])}"
+        )
+        if "latency_ratio" in r:
+            line += f"; latency {r['latency_ms_before']:.2f} -> {r['latency_ms_after']:.2f} ms (x{r['latency_ratio']:.2f})"
+        rank_zero_info(line)
+        for logger in trainer.loggers:
+            logger.log_metrics({f"fusion/{k}": v for k, v in r.items()}, step=trainer.global_step)
+
+    def _save_deploy_checkpoint(self, trainer: L.Trainer) -> None:
+        if self.deploy_filename is None or trainer.fast_dev_run:
+            return
+        directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+        self.deploy_path = Path(directory) / self.deploy_filename
+        trainer.save_checkpoint(self.deploy_path, weights_only=True)
+        if trainer.is_global_zero:
+            # Callbacks' checkpoint hooks do not run for weights-only checkpoints, so the marker that
+            # tells loaders to rebuild the fused structure first is added to the written file.
+            checkpoint = torch.load(self.deploy_path, map_location="cpu", weights_only=True)
+            checkpoint[DEPLOY_KEY] = {"fused": True}
+            torch.save(checkpoint, self.deploy_path)
+            rank_zero_info(f"ReparamFusion: deploy checkpoint written to {self.deploy_path}")
+        trainer.strategy.barrier("ReparamFusion.deploy_checkpoint")
+
+    # ---------------------------------------------------- evaluation outside fit
+    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING or not any(is_fusable(m) for m in pl_module.modules()):
+            return
+        fuse_model(pl_module, inplace=True)
+        self.fused = True
+        rank_zero_info(f"ReparamFusion: evaluating the fused model ({format_count(count_parameters(pl_module))} params)")
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)

@@ -1,0 +1,151 @@
+"""``litzoo``: LightningCLI with litzoo's defaults, plus ``list`` and ``export``.
+
+    litzoo fit  -c configs/repvgg/digits.yaml
+    litzoo test -c configs/repvgg/digits.yaml --ckpt_path best
+    litzoo fit  --model RepVGGClassifier --data DigitsDataModule --model.num_classes 10
+    litzoo list
+    litzoo export --ckpt_path runs/repvgg/digits/version_0/checkpoints/deploy.ckpt --format onnx
+
+Defaults added to the Trainer unless the config already sets them: a TensorBoardLogger writing to
+``runs/<method>/<data>/version_N``, a ModelCheckpoint keeping ``best.ckpt`` (on the module's
+``monitor`` metric) and ``last.ckpt``, a LearningRateMonitor, and a model summary with FLOPs.
+``--ckpt_path best|last`` finds that file in the newest run of the same method and data.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse import ArgumentParser
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, ModelSummary
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from framework.checkpoints import load_checkpoint
+from framework.errors import LitzooError, one_line
+from framework.registry import import_all, listing
+from framework.summary import FlopsModelSummary
+
+RUNS_DIR = "runs"
+
+
+def run_name(obj: object, suffixes: Sequence[str]) -> str:
+    """``RepVGGClassifier -> 'repvgg'``, ``DigitsDataModule -> 'digits'``: the run folder names."""
+    name = type(obj).__name__
+    for suffix in suffixes:
+        if name.endswith(suffix) and name != suffix:
+            name = name[: -len(suffix)]
+            break
+    return name.lower()
+
+
+def find_checkpoint(run_dir: Path, which: str) -> Path | None:
+    """``best.ckpt``/``last.ckpt`` of the newest ``version_N`` under ``run_dir`` that has one."""
+    def version(path: Path) -> int:
+        match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
+        return int(match.group(1)) if match else -1
+
+    candidates = sorted(run_dir.glob(f"version_*/checkpoints/{which}.ckpt"), key=version)
+    return candidates[-1] if candidates else None
+
+
+class LitzooCLI(LightningCLI):
+    """LightningCLI over every litzoo (or user) LightningModule and DataModule, with litzoo defaults."""
+
+    def __init__(self, args: Sequence[str] | None = None, **kwargs: Any) -> None:
+        import_all()
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("auto_configure_optimizers", False)  # methods take their optimizer as an argument
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        super().__init__(L.LightningModule, L.LightningDataModule, args=args, **kwargs)
+
+    @property
+    def run_dir(self) -> Path:
+        root = self._get(self.config_init, "trainer", default={}).get("default_root_dir") or RUNS_DIR
+        method = run_name(self.model, ("Classifier", "Module", "Model"))
+        data = run_name(self.datamodule, ("DataModule",)) if self.datamodule is not None else "data"
+        return Path(root) / method / data
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> L.Trainer:
+        if config.get("logger") in (None, True):
+            config["logger"] = TensorBoardLogger(save_dir=str(self.run_dir.parent.parent), name=str(Path(*self.run_dir.parts[-2:])))
+        present = list(config.get("callbacks") or []) + list(callbacks)
+        defaults: list[Callback] = []
+        if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in present):
+            defaults.append(self._default_checkpoint())
+        if config.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in present):
+            defaults.append(LearningRateMonitor(logging_interval="step"))
+        if config.get("enable_model_summary", True) is not False and not any(isinstance(c, ModelSummary) for c in present):
+            defaults.append(FlopsModelSummary())
+        return super()._instantiate_trainer(config, list(callbacks) + defaults)
+
+    def _default_checkpoint(self) -> ModelCheckpoint:
+        has_validation = type(self.model).validation_step is not L.LightningModule.validation_step
+        monitor = getattr(self.model, "monitor", "val/loss") if has_validation else None
+        mode = getattr(self.model, "monitor_mode", "min")
+        # a fixed file name: the best checkpoint is overwritten in place, so `--ckpt_path best` can find it
+        return ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        ckpt_path = kwargs.get("ckpt_path")
+        if ckpt_path in ("best", "last"):
+            found = find_checkpoint(self.run_dir, ckpt_path)
+            if found is None:
+                where = f"{self.run_dir}/version_*/checkpoints/{ckpt_path}.ckpt"
+                if subcommand == "fit":
+                    rank_zero_warn(f"--ckpt_path {ckpt_path}: no checkpoint matches {where}; training from scratch")
+                    kwargs["ckpt_path"] = None
+                    return kwargs
+                raise LitzooError(f"--ckpt_path {ckpt_path}: no checkpoint matches {where}; run `litzoo fit` with this config first")
+            rank_zero_info(f"--ckpt_path {ckpt_path}: using {found}")
+            kwargs["ckpt_path"] = str(found)
+        return kwargs
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the hyper-parameters of --ckpt_path here, before anything else touches the
+        # file: check it first, so that a bad file fails with one line naming it.
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path not in (None, "best", "last"):
+            load_checkpoint(ckpt_path, mmap=True)
+        super()._parse_ckpt_path()
+
+
+def export_command(argv: Sequence[str]) -> None:
+    from framework.export import FORMATS, export_checkpoint
+
+    parser = ArgumentParser(prog="litzoo export", description="Export the deploy (fused) model of a `litzoo fit` checkpoint and verify it against torch.")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `litzoo fit` (best, last or deploy)")
+    parser.add_argument("--format", type=str, default="onnx", choices=FORMATS, help="onnx (checked with onnxruntime) or torchscript")
+    parser.add_argument("--output", type=str, default=None, help="output file (default: next to the checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=8, help="images in the verification batch")
+    parser.add_argument("--input_shape", type=list[int], default=None, help="C,H,W of random inputs, instead of the checkpoint's datamodule")
+    parser.add_argument("--atol", type=float, default=1e-4, help="allowed max abs difference, relative to max(1, max|y|)")
+    args = parser.parse_args(list(argv))
+    shape = tuple(args.input_shape) if args.input_shape else None
+    output, error = export_checkpoint(args.ckpt_path, args.format, args.output, args.batch_size, shape, args.atol)
+    print(f"exported {args.format} to {output}; max |exported - torch| = {error:.3g} on {args.batch_size} images")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``litzoo`` console script and ``python -m framework``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["list"]:
+            import_all()
+            print(listing())
+        elif argv[:1] == ["export"]:
+            export_command(argv[1:])
+        else:
+            LitzooCLI(args=argv)
+    except LitzooError as error:
+        print(f"litzoo: error: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,6 @@
+"""Tensor data utilities: transforms written with torch ops, dict-batch datasets."""
+
+from framework.data.datasets import DictTensorDataset
+from framework.data.transforms import Normalize, resize_images
+
+__all__ = ["DictTensorDataset", "Normalize", "resize_images"]

@@ -1,0 +1,133 @@
+"""Export of the deploy model to ONNX or TorchScript, verified against torch on a real batch."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from framework.checkpoints import load_checkpoint, state_dict_from
+from framework.errors import LitzooError
+from framework.reparam import fuse_model, is_fused_checkpoint
+
+FORMATS = ("onnx", "torchscript")
+
+
+def _import_class(class_path: str, path: Path) -> type:
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise LitzooError(f"checkpoint '{path}' names class '{class_path}', which cannot be imported") from None
+
+
+def _instantiate(hparams: dict[str, Any] | None, path: Path, what: str) -> Any:
+    if not hparams or "_class_path" not in hparams:
+        raise LitzooError(f"checkpoint '{path}' does not record its {what} class; it was not written by `litzoo fit`")
+    cls = _import_class(hparams["_class_path"], path)
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:
+        raise LitzooError(f"checkpoint '{path}': cannot rebuild {cls.__name__} from its saved hyper-parameters: {error}") from None
+
+
+def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
+    """Rebuild the LightningModule saved in a ``litzoo fit`` checkpoint (training-time or deploy).
+
+    Returns the module in eval mode and the loaded checkpoint dict.
+    """
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    module = _instantiate(checkpoint.get("hyper_parameters"), path, "model")
+    if is_fused_checkpoint(checkpoint):  # deploy weights: rebuild the fused structure first
+        fuse_model(module, inplace=True)
+    state = state_dict_from(checkpoint, path)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LitzooError(
+            f"checkpoint '{path}' does not match {type(module).__name__}: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+    return module.eval(), checkpoint
+
+
+def sample_batch(checkpoint: dict[str, Any], path: Path, batch_size: int, input_shape: tuple[int, ...] | None) -> torch.Tensor:
+    """Inputs to verify the export on: the checkpoint's own datamodule's test images, or random ones."""
+    if input_shape is not None:
+        return torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0))
+    datamodule = _instantiate(checkpoint.get("datamodule_hyper_parameters"), path, "datamodule")
+    datamodule.setup("test")
+    images = next(iter(datamodule.test_dataloader()))["image"]
+    return images[:batch_size]
+
+
+def export_model(model: nn.Module, inputs: torch.Tensor, output: str | Path, fmt: str, atol: float = 1e-4) -> float:
+    """Write ``model`` (eval mode) to ``output`` and return the max abs difference to torch on ``inputs``.
+
+    Raises:
+        LitzooError: unknown format, or the exported model disagrees beyond ``atol * max(1, max|y|)``.
+    """
+    if fmt not in FORMATS:
+        raise LitzooError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    with torch.no_grad():
+        expected = model(inputs)
+    if fmt == "onnx":
+        actual = _export_onnx(model, inputs, output)
+    else:
+        actual = _export_torchscript(model, inputs, output)
+    error = (actual - expected).abs().max().item()
+    allowed = atol * max(1.0, expected.abs().max().item())
+    if error > allowed:
+        raise LitzooError(f"exported model '{output}' differs from torch by {error:.3g} (allowed {allowed:.3g})")
+    return error
+
+
+def _export_onnx(model: nn.Module, inputs: torch.Tensor, output: Path) -> torch.Tensor:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LitzooError("ONNX export needs the export extra: pip install 'litzoo[export]'") from None
+    # the batch dimension stays dynamic so the file serves any batch size
+    torch.onnx.export(model, (inputs,), str(output), input_names=["image"], output_names=["output"],
+                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    (result,) = session.run(None, {"image": inputs.numpy()})
+    return torch.from_numpy(result)
+
+
+def _export_torchscript(model: nn.Module, inputs: torch.Tensor, output: Path) -> torch.Tensor:
+    if isinstance(model, L.LightningModule):
+        traced = model.to_torchscript(method="trace", example_inputs=inputs)  # guards Lightning-only attributes
+    else:
+        traced = torch.jit.trace(model, inputs)
+    traced.save(str(output))
+    loaded = torch.jit.load(str(output))
+    with torch.no_grad():
+        return loaded(inputs)
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    fmt: str = "onnx",
+    output: str | Path | None = None,
+    batch_size: int = 8,
+    input_shape: tuple[int, ...] | None = None,
+    atol: float = 1e-4,
+) -> tuple[Path, float]:
+    """Load a ``litzoo fit`` checkpoint, fuse it, export it, verify it. Returns (file, max abs error)."""
+    ckpt_path = Path(ckpt_path)
+    module, checkpoint = load_lightning_module(ckpt_path)
+    deploy = fuse_model(module).eval()
+    inputs = sample_batch(checkpoint, ckpt_path, batch_size, input_shape)
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    output = Path(output) if output is not None else ckpt_path.with_suffix(suffix)
+    error = export_model(deploy, inputs, output, fmt, atol=atol)
+    return output, error

@@ -1,0 +1,72 @@
+"""The RepVGG block (Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021).
+
+Training time: ``ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))``, the identity branch present only
+when ``in_channels == out_channels`` and ``stride == 1``. Deploy time: ``ReLU(conv3x3(x) + b)``.
+Reference implementation: DingXiaoH/RepVGG ``repvgg.py`` (``RepVGGBlock``).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import Tensor, nn
+
+from framework.reparam.conv_bn import ConvBN
+from framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
+
+
+class RepVGGBlock(nn.Module):
+    """3x3 conv-BN + 1x1 conv-BN + identity BN, summed, then ReLU; ``fuse()`` gives one 3x3 conv + ReLU.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        stride: stride of both convs (1 or 2 in the paper); the identity branch needs stride 1.
+        groups: groups of both convs (RepVGG-g2/g4 use 2 or 4 on every other layer).
+    """
+
+    kernel_size = 3
+    padding = 1
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__()
+        if in_channels <= 0 or out_channels <= 0:
+            raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
+        if groups < 1:
+            raise ValueError(f"groups must be >= 1, got {groups}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
+        self.branch_3x3 = ConvBN(in_channels, out_channels, 3, stride, padding=1, groups=groups)
+        # The 1x1 branch samples the centre of each 3x3 window: its padding is 1 - 3 // 2 = 0.
+        self.branch_1x1 = ConvBN(in_channels, out_channels, 1, stride, padding=0, groups=groups)
+        self.branch_identity = nn.BatchNorm2d(in_channels) if in_channels == out_channels and stride == 1 else None
+        self.nonlinearity = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.branch_3x3(x) + self.branch_1x1(x)
+        if self.branch_identity is not None:
+            out = out + self.branch_identity(x)
+        return self.nonlinearity(out)
+
+    def get_equivalent_kernel_bias(self) -> tuple[Tensor, Tensor]:
+        """The deploy conv's ``(kernel, bias)``, differentiable w.r.t. the training-time parameters."""
+        kernel_1x1, bias_1x1 = self.branch_1x1.get_equivalent_kernel_bias()
+        branches = [self.branch_3x3.get_equivalent_kernel_bias(), (pad_kernel(kernel_1x1, 3), bias_1x1)]
+        if self.branch_identity is not None:
+            weight = self.branch_3x3.conv.weight
+            eye = identity_kernel(self.in_channels, self.groups, 3, dtype=weight.dtype, device=weight.device)
+            branches.append(fuse_conv_bn(eye, self.branch_identity))
+        return add_branches(*branches)
+
+    def fuse(self) -> nn.Sequential:
+        """The deploy module: ``Sequential(conv=Conv2d(3x3, bias=True), nonlinearity=ReLU)``."""
+        kernel, bias = self.get_equivalent_kernel_bias()
+        conv = conv_with_kernel(self.branch_3x3.conv, kernel.detach(), bias.detach())
+        return nn.Sequential(OrderedDict(conv=conv, nonlinearity=nn.ReLU()))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, groups={self.groups}"
+

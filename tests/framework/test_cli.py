@@ -1,0 +1,137 @@
+"""The litzoo CLI end to end: fit -> test with --ckpt_path best, resume, list, export, clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from framework.cli import find_checkpoint, main, run_name
+from framework.export import load_lightning_module
+from framework.reparam import RepVGGBlock, is_fused_checkpoint
+
+CONFIG = "configs/repvgg/digits.yaml"
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """One short fit of the RepVGG digits config; returns its root directory."""
+    root = tmp_path_factory.mktemp("runs")
+    main(["fit", "-c", CONFIG, "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "2", *QUIET])
+    return root
+
+
+def test_fit_writes_logs_and_checkpoints_under_method_and_data(trained_run):
+    checkpoints = trained_run / "repvgg" / "digits" / "version_0" / "checkpoints"
+    assert {p.name for p in checkpoints.iterdir()} >= {"best.ckpt", "last.ckpt", "deploy.ckpt"}
+    events = EventAccumulator(str(checkpoints.parent)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "val/acc", "val/loss", "train/acc", "model/flops", "model/params", "fusion/max_abs_error", "fusion/latency_ratio"} <= scalars
+    assert any(tag.startswith("lr-") for tag in scalars)
+    assert "val/confusion_matrix" in events.Tags()["images"]
+    assert events.Scalars("fusion/max_abs_error")[-1].value < 1e-4
+
+
+def test_deploy_checkpoint_is_fused_and_loads_weights_only(trained_run):
+    path = find_checkpoint(trained_run / "repvgg" / "digits", "deploy")
+    checkpoint = torch.load(path, weights_only=True)
+    assert is_fused_checkpoint(checkpoint)
+    assert not any("branch_1x1" in key for key in checkpoint["state_dict"])
+    module, _ = load_lightning_module(path)
+    assert not any(isinstance(m, RepVGGBlock) for m in module.modules())
+    # the same weights as the training-time last.ckpt, fused: equal predictions
+    train_module, _ = load_lightning_module(path.with_name("last.ckpt"))
+    x = torch.randn(5, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(module(x), train_module.eval()(x), atol=1e-4)
+
+
+def test_test_with_best_checkpoint_prints_test_accuracy(trained_run, capsys):
+    main(["test", "-c", CONFIG, "--trainer.default_root_dir", str(trained_run), "--ckpt_path", "best", *QUIET])
+    out = capsys.readouterr().out
+    assert "test/acc" in out
+    accuracy = float(out.split("test/acc")[1].split()[0])
+    assert accuracy > 0.5  # two epochs on digits; chance is 0.1
+
+
+def test_test_on_deploy_checkpoint(trained_run, capsys):
+    path = find_checkpoint(trained_run / "repvgg" / "digits", "deploy")
+    main(["test", "-c", CONFIG, "--trainer.default_root_dir", str(trained_run), "--ckpt_path", str(path), *QUIET])
+    assert "test/acc" in capsys.readouterr().out
+
+
+def test_fit_resumes_from_last(trained_run):
+    main(["fit", "-c", CONFIG, "--trainer.default_root_dir", str(trained_run), "--trainer.max_epochs", "3", "--ckpt_path", "last", *QUIET])
+    newest = find_checkpoint(trained_run / "repvgg" / "digits", "last")
+    checkpoint = torch.load(newest, weights_only=True)
+    assert newest.parent.parent.name != "version_0"
+    assert checkpoint["epoch"] == 2  # resumed after epoch index 1 and trained exactly one more epoch
+    assert checkpoint["global_step"] == 3 * 20  # 1257 training images / 64 per batch = 20 steps per epoch
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_verifies_against_torch(trained_run, tmp_path, capsys, fmt):
+    path = find_checkpoint(trained_run / "repvgg" / "digits", "deploy")
+    output = tmp_path / f"model.{fmt}"
+    main(["export", "--ckpt_path", str(path), "--format", fmt, "--output", str(output)])
+    assert output.is_file() and output.stat().st_size > 10_000
+    assert "max |exported - torch|" in capsys.readouterr().out
+
+
+def test_exported_onnx_has_no_branches_and_a_dynamic_batch(trained_run, tmp_path):
+    import onnx
+    import onnxruntime
+
+    path = find_checkpoint(trained_run / "repvgg" / "digits", "last")  # training-time: export fuses it
+    main(["export", "--ckpt_path", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")])
+    graph = onnx.load(str(tmp_path / "m.onnx")).graph
+    ops = {node.op_type for node in graph.node}
+    assert "BatchNormalization" not in ops and "Add" not in ops and "Conv" in ops
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"))
+    assert session.run(None, {"image": torch.randn(3, 1, 16, 16).numpy()})[0].shape == (3, 10)
+
+
+def test_short_class_names(tmp_path):
+    main([
+        "fit", "--model", "RepVGGClassifier", "--data", "DigitsDataModule",
+        "--model.num_classes", "10", "--model.in_channels", "1", "--model.num_blocks", "[1,1,1,1]",
+        "--model.width_multiplier", "[0.125,0.125,0.125,0.0625]", "--model.stage_strides", "[1,1,2,2,2]",
+        "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path), *QUIET,
+    ])
+
+
+def test_list_names_everything(capsys):
+    main(["list"])
+    out = capsys.readouterr().out
+    for name in ("RepVGGClassifier", "DigitsDataModule", "ImageFolderDataModule", "ReparamFusion", "configs/repvgg/digits.yaml"):
+        assert name in out
+    assert "RepVGG image classifier" in out  # first docstring line
+
+
+def test_missing_best_checkpoint_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "-c", CONFIG, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "best", *QUIET])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("litzoo: error: --ckpt_path best: no checkpoint matches") and str(tmp_path) in err[-1]
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"PK\x03\x04truncated zip"])
+def test_bad_checkpoint_file_is_one_clear_line(tmp_path, capsys, content):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    for argv in (["test", "-c", CONFIG, "--ckpt_path", str(bad), *QUIET], ["export", "--ckpt_path", str(bad)]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert last.startswith("litzoo: error: checkpoint") and str(bad) in last
+
+
+def test_run_names():
+    class RepVGGClassifier: ...
+    class DigitsDataModule: ...
+    assert run_name(RepVGGClassifier(), ("Classifier",)) == "repvgg"
+    assert run_name(DigitsDataModule(), ("DataModule",)) == "digits"
