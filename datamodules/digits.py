@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
-from framework.data import DictTensorDataset, Normalize, resize_images
+from framework.data import DictTensorDataset, Normalize, make_loader, resize_images
 
 
 class DigitsDataModule(L.LightningDataModule):
@@ -90,13 +90,7 @@ class DigitsDataModule(L.LightningDataModule):
             self.datasets[name] = DictTensorDataset(image=images[rows], label=labels[rows])
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from framework.data import Normalize, resize_images
+from framework.data import Normalize, make_loader, resize_images
 from framework.errors import LitzooError
 
 #: File name endings read as images (compared case-insensitively); other files are ignored.
@@ -253,13 +253,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         if split not in self.datasets:
             self._split_dir(split)  # a missing folder raises its own message
             self.datasets[split] = self._scan(split)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -39,6 +39,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         text = str(error).strip()
         reason = text.splitlines()[0].split(". ")[0] if text else type(error).__name__
         raise LitzooError(f"checkpoint '{path}' is truncated or not a torch checkpoint ({reason})") from None
+    except Exception as error:  # the unpickler meets arbitrary bytes with many error types (KeyError, ...)
+        raise LitzooError(f"checkpoint '{path}' is not a torch checkpoint ({type(error).__name__} while unpickling)") from None
     if not isinstance(checkpoint, dict):
         raise LitzooError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a dict (a state dict or a Lightning checkpoint)")
     return checkpoint

@@ -1,4 +1,4 @@
-"""Shared test fixtures: small models that are not litzoo's, and deterministic seeds."""
+"""Shared test fixtures: deterministic seeds, single-threaded torch, BN randomisation."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 
 import pytest
 import torch
+
+from framework.reparam import randomize_batchnorm
 
 # Tests are CPU-only and must not fight over the 2 cores with intra-op threads of parallel workers.
 torch.set_num_threads(1)
@@ -17,20 +19,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def _randomize_batchnorm(module: torch.nn.Module, generator: torch.Generator | None = None) -> torch.nn.Module:
-    """Non-trivial BN statistics and affine parameters: default ones (0, 1, 1, 0) hide fusion bugs."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.running_mean.uniform_(-1.0, 1.0, generator=generator)
-                m.running_var.uniform_(0.3, 2.0, generator=generator)
-                if m.affine:
-                    m.weight.uniform_(0.3, 1.7, generator=generator)
-                    m.bias.uniform_(-1.0, 1.0, generator=generator)
-    return module
-
-
 @pytest.fixture
 def randomize_bn():
-    """``randomize_bn(module)`` gives every BatchNorm non-trivial statistics and affine parameters."""
-    return _randomize_batchnorm
+    """``randomize_bn(module, seed=0)`` gives every BatchNorm non-trivial statistics and affine parameters."""
+    return randomize_batchnorm

@@ -12,27 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from framework.reparam import ConvBN
+from framework.reparam import ConvBN, randomize_batchnorm
 from framework.reparam.fuse_model import fuse_model, is_fusable
 from framework.reparam.repvgg_block import RepVGGBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 F64 = torch.float64
-
-
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.7)
-                module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.3)
-                sign = torch.where(torch.rand(n, generator=gen) < 0.3, -1.0, 1.0)
-                module.weight.copy_(sign * (torch.rand(n, generator=gen) + 0.5))
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.5)
-    return model
 
 
 class Net(nn.Module):
@@ -58,7 +44,7 @@ class Net(nn.Module):
 
 def _net(seed: int = 0) -> Net:
     torch.manual_seed(seed)
-    return _randomize(Net(), seed).double()
+    return randomize_batchnorm(Net(), seed).double()
 
 
 def _x(channels: int = 3, seed: int = 1) -> torch.Tensor:
@@ -212,7 +198,7 @@ class ForeignNet(nn.Module):
 
 def test_foreign_conventions_are_converted():
     torch.manual_seed(0)
-    model = _randomize(ForeignNet(), 5).double().eval()
+    model = randomize_batchnorm(ForeignNet(), 5).double().eval()
     x = _x(channels=4)
     with torch.no_grad():
         expected = model(x)
@@ -288,7 +274,7 @@ def test_non_callable_fuse_attribute_is_ignored():
 
 @pytest.mark.parametrize("inplace", [False, True])
 def test_root_module_with_fuse(inplace):
-    block = _randomize(RepVGGBlock(5, 5, groups=5), 6).double().eval()
+    block = randomize_batchnorm(RepVGGBlock(5, 5, groups=5), 6).double().eval()
     x = torch.randn(2, 5, 7, 9, dtype=F64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = block(x)
@@ -298,7 +284,7 @@ def test_root_module_with_fuse(inplace):
     with torch.no_grad():
         assert _max_diff(fused(x), expected) <= 1e-10
 
-    convbn = _randomize(ConvBN(3, 4, 3, stride=2, padding=1), 7).double().eval()
+    convbn = randomize_batchnorm(ConvBN(3, 4, 3, stride=2, padding=1), 7).double().eval()
     fused_conv = fuse_model(convbn, inplace=inplace)
     assert type(fused_conv) is nn.Conv2d and fused_conv.stride == (2, 2)
     xc = torch.randn(2, 3, 7, 9, dtype=F64)

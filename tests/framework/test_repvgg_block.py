@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from framework.reparam import randomize_batchnorm
 from framework.reparam.repvgg_block import RepVGGBlock
 
 
@@ -18,14 +19,7 @@ def _randomize(block: nn.Module, seed: int) -> nn.Module:
         for module in block.modules():
             if isinstance(module, nn.Conv2d):
                 module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * 0.3)
-            elif isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.7)
-                module.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.3)
-                sign = torch.where(torch.rand(n, generator=gen) < 0.3, -1.0, 1.0)
-                module.weight.copy_(sign * (torch.rand(n, generator=gen) + 0.5))
-                module.bias.copy_(torch.randn(n, generator=gen) * 0.5)
-    return block
+    return randomize_batchnorm(block, seed)
 
 
 def _pre_activation(block: RepVGGBlock, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,110 @@
+"""Shared pieces of the benchmarks: thread setup, the digits config, machine facts, markdown tables."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_CONFIG = ROOT / "configs" / "repvgg" / "digits.yaml"
+
+
+def num_cores() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def setup_threads() -> int:
+    """Use one intra-op thread per core, for every measurement of a run; returns the count."""
+    cores = num_cores()
+    torch.set_num_threads(cores)
+    return cores
+
+
+def quiet_lightning() -> None:
+    """Hide Lightning's per-fit info lines and the warnings that are expected here."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def digits_config() -> dict[str, Any]:
+    """The pieces of ``configs/repvgg/digits.yaml`` the benchmarks rebuild by hand.
+
+    Returns ``seed``, ``model`` (RepVGGClassifier keyword arguments without the optimizer),
+    ``optimizer`` (SGD keyword arguments), ``data`` (DigitsDataModule keyword arguments) and
+    ``log_every_n_steps``.
+    """
+    config = yaml.safe_load(DIGITS_CONFIG.read_text())
+    model = dict(config["model"]["init_args"])
+    optimizer = model.pop("optimizer")
+    if optimizer["class_path"] != "torch.optim.SGD":
+        raise ValueError(f"{DIGITS_CONFIG}: the benchmarks expect torch.optim.SGD, got {optimizer['class_path']}")
+    return {
+        "seed": int(config.get("seed_everything", 0)),
+        "model": model,
+        "optimizer": dict(optimizer["init_args"]),
+        "data": dict(config["data"]["init_args"]),
+        "log_every_n_steps": int(config.get("trainer", {}).get("log_every_n_steps", 50)),
+    }
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict[str, str]:
+    import lightning
+
+    try:
+        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    return {
+        "CPU": cpu_model(),
+        "cores used": f"{num_cores()} (torch intra-op threads: {torch.get_num_threads()})",
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load average at start (1/5/15 min)": load,
+    }
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def yes_no(ok: bool) -> str:
+    return "yes" if ok else "**no**"
