@@ -1,0 +1,94 @@
+"""Run every benchmark and (re)write BENCHMARKS.md at the repository root.
+
+    make bench          # or: .venv/bin/python benchmarks/run.py
+
+Every number in BENCHMARKS.md comes from this run: speeds are ratios against a baseline measured
+in the same process, in alternating rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import common
+import framework_overhead
+import fusion_latency
+
+OUTPUT = common.ROOT / "BENCHMARKS.md"
+COMMAND = "make bench  # = .venv/bin/python benchmarks/run.py"
+
+
+def fusion_verdict(results: dict) -> str:
+    rows = results["latency"]
+    failed = [f"{r['model']} batch {r['batch']} ({r['ratio']:.3f})" for r in rows if not r["meets_goal"]]
+    met = len(rows) - len(failed)
+    text = f"Goal: fused/unfused latency ≤ {results['goal_ratio']}. Met in {met} of {len(rows)} cases"
+    return text + (f"; not met: {', '.join(failed)}." if failed else ".")
+
+
+def overhead_verdict(results: dict) -> str:
+    parts = []
+    for r in results["rows"]:
+        if r["meets_goal"] is None:
+            continue
+        parts.append(f"{r['variant']}: {r['ratio']:.3f} ({'met' if r['meets_goal'] else 'not met'})")
+    return f"Goal: litzoo/plain throughput ≥ {results['goal_ratio']}. " + "; ".join(parts) + "."
+
+
+def main() -> None:
+    common.setup_threads()
+    machine = common.machine_info()
+    start = time.perf_counter()
+
+    print("fusion latency ...", file=sys.stderr, flush=True)
+    fusion = fusion_latency.main()
+    print(f"  done in {fusion['seconds']:.0f} s", file=sys.stderr, flush=True)
+    print("framework overhead ...", file=sys.stderr, flush=True)
+    overhead = framework_overhead.main()
+    print(f"  done in {overhead['seconds']:.0f} s", file=sys.stderr, flush=True)
+
+    total = time.perf_counter() - start
+    try:
+        load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        load_end = "n/a"
+    machine["load average at end (1/5/15 min)"] = load_end
+
+    machine_lines = "\n".join(f"- {key}: {value}" for key, value in machine.items())
+    text = f"""# litzoo benchmarks
+
+Speed is reported as ratios against a baseline measured in the same run (alternating rounds,
+medians), so that the numbers compare across machines better than absolute times do. This file is
+written by `benchmarks/run.py`; do not edit it by hand.
+
+Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
+`.venv/bin/python benchmarks/framework_overhead.py`). Total wall time: {total:.0f} s.
+
+Machine:
+
+{machine_lines}
+
+A load average above 0 at the start means other processes shared the cores: the absolute times are then
+noisy, the alternating-round ratios less so.
+
+## RepVGG structural re-parameterization: fused vs unfused inference (`benchmarks/fusion_latency.py`, {fusion['seconds']:.0f} s)
+
+{fusion_verdict(fusion)}
+
+{fusion_latency.to_markdown(fusion)}
+
+## Framework overhead: litzoo (Lightning) vs a plain PyTorch loop (`benchmarks/framework_overhead.py`, {overhead['seconds']:.0f} s)
+
+{overhead_verdict(overhead)}
+
+{framework_overhead.to_markdown(overhead)}
+"""
+    OUTPUT.write_text(text)
+    print(text)
+    print(f"wrote {OUTPUT} ({total:.0f} s)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
