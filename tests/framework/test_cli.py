@@ -29,7 +29,7 @@ def test_fit_writes_logs_and_checkpoints_under_method_and_data(trained_run):
     assert {p.name for p in checkpoints.iterdir()} >= {"best.ckpt", "last.ckpt", "deploy.ckpt"}
     events = EventAccumulator(str(checkpoints.parent)).Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/acc", "val/loss", "train/acc", "model/flops", "model/params", "fusion/max_abs_error", "fusion/latency_ratio"} <= scalars
+    assert {"train/loss", "val/acc", "val/loss", "model/flops", "model/params", "fusion/max_abs_error", "fusion/latency_ratio"} <= scalars
     assert any(tag.startswith("lr-") for tag in scalars)
     assert "val/confusion_matrix" in events.Tags()["images"]
     assert events.Scalars("fusion/max_abs_error")[-1].value < 1e-4
