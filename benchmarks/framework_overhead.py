@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 import torch.nn.functional as F
+from common import digits_config, markdown_table, quiet_lightning, setup_threads, yes_no
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from common import digits_config, markdown_table, quiet_lightning, setup_threads, yes_no
 from datamodules.digits import DigitsDataModule
 from framework.optim import split_weight_decay
 from modules.repvgg import RepVGGClassifier

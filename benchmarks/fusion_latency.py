@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 import torch
+from common import digits_config, markdown_table, setup_threads, yes_no
 from torch import nn
 
-from common import digits_config, markdown_table, setup_threads, yes_no
 from framework.profiling import count_flops, count_parameters, eval_mode, measure_latency
 from framework.reparam import fuse_model, randomize_batchnorm
 from modules.repvgg import RepVGG, RepVGGClassifier

@@ -87,7 +87,7 @@ class ReparamFusion(Callback):
         self.fused = True
         with eval_mode(pl_module), torch.no_grad():
             fused_out = [t for t in tree_leaves(pl_module(inputs)) if isinstance(t, torch.Tensor)]
-        error = max((a - b).abs().max().item() for a, b in zip(reference, fused_out))
+        error = max((a - b).abs().max().item() for a, b in zip(reference, fused_out, strict=True))
         scale = max(1.0, max(t.abs().max().item() for t in reference))
         after = self._measure(pl_module, inputs)
         self.report = {"max_abs_error": error, **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}}

@@ -81,7 +81,7 @@ class RepVGG(nn.Module):
         if 0 in self.override_groups_map:
             raise ValueError("override_groups_map cannot group layer 0 (the stem sees the raw image)")
 
-        widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier)]
+        widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
         if any(w < 1 for w in widths):
             raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
         self.in_planes = min(64, widths[0])
