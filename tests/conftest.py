@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -11,7 +9,6 @@ from framework.reparam import randomize_batchnorm
 
 # Tests are CPU-only and must not fight over the 2 cores with intra-op threads of parallel workers.
 torch.set_num_threads(1)
-os.environ.setdefault("PL_DISABLE_FORK", "1")
 
 
 @pytest.fixture(autouse=True)
