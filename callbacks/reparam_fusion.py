@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_leaves
 from framework.errors import LitzooError
 from framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
 from framework.reparam import DEPLOY_KEY, fuse_model, is_fusable
+from framework.reparam.verify import fusion_error
 
 
 def batch_inputs(batch: Any) -> torch.Tensor:
@@ -42,7 +43,8 @@ class ReparamFusion(Callback):
     At the end of fit it (1) runs one real batch through the model in eval mode, (2) fuses the
     model in place, (3) runs the batch again and raises if the outputs differ by more than
     ``tolerance * max(1, max|y|)``, (4) logs the error and parameters / FLOPs / CPU latency before
-    and after, and (5) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
+    and after, (5) checks the fusion itself on a float64 copy with random BatchNorm statistics
+    (:func:`framework.reparam.verify.fusion_error`, independent of the trained values), and (6) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
     the fused structure when loading it). The training-time ``last.ckpt`` stays the resumable
     artefact. When ``validate``/``test``/``predict`` start outside fit, the loaded training-time
     weights are fused first, so evaluation runs on the deploy model.
@@ -53,7 +55,11 @@ class ReparamFusion(Callback):
         latency_repeats: timed repetitions (median reported).
         deploy_filename: file name of the fused checkpoint, written next to the other checkpoints
             (``None`` = do not write one).
+        verify_float64: run the float64 random-BN check (5); it must agree to 1e-8 relative.
     """
+
+    #: float64 agreement required from the random-BN check; round-off there is ~1e-14
+    float64_tolerance = 1e-8
 
     def __init__(
         self,
@@ -61,6 +67,7 @@ class ReparamFusion(Callback):
         measure_latency: bool = True,
         latency_repeats: int = 10,
         deploy_filename: str | None = "deploy.ckpt",
+        verify_float64: bool = True,
     ) -> None:
         if tolerance <= 0:
             raise ValueError(f"tolerance must be positive, got {tolerance}")
@@ -70,6 +77,7 @@ class ReparamFusion(Callback):
         self.measure_latency = measure_latency
         self.latency_repeats = latency_repeats
         self.deploy_filename = deploy_filename
+        self.verify_float64 = verify_float64
         self.fused = False
         self.report: dict[str, float] = {}
         self.deploy_path: Path | None = None
@@ -81,6 +89,7 @@ class ReparamFusion(Callback):
             return
         inputs = batch_inputs(next(iter(self._reference_loader(trainer)))).to(pl_module.device)
         before = self._measure(pl_module, inputs)
+        float64_error = fusion_error(pl_module, inputs[:8], relative=True) if self.verify_float64 else None
         with eval_mode(pl_module), torch.no_grad():
             reference = [t.clone() for t in tree_leaves(pl_module(inputs)) if isinstance(t, torch.Tensor)]
         fuse_model(pl_module, inplace=True)
@@ -91,6 +100,8 @@ class ReparamFusion(Callback):
         scale = max(1.0, max(t.abs().max().item() for t in reference))
         after = self._measure(pl_module, inputs)
         self.report = {"max_abs_error": error, **{f"{k}_before": v for k, v in before.items()}, **{f"{k}_after": v for k, v in after.items()}}
+        if float64_error is not None:
+            self.report["float64_random_bn_error"] = float64_error
         if "latency_ms_before" in self.report:
             self.report["latency_ratio"] = self.report["latency_ms_after"] / self.report["latency_ms_before"]
         self._log(trainer)
@@ -98,6 +109,11 @@ class ReparamFusion(Callback):
             raise LitzooError(
                 f"ReparamFusion: fused outputs differ from the training-time model by {error:.3g} "
                 f"(allowed {self.tolerance * scale:.3g}); a block's fuse() is not equivalent to its forward in eval mode"
+            )
+        if float64_error is not None and float64_error > self.float64_tolerance:
+            raise LitzooError(
+                f"ReparamFusion: in float64 with random BatchNorm statistics the fused model differs by {float64_error:.3g} "
+                f"(relative; allowed {self.float64_tolerance:g}): a block's fuse() is not exact"
             )
         self._save_deploy_checkpoint(trainer)
 

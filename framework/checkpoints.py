@@ -1,15 +1,20 @@
-"""Safe loading of checkpoint files: ``weights_only=True`` and one-line errors that name the file."""
+"""Safe loading of checkpoint files (``weights_only=True``, one-line errors that name the file) and
+converters from the official released checkpoints of the re-parameterization papers."""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 
 from framework.errors import LitzooError
+from framework.reparam.fuse_model import fuse_model
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -52,3 +57,178 @@ def state_dict_from(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise LitzooError(f"checkpoint '{path}' has no state dict of tensors")
     return state
+
+
+# ------------------------------------------------------------------ official released weights
+#
+# The authors of the structural re-parameterization papers released their weights with their own
+# module names. Each converter renames key *segments* (the dotted parts), so it works wherever the
+# block sits in a network: ``layer1.0.conv1.square_conv.weight`` -> ``layer1.0.conv1.branch_square.conv.weight``.
+# A ``None`` target drops the segment: the official deploy-time conv inside a block
+# (``fused_conv``, ``dbb_reparam``) becomes the module that replaces the block after ``fuse()``.
+
+#: RepVGG (DingXiaoH/RepVGG ``repvgg.py``): ``rbr_dense``/``rbr_1x1`` are conv-BN Sequentials,
+#: ``rbr_identity`` a BatchNorm2d, ``rbr_reparam`` the deploy conv; the network names ``stage0`` ...
+#: ``stage4`` and ``linear`` are ours too.
+_REPVGG_SEGMENTS: dict[str, str | None] = {
+    "rbr_dense": "branch_3x3",
+    "rbr_1x1": "branch_1x1",
+    "rbr_identity": "branch_identity",
+    "rbr_reparam": "conv",
+}
+
+#: ACNet (DingXiaoH/ACNet ``acnet/acb.py``): flat ``square_conv``/``square_bn`` ... attributes.
+_ACB_SEGMENTS: dict[str, str | None] = {
+    "square_conv": "branch_square.conv",
+    "square_bn": "branch_square.bn",
+    "ver_conv": "branch_vertical.conv",
+    "ver_bn": "branch_vertical.bn",
+    "hor_conv": "branch_horizontal.conv",
+    "hor_bn": "branch_horizontal.bn",
+    "fused_conv": None,
+}
+
+#: Diverse Branch Block (DingXiaoH/DiverseBranchBlock ``diversebranchblock.py``); names inside the
+#: branches (``conv``, ``bn``, ``avg``, ``avgbn``, ``idconv1``, ``conv1``, ``bn1``, ``conv2``, ``bn2``)
+#: are the official ones.
+_DBB_SEGMENTS: dict[str, str | None] = {
+    "dbb_origin": "branch_kxk",
+    "dbb_1x1": "branch_1x1",
+    "dbb_avg": "branch_avg",
+    "dbb_1x1_kxk": "branch_1x1_kxk",
+    "dbb_reparam": None,
+}
+
+_BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp")
+
+
+def _rename_segments(key: str, table: dict[str, str | None]) -> str:
+    parts = []
+    for segment in key.split("."):
+        if segment in table:
+            if table[segment] is not None:
+                parts.append(table[segment])
+        else:
+            parts.append(segment)
+    return ".".join(parts)
+
+
+def _dbb_key(key: str) -> str:
+    key = _rename_segments(key, _DBB_SEGMENTS)
+    # Before DBB PR#10, BNAndPadLayer subclassed BatchNorm2d, so its statistics sat one level up
+    # (``dbb_avg.bn.weight``); ours wraps a BatchNorm2d (``branch_avg.bn.bn.weight``).
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-1] in _BN_LEAVES and (parts[-3], parts[-2]) in (("branch_avg", "bn"), ("branch_1x1_kxk", "bn1")):
+        parts.insert(len(parts) - 1, "bn")
+    return ".".join(parts)
+
+
+def unwrap_state_dict(checkpoint: Mapping[str, Any], path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
+    """The weights of a released checkpoint: a bare state dict, or one under ``state_dict`` / ``model``.
+
+    A ``module.`` prefix (saved from ``DataParallel`` / DDP) is removed.
+    """
+    state: Any = checkpoint
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+            break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LitzooError(f"checkpoint '{path}' has no state dict of tensors (looked at the top level, 'state_dict' and 'model')")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return dict(state)
+
+
+def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of an official released state dict to litzoo's module names.
+
+    Train-time and deploy-time checkpoints are both mapped; deploy keys come out as the keys of
+    the model after :func:`framework.reparam.fuse_model`.
+
+    Args:
+        method: ``"repvgg"`` (DingXiaoH/RepVGG), ``"acb"`` (DingXiaoH/ACNet), ``"dbb"``
+            (DingXiaoH/DiverseBranchBlock) or ``"repmlp"`` (DingXiaoH/RepMLP; litzoo's RepMLPNet uses
+            the official names, so only wrappers and prefixes change).
+        state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
+    """
+    if method not in OFFICIAL_METHODS:
+        raise ValueError(f"unknown method '{method}' for official checkpoints; choose from {', '.join(OFFICIAL_METHODS)}")
+    if method == "repvgg":
+        if any(".se." in f".{k}" for k in state_dict):
+            raise LitzooError("RepVGG checkpoints with squeeze-excitation blocks (RepVGG-D2se, RepVGGplus) are not supported by litzoo's RepVGG")
+        rename = lambda key: _rename_segments(key, _REPVGG_SEGMENTS)  # noqa: E731
+    elif method == "acb":
+        rename = lambda key: _rename_segments(key, _ACB_SEGMENTS)  # noqa: E731
+    elif method == "dbb":
+        rename = _dbb_key
+    else:
+        rename = lambda key: key  # noqa: E731
+    converted: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        new_key = rename(key)
+        if new_key in converted:
+            raise LitzooError(f"official {method} state dict: keys '{key}' and another one both map to '{new_key}'")
+        converted[new_key] = value
+    return converted
+
+
+def _mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Missing, unexpected and mis-shaped keys; old checkpoints lack BN's ``num_batches_tracked``."""
+    missing = sorted(k for k in target if k not in state and not k.endswith("num_batches_tracked"))
+    unexpected = sorted(k for k in state if k not in target)
+    shapes = sorted(k for k in state if k in target and state[k].shape != target[k].shape)
+    return missing, unexpected, shapes
+
+
+def _one_level_down(key: str, target: Mapping[str, torch.Tensor]) -> str:
+    prefix, _, leaf = key.rpartition(".")
+    nested = f"{prefix}.conv.{leaf}" if prefix else f"conv.{leaf}"
+    return nested if key not in target and nested in target else key
+
+
+def load_official_weights(model: nn.Module, method: str, path: str | Path, head: str | None = None) -> nn.Module:
+    """Load an official released checkpoint into a litzoo model, train-time or deploy-time.
+
+    The file is loaded with ``weights_only=True``; its keys are converted with
+    :func:`convert_official_state_dict`. When they describe the deploy (fused) structure, ``model``
+    is fused in place with :func:`framework.reparam.fuse_model` first. A classifier head whose
+    shape differs (fine-tuning on other classes) keeps its fresh initialisation, with a warning.
+
+    Args:
+        model: the training-time litzoo model of the same architecture.
+        method: see :func:`convert_official_state_dict`.
+        path: the released ``.pth`` / ``.pt`` file.
+        head: name of the classifier sub-module (``"linear"`` for RepVGG, ``"head"`` for RepMLPNet).
+
+    Returns:
+        ``model`` itself or, for a deploy-time checkpoint, its fused form.
+
+    Raises:
+        LitzooError: the file is unreadable, or its weights do not fit the model (names the file,
+            and the first missing / unexpected / mis-shaped keys).
+    """
+    state = convert_official_state_dict(method, unwrap_state_dict(load_checkpoint(path), path))
+    head_keys = {k for k in state if head is not None and k.startswith(f"{head}.")}
+    candidates = [("train-time", model)]
+    if any(k not in model.state_dict() for k in state):
+        candidates.append(("deploy-time", fuse_model(model, inplace=False)))
+    reports = []
+    for form, candidate in candidates:
+        target = candidate.state_dict()
+        if form == "deploy-time":
+            # A block with a nonlinearity fuses to Sequential(conv, nonlinear): its conv is one level down.
+            state = {_one_level_down(k, target): v for k, v in state.items()}
+        missing, unexpected, shapes = _mismatch(state, target)
+        wrong_shapes = [k for k in shapes if k not in head_keys]
+        if not missing and not unexpected and not wrong_shapes:
+            if shapes:  # only the head differs: fine-tuning on other classes
+                rank_zero_warn(f"{path}: the classifier head '{head}' has other shapes than the model's; it keeps its fresh initialisation")
+                state = {k: v for k, v in state.items() if k not in head_keys}
+            candidate.load_state_dict(state, strict=False)
+            return candidate
+        problems = len(missing) + len(unexpected) + len(wrong_shapes)
+        reports.append((problems, f"as {form} weights: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shapes[:3]}"))
+    raise LitzooError(f"checkpoint '{path}' does not fit this {method} model ({min(reports)[1]})")

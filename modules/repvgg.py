@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from framework.checkpoints import load_official_weights
 from framework.classification import ImageClassifier
 from framework.optim import sgd_momentum
 from framework.reparam import RepVGGBlock
@@ -141,6 +142,10 @@ class RepVGGClassifier(ImageClassifier):
         optimizer: optimizer factory, called with parameter groups.
         lr_scheduler: scheduler factory; ``None`` = per-step cosine to 0 over the run.
         label_smoothing: cross-entropy label smoothing (0 in the paper's A/B recipe).
+        official_checkpoint: a weights file released with the paper (DingXiaoH/RepVGG, e.g.
+            ``RepVGG-A0-train.pth`` or a ``-deploy.pth`` converted one) for the same variant; a
+            deploy file gives the fused model directly. A head for another ``num_classes`` keeps
+            its fresh initialisation (fine-tuning).
     """
 
     def __init__(
@@ -155,12 +160,15 @@ class RepVGGClassifier(ImageClassifier):
         optimizer: OptimizerCallable = sgd_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        official_checkpoint: str | None = None,
     ) -> None:
         config = variant_config(variant)
         for key, value in (("num_blocks", num_blocks), ("width_multiplier", width_multiplier), ("override_groups_map", override_groups_map)):
             if value is not None:
                 config[key] = value
         net = RepVGG(num_classes=num_classes, in_channels=in_channels, stage_strides=stage_strides, **config)
+        if official_checkpoint is not None:
+            net = load_official_weights(net, "repvgg", official_checkpoint, head="linear")
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 

@@ -23,12 +23,15 @@ class RepVGGBlock(nn.Module):
         out_channels: output channels.
         stride: stride of both convs (1 or 2 in the paper); the identity branch needs stride 1.
         groups: groups of both convs (RepVGG-g2/g4 use 2 or 4 on every other layer).
+        use_nonlinearity: end with the ReLU (the paper's block). ``False`` gives the linear
+            three-branch conv that :class:`callbacks.structural_reparam.StructuralReparam` puts in
+            place of a user's 3x3 conv-BN; it fuses to a bare ``nn.Conv2d``.
     """
 
     kernel_size = 3
     padding = 1
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, use_nonlinearity: bool = True) -> None:
         super().__init__()
         if in_channels <= 0 or out_channels <= 0:
             raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
@@ -43,7 +46,8 @@ class RepVGGBlock(nn.Module):
         # The 1x1 branch samples the centre of each 3x3 window: its padding is 1 - 3 // 2 = 0.
         self.branch_1x1 = ConvBN(in_channels, out_channels, 1, stride, padding=0, groups=groups)
         self.branch_identity = nn.BatchNorm2d(in_channels) if in_channels == out_channels and stride == 1 else None
-        self.nonlinearity = nn.ReLU()
+        self.use_nonlinearity = use_nonlinearity
+        self.nonlinearity = nn.ReLU() if use_nonlinearity else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.branch_3x3(x) + self.branch_1x1(x)
@@ -61,10 +65,13 @@ class RepVGGBlock(nn.Module):
             branches.append(fuse_conv_bn(eye, self.branch_identity))
         return add_branches(*branches)
 
-    def fuse(self) -> nn.Sequential:
-        """The deploy module: ``Sequential(conv=Conv2d(3x3, bias=True), nonlinearity=ReLU)``."""
+    def fuse(self) -> nn.Module:
+        """The deploy module: ``Sequential(conv=Conv2d(3x3, bias=True), nonlinearity=ReLU)``, or the
+        bare conv when ``use_nonlinearity=False``."""
         kernel, bias = self.get_equivalent_kernel_bias()
         conv = conv_with_kernel(self.branch_3x3.conv, kernel.detach(), bias.detach())
+        if not self.use_nonlinearity:
+            return conv
         return nn.Sequential(OrderedDict(conv=conv, nonlinearity=nn.ReLU()))
 
     def extra_repr(self) -> str:

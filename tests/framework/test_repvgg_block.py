@@ -181,3 +181,14 @@ def test_equivalent_kernel_bias_gradient_reaches_bias_params():
 def test_invalid_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         RepVGGBlock(**kwargs)
+
+
+def test_linear_block_fuses_to_a_bare_conv(randomize_bn):
+    block = randomize_bn(RepVGGBlock(6, 6, use_nonlinearity=False)).eval()
+    fused = block.fuse()
+    assert isinstance(fused, nn.Conv2d)
+    x = torch.randn(2, 6, 7, 9)
+    with torch.no_grad():
+        out = block(x)
+        assert (out < 0).any(), "without the ReLU the block's output keeps its negative values"
+        torch.testing.assert_close(fused(x), out, atol=1e-5, rtol=0)
