@@ -37,6 +37,18 @@ def batch_inputs(batch: Any) -> torch.Tensor:
     return batch
 
 
+def reference_loader(trainer: L.Trainer, who: str):
+    """The loader whose first batch checks a fusion: the first validation loader, else the training one."""
+    for loaders in (trainer.val_dataloaders, trainer.train_dataloader):
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        if loaders is not None:
+            return loaders
+    raise LitzooError(f"{who} needs a validation or training dataloader to check the fused model")
+
+
 class ReparamFusion(Callback):
     """Fuse every re-parameterizable block at the end of ``fit`` and before ``test``/``predict``.
 
@@ -87,7 +99,7 @@ class ReparamFusion(Callback):
         if not any(is_fusable(m) for m in pl_module.modules()):
             rank_zero_warn("ReparamFusion: the model has no block with fuse(), reparameterize() or switch_to_deploy(); nothing to fuse")
             return
-        inputs = batch_inputs(next(iter(self._reference_loader(trainer)))).to(pl_module.device)
+        inputs = batch_inputs(next(iter(reference_loader(trainer, 'ReparamFusion')))).to(pl_module.device)
         before = self._measure(pl_module, inputs)
         float64_error = fusion_error(pl_module, inputs[:8], relative=True) if self.verify_float64 else None
         with eval_mode(pl_module), torch.no_grad():
@@ -116,17 +128,6 @@ class ReparamFusion(Callback):
                 f"(relative; allowed {self.float64_tolerance:g}): a block's fuse() is not exact"
             )
         self._save_deploy_checkpoint(trainer)
-
-    @staticmethod
-    def _reference_loader(trainer: L.Trainer):
-        for loaders in (trainer.val_dataloaders, trainer.train_dataloader):
-            if isinstance(loaders, dict):
-                loaders = list(loaders.values())
-            if isinstance(loaders, (list, tuple)):
-                loaders = loaders[0] if loaders else None
-            if loaders is not None:
-                return loaders
-        raise LitzooError("ReparamFusion needs a validation or training dataloader to check the fused model")
 
     def _measure(self, pl_module: L.LightningModule, inputs: torch.Tensor) -> dict[str, float]:
         sample = inputs[:1]

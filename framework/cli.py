@@ -70,6 +70,11 @@ class LitzooCLI(LightningCLI):
     def run_dir(self) -> Path:
         root = self._get(self.config_init, "trainer", default={}).get("default_root_dir") or RUNS_DIR
         method = run_name(self.model, ("Classifier", "Module", "Model"))
+        # A callback that changes what is trained (StructuralReparam(block="dbb") -> "resnet-dbb")
+        # gets its own run folder, so `--ckpt_path best` never picks another technique's run.
+        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        tags = [c.run_tag for c in callbacks if isinstance(getattr(c, "run_tag", None), str)]
+        method = "-".join([method, *tags])
         data = run_name(self.datamodule, ("DataModule",)) if self.datamodule is not None else "data"
         return Path(root) / method / data
 

@@ -13,6 +13,7 @@ from torch import nn
 from framework.checkpoints import load_checkpoint, state_dict_from
 from framework.errors import LitzooError
 from framework.reparam import fuse_model, is_fused_checkpoint
+from framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
 
 FORMATS = ("onnx", "torchscript")
 
@@ -39,6 +40,9 @@ def _instantiate(hparams: dict[str, Any] | None, path: Path, what: str) -> Any:
 def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str, Any]]:
     """Rebuild the LightningModule saved in a ``litzoo fit`` checkpoint (training-time or deploy).
 
+    A checkpoint of a model converted by ``StructuralReparam`` is loaded into the converted
+    structure and fused back, giving the model's own architecture.
+
     Returns the module in eval mode and the loaded checkpoint dict.
     """
     path = Path(path)
@@ -47,12 +51,16 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     if is_fused_checkpoint(checkpoint):  # deploy weights: rebuild the fused structure first
         fuse_model(module, inplace=True)
     state = state_dict_from(checkpoint, path)
+    # trained with StructuralReparam: the weights are those of the converted blocks
+    converted = converted_layers_in(module, state)
+    reconvert(module, converted)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LitzooError(
             f"checkpoint '{path}' does not match {type(module).__name__}: "
             f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
         )
+    fuse_branches(module, converted)
     return module.eval(), checkpoint
 
 

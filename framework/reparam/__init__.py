@@ -1,22 +1,41 @@
-"""Structural re-parameterization: fusion math, training-time blocks and the deploy walker."""
+"""Structural re-parameterization: fusion math, training-time blocks, converters and the deploy walker."""
 
+from framework.reparam.acb import ACBlock
 from framework.reparam.conv_bn import ConvBN
+from framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
 from framework.reparam.fuse_model import DEPLOY_KEY, fuse_model, is_fusable, is_fused_checkpoint
-from framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
+from framework.reparam.fusion import (
+    add_branches,
+    avgpool_kernel,
+    concat_branches,
+    conv_with_kernel,
+    fuse_conv_bn,
+    identity_kernel,
+    merge_1x1_kxk,
+    pad_kernel,
+)
 from framework.reparam.repvgg_block import RepVGGBlock
-from framework.reparam.verify import randomize_batchnorm
+from framework.reparam.verify import fusion_error, randomize_batchnorm
 
 __all__ = [
+    "ACBlock",
+    "BNAndPad",
     "ConvBN",
     "DEPLOY_KEY",
+    "DiverseBranchBlock",
+    "IdentityBasedConv1x1",
     "RepVGGBlock",
     "add_branches",
+    "avgpool_kernel",
+    "concat_branches",
     "conv_with_kernel",
     "fuse_conv_bn",
     "fuse_model",
+    "fusion_error",
     "identity_kernel",
     "is_fusable",
     "is_fused_checkpoint",
+    "merge_1x1_kxk",
     "pad_kernel",
     "randomize_batchnorm",
 ]

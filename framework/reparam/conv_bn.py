@@ -12,6 +12,8 @@ class ConvBN(nn.Module):
 
     Sub-module names ``conv`` and ``bn`` match the official re-parameterization repositories
     (``conv_bn`` in DingXiaoH/RepVGG), which keeps official checkpoints easy to map.
+    ``padding_mode`` is the conv's (any mode fuses exactly: padding does not depend on the kernel);
+    ``affine`` is the BN's.
     """
 
     def __init__(
@@ -23,10 +25,13 @@ class ConvBN(nn.Module):
         padding: int | tuple[int, int] = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
+        padding_mode: str = "zeros",
+        affine: bool = True,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False, padding_mode=padding_mode)
+        # affine=False: ACNet's ``use_affine`` option; fuse_conv_bn treats gamma as 1 and beta as 0.
+        self.bn = nn.BatchNorm2d(out_channels, affine=affine)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.bn(self.conv(x))

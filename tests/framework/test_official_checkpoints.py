@@ -193,3 +193,61 @@ def test_plain_repvgg_net_loads_in_place(tmp_path):
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), official(x), atol=1e-5, rtol=0)
+
+
+class OfficialACBlock(nn.Module):
+    """DingXiaoH/ACNet ``acb.py`` naming and forward, including its input crop for padding < k//2."""
+
+    def __init__(self, cin, cout, k, padding):
+        super().__init__()
+        self.square_conv, self.square_bn = nn.Conv2d(cin, cout, k, padding=padding, bias=False), nn.BatchNorm2d(cout)
+        if padding >= k // 2:
+            self.crop, hor, ver = 0, (padding - k // 2, padding), (padding, padding - k // 2)
+        else:
+            self.crop, hor, ver = k // 2 - padding, (0, padding), (padding, 0)
+        self.ver_conv, self.ver_bn = nn.Conv2d(cin, cout, (k, 1), padding=ver, bias=False), nn.BatchNorm2d(cout)
+        self.hor_conv, self.hor_bn = nn.Conv2d(cin, cout, (1, k), padding=hor, bias=False), nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        c = self.crop
+        ver_in = x[:, :, :, c:-c] if c else x
+        hor_in = x[:, :, c:-c, :] if c else x
+        return self.square_bn(self.square_conv(x)) + self.ver_bn(self.ver_conv(ver_in)) + self.hor_bn(self.hor_conv(hor_in))
+
+
+@pytest.mark.parametrize("k, padding", [(3, 1), (5, 2), (5, 1), (3, 0)])
+def test_official_acb_weights_give_the_same_function(k, padding):
+    from framework.reparam import ACBlock
+
+    official = randomize_batchnorm(OfficialACBlock(4, 6, k, padding), seed=k + padding).eval()
+    ours = ACBlock(4, 6, k, padding=padding).eval()
+    ours.load_state_dict(convert_official_state_dict("acb", official.state_dict()))
+    x = torch.randn(2, 4, 11, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x), atol=1e-5, rtol=0)
+        deploy = {"fused_conv.weight": ours.fuse().weight, "fused_conv.bias": ours.fuse().bias}
+        assert set(convert_official_state_dict("acb", deploy)) == set(ours.fuse().state_dict())
+
+
+def official_dbb_keys(depthwise: bool, internal_equals_in: bool) -> set[str]:
+    """The state-dict keys of the official DiverseBranchBlock, written out from diversebranchblock.py."""
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    keys = {"dbb_origin.conv.weight"} | {f"dbb_origin.bn.{p}" for p in bn}
+    if not depthwise:
+        keys |= {"dbb_1x1.conv.weight"} | {f"dbb_1x1.bn.{p}" for p in bn}
+        keys |= {"dbb_avg.conv.weight"} | {f"dbb_avg.bn.bn.{p}" for p in bn}
+    keys |= {f"dbb_avg.avgbn.{p}" for p in bn}
+    keys |= {"dbb_1x1_kxk.idconv1.weight" if internal_equals_in else "dbb_1x1_kxk.conv1.weight"}
+    keys |= {f"dbb_1x1_kxk.bn1.bn.{p}" for p in bn} | {"dbb_1x1_kxk.conv2.weight"} | {f"dbb_1x1_kxk.bn2.{p}" for p in bn}
+    return keys
+
+
+@pytest.mark.parametrize("cin, cout, groups, depthwise, internal_equals_in", [(4, 6, 1, False, True), (4, 4, 2, False, True), (4, 4, 4, True, False)])
+def test_official_dbb_keys_map_one_to_one_onto_ours(cin, cout, groups, depthwise, internal_equals_in):
+    from framework.reparam import DiverseBranchBlock
+
+    ours = DiverseBranchBlock(cin, cout, 3, groups=groups)
+    mapped = convert_official_state_dict("dbb", {k: torch.zeros(1) for k in official_dbb_keys(depthwise, internal_equals_in)})
+    assert set(mapped) == set(ours.state_dict())
+    deploy = convert_official_state_dict("dbb", {"dbb_reparam.weight": torch.zeros(1), "dbb_reparam.bias": torch.zeros(1)})
+    assert set(deploy) == set(ours.fuse().state_dict())
