@@ -13,7 +13,6 @@ here the swap is done on an already built model, found through its traced graph.
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 import lightning as L
@@ -36,7 +35,7 @@ from framework.reparam.convert import (
     fuse_branches,
     reconvert,
 )
-from framework.reparam.verify import randomize_batchnorm
+from framework.reparam.verify import detached_copy, randomize_batchnorm
 
 
 class StructuralReparam(Callback):
@@ -180,7 +179,7 @@ class StructuralReparam(Callback):
 
     def _float64_check(self, pl_module: L.LightningModule, inputs: torch.Tensor) -> float:
         """The fusion on a float64 copy with random BN statistics (independent of the trained values)."""
-        model = copy.deepcopy(pl_module).double().eval()
+        model = detached_copy(pl_module).double().eval()
         randomize_batchnorm(model, seed=0)
         x = inputs.double()
         with torch.no_grad():

@@ -7,6 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 SCRIPT = """
@@ -14,13 +15,13 @@ import sys, torch, lightning as L
 from framework.cli import LitzooCLI
 
 class SaveRankWeights(L.Callback):
-    # after ReparamFusion (trainer_defaults come last): the fused weights of each rank
+    # after ReparamFusion / StructuralReparam (trainer_defaults come last): the fused weights of each rank
     def on_fit_end(self, trainer, pl_module):
         state = {{k: v.detach().cpu() for k, v in pl_module.state_dict().items()}}
         torch.save({{"state": state, "world_size": trainer.world_size, "steps": trainer.global_step}}, f"{out}/rank{{trainer.global_rank}}.pt")
 
 LitzooCLI(args=[
-    "fit", "-c", "configs/repvgg/digits.yaml",
+    "fit", "-c", "{config}", {extra}
     "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
     "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.limit_val_batches", "2",
     "--trainer.default_root_dir", "{out}", "--trainer.enable_progress_bar", "false",
@@ -28,14 +29,21 @@ LitzooCLI(args=[
 """
 
 
-def test_two_process_ddp_fit_keeps_ranks_identical(tmp_path: Path):
+@pytest.mark.parametrize(
+    "config, extra",
+    [
+        ("configs/repvgg/digits.yaml", ""),  # ReparamFusion on litzoo's own RepVGG
+        ("configs/dbb/digits.yaml", '"--model.init_args.width", "4",'),  # StructuralReparam converting a plain ResNet
+    ],
+)
+def test_two_process_ddp_fit_keeps_ranks_identical(tmp_path: Path, config: str, extra: str):
     script = tmp_path / "ddp_fit.py"
-    script.write_text(textwrap.dedent(SCRIPT.format(out=tmp_path)))
+    script.write_text(textwrap.dedent(SCRIPT.format(out=tmp_path, config=config, extra=extra)))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["steps"] == 6 for r in ranks)
     a, b = ranks[0]["state"], ranks[1]["state"]
-    assert a.keys() == b.keys() and not any("branch_1x1" in k for k in a)  # fused on both ranks
+    assert a.keys() == b.keys() and not any("branch_" in k for k in a)  # fused on both ranks
     for key in a:
         assert torch.equal(a[key], b[key]), key

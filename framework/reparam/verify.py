@@ -30,6 +30,17 @@ def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
+def detached_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` that leaves out a LightningModule's trainer (and its process groups,
+    loggers, locks), which cannot and must not be copied."""
+    memo: dict[int, object] = {}
+    for attribute in ("_trainer", "_fabric"):
+        value = module.__dict__.get(attribute)
+        if value is not None:
+            memo[id(value)] = None
+    return copy.deepcopy(module, memo)
+
+
 def fusion_error(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -56,7 +67,7 @@ def fusion_error(
 
     from framework.reparam.fuse_model import fuse_model
 
-    reference = copy.deepcopy(model).to(dtype).eval()
+    reference = detached_copy(model).to(dtype).eval()
     if randomize_bn:
         randomize_batchnorm(reference, seed)
     fused = fuse_model(reference).eval()
