@@ -1,5 +1,6 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
 from callbacks.reparam_fusion import ReparamFusion
+from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["ReparamFusion"]
+__all__ = ["ReparamFusion", "StructuralReparam"]

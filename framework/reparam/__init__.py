@@ -14,6 +14,7 @@ from framework.reparam.fusion import (
     merge_1x1_kxk,
     pad_kernel,
 )
+from framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
 from framework.reparam.repvgg_block import RepVGGBlock
 from framework.reparam.verify import fusion_error, randomize_batchnorm
 
@@ -24,10 +25,13 @@ __all__ = [
     "DEPLOY_KEY",
     "DiverseBranchBlock",
     "IdentityBasedConv1x1",
+    "RepMLPBlock",
+    "RepMLPBlockDeploy",
     "RepVGGBlock",
     "add_branches",
     "avgpool_kernel",
     "concat_branches",
+    "conv_to_fc",
     "conv_with_kernel",
     "fuse_conv_bn",
     "fuse_model",
