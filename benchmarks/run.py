@@ -15,6 +15,7 @@ import time
 import common
 import framework_overhead
 import fusion_latency
+import structural_reparam
 
 OUTPUT = common.ROOT / "BENCHMARKS.md"
 COMMAND = "make bench  # = .venv/bin/python benchmarks/run.py"
@@ -49,6 +50,10 @@ def main() -> None:
     overhead = framework_overhead.main()
     print(f"  done in {overhead['seconds']:.0f} s", file=sys.stderr, flush=True)
 
+    print("structural re-parameterization on a plain CNN (12 trainings) ...", file=sys.stderr, flush=True)
+    grafted = structural_reparam.main()
+    print(f"  done in {grafted['seconds']:.0f} s", file=sys.stderr, flush=True)
+
     total = time.perf_counter() - start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -64,7 +69,7 @@ medians), so that the numbers compare across machines better than absolute times
 written by `benchmarks/run.py`; do not edit it by hand.
 
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
-`.venv/bin/python benchmarks/framework_overhead.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -84,6 +89,12 @@ noisy, the alternating-round ratios less so.
 {overhead_verdict(overhead)}
 
 {framework_overhead.to_markdown(overhead)}
+
+## ACNet / DBB / RepVGG branches on a plain CNN via `StructuralReparam` (`benchmarks/structural_reparam.py`, {grafted['seconds']:.0f} s)
+
+{structural_reparam.verdict(grafted)}
+
+{structural_reparam.to_markdown(grafted)}
 """
     OUTPUT.write_text(text)
     print(text)

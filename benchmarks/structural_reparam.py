@@ -126,7 +126,7 @@ def train(variant: str, seed: int, epochs: int, width: int, label_smoothing: flo
     }
 
 
-def deploy_latency_ratios(runs: list[dict], batch: torch.Tensor, rounds: int = 10) -> dict[str, float]:
+def deploy_latency_ratios(runs: list[dict], batch: torch.Tensor, rounds: int = 30) -> dict[str, float]:
     """Latency of each variant's deploy model over the plain model's, in alternating rounds."""
     models = {variant: next(r["model"] for r in runs if r["variant"] == variant) for variant in VARIANTS}
     per_round: dict[str, list[float]] = {v: [] for v in VARIANTS}
@@ -184,6 +184,25 @@ def main(epochs: int = 10, width: int = 16, seeds: tuple[int, ...] = (0, 1, 2)) 
     }
 
 
+def verdict(results: dict) -> str:
+    rows = {r["variant"]: r for r in results["rows"]}
+    plain = rows["plain"]
+    lines = [
+        f"Same CNN (width {results['width']}), same optimizer and schedule, {results['epochs']} epochs, seeds {results['seeds']}; "
+        "accuracy is the fused deploy model's on the digits test split (360 images)."
+    ]
+    for variant in VARIANTS[1:]:
+        r = rows[variant]
+        diff = 100 * (r["acc_mean"] - plain["acc_mean"])
+        spread = 100 * max(r["acc_std"], plain["acc_std"])
+        judgement = "within one std of plain" if abs(diff) <= spread else ("above plain" if diff > 0 else "below plain")
+        lines.append(
+            f"- {variant}: {diff:+.2f} points vs plain ({judgement}); training step x{r['step_ratio']:.2f}; "
+            f"deploy latency x{r['latency_ratio']:.3f} (same architecture and parameter count: {r['params_deploy'] == plain['params_deploy']})"
+        )
+    return "\n".join(lines)
+
+
 def to_markdown(results: dict) -> str:
     headers = [
         "variant",
@@ -222,5 +241,7 @@ if __name__ == "__main__":
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args()
     results = main(args.epochs, args.width, tuple(args.seeds))
+    print(verdict(results))
+    print()
     print(to_markdown(results))
     print(f"\n{results['seconds']:.0f} s", file=sys.stderr)
