@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -135,3 +136,17 @@ def test_run_names():
     class DigitsDataModule: ...
     assert run_name(RepVGGClassifier(), ("Classifier",)) == "repvgg"
     assert run_name(DigitsDataModule(), ("DataModule",)) == "digits"
+
+
+def test_structural_reparam_run_has_its_own_folder_and_exports_the_fused_plain_model(tmp_path, capsys):
+    config = "configs/dbb/digits.yaml"
+    small = ["--model.init_args.width", "4", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1"]
+    main(["fit", "-c", config, "--trainer.default_root_dir", str(tmp_path), *small, *QUIET])
+    best = tmp_path / "resnet-dbb" / "digits" / "version_0" / "checkpoints" / "best.ckpt"
+    assert best.is_file(), "runs of a StructuralReparam config go to runs/<model>-<block>/<data>"
+    assert any(".branch_1x1_kxk." in k for k in torch.load(best, weights_only=True)["state_dict"]), "checkpoints hold the converted model (resumable)"
+    main(["export", "--ckpt_path", str(best), "--format", "onnx"])
+    assert "max |exported - torch|" in capsys.readouterr().out
+    onnx_model = onnx.load(str(best.with_suffix(".onnx")))
+    ops = {node.op_type for node in onnx_model.graph.node}
+    assert "AveragePool" not in ops and "Pad" not in ops, "the exported model is the plain ResNet, without DBB branches"

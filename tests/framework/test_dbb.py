@@ -295,7 +295,7 @@ def test_equivalent_kernel_bias_gradcheck_through_the_merges(randomize_bn):
         {"kernel_size": (3, 3)},
         {"nonlinear": torch.relu},
     ],
-    ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()),
+    ids=lambda kw: "-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in kw.items()),
 )
 def test_invalid_arguments_raise_value_error(kwargs):
     args = {"in_channels": 4, "out_channels": 4, "kernel_size": 3} | kwargs
