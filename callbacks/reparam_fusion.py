@@ -8,6 +8,7 @@ plain one. This callback does the switch for any LightningModule whose blocks im
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,25 @@ def reference_loader(trainer: L.Trainer, who: str):
     raise LitzooError(f"{who} needs a validation or training dataloader to check the fused model")
 
 
-class ReparamFusion(Callback):
+class EvaluatesFused(Callback, abc.ABC):
+    """``validate``/``test``/``predict`` outside fit run on the deploy model: the loaded training-time
+    weights are fused first, by the subclass's :meth:`_fuse_for_evaluation`."""
+
+    @abc.abstractmethod
+    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Fuse ``pl_module`` in place unless fitting or already fused."""
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fuse_for_evaluation(trainer, pl_module)
+
+
+class ReparamFusion(EvaluatesFused):
     """Fuse every re-parameterizable block at the end of ``fit`` and before ``test``/``predict``.
 
     At the end of fit it (1) runs one real batch through the model in eval mode, (2) fuses the
@@ -171,12 +190,3 @@ class ReparamFusion(Callback):
         fuse_model(pl_module, inplace=True)
         self.fused = True
         rank_zero_info(f"ReparamFusion: evaluating the fused model ({format_count(count_parameters(pl_module))} params)")
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)

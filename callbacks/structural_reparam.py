@@ -17,12 +17,11 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.reparam_fusion import batch_inputs, reference_loader
+from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
 from framework.errors import LitzooError
 from framework.profiling import count_parameters, eval_mode
 from framework.reparam.convert import (
@@ -35,10 +34,10 @@ from framework.reparam.convert import (
     fuse_branches,
     reconvert,
 )
-from framework.reparam.verify import detached_copy, randomize_batchnorm
+from framework.reparam.verify import fusion_error
 
 
-class StructuralReparam(Callback):
+class StructuralReparam(EvaluatesFused):
     """Convert a model's conv-BN pairs to ``block`` for training; fuse them back when fit ends.
 
     What is converted is explicit: a ``nn.Conv2d`` whose output only a ``BatchNorm2d`` consumes,
@@ -151,7 +150,8 @@ class StructuralReparam(Callback):
         if not self.fuse_at_end or not self.layers:
             return
         inputs = batch_inputs(next(iter(reference_loader(trainer, 'StructuralReparam')))).to(pl_module.device)
-        float64_error = self._float64_check(pl_module, inputs[:8])
+        # the fusion itself, on a float64 copy with random BN statistics (independent of the trained values)
+        float64_error = fusion_error(pl_module, inputs[:8], relative=True, fuse=lambda model: fuse_branches(model, self.layers))
         params_trained = count_parameters(pl_module)
         with eval_mode(pl_module), torch.no_grad():
             reference = pl_module(inputs).clone()
@@ -177,32 +177,12 @@ class StructuralReparam(Callback):
                 f"(float64 random-BN check {float64_error:.3g}); the fusion is not exact"
             )
 
-    def _float64_check(self, pl_module: L.LightningModule, inputs: torch.Tensor) -> float:
-        """The fusion on a float64 copy with random BN statistics (independent of the trained values)."""
-        model = detached_copy(pl_module).double().eval()
-        randomize_batchnorm(model, seed=0)
-        x = inputs.double()
-        with torch.no_grad():
-            before = model(x)
-            fuse_branches(model, self.layers)
-            after = model(x)
-        return (after - before).abs().max().item() / max(1.0, before.abs().max().item())
-
     # ---------------------------------------------------------------- evaluation outside fit
     def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING or not self.layers:
             return
         self.fuse(pl_module)
         rank_zero_info(f"StructuralReparam({self.block}): evaluating the fused model ({count_parameters(pl_module):,} parameters)")
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
 
     # ---------------------------------------------------------------- resuming
     def state_dict(self) -> dict[str, Any]:

@@ -23,13 +23,14 @@ SECTIONS = {
 
 
 def discover(package: str, base: type) -> dict[str, type]:
-    """Classes derived from ``base`` defined in the submodules of ``package``, by name."""
+    """Concrete classes derived from ``base`` defined in the submodules of ``package``, by name
+    (abstract bases, which cannot be instantiated from a config, are left out)."""
     root = importlib.import_module(package)
     found: dict[str, type] = {}
     for info in pkgutil.iter_modules(root.__path__, prefix=f"{package}."):
         module = importlib.import_module(info.name)
         for name, obj in inspect.getmembers(module, inspect.isclass):
-            if obj.__module__ == module.__name__ and issubclass(obj, base) and obj is not base:
+            if obj.__module__ == module.__name__ and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj):
                 found[name] = obj
     return dict(sorted(found.items()))
 

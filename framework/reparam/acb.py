@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN
+from framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from framework.reparam.fusion import add_branches, conv_with_kernel, pad_kernel
 
 __all__ = ["ACBlock"]
@@ -62,17 +62,9 @@ class ACBlock(nn.Module):
         gamma_init: float | None = None,
     ) -> None:
         super().__init__()
-        _check_ints(in_channels=in_channels, out_channels=out_channels, kernel_size=kernel_size, stride=stride, dilation=dilation, groups=groups)
-        if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int (the kx1 and 1xk kernels need a centre), got {kernel_size}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+        check_conv_arguments(in_channels, out_channels, stride, groups, kernel_size, "the kx1 and 1xk kernels need a centre")
+        if not isinstance(dilation, int) or isinstance(dilation, bool):
+            raise ValueError(f"dilation must be an int, got {dilation!r}")
         if not isinstance(padding, int) or isinstance(padding, bool) or padding < 0:
             raise ValueError(f"padding must be an int >= 0, got {padding!r}")
         if dilation < 1:
@@ -152,9 +144,3 @@ class ACBlock(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, crop={self.crop}"
         )
-
-
-def _check_ints(**values: object) -> None:
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"{name} must be an int, got {value!r}")

@@ -7,6 +7,37 @@ from torch import Tensor, nn
 from framework.reparam.fusion import conv_with_kernel, fuse_conv_bn
 
 
+def check_conv_arguments(
+    in_channels: int,
+    out_channels: int,
+    stride: int,
+    groups: int,
+    kernel_size: int | None = None,
+    odd_kernel_reason: str = "",
+) -> None:
+    """The argument checks every re-parameterizable conv block shares, as clear ``ValueError``s.
+
+    ``kernel_size`` (when given) must be a positive odd int; ``odd_kernel_reason`` says why, in the
+    block's terms.
+    """
+    values = {"in_channels": in_channels, "out_channels": out_channels, "stride": stride, "groups": groups}
+    if kernel_size is not None:
+        values["kernel_size"] = kernel_size
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{name} must be an int, got {value!r}")
+    if in_channels <= 0 or out_channels <= 0:
+        raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
+    if kernel_size is not None and (kernel_size < 1 or kernel_size % 2 == 0):
+        raise ValueError(f"kernel_size must be a positive odd int ({odd_kernel_reason}), got {kernel_size}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+
+
 class ConvBN(nn.Module):
     """``BN(conv(x))`` with a bias-free conv; ``fuse()`` returns the equivalent single conv.
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN
+from framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from framework.reparam.fusion import (
     add_branches,
     avgpool_kernel,
@@ -155,20 +155,7 @@ class DiverseBranchBlock(nn.Module):
         single_init: bool = False,
     ) -> None:
         super().__init__()
-        ints = {"in_channels": in_channels, "out_channels": out_channels, "kernel_size": kernel_size, "stride": stride, "groups": groups}
-        for name, value in ints.items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an int, got {value!r}")
-        if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be a positive odd int (the 1x1 branch must sit at the window centre), got {kernel_size}")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+        check_conv_arguments(in_channels, out_channels, stride, groups, kernel_size, "the 1x1 branch must sit at the window centre")
         if padding is None:
             padding = kernel_size // 2
         if padding != kernel_size // 2:

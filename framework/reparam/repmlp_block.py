@@ -24,6 +24,7 @@ authors' state dicts load unchanged, training-time and deploy-time.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 
 import torch
@@ -106,7 +107,7 @@ class GlobalPerceptron(nn.Module):
         return torch.sigmoid(self.fc2(F.relu(self.fc1(x))))
 
 
-class _PartitionMLP(nn.Module):
+class _PartitionMLP(nn.Module, abc.ABC):
     """What the training-time and deploy-time RepMLP blocks share: arguments, Global Perceptron, partitioning.
 
     ``forward`` cuts ``(N, C, H, W)`` into rows ``(M, S, h, w)``, ``M = N * H/h * W/w * C/S``: the
@@ -128,9 +129,9 @@ class _PartitionMLP(nn.Module):
         self.num_sharesets, self.globalperceptron_reduce = num_sharesets, globalperceptron_reduce
         self.gp = GlobalPerceptron(in_channels, in_channels // globalperceptron_reduce)
 
+    @abc.abstractmethod
     def mix(self, partitions: Tensor, rows: Tensor) -> Tensor:
         """``(M, S, h, w)`` partitions (and the same as ``(M, S, h*w)`` rows) -> ``(M, S, h, w)``."""
-        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, height, width = x.shape

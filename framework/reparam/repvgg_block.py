@@ -11,7 +11,7 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN
+from framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
 
 
@@ -33,14 +33,7 @@ class RepVGGBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, use_nonlinearity: bool = True) -> None:
         super().__init__()
-        if in_channels <= 0 or out_channels <= 0:
-            raise ValueError(f"channels must be positive, got in_channels={in_channels}, out_channels={out_channels}")
-        if groups < 1:
-            raise ValueError(f"groups must be >= 1, got {groups}")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible by groups ({groups})")
-        if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+        check_conv_arguments(in_channels, out_channels, stride, groups)
         self.in_channels, self.out_channels, self.stride, self.groups = in_channels, out_channels, stride, groups
         self.branch_3x3 = ConvBN(in_channels, out_channels, 3, stride, padding=1, groups=groups)
         # The 1x1 branch samples the centre of each 3x3 window: its padding is 1 - 3 // 2 = 0.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -49,6 +50,7 @@ def fusion_error(
     dtype: torch.dtype = torch.float64,
     seed: int = 0,
     relative: bool = False,
+    fuse: Callable[[nn.Module], nn.Module] | None = None,
 ) -> float:
     """Max ``|fused(x) - model(x)|`` measured the way that exposes real fusion bugs.
 
@@ -57,7 +59,8 @@ def fusion_error(
     round-off. This verifier works on a copy of ``model``: it gives every BatchNorm random
     statistics (defaults hide scale and bias bugs), casts to ``dtype`` (float64: round-off drops to
     ~1e-12, so anything larger is a real error), puts it in eval mode, and compares the outputs
-    before and after :func:`fuse_model`. ``model`` itself is not changed.
+    before and after the fusion (``fuse``: :func:`fuse_model` by default; any function that
+    returns the fused model, in place or not). ``model`` itself is not changed.
 
     Returns:
         The largest absolute difference over all output tensors; with ``relative=True`` divided
@@ -70,10 +73,10 @@ def fusion_error(
     reference = detached_copy(model).to(dtype).eval()
     if randomize_bn:
         randomize_batchnorm(reference, seed)
-    fused = fuse_model(reference).eval()
     x = inputs.to(dtype)
     with torch.no_grad():
         before = [t for t in tree_leaves(reference(x)) if isinstance(t, torch.Tensor)]
+        fused = (fuse or (lambda copy_: fuse_model(copy_, inplace=True)))(reference).eval()  # reference is already a copy
         after = [t for t in tree_leaves(fused(x)) if isinstance(t, torch.Tensor)]
     if len(before) != len(after):
         raise ValueError(f"the fused model returns {len(after)} tensors, the original {len(before)}")

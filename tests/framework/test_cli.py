@@ -107,9 +107,10 @@ def test_short_class_names(tmp_path):
 def test_list_names_everything(capsys):
     main(["list"])
     out = capsys.readouterr().out
-    for name in ("RepVGGClassifier", "DigitsDataModule", "ImageFolderDataModule", "ReparamFusion", "configs/repvgg/digits.yaml"):
+    for name in ("RepVGGClassifier", "DigitsDataModule", "ImageFolderDataModule", "ReparamFusion", "StructuralReparam", "configs/repvgg/digits.yaml"):
         assert name in out
     assert "RepVGG image classifier" in out  # first docstring line
+    assert "EvaluatesFused" not in out  # an abstract base, not something a config can use
 
 
 def test_missing_best_checkpoint_is_one_clear_line(tmp_path, capsys):
