@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from framework.optim import cosine_per_step, sgd_momentum, split_weight_decay
+from framework.pruning import apply_layer_shapes, pruned_shapes
 from framework.reparam import fuse_model, is_fused_checkpoint
 
 
@@ -149,3 +150,7 @@ class ImageClassifier(L.LightningModule):
         # built training-time network to the same structure before its state dict is loaded.
         if is_fused_checkpoint(checkpoint):
             fuse_model(self, inplace=True)
+        # A pruned checkpoint (written by ResRepPruning) has fewer channels: rebuild those layers.
+        shapes = pruned_shapes(checkpoint)
+        if shapes:
+            apply_layer_shapes(self, shapes)

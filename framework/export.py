@@ -12,6 +12,7 @@ from torch import nn
 
 from framework.checkpoints import load_checkpoint, state_dict_from
 from framework.errors import LitzooError
+from framework.pruning import apply_layer_shapes, compacted_layers, compactors_in, insert_compactors, prune_compacted, pruned_shapes
 from framework.reparam import fuse_model, is_fused_checkpoint
 from framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
 
@@ -41,7 +42,10 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     """Rebuild the LightningModule saved in a ``litzoo fit`` checkpoint (training-time or deploy).
 
     A checkpoint of a model converted by ``StructuralReparam`` is loaded into the converted
-    structure and fused back, giving the model's own architecture.
+    structure and fused back, giving the model's own architecture. A pruned checkpoint
+    (``ResRepPruning``'s ``pruned.ckpt``) gets its recorded layer shapes first; a checkpoint of a
+    ResRep compactor model is loaded with its compactors (:func:`framework.pruning.prune_compacted`
+    removes the channels given example inputs; :func:`export_checkpoint` does).
 
     Returns the module in eval mode and the loaded checkpoint dict.
     """
@@ -50,7 +54,14 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     module = _instantiate(checkpoint.get("hyper_parameters"), path, "model")
     if is_fused_checkpoint(checkpoint):  # deploy weights: rebuild the fused structure first
         fuse_model(module, inplace=True)
+    shapes = pruned_shapes(checkpoint)
+    if shapes:
+        try:
+            apply_layer_shapes(module, shapes)
+        except ValueError as error:
+            raise LitzooError(f"checkpoint '{path}': its pruned layer shapes do not fit {type(module).__name__}: {error}") from None
     state = state_dict_from(checkpoint, path)
+    insert_compactors(module, compactors_in(state))  # trained with ResRepPruning, not yet pruned
     # trained with StructuralReparam: the weights are those of the converted blocks
     converted = converted_layers_in(module, state)
     reconvert(module, converted)
@@ -133,8 +144,10 @@ def export_checkpoint(
     """Load a ``litzoo fit`` checkpoint, fuse it, export it, verify it. Returns (file, max abs error)."""
     ckpt_path = Path(ckpt_path)
     module, checkpoint = load_lightning_module(ckpt_path)
-    deploy = fuse_model(module).eval()
     inputs = sample_batch(checkpoint, ckpt_path, batch_size, input_shape)
+    if compacted_layers(module):  # a ResRep compactor model: fold (and fuse) it, remove its masked channels
+        prune_compacted(module, inputs)
+    deploy = fuse_model(module).eval()
     suffix = ".onnx" if fmt == "onnx" else ".pt"
     output = Path(output) if output is not None else ckpt_path.with_suffix(suffix)
     error = export_model(deploy, inputs, output, fmt, atol=atol)

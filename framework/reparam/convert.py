@@ -141,18 +141,13 @@ def _initialise(block: nn.Module, layer: ConvertedLayer, conv: nn.Conv2d, bn: nn
                     extra.bias.zero_()
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def _convert_one(model: nn.Module, layer: ConvertedLayer, init: str) -> None:
     conv, bn = model.get_submodule(layer.conv), model.get_submodule(layer.bn)
     block = build_block(layer).to(device=conv.weight.device, dtype=conv.weight.dtype)
     _initialise(block, layer, conv, bn, init)
     block.train(conv.training)
-    _set(model, layer.conv, block)
-    _set(model, layer.bn, nn.Identity())
+    model.set_submodule(layer.conv, block)
+    model.set_submodule(layer.bn, nn.Identity())
 
 
 def convert_to_branches(model: nn.Module, block: str, init: str = "paper", exclude: list[str] | tuple[str, ...] = ()) -> ConversionReport:
@@ -282,6 +277,6 @@ def fuse_branches(model: nn.Module, layers: list[ConvertedLayer]) -> nn.Module:
             bn.bias.copy_(bias)
         conv.train(block.training)
         bn.train(block.training)
-        _set(model, layer.conv, conv)
-        _set(model, layer.bn, bn)
+        model.set_submodule(layer.conv, conv)
+        model.set_submodule(layer.bn, bn)
     return model

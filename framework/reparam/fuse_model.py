@@ -47,6 +47,12 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _convert(module: nn.Module) -> nn.Module:
     fuse = getattr(module, "fuse", None)
     if callable(fuse):
+        if getattr(getattr(module, "nonlinearity", None), "compactor", None) is not None:
+            # fuse() would build a fresh nonlinearity and silently drop ResRep's compactor
+            raise ValueError(
+                f"{type(module).__name__} carries a ResRep compactor: fold it with framework.pruning.fold_compactors "
+                "(ResRepPruning does at the end of fit) before fusing the model"
+            )
         replacement = fuse()
         if not isinstance(replacement, nn.Module):
             raise TypeError(f"{type(module).__name__}.fuse() must return an nn.Module, got {type(replacement).__name__}")

@@ -1,0 +1,38 @@
+"""Structured pruning shared by the pruning callbacks: channel groups, compactors, FLOPs, removal."""
+
+from framework.pruning.channel_groups import ChannelGroup, GroupReport, find_channel_groups
+from framework.pruning.compactor import Compacted, Compactor, fold_compactor, insert_compactors
+from framework.pruning.flops import ChannelFlops
+from framework.pruning.removal import (
+    PRUNED_SHAPES_KEY,
+    apply_layer_shapes,
+    compacted_layers,
+    compactors_in,
+    fold_compactors,
+    layer_shapes,
+    prune_compacted,
+    pruned_shapes,
+    remove_channels,
+    zero_masked_rows,
+)
+
+__all__ = [
+    "PRUNED_SHAPES_KEY",
+    "ChannelFlops",
+    "ChannelGroup",
+    "Compacted",
+    "Compactor",
+    "GroupReport",
+    "apply_layer_shapes",
+    "compacted_layers",
+    "compactors_in",
+    "find_channel_groups",
+    "fold_compactor",
+    "fold_compactors",
+    "insert_compactors",
+    "layer_shapes",
+    "prune_compacted",
+    "pruned_shapes",
+    "remove_channels",
+    "zero_masked_rows",
+]

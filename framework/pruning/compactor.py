@@ -1,0 +1,116 @@
+"""The compactor of ResRep: a 1x1 conv after a conv(-BN) that learns which channels to drop.
+
+ResRep (Ding et al., "ResRep: Lossless CNN Pruning via Decoupling Remembering and Forgetting",
+ICCV 2021) separates *remembering* (the original conv-BN, trained by the objective only) from
+*forgetting* (a ``C x C`` pointwise conv, the compactor, initialised to the identity and pushed
+towards zero rows by a group-lasso penalty). Because the compactor is linear and follows a linear
+layer, it folds into that layer after training: ``K' = Q K``, ``b' = Q b``. Rows of ``Q`` that are
+zero are output channels that can be removed.
+
+Reference implementation: DingXiaoH/ResRep ``rr/compactor.py`` (``CompactorLayer``) and
+``rr/resrep_convert.py`` (``fold_conv``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Compactor(nn.Module):
+    """``C x C`` pointwise conv without bias, identity at initialisation, with a channel mask.
+
+    ``mask[c] = 0`` marks output channel ``c`` as selected for removal: ResRep stops giving that
+    row the objective's gradient (gradient resetting), so only the lasso penalty acts on it and it
+    decays towards zero. The mask is a buffer, so it is checkpointed with the model.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.channels = channels
+        self.weight = nn.Parameter(torch.eye(channels).reshape(channels, channels, 1, 1))
+        self.register_buffer("mask", torch.ones(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.conv2d(x, self.weight)
+
+    def row_norms(self) -> Tensor:
+        """L2 norm of each output row: ResRep's channel importance (``(C,)``)."""
+        return self.weight.detach().flatten(1).norm(dim=1)
+
+    @property
+    def num_kept(self) -> int:
+        return int((self.mask > 0).sum())
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}, kept={self.num_kept}"
+
+
+class Compacted(nn.Module):
+    """A layer and the compactor next to it: where ResRep re-parameterizes a conv-BN (or a block).
+
+    ``before=False``: ``x -> compactor(layer(x))``, ``layer`` being the BatchNorm after the pruned
+    conv, or the conv itself when no BatchNorm follows it. ``before=True``: ``x ->
+    layer(compactor(x))``, ``layer`` being the nonlinearity that ends a re-parameterizable block
+    (a RepVGG block: the compactor must act on the sum of the branches, before the ReLU).
+    """
+
+    def __init__(self, layer: nn.Module, channels: int, before: bool = False) -> None:
+        super().__init__()
+        self.layer = layer
+        self.compactor = Compactor(channels)
+        self.before = before
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(self.compactor(x)) if self.before else self.compactor(self.layer(x))
+
+
+def fold_compactor(kernel: Tensor, bias: Tensor, compactor_weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Merge a compactor into the conv before it: ``Q (K * x + b) = (Q K) * x + Q b``.
+
+    Args:
+        kernel: the conv's kernel with any BatchNorm already folded in, ``(C, in/groups, kh, kw)``.
+        bias: its bias, ``(C,)``.
+        compactor_weight: ``(C', C, 1, 1)`` (all rows, or only the kept ones).
+
+    Returns:
+        ``(kernel, bias)`` with ``C'`` output channels.
+    """
+    q = compactor_weight.flatten(1)  # (C', C)
+    if q.shape[1] != kernel.shape[0]:
+        raise ValueError(f"compactor has {q.shape[1]} input channels but the conv has {kernel.shape[0]} outputs")
+    return torch.einsum("pc,cikl->pikl", q, kernel), q @ bias
+
+
+def is_block_producer(module: nn.Module) -> bool:
+    """A re-parameterizable block whose output a compactor can take over: it has an equivalent
+    kernel and bias, a ``fuse()``, and its own ``nonlinearity`` (the RepVGG block)."""
+    return all(callable(getattr(module, name, None)) for name in ("get_equivalent_kernel_bias", "fuse")) and isinstance(
+        getattr(module, "nonlinearity", None), nn.Module
+    )
+
+
+def compactor_goes_before(model: nn.Module, name: str) -> bool:
+    """Whether the compactor at ``name`` acts on the layer's input: the nonlinearity of a block."""
+    parent, _, child = name.rpartition(".")
+    return child == "nonlinearity" and is_block_producer(model.get_submodule(parent) if parent else model)
+
+
+def insert_compactors(model: nn.Module, placements: dict[str, int]) -> None:
+    """Wrap each ``{module name: channels}`` of ``model`` in :class:`Compacted`, in place.
+
+    A block's ``nonlinearity`` gets its compactor before it; any other layer after it.
+    """
+    for name, channels in placements.items():
+        layer = model.get_submodule(name)
+        if isinstance(layer, Compacted):
+            raise ValueError(f"'{name}' already has a compactor")
+        reference = next((t for t in model.get_submodule(name.rpartition(".")[0]).state_dict().values()), None) if "." in name else None
+        reference = next(iter(layer.state_dict().values()), reference)
+        wrapped = Compacted(layer, channels, before=compactor_goes_before(model, name))
+        if reference is not None:
+            wrapped.compactor.to(device=reference.device, dtype=reference.dtype)
+        wrapped.train(layer.training)
+        model.set_submodule(name, wrapped)

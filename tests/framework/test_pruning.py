@@ -1,0 +1,190 @@
+"""Channel groups, compactor folding, the FLOPs model and exact channel removal (framework.pruning)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pruning_models import UserMobileNetV2, UserRepVGG, UserResNet
+from torch import nn
+
+from framework.profiling import count_flops
+from framework.pruning import (
+    ChannelFlops,
+    apply_layer_shapes,
+    find_channel_groups,
+    fold_compactor,
+    fold_compactors,
+    insert_compactors,
+    layer_shapes,
+    remove_channels,
+    zero_masked_rows,
+)
+from framework.pruning import removal as removal_module
+
+X = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(3))
+
+
+def test_residual_model_prunes_internal_convs_only():
+    report = find_channel_groups(UserResNet(), X)
+    assert [g.leader for g in report.groups] == ["layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.1.conv1"]
+    assert all(g.norm == g.leader.replace("conv1", "bn1") and g.consumers == [g.leader.replace("conv1", "conv2")] for g in report.groups)
+    # the residual stream: stem, every conv2 and the projection shortcut are tied together
+    assert set(report.skipped) == {"stem.0", "layer1.0.conv2", "layer1.1.conv2", "layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2"}
+    assert all("tied" in reason for reason in report.skipped.values())
+
+
+def test_depthwise_convs_follow_the_conv_that_feeds_them():
+    report = find_channel_groups(UserMobileNetV2(), X)
+    groups = {g.leader: g for g in report.groups}
+    assert set(groups) == {"features.0.0", "features.1.conv.3", "features.2.conv.0", "features.3.conv.0", "features.4.0"}
+    assert groups["features.2.conv.0"].followers == ["features.2.conv.3", "features.2.conv.4"]  # depthwise conv and its BN
+    assert groups["features.2.conv.0"].consumers == ["features.2.conv.6"]
+    assert groups["features.4.0"].consumers == ["classifier.1"]
+    assert set(report.skipped) == {"features.2.conv.6", "features.3.conv.6"}  # tied by the residual addition
+
+
+class DepthwiseThenPadded(nn.Module):
+    """conv-BN-ReLU -> depthwise-BN-ReLU -> 3x3 conv with padding: a removed channel reaches the last
+    conv as a non-zero constant (the depthwise BN's shift), which a padded 3x3 conv cannot absorb."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 1, bias=False)
+        self.bn = nn.BatchNorm2d(6)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.dw_bn = nn.BatchNorm2d(6)
+        self.out = nn.Conv2d(6, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.dw_bn(self.dw(F.relu(self.bn(self.conv(x)))))))
+
+
+def test_repvgg_blocks_are_planned_on_their_deploy_form():
+    """Training-time RepVGG blocks tie output to input channels through the identity branch; fused,
+    each block is a plain conv, so every block is prunable, its compactor before its ReLU."""
+    report = find_channel_groups(UserRepVGG(), X)
+    assert [(g.leader, g.placement) for g in report.groups] == [(f"body.{i}.conv", f"body.{i}.nonlinearity") for i in range(4)]
+    assert report.groups[-1].consumers == ["head"] and not report.skipped
+
+
+def test_group_that_cannot_be_removed_exactly_is_left_alone():
+    report = find_channel_groups(DepthwiseThenPadded(), X)
+    assert report.groups == []
+    assert "non-zero constant" in report.skipped["conv"] and "3x3" in report.skipped["conv"]
+
+
+def test_exclude():
+    report = find_channel_groups(UserResNet(), X, exclude=["layer2.*"])
+    assert [g.leader for g in report.groups] == ["layer1.0.conv1", "layer1.1.conv1"]
+    assert report.skipped["layer2.0.conv1"] == "excluded"
+
+
+def test_fold_compactor_equals_conv_then_compactor():
+    g = torch.Generator().manual_seed(0)
+    kernel, bias = torch.randn(5, 3, 3, 3, generator=g, dtype=torch.float64), torch.randn(5, generator=g, dtype=torch.float64)
+    q = torch.randn(4, 5, 1, 1, generator=g, dtype=torch.float64)
+    x = torch.randn(2, 3, 7, 7, generator=g, dtype=torch.float64)
+    k2, b2 = fold_compactor(kernel, bias, q)
+    expected = F.conv2d(F.conv2d(x, kernel, bias, padding=1), q)
+    assert (F.conv2d(x, k2, b2, padding=1) - expected).abs().max() < 1e-12
+    # a hand-checkable case: rows of Q pick and mix output channels
+    q = torch.tensor([[1.0, 0.0], [2.0, -1.0]]).reshape(2, 2, 1, 1)
+    k, b = fold_compactor(torch.tensor([[[[1.0]]], [[[3.0]]]]), torch.tensor([0.5, 1.0]), q)
+    assert k.flatten().tolist() == [1.0, -1.0] and b.tolist() == [0.5, 0.0]
+
+
+def _compacted_with_random_masks(model: nn.Module, seed: int = 1):
+    report = find_channel_groups(model, X)
+    flops = ChannelFlops(model, X, report.groups)
+    insert_compactors(model, {g.placement: g.channels for g in report.groups})
+    g = torch.Generator().manual_seed(seed)
+    kept = []
+    with torch.no_grad():
+        for group in report.groups:
+            compactor = model.get_submodule(group.placement).compactor
+            compactor.weight.add_(0.3 * torch.randn(compactor.weight.shape, generator=g))
+            mask = (torch.rand(group.channels, generator=g) > 0.5).float()
+            mask[0] = 1.0
+            compactor.mask.copy_(mask)
+            kept.append(int(mask.sum()))
+    return report, flops, kept
+
+
+@pytest.mark.parametrize("net", [UserResNet, UserMobileNetV2, UserRepVGG])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_removed_channels_leave_the_masked_model_unchanged(net, dtype, randomize_bn):
+    model = net()
+    report, flops, kept = _compacted_with_random_masks(model)
+    randomize_bn(model)
+    model = model.to(dtype).eval()
+    x = X.to(dtype)
+    zero_masked_rows(model)
+    with torch.no_grad():
+        masked = model(x)
+    removed = fold_compactors(model)
+    assert sum(map(len, removed.values())) == sum(g.channels for g in report.groups) - sum(kept)
+    remove_channels(model, removed, x)
+    with torch.no_grad():
+        error = (model(x) - masked).abs().max().item()
+    assert error < (1e-5 if dtype == torch.float32 else 1e-12)
+    # the physical model has the kept channels, and the FLOPs model counts it exactly
+    assert [model.get_submodule(g.leader).out_channels for g in report.groups] == kept
+    assert flops(kept) == count_flops(model, x[:1])
+
+
+def test_depthwise_constant_is_absorbed_not_dropped(monkeypatch, randomize_bn):
+    """Negative control: without moving the constant of removed depthwise channels into the
+    consumer's bias, the MobileNetV2 removal is wrong by O(1)."""
+    model = UserMobileNetV2()
+    _compacted_with_random_masks(model)
+    randomize_bn(model)
+    model.eval()
+    zero_masked_rows(model)
+    with torch.no_grad():
+        masked = model(X)
+    monkeypatch.setattr(removal_module, "_absorb_constants", lambda *args: None)
+    remove_channels(model, fold_compactors(model), X)
+    with torch.no_grad():
+        assert (model(X) - masked).abs().max() > 1e-2
+
+
+def test_pruned_shapes_rebuild_a_fresh_model(randomize_bn):
+    model = UserMobileNetV2()
+    _compacted_with_random_masks(model)
+    randomize_bn(model)
+    model.eval()
+    zero_masked_rows(model)
+    remove_channels(model, fold_compactors(model), X)
+    fresh = UserMobileNetV2()
+    apply_layer_shapes(fresh, layer_shapes(model))
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(X), model(X))
+    with pytest.raises(ValueError, match="does not exist"):
+        apply_layer_shapes(UserResNet(), layer_shapes(model))
+
+
+class PlainVGG(nn.Module):
+    """Convs with biases and no BatchNorm, as a fused RepVGG is: the compactor follows the conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3, 2, 1), nn.ReLU(), nn.Conv2d(12, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16 * 6 * 6, 3)  # flattened, not pooled: each channel owns 36 features
+
+    def forward(self, x):
+        return self.head(self.body(x).flatten(1))
+
+
+def test_convs_without_batchnorm_and_a_flattening_head():
+    model = PlainVGG().eval()
+    report, flops, kept = _compacted_with_random_masks(model)
+    assert [(g.leader, g.norm) for g in report.groups] == [("body.0", None), ("body.2", None), ("body.4", None)]
+    zero_masked_rows(model)
+    with torch.no_grad():
+        masked = model(X)
+    remove_channels(model, fold_compactors(model), X)
+    with torch.no_grad():
+        assert (model(X) - masked).abs().max() < 1e-5
+    assert model.head.in_features == 36 * kept[-1] and flops(kept) == count_flops(model, X[:1])
