@@ -1,4 +1,4 @@
-# litzoo: `make demo` trains RepVGG on digits, `make test` runs the suite. Both build .venv first.
+# litzoo: `make demo` trains RepVGG pruned by ResRep on digits, `make test` runs the suite. Both build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -18,9 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,export]"
 	touch $(STAMP)
 
+# RepVGG trained with its branches while ResRep prunes it to half the FLOPs; at the end of fit the
+# blocks are fused with the compactors folded in and the channels cut out; the pruned plain model is
+# tested and exported to ONNX (checked against torch on real test images).
 demo: $(STAMP)
-	$(LITZOO) fit -c configs/repvgg/digits.yaml
-	$(LITZOO) test -c configs/repvgg/digits.yaml --ckpt_path best
+	$(LITZOO) fit -c configs/resrep/repvgg_digits.yaml
+	$(LITZOO) test -c configs/resrep/repvgg_digits.yaml --ckpt_path last
+	$(LITZOO) export --format onnx --ckpt_path $$(ls -td runs/repvgg-resrep/digits/version_*/checkpoints/pruned.ckpt | head -1)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15

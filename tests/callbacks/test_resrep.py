@@ -1,0 +1,239 @@
+"""ResRepPruning on models litzoo did not write: gradient resetting, mask updates, exact removal,
+the FLOPs target, resuming, evaluation and loading of the pruned model."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from pruning_models import UserClassifier, loader
+
+from callbacks.resrep import ResRepPruning
+from framework.errors import LitzooError
+from framework.export import load_lightning_module
+from framework.profiling import count_flops
+from framework.pruning import compacted_layers
+from framework.reparam import fuse_model
+
+
+def trainer(tmp_path, callback, **kwargs) -> L.Trainer:
+    options = dict(max_epochs=6, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, deterministic=True)
+    options.update(kwargs)
+    return L.Trainer(callbacks=[callback], **options)
+
+
+def fast_resrep(**kwargs) -> ResRepPruning:
+    """The paper's algorithm on a schedule that fits a few tiny epochs (3 steps per epoch)."""
+    options = dict(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=1, granularity=8)
+    options.update(kwargs)
+    return ResRepPruning(**options)
+
+
+def test_argument_checks():
+    for bad in (dict(flops_target=0), dict(flops_target=1.0), dict(mask_interval=0), dict(granularity=0), dict(min_channels=0), dict(compactor_momentum=1.0), dict(compactor_lr=0.0)):
+        with pytest.raises(ValueError):
+            ResRepPruning(**bad)
+
+
+def test_unreachable_target_is_refused():
+    module = UserClassifier("resnet")
+    with pytest.raises(LitzooError, match="cannot be reached"):
+        ResRepPruning(flops_target=0.05).attach(module, torch.randn(2, 1, 12, 12))
+
+
+def test_mask_update_follows_the_official_rule():
+    """Global ranking by compactor row norm, at most ``granularity`` more per update while above the
+    target, at least ``min_channels`` per layer, stop as soon as the FLOPs target is met."""
+    module = UserClassifier("resnet")
+    callback = ResRepPruning(flops_target=0.5, granularity=3, min_channels=2)
+    callback.attach(module, torch.randn(2, 1, 12, 12))
+    compactors = list(callback.compactors(module).values())  # 8, 8, 16, 16 channels
+    norms = torch.linspace(2.0, 1.0, 48)[torch.randperm(48, generator=torch.Generator().manual_seed(0))]
+    with torch.no_grad():
+        start = 0
+        for c in compactors:
+            c.weight.copy_(torch.diag(norms[start : start + c.channels]).reshape(c.channels, c.channels, 1, 1))
+            start += c.channels
+    callback.update_masks(module)
+    masked = [(i, j) for i, c in enumerate(compactors) for j in (c.mask == 0).nonzero().flatten().tolist()]
+    lowest = sorted(((i, j) for i, c in enumerate(compactors) for j in range(c.channels)), key=lambda p: compactors[p[0]].row_norms()[p[1]].item())
+    assert masked == sorted(lowest[:3])  # the three globally smallest rows, nothing more
+    for _ in range(40):
+        callback.update_masks(module)
+    kept = callback.kept_channels(module)
+    assert callback.flops_ratio(module) <= 0.5 and min(kept) >= 2
+    # one channel fewer masked would be above the target: the update stops at the target
+    for layer in range(len(kept)):
+        more = np.array(kept)
+        more[layer] += 1
+        assert callback.flops.ratio(more) > 0.5 or kept[layer] == compactors[layer].channels
+
+
+def test_gradient_resetting_and_compactor_sgd_by_hand(tmp_path):
+    """One step: masked rows get only the lasso gradient, the others objective + lasso; the
+    compactor moves by ``lr * grad`` (first momentum step), outside the user's optimizer."""
+    module = UserClassifier("resnet", weight_decay=0.1)
+    callback = ResRepPruning(lasso_strength=0.3, warmup_epochs=100)
+    trainer_ = trainer(tmp_path, callback, max_steps=1, enable_checkpointing=False)
+    trainer_.strategy.connect(module)
+    callback.attach(module, torch.randn(2, 1, 12, 12))
+    compactor = callback.compactors(module)["net.layer1.0.bn1"]
+    with torch.no_grad():
+        compactor.weight.add_(0.1 * torch.randn(compactor.weight.shape))
+        compactor.mask[[1, 5]] = 0.0
+    before = compactor.weight.detach().clone()
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen["grad"] = compactor.weight.grad.detach().clone()
+            seen["in_optimizer"] = any(p is compactor.weight for g in optimizer.param_groups for p in g["params"])
+            seen["lr"] = optimizer.param_groups[0]["lr"]
+
+    trainer_ = trainer(tmp_path, callback, max_steps=1, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer_.callbacks.insert(0, Spy())
+    callback.prune_at_end = False
+    trainer_.fit(module, loader())
+    norms = before.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    mask = torch.ones(8)
+    mask[[1, 5]] = 0.0
+    expected = before - seen["lr"] * (seen["grad"] * mask.view(-1, 1, 1, 1) + 0.3 * before / norms)
+    assert not seen["in_optimizer"]
+    assert (compactor.weight.detach() - expected).abs().max() < 1e-7
+    assert compactor.weight.grad is None
+
+
+@pytest.mark.parametrize("net", ["resnet", "mobilenetv2", "repvgg"])
+def test_fit_meets_the_flops_target_and_removes_the_channels(tmp_path, net):
+    module = UserClassifier(net)
+    original_flops = count_flops(fuse_model(UserClassifier(net).net), torch.randn(1, 1, 12, 12))  # deploy form
+    callback = fast_resrep()
+    trainer(tmp_path, callback, enable_checkpointing=False).fit(module, loader(), loader(seed=1))
+    assert not compacted_layers(module) and callback.pruned
+    r = callback.report
+    assert r["removal_error"] < 1e-5
+    assert r["flops_before"] == original_flops
+    assert count_flops(module.net, torch.randn(1, 1, 12, 12)) == r["flops_after"] <= 0.5 * original_flops
+    assert r["params_after"] < r["params_before"]
+    kept = [module.get_submodule(group.leader).out_channels for group in callback.groups]  # physically fewer channels
+    assert all(k <= g.channels for k, g in zip(kept, callback.groups)) and sum(kept) < sum(g.channels for g in callback.groups)
+
+
+def test_resume_continues_the_schedule_exactly(tmp_path):
+    def run(max_epochs, ckpt_path=None, root="a"):
+        L.seed_everything(0)
+        module = UserClassifier("resnet", weight_decay=1e-3)
+        callback = fast_resrep(prune_at_end=False)
+        t = trainer(tmp_path / root, callback, max_epochs=max_epochs, num_sanity_val_steps=0)
+        t.fit(module, loader(), ckpt_path=ckpt_path)
+        return module, callback, t
+
+    straight, straight_cb, _ = run(6)
+    _, _, half = run(3, root="b")
+    half.save_checkpoint(tmp_path / "half.ckpt")
+    resumed, resumed_cb, _ = run(6, ckpt_path=tmp_path / "half.ckpt", root="c")
+    assert resumed_cb.mask_updates == straight_cb.mask_updates > 0
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys() and any(k.endswith("compactor.mask") for k in a)
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_path):
+    module = UserClassifier("mobilenetv2")
+    callback = fast_resrep()
+    t = trainer(tmp_path, callback, num_sanity_val_steps=0)
+    t.fit(module, loader(), loader(seed=1))
+    module.eval()
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        expected = module(x)
+    # the last checkpoint holds the compactor model: testing it runs on the pruned model
+    last = t.checkpoint_callback.last_model_path or t.checkpoint_callback.best_model_path
+    fresh, evaluator = UserClassifier("mobilenetv2"), ResRepPruning()
+    L.Trainer(callbacks=[evaluator], logger=False, enable_progress_bar=False).test(fresh, loader(seed=2), ckpt_path=last)
+    assert evaluator.pruned and not compacted_layers(fresh)
+    with torch.no_grad():
+        assert (fresh.eval()(x) - expected).abs().max() < 1e-5
+    # the pruned checkpoint records its layer shapes: it loads without the callback
+    assert callback.deploy_path is not None and callback.deploy_path.exists()
+    loaded = UserClassifier("mobilenetv2")
+    checkpoint = torch.load(callback.deploy_path, weights_only=True)
+    from framework.pruning import apply_layer_shapes
+
+    apply_layer_shapes(loaded, checkpoint["litzoo"]["pruned_shapes"])
+    loaded.load_state_dict(checkpoint["state_dict"])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), expected)
+
+
+def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path):
+    module = UserClassifier("resnet")
+    module.hparams["_class_path"] = "pruning_models.UserClassifier"  # what `litzoo fit` records
+    callback = fast_resrep()
+    trainer(tmp_path, callback, num_sanity_val_steps=0).fit(module, loader(), loader(seed=1))
+    loaded, _ = load_lightning_module(callback.deploy_path)
+    x = torch.randn(3, 1, 12, 12)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), module.eval()(x))
+
+
+DDP_SCRIPT = """
+import sys, torch, lightning as L
+sys.path.insert(0, {tests!r})
+from pruning_models import UserClassifier, loader
+from callbacks.resrep import ResRepPruning
+
+class SaveRankWeights(L.Callback):
+    def on_fit_end(self, trainer, pl_module):  # runs after ResRepPruning's: the pruned weights
+        state = {{k: v.detach().cpu() for k, v in pl_module.state_dict().items()}}
+        torch.save({{"state": state, "world_size": trainer.world_size, "updates": resrep.mask_updates}}, f"{out}/rank{{trainer.global_rank}}.pt")
+
+L.seed_everything(0)
+resrep = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=0, granularity=8)
+trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[resrep, SaveRankWeights()])
+# each rank sees different batches: the masks must still be decided identically (from synchronised gradients)
+trainer.fit(UserClassifier("mobilenetv2"), loader(n=96), loader(seed=1))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_prunes_identically_on_both_ranks(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    tests = str(Path(__file__).parents[1])
+    script = tmp_path / "ddp_resrep.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=tmp_path, tests=tests)))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["updates"] > 0 for r in ranks)
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    assert a.keys() == b.keys() and not any("compactor" in k for k in a)  # pruned on both ranks
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_export_of_a_compactor_checkpoint_prunes_before_fusing(tmp_path):
+    """RepVGG + ResRep: fusing first would drop the compactors; export folds them, fuses, prunes."""
+    from framework.export import export_checkpoint
+
+    module = UserClassifier("repvgg")
+    module.hparams["_class_path"] = "pruning_models.UserClassifier"
+    callback = fast_resrep(prune_at_end=False)
+    t = trainer(tmp_path, callback, num_sanity_val_steps=0)
+    t.fit(module, loader(), loader(seed=1))
+    with pytest.raises(ValueError, match="compactor"):
+        fuse_model(module)
+    output, error = export_checkpoint(t.checkpoint_callback.best_model_path, "onnx", tmp_path / "pruned.onnx", input_shape=(1, 12, 12))
+    assert output.exists() and error < 1e-4
+    import onnx
+
+    graph = onnx.load(str(output)).graph
+    widths = [init.dims[0] for init in graph.initializer if len(init.dims) == 4]
+    assert sum(widths) < 8 + 8 + 16 + 16  # fewer output channels than the unpruned blocks
