@@ -84,19 +84,23 @@ class LitzooCLI(LightningCLI):
         present = list(config.get("callbacks") or []) + list(callbacks)
         defaults: list[Callback] = []
         if config.get("enable_checkpointing", True) is not False and not any(isinstance(c, ModelCheckpoint) for c in present):
-            defaults.append(self._default_checkpoint())
+            defaults.extend(self._default_checkpoints())
         if config.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in present):
             defaults.append(LearningRateMonitor(logging_interval="step"))
         if config.get("enable_model_summary", True) is not False and not any(isinstance(c, ModelSummary) for c in present):
             defaults.append(FlopsModelSummary())
         return super()._instantiate_trainer(config, list(callbacks) + defaults)
 
-    def _default_checkpoint(self) -> ModelCheckpoint:
+    def _default_checkpoints(self) -> list[ModelCheckpoint]:
         has_validation = type(self.model).validation_step is not L.LightningModule.validation_step
         monitor = getattr(self.model, "monitor", "val/loss") if has_validation else None
         mode = getattr(self.model, "monitor_mode", "min")
-        # a fixed file name: the best checkpoint is overwritten in place, so `--ckpt_path best` can find it
-        return ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1, save_last=True)
+        # Fixed file names, overwritten in place, so that `--ckpt_path best|last` can find them.
+        # `last.ckpt` has its own checkpoint callback without a monitor: Lightning's `save_last`
+        # writes it only when a top-k checkpoint is saved, i.e. it would stay at the best epoch.
+        best = ModelCheckpoint(filename="best", monitor=monitor, mode=mode, save_top_k=1)
+        last = ModelCheckpoint(filename="last", save_top_k=1)
+        return [best, last]
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

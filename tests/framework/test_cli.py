@@ -34,6 +34,9 @@ def test_fit_writes_logs_and_checkpoints_under_method_and_data(trained_run):
     assert any(tag.startswith("lr-") for tag in scalars)
     assert "val/confusion_matrix" in events.Tags()["images"]
     assert events.Scalars("fusion/max_abs_error")[-1].value < 1e-4
+    # last.ckpt is the end of training (what `--ckpt_path last` resumes), whatever epoch was best
+    last = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 1  # the second and final epoch
 
 
 def test_deploy_checkpoint_is_fused_and_loads_weights_only(trained_run):
@@ -151,3 +154,13 @@ def test_structural_reparam_run_has_its_own_folder_and_exports_the_fused_plain_m
     onnx_model = onnx.load(str(best.with_suffix(".onnx")))
     ops = {node.op_type for node in onnx_model.graph.node}
     assert "AveragePool" not in ops and "Pad" not in ops, "the exported model is the plain ResNet, without DBB branches"
+
+
+def test_last_checkpoint_is_the_final_epoch_even_when_it_is_not_the_best(tmp_path):
+    # lr 0: val/acc never improves after epoch 0, so only epoch 0 is "best"; Lightning's own
+    # save_last would then leave last.ckpt at epoch 0 and `--ckpt_path last` would resume from it
+    main(["fit", "-c", CONFIG, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+          "--model.init_args.optimizer.init_args.lr", "0", *QUIET])
+    checkpoints = tmp_path / "repvgg" / "digits" / "version_0" / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
