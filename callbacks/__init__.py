@@ -1,6 +1,7 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
 from callbacks.reparam_fusion import ReparamFusion
+from callbacks.resrep import ResRepPruning
 from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["ReparamFusion", "StructuralReparam"]
+__all__ = ["ReparamFusion", "ResRepPruning", "StructuralReparam"]

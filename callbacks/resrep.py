@@ -375,7 +375,8 @@ class ResRepPruning(EvaluatesFused):
         if trainer.is_global_zero:
             # loaders rebuild these shapes on the freshly constructed model before loading the weights
             checkpoint = torch.load(self.deploy_path, map_location="cpu", weights_only=True)
-            checkpoint.setdefault(DEPLOY_KEY, {})[PRUNED_SHAPES_KEY] = layer_shapes(pl_module)
+            # the pruned model is a deploy model: re-parameterizable blocks fused (marked so), then cut
+            checkpoint.setdefault(DEPLOY_KEY, {}).update({"fused": True, PRUNED_SHAPES_KEY: layer_shapes(pl_module)})
             torch.save(checkpoint, self.deploy_path)
             rank_zero_info(f"ResRepPruning: pruned model written to {self.deploy_path}")
         trainer.strategy.barrier("ResRepPruning.pruned_checkpoint")

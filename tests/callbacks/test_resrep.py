@@ -168,8 +168,9 @@ def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_
         assert torch.equal(loaded.eval()(x), expected)
 
 
-def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path):
-    module = UserClassifier("resnet")
+@pytest.mark.parametrize("net", ["resnet", "repvgg"])
+def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path, net):
+    module = UserClassifier(net)
     module.hparams["_class_path"] = "pruning_models.UserClassifier"  # what `litzoo fit` records
     callback = fast_resrep()
     trainer(tmp_path, callback, num_sanity_val_steps=0).fit(module, loader(), loader(seed=1))
