@@ -15,6 +15,7 @@ import time
 import common
 import framework_overhead
 import fusion_latency
+import pruning
 import structural_reparam
 
 OUTPUT = common.ROOT / "BENCHMARKS.md"
@@ -54,6 +55,10 @@ def main() -> None:
     grafted = structural_reparam.main()
     print(f"  done in {grafted['seconds']:.0f} s", file=sys.stderr, flush=True)
 
+    print("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings) ...", file=sys.stderr, flush=True)
+    pruned = pruning.main()
+    print(f"  done in {pruned['seconds']:.0f} s", file=sys.stderr, flush=True)
+
     total = time.perf_counter() - start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -69,7 +74,8 @@ medians), so that the numbers compare across machines better than absolute times
 written by `benchmarks/run.py`; do not edit it by hand.
 
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
-`.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
+`.venv/bin/python benchmarks/pruning.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -95,6 +101,14 @@ noisy, the alternating-round ratios less so.
 {structural_reparam.verdict(grafted)}
 
 {structural_reparam.to_markdown(grafted)}
+
+## Pruning: ResRep and GSM against dense training, Torch-Pruning and Lightning's ModelPruning (`benchmarks/pruning.py`, {pruned['seconds']:.0f} s)
+
+{pruning.verdict(pruned)}
+
+{pruning.to_markdown(pruned)}
+
+{pruning.PROTOCOL}
 """
     OUTPUT.write_text(text)
     print(text)

@@ -218,7 +218,7 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
         elif conv.out_channels < 2:
             reason = "a single output channel"
         elif placement is None:
-            reason = "it comes from a fused block that has no nonlinearity for a compactor to precede"
+            reason = "it is the fused form of a re-parameterizable block without its own nonlinearity (e.g. a StructuralReparam branch block): no place for a compactor yet"
         if reason is None:
             followers, consumers, reason = _group_members(graph, copy, conv, list(range(conv.out_channels)))
         if reason is None:
