@@ -11,7 +11,8 @@ biases and BN), for the same number of epochs (``configs/resrep/digits.yaml``'s)
   magnitude, global ranking, its dependency graph free to prune the residual channels too): dense
   training for the epochs ResRep spends before reaching its target, one-shot pruning to the same
   FLOPs target, then fine-tuning for the remaining epochs with a fresh optimizer and schedule;
-* ``gsm``: ``GlobalSparseMomentum`` with the settings of ``configs/gsm/digits.yaml`` (90% zeros);
+* ``gsm``: ``GlobalSparseMomentum`` with the settings of ``configs/gsm/digits.yaml`` (90% zeros;
+  that config's lr 0.01, momentum 0.98, weight decay 0.0169 and batch 16: the decay budget);
 * ``l1-unstructured``: Lightning's ``ModelPruning`` (global L1 unstructured, the same conv and
   linear weights, 90% zeros) applied after the same dense epochs, masks kept while fine-tuning.
 
@@ -94,9 +95,9 @@ def train(variant: str, seed: int, epochs: int, width: int, dense_epochs: int) -
         _trainer(epochs, []).fit(model, data)
     elif variant == "resrep":
         _trainer(epochs, [ResRepPruning(**resrep_args)]).fit(model, data)
-    elif variant == "gsm":
-        _, gsm_optimizer, _, gsm_args, _ = _config(GSM_CONFIG)
-        model = _model(model_args, gsm_optimizer, width)
+    elif variant == "gsm":  # its config's optimizer and batch size (GSM needs many small steps, see the config)
+        _, gsm_optimizer, gsm_data, gsm_args, _ = _config(GSM_CONFIG)
+        model, data = _model(model_args, gsm_optimizer, width), DigitsDataModule(**gsm_data)
         _trainer(epochs, [GlobalSparseMomentum(**gsm_args)]).fit(model, data)
     elif variant == "l1-unstructured":
         pruning = ModelPruning("l1_unstructured", parameters_to_prune=_weights(model), amount=lambda epoch: 0.9 if epoch == dense_epochs - 1 else 0.0,
@@ -172,8 +173,8 @@ prunes while training (compactors, masks on the config's schedule) and tests the
 model; `torch-pruning` trains dense for 10 epochs, prunes once to the same FLOPs target with global
 group-L2 magnitude (its dependency graph may also cut the residual channels ResRep leaves alone),
 then fine-tunes for the remaining epochs with a fresh cosine schedule; `gsm` trains with Global
-Sparse Momentum from scratch and applies the final global magnitude mask (90% zeros, no
-fine-tuning); `l1-unstructured` is Lightning's `ModelPruning` (global L1, 90% of the same conv and
+Sparse Momentum from scratch with its config's optimizer and batch 16 (the decay budget needs many
+small steps) and applies the final global magnitude mask (90% zeros, no fine-tuning); `l1-unstructured` is Lightning's `ModelPruning` (global L1, 90% of the same conv and
 linear weights) after the same 10 dense epochs, masks kept while fine-tuning. Unstructured zeros do
 not shrink the tensors: their FLOPs, parameters and latency stay at the dense model's."""
 

@@ -1,7 +1,8 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
+from callbacks.gsm import GlobalSparseMomentum
 from callbacks.reparam_fusion import ReparamFusion
 from callbacks.resrep import ResRepPruning
 from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["ReparamFusion", "ResRepPruning", "StructuralReparam"]
+__all__ = ["GlobalSparseMomentum", "ReparamFusion", "ResRepPruning", "StructuralReparam"]

@@ -47,3 +47,20 @@ def test_two_process_ddp_fit_keeps_ranks_identical(tmp_path: Path, config: str, 
     assert a.keys() == b.keys() and not any("branch_" in k for k in a)  # fused on both ranks
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_two_process_ddp_gsm_keeps_ranks_identical_and_exactly_sparse(tmp_path: Path):
+    # GlobalSparseMomentum selects gradients after DDP's all-reduce and masks identically on every rank
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(textwrap.dedent(SCRIPT.format(out=tmp_path, config="configs/gsm/digits.yaml", extra='"--model.init_args.width", "4",')))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and r["steps"] == 6 for r in ranks)
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    targets = [v for k, v in a.items() if k.endswith("weight") and v.dim() in (2, 4)]
+    total = sum(v.numel() for v in targets)
+    assert sum(int((v == 0).sum()) for v in targets) == total - round(0.1 * total)  # the final mask, sparsity 0.9
