@@ -239,7 +239,7 @@ class ResRepPruning(EvaluatesFused):
             if not compacted_layers(pl_module):
                 self.attach(pl_module, example_inputs(trainer, pl_module))
                 for logger in trainer.loggers:
-                    logger.log_metrics({"resrep/prunable_layers": len(self.groups), "resrep/kept_layers": len(self.plan.skipped)}, step=0)
+                    logger.log_metrics({"resrep/prunable_layers": len(self.groups), "resrep/unpruned_layers": len(self.plan.skipped)}, step=0)
         elif not compacted_layers(pl_module):
             # a checkpoint of the compactor model may be loaded next: insert the compactors right
             # before its weights arrive, so that they fit; the channels are removed at evaluation start
