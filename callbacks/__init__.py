@@ -1,8 +1,9 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
 from callbacks.gsm import GlobalSparseMomentum
+from callbacks.rep_optimizer import RepOptimizer
 from callbacks.reparam_fusion import ReparamFusion
 from callbacks.resrep import ResRepPruning
 from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["GlobalSparseMomentum", "ReparamFusion", "ResRepPruning", "StructuralReparam"]
+__all__ = ["GlobalSparseMomentum", "ReparamFusion", "RepOptimizer", "ResRepPruning", "StructuralReparam"]
