@@ -1,0 +1,210 @@
+"""RepOpt-VGG: a plain VGG-style net trained as if it had RepVGG's branches (ICLR 2023).
+
+Ding et al., "Re-parameterizing Your Optimizers rather than Architectures", ICLR 2023. Reference
+implementation: DingXiaoH/RepOptimizers (``repoptimizer/repoptvgg_model.py``,
+``repoptimizer/repoptvgg_impl.py``).
+
+Two stages, two modes of the same network:
+
+* ``mode="hs"`` (Hyper-Search): every block is a linear-add block
+  ``BN(s_conv * conv3x3(x) + s_1x1 * conv1x1(x) [+ s_id * x])`` followed by ReLU, with trainable
+  per-channel scales, trained on a search set. The scales it learns are what the next stage uses.
+* ``mode="target"``: every block is a plain ``conv3x3 -> BN -> ReLU``. With the searched scales
+  (``scales=`` an HS checkpoint) its kernels start from the CSLA block's equivalent kernel (rule of
+  initialization) and :class:`callbacks.rep_optimizer.RepOptimizer` multiplies each kernel's
+  gradient (rule of iteration), so it trains exactly like the CSLA model with those scales frozen,
+  at the cost of a plain VGG. Training and deploy architectures are the same: nothing to fuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization
+from framework.checkpoints import load_checkpoint, state_dict_from
+from framework.classification import ImageClassifier
+from framework.errors import LitzooError
+from framework.optim import sgd_momentum
+
+MODES = ("target", "hs")
+
+
+class ChannelScale(nn.Module):
+    """A per-channel scale (the official ``ScaleLayer`` without bias)."""
+
+    def __init__(self, channels: int, init: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight.view(1, -1, 1, 1)
+
+
+class LinearAddBlock(nn.Module):
+    """3x3 and 1x1 convs and the identity, each scaled per channel, summed, then BN and ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, conv_scale_init: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.scale_conv = ChannelScale(out_channels, conv_scale_init)
+        self.conv_1x1 = nn.Conv2d(in_channels, out_channels, 1, stride, 0, bias=False)
+        self.scale_1x1 = ChannelScale(out_channels, conv_scale_init)
+        self.scale_identity = ChannelScale(out_channels, 1.0) if in_channels == out_channels and stride == 1 else None
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.scale_conv(self.conv(x)) + self.scale_1x1(self.conv_1x1(x))
+        if self.scale_identity is not None:
+            out = out + self.scale_identity(x)
+        return self.relu(self.bn(out))
+
+
+class PlainVGGBlock(nn.Module):
+    """conv3x3 (no bias) -> BN -> ReLU: the target block (official ``RealVGGBlock``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, conv_scale_init: float = 1.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU()
+        self.conv_scale_init = conv_scale_init  # the HS initial scale of this position (used without searched scales)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.bn(self.conv(x)))
+
+
+class RepOptVGG(nn.Module):
+    """RepVGG's layout (stages 0-4, widths ``64/128/256/512 x multiplier``) with plain or linear-add blocks.
+
+    The HS scales start at 1 for the first block of each stage and ``sqrt(2 / i)`` for block ``i``
+    after it (official ``_make_stage``); identity scales at 1.
+    """
+
+    def __init__(
+        self,
+        num_blocks: Sequence[int],
+        num_classes: int = 1000,
+        width_multiplier: Sequence[float] = (0.75, 0.75, 0.75, 2.5),
+        in_channels: int = 3,
+        stage_strides: Sequence[int] = (2, 2, 2, 2, 2),
+        mode: Literal["target", "hs"] = "target",
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
+        if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
+            raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
+        if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
+            raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
+        if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
+            raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
+        self.mode = mode
+        block = LinearAddBlock if mode == "hs" else PlainVGGBlock
+        widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
+        if any(w < 1 for w in widths):
+            raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
+        planes = min(64, widths[0])
+        self.stage0 = block(in_channels, planes, stage_strides[0], 1.0)
+        stages = []
+        for width, count, stride in zip(widths, num_blocks, stage_strides[1:], strict=True):
+            blocks = []
+            for i in range(count):
+                blocks.append(block(planes, width, stride if i == 0 else 1, 1.0 if i == 0 else (2.0 / i) ** 0.5))
+                planes = width
+            stages.append(nn.Sequential(*blocks))
+        self.stage1, self.stage2, self.stage3, self.stage4 = stages
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(widths[3], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage4(self.stage3(self.stage2(self.stage1(self.stage0(x)))))
+        return self.linear(self.gap(x).flatten(1))
+
+    def blocks(self) -> dict[str, nn.Module]:
+        """``{name: block}`` in forward order (names as in ``named_modules()``)."""
+        return {name: m for name, m in self.named_modules() if isinstance(m, (LinearAddBlock, PlainVGGBlock))}
+
+
+def searched_scales(path: str, block_names: Sequence[str], prefix: str = "net.") -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+    """``{block: (s_conv, s_1x1, s_identity or None)}`` read from a Hyper-Search checkpoint.
+
+    Raises a one-line :class:`LitzooError` naming the file if a block's scales are missing.
+    """
+    state = state_dict_from(load_checkpoint(path), path)
+    scales = {}
+    for name in block_names:
+        key = f"{prefix}{name}"
+        try:
+            conv, one = state[f"{key}.scale_conv.weight"], state[f"{key}.scale_1x1.weight"]
+        except KeyError:
+            raise LitzooError(f"'{path}' has no Hyper-Search scales for block '{name}' (expected {key}.scale_conv.weight); is it a RepOpt-VGG mode=hs checkpoint of the same architecture?") from None
+        scales[name] = (conv, one, state.get(f"{key}.scale_identity.weight"))
+    return scales
+
+
+class RepOptVGGClassifier(ImageClassifier):
+    """RepOpt-VGG image classifier: the Hyper-Search model (``mode="hs"``) or the plain target model.
+
+    Args:
+        mode: ``"hs"`` trains the linear-add model with trainable scales on a search set;
+            ``"target"`` trains the plain VGG with the RepOptimizer.
+        scales: (target) the Hyper-Search checkpoint whose scales define the initialization and
+            the gradient multipliers; ``None`` uses the HS initial scales (no search).
+        num_blocks, width_multiplier, in_channels, stage_strides, num_classes: the architecture
+            (RepVGG's layout; the paper's RepOpt-VGG-B1 is ``[4, 6, 16, 1]``, ``[2, 2, 2, 4]``).
+        optimizer: must be ``torch.optim.SGD`` for the target (the RepOptimizer's rule is for SGD).
+        lr_scheduler, label_smoothing: see :class:`ImageClassifier`.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["target", "hs"] = "target",
+        scales: str | None = None,
+        num_blocks: list[int] = [4, 6, 16, 1],  # noqa: B006 (config values, never mutated)
+        width_multiplier: list[float] = [2.0, 2.0, 2.0, 4.0],  # noqa: B006
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        stage_strides: list[int] = [2, 2, 2, 2, 2],  # noqa: B006
+        optimizer: OptimizerCallable = sgd_momentum,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        if mode == "hs" and scales is not None:
+            raise ValueError("scales are read by the target model; the Hyper-Search model learns them")
+        net = RepOptVGG(num_blocks, num_classes, width_multiplier, in_channels, stage_strides, mode)
+        super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.multipliers: dict[str, Tensor] = {}
+        if mode == "target":
+            self._apply_scales(scales)
+
+    def _apply_scales(self, path: str | None) -> None:
+        blocks = self.net.blocks()
+        if path is not None:
+            scales = searched_scales(path, list(blocks))
+        else:  # the HS initial values: what an unsearched CSLA model would use
+            scales = {}
+            for name, block in blocks.items():
+                c = block.conv.out_channels
+                identity = torch.ones(c) if block.conv.in_channels == c and block.conv.stride == (1, 1) else None
+                scales[name] = (torch.full((c,), block.conv_scale_init), torch.full((c,), block.conv_scale_init), identity)
+        generator = torch.Generator().manual_seed(0)
+        for name, block in blocks.items():
+            s_conv, s_1x1, s_identity = scales[name]
+            conv = block.conv
+            # the 1x1 branch the CSLA model would have started from (default conv init, kaiming-uniform)
+            bound = (1.0 / conv.in_channels) ** 0.5
+            kernel_1x1 = (torch.rand(conv.out_channels, conv.in_channels, 1, 1, generator=generator) * 2 - 1) * bound
+            csla_initialization(conv, s_conv, s_1x1, kernel_1x1, identity_scale=s_identity)
+            # in float64: the squares of the scales, cast to the parameters' dtype when fit starts
+            self.multipliers[f"net.{name}.conv.weight"] = csla_grad_multiplier(conv.weight.shape, s_conv.double(), s_1x1.double(), identity=s_identity is not None)
+
+    def configure_callbacks(self) -> list:
+        # the rule of iteration travels with the model: `litzoo fit` needs no callback in the config
+        return [RepOptimizer(self.multipliers)] if self.multipliers else []

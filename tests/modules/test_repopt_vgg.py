@@ -1,0 +1,96 @@
+"""RepOpt-VGG: the Hyper-Search model, the plain target model, and their step-by-step equivalence."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from framework.errors import LitzooError
+from modules.repopt_vgg import LinearAddBlock, PlainVGGBlock, RepOptVGGClassifier
+
+ARCH = dict(num_blocks=[1, 2, 1, 1], width_multiplier=[0.125, 0.125, 0.125, 0.0625], num_classes=3, in_channels=1, stage_strides=[1, 1, 2, 2, 1])
+
+
+class Images(Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(48, 1, 8, 8, generator=g)
+        self.y = torch.randint(0, 3, (48,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": self.y[i]}
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def fit(module, steps=12):
+    trainer = L.Trainer(max_steps=steps, precision="64-true", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, DataLoader(Images(), batch_size=8))
+    return trainer
+
+
+def test_modes_share_the_layout_and_the_paper_scale_init():
+    hs, target = RepOptVGGClassifier(mode="hs", **ARCH), RepOptVGGClassifier(mode="target", **ARCH)
+    hs_blocks, target_blocks = hs.net.blocks(), target.net.blocks()
+    assert list(hs_blocks) == list(target_blocks) and all(isinstance(b, LinearAddBlock) for b in hs_blocks.values())
+    assert all(isinstance(b, PlainVGGBlock) for b in target_blocks.values())
+    stage2 = hs.net.stage2  # block 0 of a stage starts at 1, block i at sqrt(2 / i)
+    assert torch.all(stage2[0].scale_conv.weight == 1.0) and torch.allclose(stage2[1].scale_conv.weight, torch.full((16,), 2.0**0.5))
+    assert stage2[1].scale_identity is not None and stage2[0].scale_identity is None  # 8 -> 16 channels: no identity
+    assert set(target.multipliers) == {f"net.{name}.conv.weight" for name in target_blocks}
+
+
+def _equivalent_kernel(block: LinearAddBlock) -> torch.Tensor:
+    kernel = block.scale_conv.weight.view(-1, 1, 1, 1) * block.conv.weight
+    kernel = kernel + block.scale_1x1.weight.view(-1, 1, 1, 1) * F.pad(block.conv_1x1.weight, [1, 1, 1, 1])
+    if block.scale_identity is not None:
+        kernel = kernel.clone()
+        c = torch.arange(kernel.shape[0])
+        kernel[c, c, 1, 1] += block.scale_identity.weight
+    return kernel.detach()
+
+
+def test_target_model_trains_like_the_csla_model_with_the_searched_scales(tmp_path):
+    """Hyper-Search checkpoint -> target model: with the same starting branches, 12 SGD steps of the
+    CSLA model (scales frozen) and of the plain model with RepOptimizer agree to 1e-10 (float64)."""
+    torch.manual_seed(0)
+    hs = RepOptVGGClassifier(mode="hs", optimizer=sgd, **ARCH)
+    with torch.no_grad():  # "searched" scales: anything but the initial values
+        for block in hs.net.blocks().values():
+            for scale in (block.scale_conv, block.scale_1x1, block.scale_identity):
+                if scale is not None:
+                    scale.weight.uniform_(0.4, 1.6)
+    torch.save({"state_dict": hs.state_dict()}, tmp_path / "hs.ckpt")
+    target = RepOptVGGClassifier(mode="target", scales=str(tmp_path / "hs.ckpt"), optimizer=sgd, **ARCH)
+    hs = hs.double()
+    target = target.double()
+    with torch.no_grad():  # the CSLA model's starting point, as the rule of initialization gives it
+        for name, block in hs.net.blocks().items():
+            target.net.get_submodule(name).conv.weight.copy_(_equivalent_kernel(block))
+            target.net.get_submodule(name).bn.load_state_dict(block.bn.state_dict())
+        target.net.linear.load_state_dict(hs.net.linear.state_dict())
+    for block in hs.net.blocks().values():  # CSLA: the branch scales are constants
+        block.scale_conv.requires_grad_(False)
+        block.scale_1x1.requires_grad_(False)
+    fit(hs)
+    fit(target)
+    for name, block in hs.net.blocks().items():
+        error = (_equivalent_kernel(block) - target.net.get_submodule(name).conv.weight.detach()).abs().max()
+        assert error < 1e-10, name
+
+
+def test_scales_file_errors_name_the_file(tmp_path):
+    torch.save({"state_dict": {"net.linear.weight": torch.zeros(3, 32)}}, tmp_path / "other.ckpt")
+    with pytest.raises(LitzooError, match="other.ckpt.*no Hyper-Search scales"):
+        RepOptVGGClassifier(mode="target", scales=str(tmp_path / "other.ckpt"), **ARCH)
+    with pytest.raises(ValueError, match="learns them"):
+        RepOptVGGClassifier(mode="hs", scales="x.ckpt", **ARCH)
