@@ -1,9 +1,11 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
+from callbacks.fastclip import FastClip
 from callbacks.gsm import GlobalSparseMomentum
 from callbacks.rep_optimizer import RepOptimizer
 from callbacks.reparam_fusion import ReparamFusion
 from callbacks.resrep import ResRepPruning
+from callbacks.spatial_gradient_scaling import SpatialGradientScaling
 from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["GlobalSparseMomentum", "ReparamFusion", "RepOptimizer", "ResRepPruning", "StructuralReparam"]
+__all__ = ["FastClip", "GlobalSparseMomentum", "ReparamFusion", "RepOptimizer", "ResRepPruning", "SpatialGradientScaling", "StructuralReparam"]
