@@ -152,3 +152,47 @@ def test_no_target_and_bad_arguments():
         FastClip(include=["Conv3d"]).targets(TinyCNN())
     assert set(FastClip(exclude=["net.head"]).targets(UserModule())) == {"net.conv1", "net.conv2"}
     assert conv_spectral_norm(nn.Linear(3, 3), (3,)) > 0
+
+
+DDP_SCRIPT = """
+import sys, torch, lightning as L
+sys.path.insert(0, {tests!r})
+from pruning_models import UserClassifier, loader
+from callbacks.fastclip import FastClip
+
+class SaveRankWeights(L.Callback):
+    def on_fit_end(self, trainer, pl_module):
+        state = {{k: v.detach().cpu() for k, v in pl_module.state_dict().items()}}
+        torch.save({{"state": state, "world_size": trainer.world_size, "clip": clip.state_dict()}}, f"{out}/rank{{trainer.global_rank}}.pt")
+
+L.seed_everything(0)
+clip = FastClip(clip=0.5, clip_every=2, warmup_steps=0, power_iterations=20, warm_iterations=4)
+trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[clip, SaveRankWeights()])
+# each rank sees different batches: the probes and clipping steps must still be identical on both
+trainer.fit(UserClassifier("resnet"), loader(n=64))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_clips_identically_on_both_ranks(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    script = tmp_path / "ddp_fastclip.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=tmp_path, tests=str(Path(__file__).parents[1]))))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    a, b = ranks[0]["state"], ranks[1]["state"]
+    for key in a:
+        if "running_" in key or "num_batches" in key:
+            continue  # BatchNorm statistics are per rank (each sees its own batches)
+        assert torch.equal(a[key], b[key]), key
+    state_a, state_b = ranks[0]["clip"], ranks[1]["clip"]
+    assert state_a["events"] == state_b["events"] > 0 and state_a["sigmas"] == state_b["sigmas"]
+    for name, vector in state_a["vectors"].items():
+        assert torch.equal(vector, state_b["vectors"][name]), name
