@@ -15,6 +15,7 @@ import time
 import common
 import framework_overhead
 import fusion_latency
+import gradient_reparam
 import pruning
 import structural_reparam
 
@@ -59,6 +60,10 @@ def main() -> None:
     pruned = pruning.main()
     print(f"  done in {pruned['seconds']:.0f} s", file=sys.stderr, flush=True)
 
+    print("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (27 trainings) ...", file=sys.stderr, flush=True)
+    gradient = gradient_reparam.main()
+    print(f"  done in {gradient['seconds']:.0f} s", file=sys.stderr, flush=True)
+
     total = time.perf_counter() - start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -75,7 +80,7 @@ written by `benchmarks/run.py`; do not edit it by hand.
 
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
-`.venv/bin/python benchmarks/pruning.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -109,6 +114,12 @@ noisy, the alternating-round ratios less so.
 {pruning.to_markdown(pruned)}
 
 {pruning.PROTOCOL}
+
+## Gradient re-parameterization and spectral control: RepOptimizers, SGS, FastClip (`benchmarks/gradient_reparam.py`, {gradient['seconds']:.0f} s)
+
+{gradient_reparam.verdict(gradient)}
+
+{gradient_reparam.to_markdown(gradient)}
 """
     OUTPUT.write_text(text)
     print(text)
