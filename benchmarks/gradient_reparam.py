@@ -159,7 +159,7 @@ def fastclip(seeds: tuple[int, ...], epochs: int = 10, width: int = 16, noise: t
                         total += len(x)
                 noisy[level] = correct / total
             shapes = {}
-            hooks = [m.register_forward_pre_hook(lambda mod, args, name=n: shapes.__setitem__(name, tuple(args[0].shape[1:])))
+            hooks = [m.register_forward_pre_hook(lambda mod, args, name=n, seen=shapes: seen.__setitem__(name, tuple(args[0].shape[1:])))
                      for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
             with torch.no_grad():
                 model(next(iter(data.test_dataloader()))["image"][:1])
