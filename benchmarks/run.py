@@ -40,29 +40,24 @@ def overhead_verdict(results: dict) -> str:
     return f"Goal: litzoo/plain throughput ≥ {results['goal_ratio']}. " + "; ".join(parts) + "."
 
 
+def _section(label: str, run) -> dict:
+    """Run one benchmark, saying what runs and how long it took on stderr."""
+    print(f"{label} ...", file=sys.stderr, flush=True)
+    results = run()
+    print(f"  done in {results['seconds']:.0f} s", file=sys.stderr, flush=True)
+    return results
+
+
 def main() -> None:
     common.setup_threads()
     machine = common.machine_info()
     start = time.perf_counter()
 
-    print("fusion latency ...", file=sys.stderr, flush=True)
-    fusion = fusion_latency.main()
-    print(f"  done in {fusion['seconds']:.0f} s", file=sys.stderr, flush=True)
-    print("framework overhead ...", file=sys.stderr, flush=True)
-    overhead = framework_overhead.main()
-    print(f"  done in {overhead['seconds']:.0f} s", file=sys.stderr, flush=True)
-
-    print("structural re-parameterization on a plain CNN (12 trainings) ...", file=sys.stderr, flush=True)
-    grafted = structural_reparam.main()
-    print(f"  done in {grafted['seconds']:.0f} s", file=sys.stderr, flush=True)
-
-    print("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings) ...", file=sys.stderr, flush=True)
-    pruned = pruning.main()
-    print(f"  done in {pruned['seconds']:.0f} s", file=sys.stderr, flush=True)
-
-    print("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (27 trainings) ...", file=sys.stderr, flush=True)
-    gradient = gradient_reparam.main()
-    print(f"  done in {gradient['seconds']:.0f} s", file=sys.stderr, flush=True)
+    fusion = _section("fusion latency", fusion_latency.main)
+    overhead = _section("framework overhead", framework_overhead.main)
+    grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main)
+    pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main)
+    gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (27 trainings)", gradient_reparam.main)
 
     total = time.perf_counter() - start
     try:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
 from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from framework.checkpoints import save_deploy_checkpoint
 from framework.errors import LitzooError
 from framework.profiling import eval_mode
 
@@ -370,13 +371,8 @@ class GlobalSparseMomentum(EvaluatesFused):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _save_deploy_checkpoint(self, trainer: L.Trainer) -> None:
-        if self.deploy_filename is None or trainer.fast_dev_run:
-            return
-        directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
-        self.deploy_path = Path(directory) / self.deploy_filename
-        # same architecture, sparse weights: an ordinary weights-only checkpoint (every rank calls it; rank 0 writes)
-        trainer.save_checkpoint(self.deploy_path, weights_only=True)
-        rank_zero_info(f"GlobalSparseMomentum: sparse deploy checkpoint written to {self.deploy_path}")
+        # same architecture, sparse weights: an ordinary weights-only checkpoint, no marker needed
+        self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "GlobalSparseMomentum")
 
     # ---------------------------------------------------------------- validation during fit: the sparse model
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

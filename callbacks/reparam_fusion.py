@@ -19,9 +19,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils._pytree import tree_leaves
 
+from framework.checkpoints import save_deploy_checkpoint
 from framework.errors import LitzooError
 from framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
-from framework.reparam import DEPLOY_KEY, fuse_model, is_fusable
+from framework.reparam import fuse_model, is_fusable
 from framework.reparam.verify import fusion_error
 
 
@@ -38,16 +39,19 @@ def batch_inputs(batch: Any) -> torch.Tensor:
     return batch
 
 
-def reference_loader(trainer: L.Trainer, who: str):
-    """The loader whose first batch checks a fusion: the first validation loader, else the training one."""
-    for loaders in (trainer.val_dataloaders, trainer.train_dataloader):
+def reference_loader(trainer: L.Trainer, who: str, stages: tuple[str, ...] = ("val", "train")):
+    """The first loader of the first of ``stages`` that has one (``"test"``, ``"predict"``, ``"val"``,
+    ``"train"``): by default the first validation loader, else the training one."""
+    attributes = {"test": "test_dataloaders", "predict": "predict_dataloaders", "val": "val_dataloaders", "train": "train_dataloader"}
+    for stage in stages:
+        loaders = getattr(trainer, attributes[stage])
         if isinstance(loaders, dict):
             loaders = list(loaders.values())
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0] if loaders else None
         if loaders is not None:
             return loaders
-    raise LitzooError(f"{who} needs a validation or training dataloader to check the fused model")
+    raise LitzooError(f"{who} needs a {' or '.join(stages)} dataloader for a reference batch")
 
 
 class EvaluatesFused(Callback, abc.ABC):
@@ -169,19 +173,8 @@ class ReparamFusion(EvaluatesFused):
             logger.log_metrics({f"fusion/{k}": v for k, v in r.items()}, step=trainer.global_step)
 
     def _save_deploy_checkpoint(self, trainer: L.Trainer) -> None:
-        if self.deploy_filename is None or trainer.fast_dev_run:
-            return
-        directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
-        self.deploy_path = Path(directory) / self.deploy_filename
-        trainer.save_checkpoint(self.deploy_path, weights_only=True)
-        if trainer.is_global_zero:
-            # Callbacks' checkpoint hooks do not run for weights-only checkpoints, so the marker that
-            # tells loaders to rebuild the fused structure first is added to the written file.
-            checkpoint = torch.load(self.deploy_path, map_location="cpu", weights_only=True)
-            checkpoint[DEPLOY_KEY] = {"fused": True}
-            torch.save(checkpoint, self.deploy_path)
-            rank_zero_info(f"ReparamFusion: deploy checkpoint written to {self.deploy_path}")
-        trainer.strategy.barrier("ReparamFusion.deploy_checkpoint")
+        # marked so that loaders rebuild the fused structure before loading the weights
+        self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ReparamFusion", {"fused": True})
 
     # ---------------------------------------------------- evaluation outside fit
     def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -52,6 +52,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from framework.checkpoints import save_deploy_checkpoint
 from framework.errors import LitzooError
 from framework.profiling import count_flops, count_parameters, eval_mode, format_count
 from framework.pruning import (
@@ -68,7 +69,7 @@ from framework.pruning import (
     remove_channels,
     zero_masked_rows,
 )
-from framework.reparam import DEPLOY_KEY, fuse_model
+from framework.reparam import fuse_model
 from framework.reparam.verify import detached_copy
 
 
@@ -161,6 +162,8 @@ class ResRepPruning(EvaluatesFused):
         self.report: dict[str, Any] = {}
         self.deploy_path: Path | None = None
         self._warmup_steps = 0
+        self._fit_compactors: dict[str, nn.Module] = {}
+        self._flops_ratio = 1.0
         self._load_hook: Any = None
 
     @property
@@ -260,7 +263,10 @@ class ResRepPruning(EvaluatesFused):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The compactors follow the paper's own SGD (momentum 0.99, no weight decay), applied in
         # on_before_optimizer_step; the user's optimizer must not update them a second time.
-        own = {id(c.weight) for c in self.compactors(pl_module).values()}
+        # looked up once: the training step uses these, and the model's structure is fixed until fit ends
+        self._fit_compactors = self.compactors(pl_module)
+        self._flops_ratio = self.flops_ratio(pl_module)  # changes only when the masks do
+        own = {id(c.weight) for c in self._fit_compactors.values()}
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 group["params"] = [p for p in group["params"] if id(p) not in own]
@@ -277,8 +283,9 @@ class ResRepPruning(EvaluatesFused):
         step = trainer.global_step  # optimizer steps done before this one
         if step > self._warmup_steps and (step - self._warmup_steps) % self.mask_interval == 0:
             self.update_masks(pl_module)
+            self._flops_ratio = self.flops_ratio(pl_module)
             self._log_masks(trainer, pl_module)
-        compactors = self.compactors(pl_module)
+        compactors = self._fit_compactors
         grads = [c.weight.grad for c in compactors.values()]
         if any(g is not None and not torch.isfinite(g).all() for g in grads):
             for compactor in compactors.values():
@@ -299,7 +306,7 @@ class ResRepPruning(EvaluatesFused):
                     buffer.mul_(self.compactor_momentum).add_(grad)
                 weight.sub_(lr * buffer)
                 weight.grad = None  # not in any optimizer: nothing else would clear it
-        pl_module.log("flops_ratio", self.flops_ratio(pl_module), prog_bar=True, on_step=True, on_epoch=False)
+        pl_module.log("flops_ratio", self._flops_ratio, prog_bar=True, on_step=True, on_epoch=False)
 
     def _log_masks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         kept = self.kept_channels(pl_module)
@@ -309,6 +316,7 @@ class ResRepPruning(EvaluatesFused):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_compactors = {}  # removed or folded from here on
         if not self.prune_at_end or not compacted_layers(pl_module):
             return
         inputs = batch_inputs(next(iter(reference_loader(trainer, "ResRepPruning")))).to(pl_module.device)
@@ -367,25 +375,15 @@ class ResRepPruning(EvaluatesFused):
         }
 
     def _save_pruned_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.deploy_filename is None or trainer.fast_dev_run:
-            return
-        directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
-        self.deploy_path = Path(directory) / self.deploy_filename
-        trainer.save_checkpoint(self.deploy_path, weights_only=True)
-        if trainer.is_global_zero:
-            # loaders rebuild these shapes on the freshly constructed model before loading the weights
-            checkpoint = torch.load(self.deploy_path, map_location="cpu", weights_only=True)
-            # the pruned model is a deploy model: re-parameterizable blocks fused (marked so), then cut
-            checkpoint.setdefault(DEPLOY_KEY, {}).update({"fused": True, PRUNED_SHAPES_KEY: layer_shapes(pl_module)})
-            torch.save(checkpoint, self.deploy_path)
-            rank_zero_info(f"ResRepPruning: pruned model written to {self.deploy_path}")
-        trainer.strategy.barrier("ResRepPruning.pruned_checkpoint")
+        # the pruned model is a deploy model: loaders fuse re-parameterizable blocks, then rebuild the cut layers
+        marker = {"fused": True, PRUNED_SHAPES_KEY: layer_shapes(pl_module)}
+        self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ResRepPruning", marker)
 
     # ---------------------------------------------------------------- evaluation outside fit
     def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING or not compacted_layers(pl_module):
             return
-        inputs = batch_inputs(next(iter(_stage_loader(trainer)))).to(pl_module.device)
+        inputs = batch_inputs(next(iter(reference_loader(trainer, "ResRepPruning", ("test", "predict", "val", "train"))))).to(pl_module.device)
         self.report = self.prune(pl_module, inputs)
         rank_zero_info(
             f"ResRepPruning: evaluating the pruned model ({self.report['removed_channels']} channels removed, "
@@ -418,14 +416,3 @@ def _without_compactors(module: nn.Module) -> nn.Module:
     for name, layer in compacted_layers(copy).items():
         copy.set_submodule(name, layer.layer)
     return fuse_model(copy, inplace=True)
-
-
-def _stage_loader(trainer: L.Trainer):
-    for loaders in (trainer.test_dataloaders, trainer.predict_dataloaders, trainer.val_dataloaders, trainer.train_dataloader):
-        if isinstance(loaders, dict):
-            loaders = list(loaders.values())
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        if loaders is not None:
-            return loaders
-    raise LitzooError("ResRepPruning needs a dataloader to trace the model before removing its channels")

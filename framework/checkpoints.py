@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from framework.errors import LitzooError
-from framework.reparam.fuse_model import fuse_model
+from framework.reparam.fuse_model import DEPLOY_KEY, fuse_model
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -232,3 +232,28 @@ def load_official_weights(model: nn.Module, method: str, path: str | Path, head:
         problems = len(missing) + len(unexpected) + len(wrong_shapes)
         reports.append((problems, f"as {form} weights: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shapes[:3]}"))
     raise LitzooError(f"checkpoint '{path}' does not fit this {method} model ({min(reports)[1]})")
+
+
+def save_deploy_checkpoint(trainer: Any, filename: str | None, who: str, marker: Mapping[str, Any] | None = None) -> Path | None:
+    """Write a weights-only checkpoint of the trainer's model next to its other checkpoints.
+
+    Every rank calls it (rank 0 writes). ``marker`` entries go under ``checkpoint["litzoo"]``
+    (what loaders must rebuild first: fused blocks, pruned shapes); callbacks' checkpoint hooks do
+    not run for weights-only checkpoints, so they are added to the written file. Nothing is
+    written under ``fast_dev_run`` or when ``filename`` is ``None``.
+
+    Returns the path written, or ``None``.
+    """
+    if filename is None or trainer.fast_dev_run:
+        return None
+    directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
+    path = Path(directory) / filename
+    trainer.save_checkpoint(path, weights_only=True)
+    if trainer.is_global_zero:
+        if marker:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            checkpoint.setdefault(DEPLOY_KEY, {}).update(marker)
+            torch.save(checkpoint, path)
+        rank_zero_info(f"{who}: deploy checkpoint written to {path}")
+    trainer.strategy.barrier(f"{who}.deploy_checkpoint")
+    return path

@@ -30,6 +30,7 @@ from framework.checkpoints import load_checkpoint, state_dict_from
 from framework.classification import ImageClassifier
 from framework.errors import LitzooError
 from framework.optim import sgd_momentum
+from modules.repvgg import stage_widths
 
 MODES = ("target", "hs")
 
@@ -98,17 +99,9 @@ class RepOptVGG(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
-        if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
-            raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
-        if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
-            raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
-        if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
-            raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
+        widths = stage_widths(num_blocks, width_multiplier, stage_strides)
         self.mode = mode
         block = LinearAddBlock if mode == "hs" else PlainVGGBlock
-        widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
-        if any(w < 1 for w in widths):
-            raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
         planes = min(64, widths[0])
         self.stage0 = block(in_channels, planes, stage_strides[0], 1.0)
         stages = []

@@ -48,6 +48,20 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def stage_widths(num_blocks: Sequence[int], width_multiplier: Sequence[float], stage_strides: Sequence[int]) -> list[int]:
+    """Check RepVGG's layout arguments and return the widths of stages 1-4 (``64/128/256/512 x multiplier``)."""
+    if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
+        raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
+    if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
+        raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
+    if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
+        raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
+    widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
+    if any(w < 1 for w in widths):
+        raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
+    return widths
+
+
 class RepVGG(nn.Module):
     """The RepVGG network (training-time form; ``fuse_model`` gives the plain deploy form).
 
@@ -72,19 +86,11 @@ class RepVGG(nn.Module):
         stage_strides: Sequence[int] = (2, 2, 2, 2, 2),
     ) -> None:
         super().__init__()
-        if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
-            raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
-        if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
-            raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
-        if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
-            raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
+        widths = stage_widths(num_blocks, width_multiplier, stage_strides)
         self.override_groups_map = dict(override_groups_map or {})
         if 0 in self.override_groups_map:
             raise ValueError("override_groups_map cannot group layer 0 (the stem sees the raw image)")
 
-        widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
-        if any(w < 1 for w in widths):
-            raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
         self.in_planes = min(64, widths[0])
         self.stage0 = RepVGGBlock(in_channels, self.in_planes, stride=stage_strides[0])
         self.layer_index = 1

@@ -124,11 +124,12 @@ def _group_members(graph: tp.DependencyGraph, model: nn.Module, conv: nn.Conv2d,
     return followers, consumers, None
 
 
-def _consumer_inputs(model: nn.Module, consumers: list[str], x: Tensor) -> dict[str, Tensor]:
+def capture_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
+    """``{name: the first input of that submodule}`` in one no-grad forward of ``model`` on ``x``."""
     captured: dict[str, Tensor] = {}
     handles = [
         model.get_submodule(name).register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0].detach().clone()))
-        for name in consumers
+        for name in names
     ]
     try:
         with torch.no_grad():
@@ -157,7 +158,7 @@ def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[i
         generator = torch.Generator().manual_seed(0)
         x1 = torch.randn(example_inputs.shape, generator=generator, dtype=torch.float64)
         x2 = torch.randn(example_inputs.shape, generator=generator, dtype=torch.float64) * 2 + 1
-        seen = [_consumer_inputs(model, list(consumers), x) for x in (x1, x2)]
+        seen = [capture_inputs(model, list(consumers), x) for x in (x1, x2)]
     finally:
         handle.remove()
     for name, idxs in consumers.items():

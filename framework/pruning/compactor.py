@@ -107,8 +107,9 @@ def insert_compactors(model: nn.Module, placements: dict[str, int]) -> None:
         layer = model.get_submodule(name)
         if isinstance(layer, Compacted):
             raise ValueError(f"'{name}' already has a compactor")
-        reference = next((t for t in model.get_submodule(name.rpartition(".")[0]).state_dict().values()), None) if "." in name else None
-        reference = next(iter(layer.state_dict().values()), reference)
+        reference = next(iter(layer.state_dict().values()), None)
+        if reference is None:  # a parameter-free layer (a block's ReLU): the model's device and dtype
+            reference = next(iter(model.parameters()), None)
         wrapped = Compacted(layer, channels, before=compactor_goes_before(model, name))
         if reference is not None:
             wrapped.compactor.to(device=reference.device, dtype=reference.dtype)

@@ -22,7 +22,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from framework.graph import conv_bn_pairs
-from framework.pruning.channel_groups import dependency_graph
+from framework.pruning.channel_groups import capture_inputs, dependency_graph
 from framework.pruning.compactor import Compacted, Compactor, fold_compactor
 from framework.reparam.fuse_model import fuse_model
 from framework.reparam.fusion import fuse_conv_bn
@@ -134,17 +134,7 @@ def remove_channels(model: nn.Module, removed: dict[str, list[int]], example_inp
 
 def _absorb_constants(model: nn.Module, consumers: dict[str, dict[str, list[int]]], example_inputs: Tensor) -> None:
     wanted = sorted({name for per_group in consumers.values() for name in per_group})
-    captured: dict[str, Tensor] = {}
-    handles = [
-        model.get_submodule(name).register_forward_pre_hook(lambda _m, args, name=name: captured.__setitem__(name, args[0].detach()))
-        for name in wanted
-    ]
-    try:
-        with torch.no_grad():
-            model(example_inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    captured = capture_inputs(model, wanted, example_inputs)
     with torch.no_grad():
         for per_group in consumers.values():
             for name, idxs in per_group.items():
