@@ -10,7 +10,7 @@ import torch
 
 from framework.reparam import randomize_batchnorm
 
-# shared user-written models (tests/pruning_models.py) import as plain modules
+# shared user-written models (tests/user_models.py) import as plain modules
 sys.path.insert(0, str(Path(__file__).parent))
 
 # Tests are CPU-only and must not fight over the 2 cores with intra-op threads of parallel workers.

@@ -157,7 +157,7 @@ def test_no_target_and_bad_arguments():
 DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
-from pruning_models import UserClassifier, loader
+from user_models import UserClassifier, loader
 from callbacks.fastclip import FastClip
 
 class SaveRankWeights(L.Callback):

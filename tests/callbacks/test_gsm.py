@@ -13,47 +13,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from user_models import UserModule
 
 from callbacks.gsm import GlobalSparseMomentum
 from framework.errors import LitzooError
 
 # the tests run a few steps on purpose; the budget warning is checked in its own test
 pytestmark = pytest.mark.filterwarnings("ignore:GlobalSparseMomentum.*decay budget:UserWarning")
-
-
-class UserModule(L.LightningModule):
-    """A user's LightningModule around any net: tuple batches, its own optimizer recipe.
-
-    ``decay`` goes to the optimizer's weight decay on the matrices / kernels only (biases and
-    norms get none), as a typical user would write it.
-    """
-
-    def __init__(self, net, lr=0.05, momentum=0.9, decay=0.0, optimizer="sgd"):
-        super().__init__()
-        self.net, self.lr, self.momentum, self.decay, self.optimizer_name = net, lr, momentum, decay, optimizer
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def test_step(self, batch, _):
-        x, y = batch
-        self.log("test_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        weights = [p for p in self.parameters() if p.dim() in (2, 4)]
-        others = [p for p in self.parameters() if p.dim() not in (2, 4)]
-        groups = [{"params": weights, "weight_decay": self.decay}, {"params": others, "weight_decay": 0.0}]
-        if self.optimizer_name == "adam":
-            return torch.optim.Adam(groups, lr=self.lr)
-        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
 
 
 def mlp():

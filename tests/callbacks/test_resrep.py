@@ -7,7 +7,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from pruning_models import UserClassifier, loader
+from user_models import UserClassifier, loader
 
 from callbacks.resrep import ResRepPruning
 from framework.errors import LitzooError
@@ -171,7 +171,7 @@ def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_
 @pytest.mark.parametrize("net", ["resnet", "repvgg"])
 def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path, net):
     module = UserClassifier(net)
-    module.hparams["_class_path"] = "pruning_models.UserClassifier"  # what `litzoo fit` records
+    module.hparams["_class_path"] = "user_models.UserClassifier"  # what `litzoo fit` records
     callback = fast_resrep()
     trainer(tmp_path, callback, num_sanity_val_steps=0).fit(module, loader(), loader(seed=1))
     loaded, _ = load_lightning_module(callback.deploy_path)
@@ -183,7 +183,7 @@ def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path, net):
 DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
-from pruning_models import UserClassifier, loader
+from user_models import UserClassifier, loader
 from callbacks.resrep import ResRepPruning
 
 class SaveRankWeights(L.Callback):
@@ -225,7 +225,7 @@ def test_export_of_a_compactor_checkpoint_prunes_before_fusing(tmp_path):
     from framework.export import export_checkpoint
 
     module = UserClassifier("repvgg")
-    module.hparams["_class_path"] = "pruning_models.UserClassifier"
+    module.hparams["_class_path"] = "user_models.UserClassifier"
     callback = fast_resrep(prune_at_end=False)
     t = trainer(tmp_path, callback, num_sanity_val_steps=0)
     t.fit(module, loader(), loader(seed=1))

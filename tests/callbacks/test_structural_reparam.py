@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from user_models import UserModule
 
 from callbacks.structural_reparam import StructuralReparam
 from framework.errors import LitzooError
@@ -50,28 +51,9 @@ class UserResNet(nn.Module):
         return self.head(self.layer2(self.layer1(x)).mean((2, 3)))
 
 
-class UserClassifier(L.LightningModule):
+class UserClassifier(UserModule):
     def __init__(self):
-        super().__init__()
-        self.net = UserResNet()
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, _):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch
-        self.log("val_loss", F.cross_entropy(self(x), y))
-
-    def test_step(self, batch, _):
-        x, y = batch
-        self.log("test_loss", F.cross_entropy(self(x), y))
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        super().__init__(UserResNet())
 
 
 def loader():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from pruning_models import UserMobileNetV2, UserRepVGG, UserResNet
 from torch import nn
+from user_models import UserMobileNetV2, UserRepVGG, UserResNet
 
 from framework.profiling import count_flops
 from framework.pruning import (

@@ -1,4 +1,5 @@
-"""User-written models for the pruning tests: a residual CNN and a MobileNetV2-style network."""
+"""User-written models and LightningModules for the callback tests: a residual CNN, a MobileNetV2-style
+network, RepVGG blocks, and a plain LightningModule around any net."""
 
 from __future__ import annotations
 
@@ -89,13 +90,16 @@ class UserRepVGG(nn.Module):
 NETS = {"resnet": UserResNet, "mobilenetv2": UserMobileNetV2, "repvgg": UserRepVGG}
 
 
-class UserClassifier(L.LightningModule):
-    def __init__(self, net: str = "resnet", lr: float = 0.05, weight_decay: float = 0.0) -> None:
+class UserModule(L.LightningModule):
+    """A user's LightningModule around any net: tuple batches, its own optimizer recipe.
+
+    ``decay`` goes to the optimizer's weight decay on the matrices / kernels only (biases and
+    norms get none), as a typical user would write it.
+    """
+
+    def __init__(self, net: nn.Module, lr: float = 0.05, momentum: float = 0.9, decay: float = 0.0, optimizer: str = "sgd") -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.net = NETS[net]()
-        self.lr = lr
-        self.weight_decay = weight_decay
+        self.net, self.lr, self.momentum, self.decay, self.optimizer_name = net, lr, momentum, decay, optimizer
 
     def forward(self, x):
         return self.net(x)
@@ -113,7 +117,20 @@ class UserClassifier(L.LightningModule):
         self.log("test_loss", F.cross_entropy(self(x), y))
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        weights = [p for p in self.parameters() if p.dim() in (2, 4)]
+        others = [p for p in self.parameters() if p.dim() not in (2, 4)]
+        groups = [{"params": weights, "weight_decay": self.decay}, {"params": others, "weight_decay": 0.0}]
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(groups, lr=self.lr)
+        return torch.optim.SGD(groups, lr=self.lr, momentum=self.momentum)
+
+
+class UserClassifier(UserModule):
+    """One of the user nets above by name, rebuildable from its saved hyper-parameters."""
+
+    def __init__(self, net: str = "resnet", lr: float = 0.05, weight_decay: float = 0.0) -> None:
+        super().__init__(NETS[net](), lr=lr, decay=weight_decay)
+        self.save_hyperparameters()
 
 
 def loader(n: int = 48, seed: int = 0, batch_size: int = 16) -> DataLoader:
