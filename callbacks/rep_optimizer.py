@@ -19,15 +19,21 @@ as the CSLA block's equivalent kernel (the paper's "rule of initialization") and
 computing its branches.
 
 What breaks the equivalence: anything non-linear between the multiply and the update (gradient
-clipping: refused here), and weight decay, which the official optimizer adds after the multiply
-(``d_p = M * grad + wd * p``, so the plain model's decay is not the CSLA model's; the paper accepts
-this). Adam-type optimizers need the update multiplied too (the official ``RepOptimizerAdamW``);
-that variant is not implemented here yet, so only ``torch.optim.SGD`` is accepted.
+clipping: refused here), and SGD's L2 weight decay, which the official optimizer adds after the
+multiply (``d_p = M * grad + wd * p``, so the plain model's decay is not the CSLA model's; the paper
+accepts this).
+
+Adam-type optimizers normalise every element by its own gradient scale, so a branch's scale no
+longer enters squared: a branch ``s * V`` trained with Adam moves ``W`` by about ``s`` times Adam's
+normalised step. The official ``RepOptimizerAdamW`` therefore uses ``M = sum of the scales``
+(power 1) and multiplies both the gradient and the final update ``exp_avg * M / denom``; with
+decoupled weight decay (AdamW), which shrinks every branch and so ``W`` by the same factor, the plain
+model then follows the CSLA model up to Adam's ``eps`` (which enters as ``eps / M``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -91,25 +97,59 @@ def csla_initialization(
     conv.weight.copy_(weight)
 
 
-class RepOptimizer(Callback):
-    """Gradient multipliers for plain layers (RepOpt-SGD), applied in ``on_before_optimizer_step``.
+#: the optimizer each update rule reproduces the multi-branch model under
+RULE_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], ...]] = {
+    "sgd": (torch.optim.SGD,),
+    "adamw": (torch.optim.Adam,),  # torch.optim.AdamW is an Adam with decoupled weight decay
+}
 
-    There, gradients are synchronised across DDP ranks, unscaled under AMP and accumulated once per
-    optimizer step, so the multiply acts on exactly what the optimizer would use.
+
+def optimizer_rule(optimizer: torch.optim.Optimizer) -> str | None:
+    """The RepOptimizer update rule for ``optimizer`` (``"sgd"`` or ``"adamw"``), or None if it has none."""
+    for rule, types in RULE_OPTIMIZERS.items():
+        if isinstance(optimizer, types):
+            return rule
+    return None
+
+
+class RepOptimizer(Callback):
+    """Gradient multipliers for plain layers (RepOpt-SGD / RepOpt-AdamW), applied around the optimizer step.
+
+    In ``on_before_optimizer_step`` gradients are synchronised across DDP ranks, unscaled under AMP
+    and accumulated once per optimizer step, so the multiply acts on exactly what the optimizer
+    would use. With ``rule="adamw"`` a step post-hook on the optimizer also multiplies the step's
+    Adam update by ``M`` (the weight-decay shrink is left alone), which is the official
+    ``RepOptimizerAdamW`` without replacing the user's ``torch.optim.Adam`` / ``AdamW``.
 
     Args:
         multipliers: ``{parameter name: multiplier}`` (names as in ``pl_module.named_parameters()``;
-            each multiplier has the parameter's shape), e.g. from :func:`csla_grad_multiplier`.
+            each multiplier has the parameter's shape), e.g. from :func:`csla_grad_multiplier`
+            with ``power=2`` for ``rule="sgd"`` and ``power=1`` for ``rule="adamw"``.
+        rule: ``"sgd"`` (``torch.optim.SGD``: multiply the gradient) or ``"adamw"``
+            (``torch.optim.Adam`` / ``AdamW``: multiply the gradient and the update).
     """
 
-    def __init__(self, multipliers: dict[str, Tensor]) -> None:
+    def __init__(self, multipliers: dict[str, Tensor], rule: Literal["sgd", "adamw"] = "sgd") -> None:
+        if rule not in RULE_OPTIMIZERS:
+            raise ValueError(f"rule must be one of {sorted(RULE_OPTIMIZERS)}, got {rule!r}")
+        self.rule = rule
+        self.set_multipliers(multipliers)
+        self._params: dict[str, nn.Parameter] = {}
+        self._before: dict[str, Tensor] = {}  # rule "adamw": parameters before the step
+        self._step_hooks: list[Any] = []
+
+    def set_multipliers(self, multipliers: dict[str, Tensor], rule: Literal["sgd", "adamw"] | None = None) -> None:
+        """Replace the multipliers (and the rule); a model can call this from ``configure_optimizers``."""
+        if rule is not None:
+            if rule not in RULE_OPTIMIZERS:
+                raise ValueError(f"rule must be one of {sorted(RULE_OPTIMIZERS)}, got {rule!r}")
+            self.rule = rule
         if not multipliers:
             raise ValueError("multipliers is empty: give {parameter name: multiplier tensor}")
         for name, multiplier in multipliers.items():
             if not isinstance(multiplier, Tensor) or not torch.isfinite(multiplier).all():
                 raise ValueError(f"the multiplier of '{name}' must be a finite tensor")
         self.multipliers = {name: m.detach().clone() for name, m in multipliers.items()}
-        self._params: dict[str, nn.Parameter] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.gradient_clip_val:
@@ -118,10 +158,16 @@ class RepOptimizer(Callback):
                 "equivalence with the multi-branch model (the official README says the same); remove it"
             )
         for optimizer in trainer.optimizers:
-            if type(optimizer) is not torch.optim.SGD:
+            rule = optimizer_rule(optimizer)
+            if rule is None:
                 raise LitzooError(
                     f"RepOptimizer: {type(optimizer).__name__} is not supported; the gradient multipliers reproduce the multi-branch "
-                    "model under torch.optim.SGD (the AdamW variant also scales the update and is not implemented yet)"
+                    "model under torch.optim.SGD (rule='sgd') or torch.optim.Adam/AdamW (rule='adamw')"
+                )
+            if rule != self.rule:
+                raise LitzooError(
+                    f"RepOptimizer: the multipliers are for rule='{self.rule}' but the optimizer is {type(optimizer).__name__}; "
+                    f"build them for rule='{rule}' (csla_grad_multiplier power={2 if rule == 'sgd' else 1})"
                 )
         params = dict(pl_module.named_parameters())
         missing = [name for name in self.multipliers if name not in params]
@@ -133,18 +179,52 @@ class RepOptimizer(Callback):
         # looked up by name once per fit: parameters are the same objects for the whole fit (DDP too)
         self._params = {name: params[name] for name in self.multipliers}
         self.multipliers = {name: m.to(device=params[name].device, dtype=params[name].dtype) for name, m in self.multipliers.items()}
-        rank_zero_info(f"RepOptimizer: gradient multipliers on {len(self.multipliers)} parameters")
+        if self.rule == "adamw":
+            self._remove_hooks()
+            self._step_hooks = [optimizer.register_step_post_hook(self._scale_update) for optimizer in trainer.optimizers]
+        rank_zero_info(f"RepOptimizer ({self.rule}): gradient multipliers on {len(self.multipliers)} parameters")
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+        # Lightning calls this inside optimizer.step(closure), before the update: the weights are the old ones
+        self._before = {}
         for name, param in self._params.items():
             if param.grad is not None:
                 param.grad.mul_(self.multipliers[name])
+                if self.rule == "adamw":
+                    self._before[name] = param.detach().clone()
+
+    @torch.no_grad()
+    def _scale_update(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        """After an Adam step: ``p = shrunk + M * (p - shrunk)``, ``shrunk`` = the old weight after decoupled decay."""
+        if not self._before:
+            return
+        owned = {id(p): group for group in optimizer.param_groups for p in group["params"]}
+        for name, before in self._before.items():
+            param = self._params[name]
+            group = owned.get(id(param))
+            if group is None:
+                continue
+            shrunk = before
+            if group.get("decoupled_weight_decay", False) and group["weight_decay"]:
+                shrunk = before * (1 - float(group["lr"]) * group["weight_decay"])
+            param.copy_(torch.addcmul(shrunk, self.multipliers[name], param - shrunk))
+        self._before = {}
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._remove_hooks()
+
+    def _remove_hooks(self) -> None:
+        for hook in self._step_hooks:
+            hook.remove()
+        self._step_hooks = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"multipliers": {name: m.cpu() for name, m in self.multipliers.items()}}
+        return {"rule": self.rule, "multipliers": {name: m.cpu() for name, m in self.multipliers.items()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("multipliers", {})
         if saved.keys() != self.multipliers.keys():
             raise LitzooError(f"RepOptimizer: the checkpoint has multipliers for {sorted(saved)[:3]} ..., this run for {sorted(self.multipliers)[:3]} ...")
+        # restored before configure_optimizers and on_fit_start, which check the rule against the optimizer
+        self.rule = state_dict.get("rule", "sgd")
         self.multipliers = {name: m.clone() for name, m in saved.items()}

@@ -19,13 +19,13 @@ Two stages, two modes of the same network:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization
+from callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization, optimizer_rule
 from framework.checkpoints import load_checkpoint, state_dict_from
 from framework.classification import ImageClassifier
 from framework.errors import LitzooError
@@ -151,7 +151,8 @@ class RepOptVGGClassifier(ImageClassifier):
             the gradient multipliers; ``None`` uses the HS initial scales (no search).
         num_blocks, width_multiplier, in_channels, stage_strides, num_classes: the architecture
             (RepVGG's layout; the paper's RepOpt-VGG-B1 is ``[4, 6, 16, 1]``, ``[2, 2, 2, 4]``).
-        optimizer: must be ``torch.optim.SGD`` for the target (the RepOptimizer's rule is for SGD).
+        optimizer: for the target ``torch.optim.SGD`` (multipliers = squared scales) or
+            ``torch.optim.Adam`` / ``AdamW`` (multipliers = scales, applied to gradient and update).
         lr_scheduler, label_smoothing: see :class:`ImageClassifier`.
     """
 
@@ -173,9 +174,12 @@ class RepOptVGGClassifier(ImageClassifier):
         net = RepOptVGG(num_blocks, num_classes, width_multiplier, in_channels, stage_strides, mode)
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.multipliers: dict[str, Tensor] = {}
+        # per target conv weight: (s_conv, s_1x1, has identity), from which each update rule's multipliers follow
+        self.csla_scales: dict[str, tuple[Tensor, Tensor, bool]] = {}
+        self.rep_optimizer: RepOptimizer | None = None
         if mode == "target":
             self._apply_scales(scales)
+            self.rep_optimizer = RepOptimizer(self.grad_multipliers("sgd"), rule="sgd")
 
     def _apply_scales(self, path: str | None) -> None:
         blocks = self.net.blocks()
@@ -195,9 +199,28 @@ class RepOptVGGClassifier(ImageClassifier):
             bound = (1.0 / conv.in_channels) ** 0.5
             kernel_1x1 = (torch.rand(conv.out_channels, conv.in_channels, 1, 1, generator=generator) * 2 - 1) * bound
             csla_initialization(conv, s_conv, s_1x1, kernel_1x1, identity_scale=s_identity)
-            # in float64: the squares of the scales, cast to the parameters' dtype when fit starts
-            self.multipliers[f"net.{name}.conv.weight"] = csla_grad_multiplier(conv.weight.shape, s_conv.double(), s_1x1.double(), identity=s_identity is not None)
+            self.csla_scales[f"net.{name}.conv.weight"] = (s_conv.double(), s_1x1.double(), s_identity is not None)
+
+    def grad_multipliers(self, rule: str) -> dict[str, Tensor]:
+        """The rule of iteration for every conv: squared scales for ``"sgd"``, the scales for ``"adamw"``.
+
+        Computed in float64 and cast to the parameters' dtype when fit starts.
+        """
+        power = 2 if rule == "sgd" else 1
+        return {
+            key: csla_grad_multiplier(self.get_parameter(key).shape, s_conv, s_1x1, identity=identity, power=power)
+            for key, (s_conv, s_1x1, identity) in self.csla_scales.items()
+        }
+
+    def configure_optimizers(self) -> Any:
+        config = super().configure_optimizers()
+        if self.rep_optimizer is not None:
+            # the multipliers follow the optimizer (the official RepOptimizerSGD / RepOptimizerAdamW);
+            # any other optimizer is refused by RepOptimizer.on_fit_start
+            rule = optimizer_rule(config["optimizer"]) or "sgd"
+            self.rep_optimizer.set_multipliers(self.grad_multipliers(rule), rule)
+        return config
 
     def configure_callbacks(self) -> list:
         # the rule of iteration travels with the model: `litzoo fit` needs no callback in the config
-        return [RepOptimizer(self.multipliers)] if self.multipliers else []
+        return [self.rep_optimizer] if self.rep_optimizer is not None else []

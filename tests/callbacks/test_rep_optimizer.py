@@ -20,12 +20,18 @@ def _scales(seed: int):
     return torch.rand(C, generator=g, dtype=torch.float64) + 0.5, torch.rand(C, generator=g, dtype=torch.float64) + 0.3
 
 
+def make_optimizer(module):
+    if module.optimizer_name == "adamw":
+        return torch.optim.AdamW(module.parameters(), lr=module.lr, weight_decay=module.weight_decay, eps=module.eps)
+    return torch.optim.SGD(module.parameters(), lr=module.lr, momentum=0.9, nesterov=True, weight_decay=module.weight_decay)
+
+
 class CSLANet(L.LightningModule):
     """Two CSLA blocks (3x3 + 1x1 with constant scales, the first with a trainable identity scale), BN, ReLU, a head."""
 
-    def __init__(self, lr=0.05, weight_decay=0.0):
+    def __init__(self, lr=0.05, weight_decay=0.0, optimizer="sgd", eps=1e-8):
         super().__init__()
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.optimizer_name, self.eps = lr, weight_decay, optimizer, eps
         self.stem = nn.Conv2d(1, C, 3, padding=1, bias=False)
         self.k1, self.p1 = nn.Conv2d(C, C, 3, padding=1, bias=False), nn.Conv2d(C, C, 1, bias=False)
         self.identity1 = nn.Parameter(torch.ones(C))
@@ -48,7 +54,7 @@ class CSLANet(L.LightningModule):
         return F.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        return make_optimizer(self)
 
     def equivalent_kernels(self):
         k1 = self.s1c.view(-1, 1, 1, 1) * self.k1.weight + self.s1p.view(-1, 1, 1, 1) * F.pad(self.p1.weight, [1, 1, 1, 1])
@@ -61,9 +67,9 @@ class CSLANet(L.LightningModule):
 class PlainNet(L.LightningModule):
     """The same network with one 3x3 conv per block: what RepOpt-VGG trains."""
 
-    def __init__(self, csla: CSLANet, lr=0.05, weight_decay=0.0):
+    def __init__(self, csla: CSLANet, lr=0.05, weight_decay=0.0, optimizer="sgd", eps=1e-8):
         super().__init__()
-        self.lr, self.weight_decay = lr, weight_decay
+        self.lr, self.weight_decay, self.optimizer_name, self.eps = lr, weight_decay, optimizer, eps
         self.stem = nn.Conv2d(1, C, 3, padding=1, bias=False)
         self.conv1 = nn.Conv2d(C, C, 3, padding=1, bias=False)
         self.conv2 = nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False)
@@ -86,7 +92,7 @@ class PlainNet(L.LightningModule):
     training_step = CSLANet.training_step
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay)
+        return make_optimizer(self)
 
 
 def multipliers(csla: CSLANet, power: int = 2) -> dict[str, torch.Tensor]:
@@ -176,11 +182,82 @@ def test_refusals():
     with pytest.raises(LitzooError, match="gradient_clip_val"):
         fit(PlainNet(csla).double(), [RepOptimizer(multipliers(csla))], steps=1, gradient_clip_val=1.0)
 
-    class AdamNet(PlainNet):
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters())
+    with pytest.raises(LitzooError, match="rule='sgd' but the optimizer is AdamW"):
+        fit(PlainNet(csla, optimizer="adamw").double(), [RepOptimizer(multipliers(csla))], steps=1)
+    with pytest.raises(LitzooError, match="rule='adamw' but the optimizer is SGD"):
+        fit(PlainNet(csla).double(), [RepOptimizer(multipliers(csla, power=1), rule="adamw")], steps=1)
 
-    with pytest.raises(LitzooError, match="Adam"):
-        fit(AdamNet(csla).double(), [RepOptimizer(multipliers(csla))], steps=1)
+    class RMSpropNet(PlainNet):
+        def configure_optimizers(self):
+            return torch.optim.RMSprop(self.parameters())
+
+    with pytest.raises(LitzooError, match="RMSprop is not supported"):
+        fit(RMSpropNet(csla).double(), [RepOptimizer(multipliers(csla))], steps=1)
+    with pytest.raises(ValueError, match="rule"):
+        RepOptimizer(multipliers(csla), rule="adam")
     with pytest.raises(LitzooError, match="no parameter named"):
         fit(PlainNet(csla).double(), [RepOptimizer({"nope.weight": torch.ones(1)})], steps=1)
+
+
+# ---------------------------------------------------------------------------- RepOpt-AdamW
+@pytest.mark.parametrize(("eps", "tolerance"), [(1e-8, 1e-5), (1e-13, 1e-9)])
+def test_adamw_plain_model_follows_the_csla_model(eps, tolerance):
+    """The official RepOptimizerAdamW rule (multipliers = scales, on gradient and update) with
+    decoupled weight decay: 24 AdamW steps of the CSLA model and of the plain model agree up to
+    Adam's eps, which enters the plain model as eps / M (float64)."""
+    torch.manual_seed(0)
+    csla = CSLANet(lr=0.01, weight_decay=0.05, optimizer="adamw", eps=eps).double()
+    plain = PlainNet(csla, lr=0.01, weight_decay=0.05, optimizer="adamw", eps=eps)
+    start = [k.clone() for k in csla.equivalent_kernels()]
+    fit(csla)
+    fit(plain, [RepOptimizer(multipliers(csla, power=1), rule="adamw")])
+    for a, b, s in zip(csla.equivalent_kernels(), (plain.conv1.weight.detach(), plain.conv2.weight.detach()), start):
+        assert (a - b).abs().max() < tolerance * a.abs().max()
+        assert (a - s).abs().max() > 1e-2  # they did train
+    for name in ("bn1", "bn2", "head", "stem"):
+        for (k, a), b in zip(getattr(csla, name).state_dict().items(), getattr(plain, name).state_dict().values()):
+            assert torch.allclose(a.double(), b.double(), atol=tolerance), f"{name}.{k}"
+
+
+@pytest.mark.parametrize("wrong", ["gradient only", "squared scales"])
+def test_adamw_wrong_rules_break_the_equivalence(wrong):
+    """Negative controls: multiplying only the gradient (Adam normalises it away), or the SGD power."""
+    torch.manual_seed(0)
+    csla = CSLANet(lr=0.01, weight_decay=0.05, optimizer="adamw").double()
+    plain = PlainNet(csla, lr=0.01, weight_decay=0.05, optimizer="adamw")
+    fit(csla)
+    if wrong == "gradient only":
+        mults = multipliers(csla, power=1)
+
+        class GradientOnly(L.Callback):
+            def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+                for name, m in mults.items():
+                    pl_module.get_parameter(name).grad.mul_(m)
+
+        fit(plain, [GradientOnly()])
+    else:
+        fit(plain, [RepOptimizer(multipliers(csla, power=2), rule="adamw")])
+    assert (csla.equivalent_kernels()[0] - plain.conv1.weight.detach()).abs().max() > 1e-3
+
+
+def test_adamw_first_step_by_hand():
+    """One AdamW step: W1 = W0 (1 - lr wd) - lr M g' / (|g'| + eps) with g' = M g (bias-corrected step 1)."""
+    torch.manual_seed(0)
+    csla = CSLANet()
+    plain = PlainNet(csla, lr=0.01, weight_decay=0.05, optimizer="adamw").double()
+    before = plain.conv1.weight.detach().clone()
+    grads = {}
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads["raw"] = pl_module.conv1.weight.grad.detach().clone()
+
+    mults = {k: v.double() for k, v in multipliers(csla, power=1).items()}
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        precision="64-true", callbacks=[Spy(), RepOptimizer(mults, rule="adamw")])
+    x = torch.randn(8, 1, 8, 8, dtype=torch.float64)
+    trainer.fit(plain, DataLoader(TensorDataset(x, torch.randint(0, 3, (8,))), batch_size=8))
+    m = mults["conv1.weight"]
+    g = m * grads["raw"]
+    expected = before * (1 - 0.01 * 0.05) - 0.01 * m * g / (g.abs() + 1e-8)
+    assert (plain.conv1.weight.detach() - expected).abs().max() < 1e-12
