@@ -43,7 +43,7 @@ def _entropy(p: Tensor) -> Tensor:
     return -torch.where(p > 0, p * torch.log2(p.clamp_min(1e-300)), torch.zeros_like(p)).sum(-1)
 
 
-def normalized_mutual_information(x: Tensor, y: Tensor, k: float = 5.0) -> Tensor:
+def normalized_mutual_information(x: Tensor, y: Tensor, k: float = 5.0, diagonal_removal: bool = False) -> Tensor:
     """``NMI_k`` of paired samples, one value per row: ``x``, ``y`` of shape (C, n) -> (C,).
 
     The official ``NMIK`` for all channels at once: a 2-D histogram with ``bins = 1 + ceil(log2(n))``
@@ -51,29 +51,47 @@ def normalized_mutual_information(x: Tensor, y: Tensor, k: float = 5.0) -> Tenso
     with ``MI = H(X) + H(Y) - H(X, Y)`` (bits), then ``NMI_k = k * NMI / ((k - 1) * NMI + 1)``,
     which lifts small dependences (``k = 5`` in the paper; ``k = 1`` gives ``NMI``). ``NMI_k`` is 1
     for ``y = x`` and ~0 for independent ``x``, ``y``. A constant row (``H(X, Y) = 0``) gives NaN.
+
+    ``diagonal_removal`` (the official ``sgs_diagonal_removal``, on in its ImageNet config): post-ReLU
+    maps are mostly zeros, whose (0, 0) pairs swamp the histogram. Only pairs with both values
+    non-zero are kept (``n``, the bins and the ranges are then per row, over those pairs), the
+    histogram's diagonal cells (same bin for x and y) are dropped, and a row with nothing left, or
+    an undefined value, gives 0 instead of NaN.
     """
     if x.shape != y.shape or x.dim() != 2:
         raise ValueError(f"x and y must be paired (C, n) samples, got shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    channels, n = x.shape
-    bins = 1 + math.ceil(math.log2(n)) if n > 1 else 1
+    channels = x.shape[0]
+    x, y = x.double(), y.double()
+    keep = (x != 0) & (y != 0) if diagonal_removal else torch.ones_like(x, dtype=torch.bool)
+    n = keep.sum(1)  # (C,) pairs per row
+    bins = 1 + torch.ceil(torch.log2(n.clamp_min(1).double())).long()  # (C,) 1 bin for n = 1, as log2(1) = 0
+    most = int(bins.max())
 
     def bin_index(v: Tensor) -> Tensor:
-        v = v.double()
-        lo = v.amin(1, keepdim=True)
-        hi = v.amax(1, keepdim=True) + 1e-12  # the official range: the maximum falls in the last bin
-        return ((v - lo) * (bins / (hi - lo))).floor().long().clamp_(0, bins - 1)
+        lo = torch.where(keep, v, torch.inf).amin(1, keepdim=True)
+        hi = torch.where(keep, v, -torch.inf).amax(1, keepdim=True) + 1e-12  # the official range: the max is in the last bin
+        width = (hi - lo) / bins[:, None]
+        return ((v - lo) / width).floor().nan_to_num(0).long().clamp_(min=0).minimum(bins[:, None] - 1)
 
-    # one bincount over (row, x bin, y bin): the histograms of all channels without a Python loop
-    cell = bin_index(x) * bins + bin_index(y) + torch.arange(channels, device=x.device)[:, None] * (bins * bins)
-    joint = torch.bincount(cell.flatten(), minlength=channels * bins * bins).view(channels, bins, bins).double() / n
+    bx, by = bin_index(x), bin_index(y)
+    counted = keep & (bx != by) if diagonal_removal else keep
+    # one bincount over (row, x bin, y bin): the histograms of all rows without a Python loop
+    cell = (bx * most + by + torch.arange(channels, device=x.device)[:, None] * (most * most)).clamp_(min=0)
+    joint = torch.bincount(cell.flatten(), weights=counted.flatten().double(), minlength=channels * most * most).view(channels, most, most)
+    joint = joint / joint.sum((1, 2), keepdim=True)
     h_xy = _entropy(joint.flatten(1))
     mi = _entropy(joint.sum(2)) + _entropy(joint.sum(1)) - h_xy
     nmi = mi / h_xy
-    return k * nmi / ((k - 1) * nmi + 1)
+    nmi_k = k * nmi / ((k - 1) * nmi + 1)
+    return nmi_k.nan_to_num(0.0, posinf=0.0, neginf=0.0) if diagonal_removal else nmi_k
 
 
 def feature_map_dependence(
-    feature_maps: Iterable[Tensor], kernel_size: tuple[int, int], dilation: tuple[int, int] = (1, 1), k: float = 5.0
+    feature_maps: Iterable[Tensor],
+    kernel_size: tuple[int, int],
+    dilation: tuple[int, int] = (1, 1),
+    k: float = 5.0,
+    diagonal_removal: bool = False,
 ) -> Tensor:
     """The K x K dependence matrix of a conv's (padded) input feature maps, centre = 1, not normalised.
 
@@ -82,6 +100,7 @@ def feature_map_dependence(
     batches, or several calls of a shared conv), ``NMI_k`` is computed per channel and averaged
     over the channels that are not constant. Offset and opposite offset see the same pairs, so the
     matrix is symmetric through the centre (computed once, as the official code does).
+    ``diagonal_removal``: see :func:`normalized_mutual_information`.
     """
     maps = list(feature_maps)
     kh, kw = kernel_size
@@ -106,7 +125,7 @@ def feature_map_dependence(
                 centres.append(fm[:, :, rows_c, cols_c].transpose(0, 1).reshape(channels, -1))
                 neighbours.append(fm[:, :, rows_n, cols_n].transpose(0, 1).reshape(channels, -1))
             if centres:
-                value = normalized_mutual_information(torch.cat(centres, 1), torch.cat(neighbours, 1), k).nanmean()
+                value = normalized_mutual_information(torch.cat(centres, 1), torch.cat(neighbours, 1), k, diagonal_removal).nanmean()
                 dependence[a, b] = dependence[2 * ch - a, 2 * cw - b] = value
     return dependence
 
@@ -163,6 +182,8 @@ class SpatialGradientScaling(Callback):
         update_every_epochs: epochs between two updates of ``S`` (official 5).
         num_batches: training batches whose feature maps give the statistics (official 2).
         k: the ``NMI_k`` exponent-like sharpening (official 5; 1 = plain NMI).
+        diagonal_removal: drop zero pairs and the histogram's diagonal (the official
+            ``sgs_diagonal_removal``: off in its CIFAR config, on in its ImageNet config).
         seed: seeds the generator that draws the statistics batches (plus the epoch).
     """
 
@@ -173,6 +194,7 @@ class SpatialGradientScaling(Callback):
         update_every_epochs: int = 5,
         num_batches: int = 2,
         k: float = 5.0,
+        diagonal_removal: bool = False,
         seed: int = 0,
     ) -> None:
         if isinstance(scalings, str):
@@ -204,6 +226,7 @@ class SpatialGradientScaling(Callback):
         self.update_every_epochs = update_every_epochs
         self.num_batches = num_batches
         self.k = float(k)
+        self.diagonal_removal = bool(diagonal_removal)
         self.seed = int(seed)
         # state saved in checkpoints (with self.scalings)
         self.last_update_epoch: int | None = None  # the epoch whose start computed the current S
@@ -288,7 +311,7 @@ class SpatialGradientScaling(Callback):
         for name, conv in targets.items():
             if not maps[name] or conv.kernel_size[0] % 2 == 0 or conv.kernel_size[1] % 2 == 0:
                 continue  # not run in the forward, or no centre pixel: keeps its previous scaling
-            dependence = feature_map_dependence(maps[name], conv.kernel_size, conv.dilation, self.k)
+            dependence = feature_map_dependence(maps[name], conv.kernel_size, conv.dilation, self.k, self.diagonal_removal)
             if bool(torch.isnan(dependence).any()):
                 continue
             result[name] = (dependence / dependence.mean()).float()

@@ -127,6 +127,48 @@ def test_nmi_of_identical_independent_and_a_hand_computed_pair():
     assert math.isnan(normalized_mutual_information(torch.ones(1, 50), torch.ones(1, 50)).item())  # constant: undefined
 
 
+def _reference_nmik_diagonal_removal(x: np.ndarray, y: np.ndarray, k: float) -> float:
+    """One channel, the official sgs_diagonal_removal semantics, with numpy: non-zero pairs only,
+    their own bins and ranges, the histogram's diagonal zeroed, NaN -> 0."""
+    keep = (x != 0) & (y != 0)
+    if not keep.any():
+        return 0.0
+    x, y = x[keep], y[keep]
+    bins = 1 + math.ceil(math.log2(len(x)))
+    counts, _, _ = np.histogram2d(x, y, bins=bins, range=[[x.min(), x.max() + 1e-12], [y.min(), y.max() + 1e-12]])
+    counts *= 1 - np.eye(bins)
+    if counts.sum() == 0:
+        return 0.0
+    p = counts / counts.sum()
+
+    def entropy(q):
+        q = q[q > 0]
+        return -(q * np.log2(q)).sum()
+
+    h_xy = entropy(p.ravel())
+    if h_xy == 0:
+        return 0.0
+    nmi = (entropy(p.sum(0)) + entropy(p.sum(1)) - h_xy) / h_xy
+    return k * nmi / ((k - 1) * nmi + 1)
+
+
+def test_nmi_with_diagonal_removal_matches_the_official_semantics():
+    """Post-ReLU pairs (a different number of zeros per channel): per-channel numpy reference to 1e-9,
+    a constant or all-zero channel gives 0 (not NaN), and the zero pairs did change the value."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3000, generator=g, dtype=torch.float64) + torch.tensor([[-1.0], [0.0], [0.5], [-0.3]], dtype=torch.float64)
+    b = a + 0.8 * torch.randn(4, 3000, generator=g, dtype=torch.float64)
+    x, y = a.relu(), b.relu()
+    x[2], y[2] = 0.0, 0.0  # an all-zero channel
+    x[3, :] = 1.0  # a constant channel
+    got = normalized_mutual_information(x, y, k=5.0, diagonal_removal=True)
+    expected = [_reference_nmik_diagonal_removal(x[c].numpy(), y[c].numpy(), 5.0) for c in range(4)]
+    assert got.tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert got[2] == 0 and got[3] == 0 and 0.1 < got[0] < 0.95 and 0.1 < got[1] < 0.95
+    plain = normalized_mutual_information(x[:2], y[:2], k=5.0)
+    assert (plain - got[:2]).abs().max() > 0.02
+
+
 def test_dependence_matrix_orientation_on_stripes():
     # constant along the width, independent along the height: neighbours in the same row are the pixel itself
     g = torch.Generator().manual_seed(0)
