@@ -11,8 +11,10 @@ settings and epochs (seeds 0, 1, 2):
   with ``SpatialGradientScaling`` (mutual-information scalings) and with DBB branches
   (``StructuralReparam(block="dbb")``), the branched re-parameterization SGS stands in for.
 * FastClip: σ₁ from PowerQR against the SVD of the explicit operator on small shapes; the cost of
-  one clipping event relative to a training step; the plain CNN trained with and without
-  ``FastClip(clip=1)``: test accuracy clean and under Gaussian input noise, and the largest σ₁.
+  one clipping event relative to a training step; the plain CNN trained plain, with
+  ``FastClip(clip=1)`` on each conv alone (``batchnorm="ignore"``) and on each BN∘conv composite
+  (``batchnorm="compose"``, the default): test accuracy clean, under Gaussian input noise and under
+  one-step FGSM, the largest σ₁ of a layer and of a BN∘conv composite.
 
     .venv/bin/python benchmarks/gradient_reparam.py [--seeds 0 1 2]
 """
@@ -30,9 +32,11 @@ import yaml
 from common import ROOT, markdown_table, quiet_lightning, setup_threads
 from structural_reparam import StepTimer, load_config, plain_cnn
 from torch import nn
+from torch.nn import functional as F
 from torch.optim import SGD
+from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.fastclip import FastClip
+from callbacks.fastclip import ConvBN, FastClip
 from callbacks.spatial_gradient_scaling import SpatialGradientScaling
 from callbacks.structural_reparam import StructuralReparam
 from datamodules.digits import DigitsDataModule
@@ -136,45 +140,64 @@ def spectral_accuracy() -> list[dict]:
     return rows
 
 
-def fastclip(seeds: tuple[int, ...], epochs: int = 10, width: int = 16, noise: tuple[float, ...] = (0.5, 1.0)) -> dict:
+FASTCLIP_VARIANTS = {"plain": None, "FastClip c=1, conv alone": "ignore", "FastClip c=1, conv+BN composite": "compose"}
+
+
+def fgsm_accuracy(model: nn.Module, loader, eps: float) -> float:
+    """Test accuracy under one-step L-inf FGSM (Goodfellow et al. 2015) of size ``eps`` on the normalised inputs.
+
+    ``x + eps * sign(grad_x CE(model(x), y))`` with the model in eval mode (BN running statistics);
+    the gradient is taken with ``autograd.grad`` on the input only.
+    """
+    accuracy = MulticlassAccuracy(num_classes=10, average="micro")
+    model.eval()
+    for batch in loader:
+        x = batch["image"].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x), batch["label"]), x)
+        with torch.no_grad():
+            accuracy.update(model(x + eps * grad.sign()), batch["label"])
+    return accuracy.compute().item()
+
+
+def fastclip(seeds: tuple[int, ...], epochs: int = 10, width: int = 16, noise: tuple[float, ...] = (0.5, 1.0),
+             fgsm: tuple[float, ...] = (0.05, 0.1)) -> dict:
     smoothing, sgd, data_args = load_config()
     rows = []
     for seed in seeds:
-        for variant in ("plain", "FastClip c=1"):
+        for variant, batchnorm in FASTCLIP_VARIANTS.items():
             L.seed_everything(seed, verbose=False)
             model = ImageClassifier(plain_cnn(width), 10, optimizer=lambda params: SGD(params, **sgd), label_smoothing=smoothing)
-            clip = FastClip(clip=1.0, clip_every=10, warmup_steps=40) if variant != "plain" else None
+            clip = FastClip(clip=1.0, clip_every=10, warmup_steps=40, batchnorm=batchnorm) if batchnorm else None
             data = DigitsDataModule(**data_args)
             run = _run(model, data, epochs, [clip] if clip else [])
             model.eval()
             data.setup("test")
             noisy = {}
             for level in noise:
-                correct = total = 0
+                accuracy = MulticlassAccuracy(num_classes=10, average="micro")
                 g = torch.Generator().manual_seed(seed)
                 with torch.no_grad():
                     for batch in data.test_dataloader():
-                        x = batch["image"] + level * torch.randn(batch["image"].shape, generator=g)
-                        correct += (model(x).argmax(1) == batch["label"]).sum().item()
-                        total += len(x)
-                noisy[level] = correct / total
-            shapes = {}
-            hooks = [m.register_forward_pre_hook(lambda mod, args, name=n, seen=shapes: seen.__setitem__(name, tuple(args[0].shape[1:])))
-                     for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-            with torch.no_grad():
-                model(next(iter(data.test_dataloader()))["image"][:1])
-            for h in hooks:
-                h.remove()
-            sigma_max = max(conv_spectral_norm(model.get_submodule(n), s, iterations=200, generator=torch.Generator().manual_seed(0)) for n, s in shapes.items())
+                        accuracy.update(model(batch["image"] + level * torch.randn(batch["image"].shape, generator=g)), batch["label"])
+                noisy[level] = accuracy.compute().item()
+            adversarial = {eps: fgsm_accuracy(model, data.test_dataloader(), eps) for eps in fgsm}
+            # input shapes and conv -> BN pairs from one eval forward (the plain run has no FastClip of its own)
+            shapes, pairs = FastClip().trace(model, next(iter(data.test_dataloader()))["image"][:1])
+            norm = {n: conv_spectral_norm(model.get_submodule(n), s, iterations=200, generator=torch.Generator().manual_seed(0)) for n, s in shapes.items()}
+            sigma_max = max(norm.values())
+            composite_max = max([conv_spectral_norm(ConvBN(model.get_submodule(c), model.get_submodule(b)), shapes[c], iterations=200,
+                                                    generator=torch.Generator().manual_seed(0)) for c, b in pairs.items()], default=float("nan"))
             clip_ms = None
-            if clip is not None:  # one clipping event on the trained model, every layer
+            if clip is not None:  # one clipping event on the trained model, every layer (or composite)
                 begin = time.perf_counter()
-                clip.clip_module(model, shapes)
+                clip.clip_module(model)
                 clip_ms = 1e3 * (time.perf_counter() - begin)
-            rows.append({"variant": variant, "seed": seed, "test_acc": run["test_acc"], "noisy": noisy, "sigma_max": float(sigma_max),
+            rows.append({"variant": variant, "seed": seed, "test_acc": run["test_acc"], "noisy": noisy, "fgsm": adversarial,
+                         "sigma_max": float(sigma_max), "composite_sigma_max": float(composite_max), "pairs": len(pairs),
                          "step_ms": run["step_ms"], "clip_event_ms": clip_ms})
-            print(f"  fastclip seed {seed} {variant}: {run['test_acc']:.4f}, noisy {noisy}, sigma_max {sigma_max:.3f}", file=sys.stderr, flush=True)
-    return {"rows": rows, "noise": noise}
+            print(f"  fastclip seed {seed} {variant}: {run['test_acc']:.4f}, noisy {noisy}, fgsm {adversarial}, sigma_max {sigma_max:.3f}, "
+                  f"BN o conv sigma_max {composite_max:.3f} ({len(pairs)} pairs)", file=sys.stderr, flush=True)
+    return {"rows": rows, "noise": noise, "fgsm": fgsm}
 
 
 # ----------------------------------------------------------------------------- report
@@ -227,8 +250,11 @@ def to_markdown(results: dict) -> str:
     parts.append(markdown_table(["layer, input", "σ₁ exact (SVD)", "σ₁ PowerQR", "relative error", "ms"],
                                 [[r["case"], f"{r['exact']:.6f}", f"{r['powerqr']:.6f}", f"{r['relative_error']:.1e}", f"{r['ms']:.0f}"] for r in results["spectral"]]))
     fc = results["fastclip"]
-    parts += ["", "### FastClip on the plain CNN (10 epochs; c = 1 on every conv and linear layer, every 10 steps after 40)", ""]
-    headers = ["variant", "test acc (clean)"] + [f"test acc, Gaussian noise σ={s}" for s in fc["noise"]] + ["largest σ₁ of a layer", "train step ms", "one clipping event ms"]
+    parts += ["", "### FastClip on the plain CNN (10 epochs; c = 1 on every conv and linear layer, or on every BN∘conv composite and the head, "
+              "every 10 steps after 40; FGSM ε on the normalised input scale)", ""]
+    headers = (["variant", "test acc (clean)"] + [f"test acc, Gaussian noise σ={s}" for s in fc["noise"]]
+               + [f"test acc, FGSM ε={e}" for e in fc["fgsm"]]
+               + ["largest σ₁ of a layer", "largest σ₁ of a BN∘conv", "train step ms", "one clipping event ms"])
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in fc["rows"]):
         mine = [r for r in fc["rows"] if r["variant"] == variant]
@@ -238,7 +264,9 @@ def to_markdown(results: dict) -> str:
 
         clip_ms = [r["clip_event_ms"] for r in mine if r["clip_event_ms"] is not None]
         rows.append([variant, mean_std([r["test_acc"] for r in mine])] + [mean_std([r["noisy"][s] for r in mine]) for s in fc["noise"]]
-                    + [f"{statistics.mean(r['sigma_max'] for r in mine):.3f}", f"{statistics.median(r['step_ms'] for r in mine):.1f}",
+                    + [mean_std([r["fgsm"][e] for r in mine]) for e in fc["fgsm"]]
+                    + [f"{statistics.mean(r['sigma_max'] for r in mine):.3f}", f"{statistics.mean(r['composite_sigma_max'] for r in mine):.3f}",
+                       f"{statistics.median(r['step_ms'] for r in mine):.1f}",
                        f"{statistics.mean(clip_ms):.0f} ({statistics.mean(clip_ms) / statistics.median(r['step_ms'] for r in mine):.1f} steps)" if clip_ms else "-"])
     parts.append(markdown_table(headers, rows))
     return "\n".join(parts)

@@ -1,4 +1,5 @@
-"""FastClip (callbacks/fastclip.py): clipping pushes sigma to <= c, leaves small layers alone, resumes exactly."""
+"""FastClip (callbacks/fastclip.py): clipping pushes sigma to <= c, leaves small layers alone, resumes exactly;
+conv+BN composites (found on any model), the BN clamp and deflate_iter."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.fastclip import FastClip
-from framework.spectral import conv_spectral_norm, explicit_operator
+from callbacks.fastclip import ConvBN, FastClip, clamp_batchnorm
+from framework.spectral import conv_spectral_norm, explicit_operator, power_qr
 
 
 def exact_sigma(layer: nn.Module, shape) -> float:
@@ -95,9 +96,9 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, torch.randint(0, 3, (64,), generator=g)), batch_size=8)
 
 
-def fit(root, epochs, ckpt_path=None, seed=0, **trainer_kwargs):
+def fit(root, epochs, ckpt_path=None, seed=0, batchnorm="compose", **trainer_kwargs):
     torch.manual_seed(seed)
-    model, callback = UserModule(), FastClip(clip=1.0, clip_every=2, warmup_steps=4, warm_iterations=20)
+    model, callback = UserModule(), FastClip(clip=1.0, clip_every=2, warmup_steps=4, warm_iterations=20, batchnorm=batchnorm)
     trainer = L.Trainer(
         default_root_dir=root, max_epochs=epochs, accelerator="cpu", devices=1, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[callback, ModelCheckpoint(dirpath=root, save_last=True, every_n_epochs=1)],
@@ -107,20 +108,28 @@ def fit(root, epochs, ckpt_path=None, seed=0, **trainer_kwargs):
     return model, callback
 
 
-def test_fit_clips_every_layer_of_a_user_cnn_and_logs_sigma(tmp_path):
+@pytest.mark.parametrize("batchnorm", ["compose", "ignore"])
+def test_fit_clips_every_layer_of_a_user_cnn_and_logs_sigma(tmp_path, batchnorm):
     from lightning.pytorch.loggers import CSVLogger
 
-    model, callback = fit(tmp_path, epochs=8, logger=CSVLogger(tmp_path))  # 64 steps, events at 4, 6, ..., 64
+    model, callback = fit(tmp_path, epochs=8, batchnorm=batchnorm, logger=CSVLogger(tmp_path))  # 64 steps, events at 4, 6, ..., 64
     net = model.net
     shapes = {"net.conv1": (1, 6, 10), "net.conv2": (6, 6, 10), "net.head": (8,)}
     assert callback.input_shapes == shapes
+    assert callback.pairs == {"net.conv1": "net.bn"}  # found by the hooks of the training forward, on any model
     assert callback.events == 31
-    for name, layer in (("net.conv1", net.conv1), ("net.conv2", net.conv2), ("net.head", net.head)):
+    # compose: conv1 is clipped through BN o conv1 (eval mode), which is what the network applies at test time
+    first = nn.Sequential(net.conv1, net.bn) if batchnorm == "compose" else net.conv1
+    for name, layer in (("net.conv1", first), ("net.conv2", net.conv2), ("net.head", net.head)):
         assert exact_sigma(layer, shapes[name]) <= 1.0 + 0.05, name
     state = callback.state_dict()
-    assert set(state["vectors"]) == set(shapes) and state["vectors"]["net.conv2"].shape == (1, 6, 6, 10)
+    keys = {"net.conv1+net.bn" if batchnorm == "compose" else "net.conv1", "net.conv2", "net.head"}
+    assert set(state["vectors"]) == keys and state["vectors"]["net.conv2"].shape == (1, 6, 6, 10)
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "fastclip/sigma/net.conv2" in metrics and "fastclip/sigma_max" in metrics
+    assert ("fastclip/sigma/net.conv1+net.bn" in metrics) == (batchnorm == "compose")
+    if batchnorm == "ignore":  # the BN is left as it is: BN o conv1 is not bounded
+        assert "fastclip/sigma/net.bn" not in metrics
 
 
 def test_resuming_continues_exactly(tmp_path):
@@ -128,7 +137,7 @@ def test_resuming_continues_exactly(tmp_path):
     fit(tmp_path / "b", epochs=2)
     ckpt = tmp_path / "b" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
-    assert any("vectors" in s for s in saved["callbacks"].values())
+    assert any("vectors" in s and s["pairs"] == {"net.conv1": "net.bn"} for s in saved["callbacks"].values())
     resumed, resumed_cb = fit(tmp_path / "b", epochs=4, ckpt_path=ckpt, seed=123)  # another init: all must come from the file
     assert resumed_cb.events == straight_cb.events
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
@@ -146,12 +155,186 @@ def test_no_target_and_bad_arguments():
         FastClip(clip_step_size=-1)
     with pytest.raises(ValueError, match="include"):
         FastClip(include=[])
+    with pytest.raises(ValueError, match="batchnorm"):
+        FastClip(batchnorm="fold")
+    with pytest.raises(ValueError, match="deflate_iter"):
+        FastClip(deflate_iter=0)
     from framework.errors import LitzooError
 
     with pytest.raises(LitzooError, match="no layer"):
         FastClip(include=["Conv3d"]).targets(TinyCNN())
     assert set(FastClip(exclude=["net.head"]).targets(UserModule())) == {"net.conv1", "net.conv2"}
     assert conv_spectral_norm(nn.Linear(3, 3), (3,)) > 0
+
+
+# ---------------------------------------------------------------- conv + BN composite, BN clamp, deflate_iter
+def conv_bn(gain: float = 1.0, seed: int = 0) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """A strided conv into a BN with non-trivial running statistics, gamma (mixed signs) and beta."""
+    g = torch.Generator().manual_seed(seed)
+    conv, bn = nn.Conv2d(4, 8, 3, 2, 1), nn.BatchNorm2d(8)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.2)
+        bn.running_var.copy_(torch.rand(8, generator=g) * 3.75 + 0.25)
+        bn.running_mean.copy_(torch.randn(8, generator=g))
+        bn.weight.copy_(gain * (torch.rand(8, generator=g) * 1.5 + 0.5) * torch.randn(8, generator=g).sign())
+        bn.bias.copy_(torch.randn(8, generator=g))
+    return conv, bn
+
+
+def test_powerqr_of_the_conv_bn_composite_is_its_exact_norm_and_below_the_product_bound():
+    shape = (4, 8, 8)
+    conv, bn = conv_bn()
+    exact = exact_sigma(nn.Sequential(conv, bn).eval(), shape)
+    conv.train(), bn.train()  # ConvBN is the eval-mode operator whatever the modules' modes
+    sigmas, _ = power_qr(ConvBN(conv, bn), shape, iterations=300, generator=torch.Generator().manual_seed(0))
+    assert abs(float(sigmas[0]) - exact) / exact < 1e-3
+    gains = bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+    product = exact_sigma(conv, shape) * gains.max().item()
+    assert exact < 0.95 * product, (exact, product)  # the composite is strictly tighter than the product bound
+    assert bn.training and conv.training  # modes restored
+
+
+@pytest.mark.parametrize("gain", [1.0, 3.0])
+def test_clip_events_bring_the_composite_to_c_moving_only_conv_weight_and_gamma(gain):
+    shape = (4, 8, 8)
+    conv, bn = conv_bn(gain)
+    with torch.no_grad():
+        conv.weight.mul_(1.5 / exact_sigma(nn.Sequential(conv, bn).eval(), shape))  # composite sigma 1.5
+    fixed = {"conv.bias": conv.bias, "bn.bias": bn.bias, "running_mean": bn.running_mean, "running_var": bn.running_var}
+    fixed = {k: v.detach().clone() for k, v in fixed.items()}
+    gamma = bn.weight.detach().clone()
+    callback = FastClip(clip=1.0, warm_iterations=20)
+    trajectory = [exact_sigma(nn.Sequential(conv, bn).eval(), shape)]
+    for _ in range(10):
+        callback.clip_composite("conv", conv, "bn", bn, shape)
+        trajectory.append(exact_sigma(nn.Sequential(conv, bn).eval(), shape))
+    assert all(b < a for a, b in zip(trajectory, trajectory[1:], strict=False)), trajectory
+    assert 0.9 < trajectory[-1] <= 1.0 + 0.05, trajectory  # clipped to c, not collapsed
+    assert set(callback.vectors) == {"conv+bn"} and callback.sigmas["conv+bn"] <= 1.0 + 0.05
+    assert not torch.equal(bn.weight, gamma)  # gamma takes steps too (official: every "weight" of the composite)
+    now = {"conv.bias": conv.bias, "bn.bias": bn.bias, "running_mean": bn.running_mean, "running_var": bn.running_var}
+    assert all(torch.equal(fixed[k], now[k]) for k in fixed)
+    assert all(p.grad is None for p in (*conv.parameters(), *bn.parameters()))
+
+
+def test_deflate_iter_runs_several_rounds_per_event():
+    shape = (4, 8, 8)
+    one, three = scaled_conv(1.5), scaled_conv(1.5)
+    FastClip(clip=1.0, warm_iterations=20).clip_step("conv", one, shape)
+    FastClip(clip=1.0, warm_iterations=20, deflate_iter=3).clip_step("conv", three, shape)
+    assert exact_sigma(three, shape) < exact_sigma(one, shape) - 0.05
+    small = scaled_conv(0.6)
+    before = [p.detach().clone() for p in small.parameters()]
+    FastClip(clip=1.0, deflate_iter=3).clip_step("small", small, shape)  # nothing to clip: no round at all
+    assert all(torch.equal(a, b) for a, b in zip(before, small.parameters(), strict=True))
+
+
+class PairsCNN(nn.Module):
+    """A user-written CNN with every way a conv and a BN can meet."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())  # pair
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(4)  # pair (functional call order, not Sequential)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(4)  # after a ReLU: not a pair
+        self.c = nn.Conv2d(4, 4, 1)
+        self.relu_c = nn.ReLU(inplace=True)
+        self.bn_c = nn.BatchNorm2d(4)  # the same tensor object, but edited in place: not a pair
+        self.d = nn.Conv2d(4, 4, 1)
+        self.bn_d = nn.BatchNorm2d(4)  # fed by an add: a lone BN
+        self.e = nn.Conv2d(4, 4, 1)
+        self.bn_e1, self.bn_e2 = nn.BatchNorm2d(4), nn.BatchNorm2d(4)  # one output into two BNs: not a pair
+        self.fc = nn.Linear(4, 6)
+        self.bn_fc = nn.BatchNorm1d(6)  # linear -> BatchNorm1d: a pair
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = F.relu(self.bn_a(self.a(x)))
+        x = self.bn_b(F.relu(self.b(x)))
+        x = self.bn_c(self.relu_c(self.c(x)))
+        x = self.bn_d(self.d(x) + x)
+        e = self.e(x)
+        x = self.bn_e1(e) + self.bn_e2(e)
+        return self.head(F.relu(self.bn_fc(self.fc(x.mean((2, 3))))))
+
+
+EXPECTED_PAIRS = {"stem.0": "stem.1", "a": "bn_a", "fc": "bn_fc"}
+
+
+def test_trace_finds_exactly_the_conv_bn_pairs_of_a_user_cnn():
+    torch.manual_seed(0)
+    net = PairsCNN()
+    callback = FastClip(clip=1.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    shapes, pairs = callback.trace(net, torch.randn(2, 1, 6, 6))
+    assert pairs == EXPECTED_PAIRS
+    assert shapes["fc"] == (4,) and shapes["stem.0"] == (1, 6, 6) and len(shapes) == 8
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # eval mode: no BN statistic moved
+    assert net.training
+    # an excluded BN is no partner: its conv is clipped alone
+    assert FastClip(exclude=["bn_a"]).trace(net, torch.randn(2, 1, 6, 6))[1] == {"stem.0": "stem.1", "fc": "bn_fc"}
+
+
+def test_training_forward_finds_the_pairs_and_an_event_clips_composites_and_clamps_lone_bns():
+    torch.manual_seed(0)
+    module = UserModule()
+    module.net = PairsCNN()
+    with torch.no_grad():
+        for m in module.net.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                m.weight.fill_(4.0)  # every BN gain well above c
+    callback = FastClip(clip=1.0, clip_every=1, warmup_steps=1, warm_iterations=5, power_iterations=30)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[callback])
+    trainer.fit(module, loader())
+    pairs = {f"net.{conv}": f"net.{bn}" for conv, bn in EXPECTED_PAIRS.items()}
+    assert callback.pairs == pairs and callback.events == 1
+    lone = {"net.bn_b", "net.bn_c", "net.bn_d", "net.bn_e1", "net.bn_e2"}
+    composites = {f"{conv}+{bn}" for conv, bn in pairs.items()}
+    assert set(callback.sigmas) == composites | lone | {"net.b", "net.c", "net.d", "net.e", "net.head"}
+    for name in lone:  # clamped: every channel's gain <= c
+        bn = module.get_submodule(name)
+        assert (bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)).max() <= 1.0 + 1e-6, name
+    for name in pairs.values():  # a paired BN is not clamped (it moved by the composite's steps only)
+        assert module.get_submodule(name).weight.abs().min() > 3.0, name
+
+
+def test_batchnorm_clamp_by_hand():
+    bn = nn.BatchNorm2d(4, eps=1e-5)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([3.0, -0.2, -5.0, 0.5]))
+        bn.running_var.copy_(torch.tensor([4.0, 1.0, 0.25, 9.0]))
+    sigma = clamp_batchnorm(bn, 1.0)
+    assert sigma == pytest.approx(5.0 / (0.25 + 1e-5) ** 0.5)  # the largest |gamma| / sqrt(var + eps), before
+    expected = torch.tensor([(4.0 + 1e-5) ** 0.5, -0.2, -((0.25 + 1e-5) ** 0.5), 0.5])
+    assert torch.allclose(bn.weight, expected, atol=1e-6)
+    assert exact_sigma(bn, (4, 3, 3)) == pytest.approx(1.0, abs=1e-5)  # the eval-mode BN's spectral norm is now c
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([3.0, -0.2, -5.0, 0.5]))
+    assert clamp_batchnorm(bn, 2.0) > 2.0 and torch.allclose(bn.weight, torch.tensor([3.0, -0.2, -2 * (0.25 + 1e-5) ** 0.5, 0.5]), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["clamp", "ignore"])
+def test_clamp_and_ignore_modes_clip_the_conv_alone(mode):
+    conv, bn = conv_bn(gain=3.0)
+    with torch.no_grad():
+        conv.weight.mul_(1.5 / exact_sigma(conv, (4, 8, 8)))
+    net = nn.Sequential(conv, bn)
+    callback = FastClip(clip=1.0, batchnorm=mode, warm_iterations=20)
+    _, pairs = callback.trace(net, torch.randn(1, 4, 8, 8))
+    assert pairs == {"0": "1"}  # detected in every mode, used only by "compose"
+    gamma = bn.weight.detach().clone()
+    for _ in range(12):
+        sigmas = callback.clip_module(net)
+    assert "0+1" not in sigmas and exact_sigma(conv, (4, 8, 8)) <= 1.0 + 0.05
+    gains = bn.weight.abs() / torch.sqrt(bn.running_var + bn.eps)
+    if mode == "clamp":
+        assert gains.max() <= 1.0 + 1e-6 and "1" in sigmas
+    else:
+        assert torch.equal(bn.weight, gamma) and "1" not in sigmas
 
 
 DDP_SCRIPT = """
@@ -194,5 +377,7 @@ def test_two_process_ddp_clips_identically_on_both_ranks(tmp_path):
         assert torch.equal(a[key], b[key]), key
     state_a, state_b = ranks[0]["clip"], ranks[1]["clip"]
     assert state_a["events"] == state_b["events"] > 0 and state_a["sigmas"] == state_b["sigmas"]
+    # the default clips conv+BN composites, with rank 0's BN statistics (each rank's drift apart)
+    assert state_a["pairs"] == state_b["pairs"] and "net.stem.0+net.stem.1" in state_a["sigmas"]
     for name, vector in state_a["vectors"].items():
         assert torch.equal(vector, state_b["vectors"][name]), name
