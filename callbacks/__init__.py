@@ -2,10 +2,20 @@
 
 from callbacks.fastclip import FastClip
 from callbacks.gsm import GlobalSparseMomentum
+from callbacks.quantization import Quantization
 from callbacks.rep_optimizer import RepOptimizer
 from callbacks.reparam_fusion import ReparamFusion
 from callbacks.resrep import ResRepPruning
 from callbacks.spatial_gradient_scaling import SpatialGradientScaling
 from callbacks.structural_reparam import StructuralReparam
 
-__all__ = ["FastClip", "GlobalSparseMomentum", "ReparamFusion", "RepOptimizer", "ResRepPruning", "SpatialGradientScaling", "StructuralReparam"]
+__all__ = [
+    "FastClip",
+    "GlobalSparseMomentum",
+    "Quantization",
+    "ReparamFusion",
+    "RepOptimizer",
+    "ResRepPruning",
+    "SpatialGradientScaling",
+    "StructuralReparam",
+]

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils._pytree import tree_leaves
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
 from framework.checkpoints import save_deploy_checkpoint
 from framework.errors import LitzooError
@@ -52,6 +53,38 @@ def reference_loader(trainer: L.Trainer, who: str, stages: tuple[str, ...] = ("v
         if loaders is not None:
             return loaders
     raise LitzooError(f"{who} needs a {' or '.join(stages)} dataloader for a reference batch")
+
+
+def sample_training_batches(trainer: L.Trainer, num_batches: int, seed: int, who: str) -> list[Any]:
+    """``num_batches`` batches drawn at random from the training set, leaving the run's RNG streams alone.
+
+    The batches come from a loader of their own (iterating the training loader would shift its
+    shuffling or reset persistent workers) with a generator seeded by ``seed``, under a forked RNG
+    (dataset augmentations draw from the global one), so a run with the caller draws the same
+    training batches, dropout and augmentations as a run without it, and a resumed run the same
+    samples. Batches are returned as collated, on the CPU.
+    """
+    loader = trainer.train_dataloader
+    if loader is None:  # before the fit loop has built it (e.g. in setup): the loader fit was given
+        source = getattr(trainer.fit_loop, "_data_source", None)
+        if source is not None and source.is_defined():
+            loader = source.dataloader()
+    while isinstance(loader, (dict, list, tuple)):
+        loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
+    if not isinstance(loader, DataLoader):
+        raise LitzooError(f"{who} needs a torch DataLoader for training, got {type(loader).__name__}")
+    dataset = loader.dataset
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None if isinstance(dataset, IterableDataset) else RandomSampler(dataset, generator=generator)
+    extra = DataLoader(dataset, batch_size=loader.batch_size or 1, sampler=sampler, collate_fn=loader.collate_fn, num_workers=0)
+    batches = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in extra:
+            batches.append(batch)
+            if len(batches) == num_batches:
+                break
+    return batches
 
 
 class EvaluatesFused(Callback, abc.ABC):

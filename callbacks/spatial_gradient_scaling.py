@@ -24,9 +24,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
-from callbacks.reparam_fusion import batch_inputs
+from callbacks.reparam_fusion import batch_inputs, sample_training_batches
 from framework.errors import LitzooError
 from framework.profiling import eval_mode
 
@@ -370,24 +369,10 @@ class SpatialGradientScaling(Callback):
 
     def _statistics_inputs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Tensor]:
         """``num_batches`` input tensors drawn from the training set, without touching the run's RNG streams."""
-        loader = trainer.train_dataloader
-        while isinstance(loader, (dict, list, tuple)):
-            loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
-        if not isinstance(loader, DataLoader):
-            raise LitzooError(f"SpatialGradientScaling needs a torch DataLoader for training, got {type(loader).__name__}")
-        generator = torch.Generator().manual_seed(self.seed * 100003 + trainer.current_epoch)
-        dataset = loader.dataset
-        sampler = None if isinstance(dataset, IterableDataset) else RandomSampler(dataset, generator=generator)
-        # a loader of its own: iterating the training loader would shift its shuffling or reset persistent workers
-        extra = DataLoader(dataset, batch_size=loader.batch_size or 1, sampler=sampler, collate_fn=loader.collate_fn, num_workers=0)
-        inputs = []
-        with torch.random.fork_rng(devices=[]):  # dataset augmentations draw from the global RNG
-            torch.manual_seed(self.seed + trainer.current_epoch)
-            for batch in extra:
-                inputs.append(batch_inputs(batch).to(pl_module.device))
-                if len(inputs) == self.num_batches:
-                    break
-        return inputs
+        # seeded by the epoch too: each update sees other samples, a resumed run the same ones
+        seed = self.seed * 100003 + trainer.current_epoch
+        batches = sample_training_batches(trainer, self.num_batches, seed, "SpatialGradientScaling")
+        return [batch_inputs(batch).to(pl_module.device) for batch in batches]
 
     def _log(self, trainer: L.Trainer) -> None:
         ratios = {name: self.centre_ratio(s) for name, s in self.scalings.items()}

@@ -16,7 +16,9 @@ from framework.pruning import apply_layer_shapes, compacted_layers, compactors_i
 from framework.reparam import fuse_model, is_fused_checkpoint
 from framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "int8")
+#: default allowed max abs difference (relative to max(1, max|y|)) per format: int8 is an approximation
+DEFAULT_ATOL = {"onnx": 1e-4, "torchscript": 1e-4, "int8": 0.1}
 
 
 def _import_class(class_path: str, path: Path) -> type:
@@ -61,6 +63,11 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
         except ValueError as error:
             raise LitzooError(f"checkpoint '{path}': its pruned layer shapes do not fit {type(module).__name__}: {error}") from None
     state = state_dict_from(checkpoint, path)
+    if any("activation_post_process" in key for key in state):
+        raise LitzooError(
+            f"checkpoint '{path}' holds a fake-quantized graph (trained with Quantization(mode='qat')); "
+            "its int8 model is the int8.pt2 written next to it at the end of fit"
+        )
     insert_compactors(module, compactors_in(state))  # trained with ResRepPruning, not yet pruned
     # trained with StructuralReparam: the weights are those of the converted blocks
     converted = converted_layers_in(module, state)
@@ -85,8 +92,30 @@ def sample_batch(checkpoint: dict[str, Any], path: Path, batch_size: int, input_
     return images[:batch_size]
 
 
-def export_model(model: nn.Module, inputs: torch.Tensor, output: str | Path, fmt: str, atol: float = 1e-4) -> float:
+def calibration_batches(checkpoint: dict[str, Any], path: Path, num_batches: int) -> list[torch.Tensor]:
+    """``num_batches`` training images of the checkpoint's own datamodule (for int8 calibration)."""
+    datamodule = _instantiate(checkpoint.get("datamodule_hyper_parameters"), path, "datamodule")
+    datamodule.setup("fit")
+    batches = []
+    for batch in datamodule.train_dataloader():
+        batches.append(batch["image"] if isinstance(batch, dict) else batch[0])
+        if len(batches) == num_batches:
+            break
+    return batches
+
+
+def export_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    output: str | Path,
+    fmt: str,
+    atol: float = 1e-4,
+    calibration: list[torch.Tensor] | None = None,
+) -> float:
     """Write ``model`` (eval mode) to ``output`` and return the max abs difference to torch on ``inputs``.
+
+    ``fmt="int8"`` quantizes ``model`` after training (x86 int8 defaults of
+    ``framework.quantization``), calibrated on ``calibration``, and writes a ``torch.export`` program.
 
     Raises:
         LitzooError: unknown format, or the exported model disagrees beyond ``atol * max(1, max|y|)``.
@@ -100,6 +129,8 @@ def export_model(model: nn.Module, inputs: torch.Tensor, output: str | Path, fmt
         expected = model(inputs)
     if fmt == "onnx":
         actual = _export_onnx(model, inputs, output)
+    elif fmt == "int8":
+        actual = _export_int8(model, inputs, output, calibration or [inputs])
     else:
         actual = _export_torchscript(model, inputs, output)
     error = (actual - expected).abs().max().item()
@@ -122,6 +153,14 @@ def _export_onnx(model: nn.Module, inputs: torch.Tensor, output: Path) -> torch.
     return torch.from_numpy(result)
 
 
+def _export_int8(model: nn.Module, inputs: torch.Tensor, output: Path, calibration: list[torch.Tensor]) -> torch.Tensor:
+    from framework.quantization import load_int8, quantization_config, quantize_ptq, save_int8
+
+    save_int8(quantize_ptq(model, calibration, quantization_config()), inputs, output)
+    with torch.no_grad():
+        return load_int8(output)(inputs)
+
+
 def _export_torchscript(model: nn.Module, inputs: torch.Tensor, output: Path) -> torch.Tensor:
     if isinstance(model, L.LightningModule):
         traced = model.to_torchscript(method="trace", example_inputs=inputs)  # guards Lightning-only attributes
@@ -139,16 +178,26 @@ def export_checkpoint(
     output: str | Path | None = None,
     batch_size: int = 8,
     input_shape: tuple[int, ...] | None = None,
-    atol: float = 1e-4,
+    atol: float | None = None,
+    calibration_batches_count: int = 32,
 ) -> tuple[Path, float]:
-    """Load a ``litzoo fit`` checkpoint, fuse it, export it, verify it. Returns (file, max abs error)."""
+    """Load a ``litzoo fit`` checkpoint, fuse it, export it, verify it. Returns (file, max abs error).
+
+    ``fmt="int8"`` calibrates on ``calibration_batches_count`` batches of the checkpoint's training
+    data; ``atol`` defaults to the format's (:data:`DEFAULT_ATOL`).
+    """
+    if fmt not in FORMATS:
+        raise LitzooError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if fmt == "int8" and input_shape is not None:
+        raise LitzooError("int8 export calibrates on the checkpoint's training data; random inputs (--input_shape) cannot calibrate it")
     ckpt_path = Path(ckpt_path)
     module, checkpoint = load_lightning_module(ckpt_path)
     inputs = sample_batch(checkpoint, ckpt_path, batch_size, input_shape)
     if compacted_layers(module):  # a ResRep compactor model: fold (and fuse) it, remove its masked channels
         prune_compacted(module, inputs)
     deploy = fuse_model(module).eval()
-    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    calibration = calibration_batches(checkpoint, ckpt_path, calibration_batches_count) if fmt == "int8" else None
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "int8": ".int8.pt2"}[fmt]
     output = Path(output) if output is not None else ckpt_path.with_suffix(suffix)
-    error = export_model(deploy, inputs, output, fmt, atol=atol)
+    error = export_model(deploy, inputs, output, fmt, atol=DEFAULT_ATOL[fmt] if atol is None else atol, calibration=calibration)
     return output, error

@@ -85,6 +85,28 @@ def test_export_verifies_against_torch(trained_run, tmp_path, capsys, fmt):
     assert "max |exported - torch|" in capsys.readouterr().out
 
 
+def test_int8_export_runs_and_matches_the_float_model(trained_run, tmp_path, capsys):
+    """`litzoo export --format int8` of a training-time RepVGG checkpoint: fused, calibrated on 4 training
+    batches, written as a torch.export program; on real test images it agrees with the float model
+    (max difference <= 0.1 max|y|, checked by the command; top-1 agreement checked here)."""
+    from framework.export import sample_batch
+    from framework.quantization import load_int8
+
+    path = find_checkpoint(trained_run / "repvgg" / "digits", "last")
+    output = tmp_path / "m.int8.pt2"
+    main(["export", "--ckpt_path", str(path), "--format", "int8", "--output", str(output), "--calibration_batches", "4", "--batch_size", "64"])
+    assert "max |exported - torch|" in capsys.readouterr().out
+    module, checkpoint = load_lightning_module(path)
+    images = sample_batch(checkpoint, path, 64, None)
+    with torch.no_grad():
+        float_out, int8_out = module(images), load_int8(output)(images)
+    assert (float_out.argmax(1) == int8_out.argmax(1)).float().mean() >= 0.95
+    assert 0 < (float_out - int8_out).abs().max() <= 0.1 * float_out.abs().max()
+    with pytest.raises(SystemExit):
+        main(["export", "--ckpt_path", str(path), "--format", "int8", "--input_shape", "[1,16,16]"])
+    assert "cannot calibrate" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_exported_onnx_has_no_branches_and_a_dynamic_batch(trained_run, tmp_path):
     import onnx
     import onnxruntime

@@ -1,0 +1,303 @@
+"""Uniform affine quantization of any ``nn.Module`` through torchao's PT2E flow: PTQ, QAT, int8 files.
+
+Gholami et al., "A Survey of Quantization Methods for Efficient Neural Network Inference" (2021):
+a real value ``r`` is stored as ``q = clamp(round(r / S) + Z, q_min, q_max)`` and read back as
+``S (q - Z)``. Weights use a symmetric grid (``Z = 0``) per output channel (one ``S`` per row of
+the kernel: a wide range in one channel does not coarsen the others) or per tensor; activations an
+affine (asymmetric) per-tensor grid whose range comes from calibration. Post-training quantization
+(PTQ) calibrates the ranges on a few batches; quantization-aware training (QAT) trains through fake
+quantization with the straight-through estimator (the rounding's gradient is taken as 1 inside the
+range and 0 outside).
+
+The machinery is torchao's (``torchao.quantization.pt2e``): ``torch.export`` captures the graph,
+``prepare_pt2e`` / ``prepare_qat_pt2e`` insert observers / fake-quantizers where the x86 quantizer
+annotates the graph (conv, linear, their fused BN / ReLU, pooling, adds), ``convert_pt2e`` writes the
+quantize / dequantize reference graph, which ``lower_pt2e_quantized_to_x86`` turns into oneDNN int8
+kernels for CPU latency. The configurations here are the x86 default (int8 per-channel symmetric
+weights, uint8 affine activations with a histogram observer for PTQ) with the survey's options:
+per-tensor weights, fewer bits (a 4-bit grid stored in int8 for stress tests), min-max calibration.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from framework.errors import LitzooError
+
+WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
+ACTIVATION_OBSERVERS = ("histogram", "minmax")
+
+
+def _torchao():
+    """Import torchao's PT2E pieces (quietly: it reports GPU kernels it cannot load on a CPU machine)."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            from torchao.quantization import pt2e
+            from torchao.quantization.pt2e import quantize_pt2e
+            from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+        except ImportError as error:  # pragma: no cover - torchao is a core dependency
+            raise LitzooError(f"quantization needs torchao (pip install torchao): {error}") from None
+    return pt2e, quantize_pt2e, x86_inductor_quantizer
+
+
+def check_options(weight_granularity: str, weight_bits: int, activation_bits: int, activation_observer: str) -> None:
+    """``ValueError`` for options outside what the configuration supports."""
+    if weight_granularity not in WEIGHT_GRANULARITIES:
+        raise ValueError(f"weight_granularity must be one of {WEIGHT_GRANULARITIES}, got {weight_granularity!r}")
+    if activation_observer not in ACTIVATION_OBSERVERS:
+        raise ValueError(f"activation_observer must be one of {ACTIVATION_OBSERVERS}, got {activation_observer!r}")
+    for name, bits in (("weight_bits", weight_bits), ("activation_bits", activation_bits)):
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise ValueError(f"{name} must be an integer in [2, 8] (values are stored in 8-bit integers), got {bits!r}")
+
+
+def quantization_config(
+    qat: bool = False,
+    weight_granularity: str = "per_channel",
+    weight_bits: int = 8,
+    activation_bits: int = 8,
+    activation_observer: str = "histogram",
+):
+    """The torchao ``QuantizationConfig``: symmetric int weights, affine uint activations.
+
+    ``qat=True`` swaps observers for fake-quantizers with moving-average min-max ranges (the x86
+    default for QAT). The grids are ``[-2^(b-1), 2^(b-1) - 1]`` for weights and ``[0, 2^b - 1]`` for
+    activations, stored in int8 / uint8; only 8-bit grids map onto int8 kernels when lowered.
+    """
+    check_options(weight_granularity, weight_bits, activation_bits, activation_observer)
+    pt2e, _, x86 = _torchao()
+    eps = {"eps": 2**-12}  # the x86 default: no zero scale for a constant tensor
+    if qat:
+        activation_ctr = pt2e.FusedMovingAvgObsFakeQuantize.with_args(**eps)
+    else:
+        activation_ctr = (pt2e.HistogramObserver if activation_observer == "histogram" else pt2e.MinMaxObserver).with_args(**eps)
+    activation = x86.QuantizationSpec(
+        dtype=torch.uint8,
+        quant_min=0,
+        quant_max=2**activation_bits - 1,
+        qscheme=torch.per_tensor_affine,
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=activation_ctr,
+    )
+    per_channel = weight_granularity == "per_channel"
+    if qat:
+        observer = pt2e.MovingAveragePerChannelMinMaxObserver if per_channel else pt2e.MovingAverageMinMaxObserver
+        weight_ctr = pt2e.FusedMovingAvgObsFakeQuantize.with_args(observer=observer, **eps)
+    else:
+        weight_ctr = (pt2e.PerChannelMinMaxObserver if per_channel else pt2e.MinMaxObserver).with_args(**eps)
+    weight = x86.QuantizationSpec(
+        dtype=torch.int8,
+        quant_min=-(2 ** (weight_bits - 1)),
+        quant_max=2 ** (weight_bits - 1) - 1,
+        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+        ch_axis=0,  # the output channel of conv (out, in, kh, kw) and linear (out, in) weights
+        is_dynamic=False,
+        observer_or_fake_quant_ctr=weight_ctr,
+    )
+    return x86.QuantizationConfig(activation, activation, weight, None, qat)
+
+
+def _quantizer(config):
+    _, _, x86 = _torchao()
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(config)
+    return quantizer
+
+
+def export_graph(module: nn.Module, example: Tensor) -> torch.fx.GraphModule:
+    """``torch.export`` of ``module`` on ``example`` with a dynamic batch dimension, as a GraphModule.
+
+    The module is exported in its current mode (eval for PTQ, train for QAT). ``example`` needs a
+    batch of at least 2 (a batch of 1 would be specialised).
+    """
+    if example.shape[0] < 2:
+        raise ValueError(f"the example batch must hold at least 2 samples (a batch of 1 is specialised), got {tuple(example.shape)}")
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    except Exception as error:  # torch.export raises many types; the user needs the one line
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LitzooError(
+            f"quantization: torch.export cannot capture {type(module).__name__} on inputs {tuple(example.shape)} "
+            f"(the PT2E flow needs an exportable forward): {first}"
+        ) from None
+    graph = program.module()
+    _separate_reused_modules(graph)
+    return graph
+
+
+def _separate_reused_modules(graph: torch.fx.GraphModule) -> None:
+    """Give each call of a module used at several places (``self.relu`` twice in a ResNet block) its own name.
+
+    The quantizer groups nodes into patterns by the module they came from (``nn_module_stack``);
+    two calls of one ReLU become one "partition" with two outputs, which it rejects ("Input
+    partition has more than one output node"). Calls are told apart as the connected groups of
+    nodes of that module, and every group after the first gets the module name plus ``@<call>``.
+    """
+    by_module: dict[str, list[torch.fx.Node]] = {}
+    for node in graph.graph.nodes:
+        stack = node.meta.get("nn_module_stack") if node.op == "call_function" else None
+        if stack:
+            by_module.setdefault(list(stack.values())[-1][0], []).append(node)
+    for fqn, nodes in by_module.items():
+        if len({node.target for node in nodes}) == len(nodes):
+            continue  # one call (a module's ops are distinct, e.g. BatchNorm's batch_norm and counter add_)
+        members, call_of = set(nodes), {}
+        for node in nodes:  # graph order: a node's producers in the same call are already numbered
+            producers = [call_of[arg] for arg in node.all_input_nodes if arg in members and arg in call_of]
+            call_of[node] = min(producers) if producers else len(set(call_of.values()))
+        if len(set(call_of.values())) < 2:
+            continue
+        for node, call in call_of.items():
+            if call:
+                stack = node.meta["nn_module_stack"].copy()
+                key = next(reversed(stack))
+                stack[key] = (f"{fqn}@{call}", stack[key][1])
+                node.meta["nn_module_stack"] = stack
+
+
+@torch.no_grad()
+def quantize_ptq(module: nn.Module, calibration: Iterable[Tensor], config) -> torch.fx.GraphModule:
+    """Post-training quantization of a copy of ``module`` (eval mode): calibrate, convert.
+
+    Returns the int8 reference graph (quantize / dequantize around float ops; numerically the int8
+    model). ``module`` itself is not changed.
+    """
+    _, quantize_pt2e, _ = _torchao()
+    batches = iter(calibration)
+    first = next(batches, None)
+    if first is None:
+        raise LitzooError("quantization: no calibration batch")
+    model = copy.deepcopy(module).eval()
+    prepared = quantize_pt2e.prepare_pt2e(export_graph(model, first), _quantizer(config))
+    prepared(first)
+    for x in batches:
+        prepared(x)
+    return quantize_pt2e.convert_pt2e(prepared)
+
+
+class FakeQuantizedNetwork(nn.Module):
+    """A QAT graph that follows ``train()`` / ``eval()`` however they are set.
+
+    An exported graph has BatchNorm and dropout baked in one mode; torchao rewrites them between
+    their training and inference forms. Lightning (and ``framework.profiling.eval_mode``) restore
+    modes by assigning ``module.training`` directly, which no method hook sees, so the graph's form
+    is matched to ``self.training`` at every forward too (a no-op unless the mode changed). Observers
+    (the fake-quantizers' range estimates) run in training form only.
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule) -> None:
+        super().__init__()
+        self.graph = graph
+        self._form = True  # exported and prepared in train mode
+
+    def train(self, mode: bool = True) -> FakeQuantizedNetwork:
+        # an exported graph refuses train()/eval(): switch its form here (the rewrite traces small
+        # patterns, better done outside any forward, e.g. not under a FLOP counter) ...
+        self.training = mode
+        self._sync()
+        return self
+
+    def _sync(self) -> None:
+        if self._form == self.training:
+            return
+        pt2e, _, _ = _torchao()
+        (pt2e.move_exported_model_to_train if self.training else pt2e.move_exported_model_to_eval)(self.graph)
+        # ranges are learnt from training batches only: evaluation (and a FLOP count on one sample)
+        # must not move them
+        self.graph.apply(pt2e.enable_observer if self.training else pt2e.disable_observer)
+        self._form = self.training
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._sync()  # ... and here, for flags assigned directly (idempotent: a no-op unless they changed)
+        return self.graph(x)
+
+
+def prepare_qat(module: nn.Module, example: Tensor, config) -> FakeQuantizedNetwork:
+    """The fake-quantized training graph of ``module`` (exported in train mode), ready to train.
+
+    BatchNorm after a conv is simulated folded (torchao rewrites conv + BN), its statistics still
+    train; the straight-through estimator passes gradients through the rounding.
+    """
+    _, quantize_pt2e, _ = _torchao()
+    graph = export_graph(module.train(), example)
+    return FakeQuantizedNetwork(quantize_pt2e.prepare_qat_pt2e(graph, _quantizer(config)))
+
+
+@torch.no_grad()
+def convert_qat(network: FakeQuantizedNetwork) -> torch.fx.GraphModule:
+    """The int8 reference graph of a QAT network (a converted copy; the training graph is unchanged)."""
+    pt2e, quantize_pt2e, _ = _torchao()
+    graph = copy.deepcopy(network.graph)
+    pt2e.move_exported_model_to_eval(graph)
+    return quantize_pt2e.convert_pt2e(graph)
+
+
+def lower_to_x86(model: torch.fx.GraphModule, example: Tensor) -> nn.Module:
+    """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency)."""
+    _torchao()
+    from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return lower_pt2e_quantized_to_x86(model, (example,))
+
+
+# ---------------------------------------------------------------------------- files
+def save_int8(model: torch.fx.GraphModule, example: Tensor, path: str | Path) -> Path:
+    """Write the int8 reference graph as a ``torch.export`` program (``.pt2``, dynamic batch)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return path
+
+
+def load_int8(path: str | Path) -> nn.Module:
+    """Read an int8 program written by :func:`save_int8`; a bad file is a one-line ``LitzooError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LitzooError(f"int8 model '{path}' does not exist")
+    _torchao()  # registers the quantize / dequantize operators the program calls
+    try:
+        program = torch.export.load(str(path))
+    except Exception as error:
+        raise LitzooError(f"int8 model '{path}' is not a torch.export program ({type(error).__name__}: {str(error)[:120]})") from None
+    return program.module()
+
+
+# ---------------------------------------------------------------------------- diagnostics
+def weight_statistics(module: nn.Module) -> dict[str, dict[str, float]]:
+    """Per conv / linear layer: ``max|w|``, ``std(w)`` and ``range_ratio = max|w| / std(w)``.
+
+    A per-tensor grid spends its 2^b levels on ``[-max|w|, max|w|]``: the larger ``range_ratio``,
+    the fewer levels the bulk of the weights gets. ``channel_range_ratio`` is the same ratio of the
+    widest output channel to the median channel's ``max|w_c|`` (what per-channel scales absorb).
+    """
+    stats = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            w = layer.weight.detach().double()
+            per_channel = w.flatten(1).abs().amax(1)
+            std = w.std().item() if w.numel() > 1 else 0.0
+            stats[name] = {
+                "max_abs": w.abs().max().item(),
+                "std": std,
+                "range_ratio": w.abs().max().item() / std if std > 0 else float("inf"),
+                "channel_range_ratio": (per_channel.max() / per_channel.median().clamp_min(1e-12)).item(),
+            }
+    return stats
