@@ -17,6 +17,7 @@ import framework_overhead
 import fusion_latency
 import gradient_reparam
 import pruning
+import quantization
 import structural_reparam
 
 OUTPUT = common.ROOT / "BENCHMARKS.md"
@@ -57,7 +58,8 @@ def main() -> None:
     overhead = _section("framework overhead", framework_overhead.main)
     grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main)
     pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main)
-    gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (27 trainings)", gradient_reparam.main)
+    gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (30 trainings)", gradient_reparam.main)
+    quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main)
 
     total = time.perf_counter() - start
     try:
@@ -75,7 +77,8 @@ written by `benchmarks/run.py`; do not edit it by hand.
 
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
-`.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
+`.venv/bin/python benchmarks/quantization.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -115,6 +118,12 @@ noisy, the alternating-round ratios less so.
 {gradient_reparam.verdict(gradient)}
 
 {gradient_reparam.to_markdown(gradient)}
+
+## Quantization (int8, torchao PT2E): plain VGG, fused RepVGG and RepOpt-VGG, PTQ and QAT (`benchmarks/quantization.py`, {quantized['seconds']:.0f} s)
+
+{quantization.verdict(quantized)}
+
+{quantization.to_markdown(quantized)}
 """
     OUTPUT.write_text(text)
     print(text)

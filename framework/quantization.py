@@ -245,13 +245,16 @@ def convert_qat(network: FakeQuantizedNetwork) -> torch.fx.GraphModule:
 
 
 def lower_to_x86(model: torch.fx.GraphModule, example: Tensor) -> nn.Module:
-    """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency)."""
+    """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency), for ``example``'s batch size."""
     _torchao()
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
 
+    pt2e, _, _ = _torchao()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return lower_pt2e_quantized_to_x86(model, (example,))
+        lowered = lower_pt2e_quantized_to_x86(model, (example,))
+    # an exported module refuses .eval(); an inference-only graph has nothing to switch
+    return pt2e.allow_exported_model_train_eval(lowered)
 
 
 # ---------------------------------------------------------------------------- files
