@@ -110,7 +110,8 @@ class Quantization(Callback):
         weight_bits: weight grid ``[-2^(b-1), 2^(b-1) - 1]`` (8; fewer bits stress-test, still stored in int8).
         activation_bits: activation grid ``[0, 2^b - 1]`` (affine, per tensor).
         activation_observer: PTQ range estimate, ``"histogram"`` (x86 default, minimises the
-            quantization error) or ``"minmax"``.
+            quantization error), ``"minmax"`` or ``"percentile"`` (99.99th / 0.01th percentiles:
+            robust to rare extreme activations).
         evaluate_batches: batches for the float / int8 comparison (``None``: the whole loader).
         filename: the int8 program's file name (``None``: not written).
         seed: of the calibration batches.
@@ -127,7 +128,7 @@ class Quantization(Callback):
         weight_granularity: Literal["per_channel", "per_tensor"] = "per_channel",
         weight_bits: int = 8,
         activation_bits: int = 8,
-        activation_observer: Literal["histogram", "minmax"] = "histogram",
+        activation_observer: Literal["histogram", "minmax", "percentile"] = "histogram",
         evaluate_batches: int | None = None,
         filename: str | None = "int8.pt2",
         seed: int = 0,

@@ -15,7 +15,8 @@ annotates the graph (conv, linear, their fused BN / ReLU, pooling, adds), ``conv
 quantize / dequantize reference graph, which ``lower_pt2e_quantized_to_x86`` turns into oneDNN int8
 kernels for CPU latency. The configurations here are the x86 default (int8 per-channel symmetric
 weights, uint8 affine activations with a histogram observer for PTQ) with the survey's options:
-per-tensor weights, fewer bits (a 4-bit grid stored in int8 for stress tests), min-max calibration.
+per-tensor weights, fewer bits (a 4-bit grid stored in int8 for stress tests), min-max or percentile
+calibration.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from torch import Tensor, nn
 from framework.errors import LitzooError
 
 WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
-ACTIVATION_OBSERVERS = ("histogram", "minmax")
+ACTIVATION_OBSERVERS = ("histogram", "minmax", "percentile")
+#: the percentile calibration's upper percentile (the lower is 100 minus it); the survey's 99.9-99.99
+PERCENTILE = 99.99
 
 
 def _torchao():
@@ -47,6 +50,37 @@ def _torchao():
         except ImportError as error:  # pragma: no cover - torchao is a core dependency
             raise LitzooError(f"quantization needs torchao (pip install torchao): {error}") from None
     return pt2e, quantize_pt2e, x86_inductor_quantizer
+
+
+def _percentile_observer():
+    """A histogram observer whose range is the (100 - p, p) percentiles of everything it saw.
+
+    Percentile calibration (the survey, and TensorRT-style calibrators): a few extreme activations
+    set a min-max range, so the grid's levels are spent on values that almost never occur. torch's
+    histogram search minimises the L2 quantization error over bin ranges but keeps a single extreme
+    value (its 2048 bins leave the bulk in a handful of them); the percentiles of the same histogram
+    drop it. The bounds are bin edges, so within one bin width of the exact percentiles.
+    """
+    pt2e, _, _ = _torchao()
+
+    class PercentileObserver(pt2e.HistogramObserver):
+        def __init__(self, percentile: float = PERCENTILE, **kwargs) -> None:
+            super().__init__(**kwargs)
+            if not 50 < percentile <= 100:
+                raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+            self.percentile = percentile
+
+        def _non_linear_param_search(self) -> tuple[Tensor, Tensor]:
+            total = self.histogram.sum()
+            if total <= 0:
+                return self.min_val, self.max_val
+            cdf = self.histogram.cumsum(0) / total
+            width = (self.max_val - self.min_val) / self.bins
+            low = torch.searchsorted(cdf, torch.tensor(1 - self.percentile / 100, dtype=cdf.dtype), right=True)
+            high = torch.searchsorted(cdf, torch.tensor(self.percentile / 100, dtype=cdf.dtype)).clamp(max=self.bins - 1)
+            return self.min_val + width * low, self.min_val + width * (high + 1)
+
+    return PercentileObserver
 
 
 def check_options(weight_granularity: str, weight_bits: int, activation_bits: int, activation_observer: str) -> None:
@@ -79,7 +113,8 @@ def quantization_config(
     if qat:
         activation_ctr = pt2e.FusedMovingAvgObsFakeQuantize.with_args(**eps)
     else:
-        activation_ctr = (pt2e.HistogramObserver if activation_observer == "histogram" else pt2e.MinMaxObserver).with_args(**eps)
+        observers = {"histogram": pt2e.HistogramObserver, "minmax": pt2e.MinMaxObserver, "percentile": _percentile_observer()}
+        activation_ctr = observers[activation_observer].with_args(**eps)
     activation = x86.QuantizationSpec(
         dtype=torch.uint8,
         quant_min=0,
