@@ -148,6 +148,89 @@ def export_command(argv: Sequence[str]) -> None:
     print(f"exported {args.format} to {output}; max |exported - torch| = {error:.3g} on {args.batch_size} images")
 
 
+def curate_command(argv: Sequence[str]) -> None:
+    """``litzoo curate``: MetaCLIP matching + balancing of a JSONL manifest, written as a curated manifest."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from framework.curation import MetadataIndex, balance, entropy, entry_counts, keep_probabilities
+
+    parser = ArgumentParser(prog="litzoo curate", description="MetaCLIP curation of an image-text manifest: sub-string matching, then balancing.")
+    parser.add_argument("--manifest", type=str, required=True, help="JSONL, one object per line with a text field")
+    parser.add_argument("--metadata", type=str, required=True, help="entries: a JSON list of strings, or a text file with one entry per line")
+    parser.add_argument("--t", type=int, default=20000, help="balancing threshold: entries matched by more texts are sub-sampled to about t")
+    parser.add_argument("--output", type=str, required=True, help="the curated JSONL manifest (kept lines, unchanged, plus 'entries')")
+    parser.add_argument("--text_key", type=str, default="text", help="the caption field of each line")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the balancing coins")
+    parser.add_argument("--log_dir", type=str, default=None, help="write TensorBoard histograms of log10(entry count) before / after")
+    args = parser.parse_args(list(argv))
+
+    metadata_path = Path(args.metadata)
+    try:
+        raw = metadata_path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise LitzooError(f"metadata '{metadata_path}' cannot be read: {error.strerror or error}") from None
+    if metadata_path.suffix == ".json":
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise LitzooError(f"metadata '{metadata_path}' is not valid JSON: {error.msg} (line {error.lineno})") from None
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            raise LitzooError(f"metadata '{metadata_path}' must be a JSON list of strings")
+    else:
+        entries = [line for line in raw.splitlines() if line]
+    manifest_path = Path(args.manifest)
+    records = []
+    try:
+        with manifest_path.open(encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise LitzooError(f"manifest '{manifest_path}' line {number} is not JSON: {error.msg}") from None
+                if not isinstance(record, dict) or not isinstance(record.get(args.text_key), str):
+                    raise LitzooError(f"manifest '{manifest_path}' line {number} has no string field '{args.text_key}'")
+                records.append(record)
+    except OSError as error:
+        raise LitzooError(f"manifest '{manifest_path}' cannot be read: {error.strerror or error}") from None
+
+    index = MetadataIndex(entries)
+    matches = [index.match(r[args.text_key]) for r in records]
+    kept = balance(matches, len(entries), args.t, seed=args.seed)
+    before = entry_counts(matches, len(entries))
+    after = entry_counts([matches[i] for i in kept], len(entries))
+    expected = sum(keep_probabilities(matches, len(entries), args.t))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as f:
+        for i in kept:
+            f.write(json.dumps({**records[i], "entries": [entries[e] for e in matches[i]]}) + "\n")
+    matched = sum(1 for m in matches if m)
+    tail = before < args.t
+    print(
+        f"curated {len(records)} texts -> {matched} matched -> {len(kept)} kept (expected {expected:.1f}); "
+        f"entries matched {int((before > 0).sum())}/{len(entries)}, head (>= t) {int((~tail & (before > 0)).sum())}; "
+        f"tail matches kept {int(after[tail].sum())}/{int(before[tail].sum())}; "
+        f"entry entropy {entropy(before):.3f} -> {entropy(after):.3f} nats; largest count {int(before.max(initial=0))} -> {int(after.max(initial=0))}; "
+        f"written to {output}"
+    )
+    if index.unmatchable:
+        print(f"note: {len(index.unmatchable)} entries can never match (not in spaced form), e.g. {entries[index.unmatchable[0]]!r}")
+    np.save(output.with_suffix(".entry_counts.npy"), np.stack([before, after]))
+    if args.log_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(args.log_dir) as writer:  # the long tail and the cut head, on a log scale
+            for step, counts in enumerate((before, after)):
+                if (counts > 0).any():
+                    writer.add_histogram("curation/log10_entry_count", np.log10(counts[counts > 0]), global_step=step)
+            writer.add_scalars("curation/entropy_nats", {"before": entropy(before), "after": entropy(after)}, 0)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``litzoo`` console script and ``python -m framework``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -157,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(listing())
         elif argv[:1] == ["export"]:
             export_command(argv[1:])
+        elif argv[:1] == ["curate"]:
+            curate_command(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:
