@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.reparam_fusion import batch_inputs, reference_loader, sample_training_batches
+from callbacks.reparam_fusion import batch_inputs, batch_labels, reference_loader, sample_training_batches
 from framework.errors import LitzooError
 from framework.profiling import eval_mode
 from framework.pruning import compacted_layers, prune_compacted
@@ -45,16 +45,6 @@ from framework.quantization import (
     weight_statistics,
 )
 from framework.reparam import fuse_model, is_fusable
-
-
-def batch_labels(batch: Any) -> Tensor | None:
-    """The class labels of a batch, if it has them: the ``label`` entry of a dict, else the second tensor."""
-    if isinstance(batch, dict):
-        label = batch.get("label")
-        return label if isinstance(label, Tensor) else None
-    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
-        return batch[1]
-    return None
 
 
 @contextlib.contextmanager

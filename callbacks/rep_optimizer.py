@@ -136,6 +136,7 @@ class RepOptimizer(Callback):
         self.set_multipliers(multipliers)
         self._params: dict[str, nn.Parameter] = {}
         self._before: dict[str, Tensor] = {}  # rule "adamw": parameters before the step
+        self._groups: dict[str, tuple[torch.optim.Optimizer, dict[str, Any]]] = {}  # name -> (its optimizer, its group)
         self._step_hooks: list[Any] = []
 
     def set_multipliers(self, multipliers: dict[str, Tensor], rule: Literal["sgd", "adamw"] | None = None) -> None:
@@ -180,6 +181,9 @@ class RepOptimizer(Callback):
         self._params = {name: params[name] for name in self.multipliers}
         self.multipliers = {name: m.to(device=params[name].device, dtype=params[name].dtype) for name, m in self.multipliers.items()}
         if self.rule == "adamw":
+            # looked up once: the post-hook reads the lr / decay of the parameter's group at each step
+            owners = {id(p): (optimizer, group) for optimizer in trainer.optimizers for group in optimizer.param_groups for p in group["params"]}
+            self._groups = {name: owners[id(param)] for name, param in self._params.items() if id(param) in owners}
             self._remove_hooks()
             self._step_hooks = [optimizer.register_step_post_hook(self._scale_update) for optimizer in trainer.optimizers]
         rank_zero_info(f"RepOptimizer ({self.rule}): gradient multipliers on {len(self.multipliers)} parameters")
@@ -198,12 +202,11 @@ class RepOptimizer(Callback):
         """After an Adam step: ``p = shrunk + M * (p - shrunk)``, ``shrunk`` = the old weight after decoupled decay."""
         if not self._before:
             return
-        owned = {id(p): group for group in optimizer.param_groups for p in group["params"]}
         for name, before in self._before.items():
-            param = self._params[name]
-            group = owned.get(id(param))
-            if group is None:
+            owner, group = self._groups.get(name, (None, None))
+            if owner is not optimizer:  # another optimizer's parameter (or one no optimizer trains)
                 continue
+            param = self._params[name]
             shrunk = before
             if group.get("decoupled_weight_decay", False) and group["weight_decay"]:
                 shrunk = before * (1 - float(group["lr"]) * group["weight_decay"])

@@ -40,6 +40,16 @@ def batch_inputs(batch: Any) -> torch.Tensor:
     return batch
 
 
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The class labels of a batch, if it has them: the ``label`` entry of a dict, else the second tensor."""
+    if isinstance(batch, dict):
+        label = batch.get("label")
+        return label if isinstance(label, torch.Tensor) else None
+    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
+        return batch[1]
+    return None
+
+
 def reference_loader(trainer: L.Trainer, who: str, stages: tuple[str, ...] = ("val", "train")):
     """The first loader of the first of ``stages`` that has one (``"test"``, ``"predict"``, ``"val"``,
     ``"train"``): by default the first validation loader, else the training one."""

@@ -22,6 +22,7 @@ calibration.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import warnings
 from collections.abc import Iterable
@@ -38,8 +39,9 @@ ACTIVATION_OBSERVERS = ("histogram", "minmax", "percentile")
 PERCENTILE = 99.99
 
 
+@functools.cache
 def _torchao():
-    """Import torchao's PT2E pieces (quietly: it reports GPU kernels it cannot load on a CPU machine)."""
+    """Import torchao's PT2E pieces once (quietly: it reports GPU kernels it cannot load on a CPU machine)."""
     logging.getLogger("torchao").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,6 +54,7 @@ def _torchao():
     return pt2e, quantize_pt2e, x86_inductor_quantizer
 
 
+@functools.cache
 def _percentile_observer():
     """A histogram observer whose range is the (100 - p, p) percentiles of everything it saw.
 
@@ -156,11 +159,8 @@ def export_graph(module: nn.Module, example: Tensor) -> torch.fx.GraphModule:
     """
     if example.shape[0] < 2:
         raise ValueError(f"the example batch must hold at least 2 samples (a batch of 1 is specialised), got {tuple(example.shape)}")
-    batch = torch.export.Dim("batch", min=1)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        program = _export_dynamic_batch(module, example)
     except Exception as error:  # torch.export raises many types; the user needs the one line
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LitzooError(
@@ -170,6 +170,13 @@ def export_graph(module: nn.Module, example: Tensor) -> torch.fx.GraphModule:
     graph = program.module()
     _separate_reused_modules(graph)
     return graph
+
+
+def _export_dynamic_batch(module: nn.Module, example: Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``module(example)`` with the batch dimension left dynamic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.export(module, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
 
 
 def _separate_reused_modules(graph: torch.fx.GraphModule) -> None:
@@ -281,10 +288,9 @@ def convert_qat(network: FakeQuantizedNetwork) -> torch.fx.GraphModule:
 
 def lower_to_x86(model: torch.fx.GraphModule, example: Tensor) -> nn.Module:
     """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency), for ``example``'s batch size."""
-    _torchao()
+    pt2e, _, _ = _torchao()
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
 
-    pt2e, _, _ = _torchao()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         lowered = lower_pt2e_quantized_to_x86(model, (example,))
@@ -297,11 +303,7 @@ def save_int8(model: torch.fx.GraphModule, example: Tensor, path: str | Path) ->
     """Write the int8 reference graph as a ``torch.export`` program (``.pt2``, dynamic batch)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
+    torch.export.save(_export_dynamic_batch(model, example), str(path))
     return path
 
 
