@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
-from torch.optim import SGD, Optimizer
-from torch.optim.lr_scheduler import CosineAnnealingLR, LRScheduler
+from torch.optim import SGD, AdamW, Optimizer
+from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
 
 def sgd_momentum(params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4) -> SGD:
@@ -42,3 +43,28 @@ def split_weight_decay(module: torch.nn.Module, no_decay: set[str]) -> list[dict
     if skip:
         groups.append({"params": skip, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
+
+
+def adamw_clip(params: Iterable, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2) -> AdamW:
+    """AdamW with open_clip's ViT defaults (lr 5e-4, betas (0.9, 0.98), eps 1e-6) and MetaCLIP's weight decay 0.2."""
+    return AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def warmup_cosine_per_step(optimizer: Optimizer, total_steps: int, warmup_steps: int) -> dict:
+    """Linear warm-up over ``warmup_steps`` then cosine decay to 0 at ``total_steps`` (open_clip's ``cosine_lr``).
+
+    The factor at step ``s`` is ``(s + 1) / warmup_steps`` during warm-up, then
+    ``½ (1 + cos(π (s − warmup) / (total − warmup)))``. Warm-up longer than the run is cut to the run.
+    Returns Lightning's ``lr_scheduler`` config dict (stepped every optimizer step).
+    """
+    if total_steps <= 0 or warmup_steps < 0:
+        raise ValueError(f"total_steps must be positive and warmup_steps non-negative, got {total_steps} and {warmup_steps}")
+    warmup = min(warmup_steps, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        decay_steps = max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay_steps) / decay_steps))
+
+    return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "frequency": 1}

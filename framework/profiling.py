@@ -32,10 +32,11 @@ def eval_mode(model: nn.Module):
             module.training = training
 
 
-def count_flops(model: nn.Module, example_input: Tensor) -> int:
-    """FLOPs of one forward pass on ``example_input`` (eval mode, no grad)."""
+def count_flops(model: nn.Module, example_input: Tensor | tuple[Tensor, ...]) -> int:
+    """FLOPs of one forward pass on ``example_input`` (a tuple = several forward arguments; eval mode, no grad)."""
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     with eval_mode(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(example_input)
+        model(*inputs)
     return int(counter.get_total_flops())
 
 

@@ -10,14 +10,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from framework.profiling import count_flops, count_parameters, format_count
 
 
-def example_input(pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> torch.Tensor | None:
+def example_input(pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> torch.Tensor | tuple | None:
     """One input sample for shape-dependent measurements, or ``None`` when none is known.
 
-    Looked up in this order: the module's ``example_input_array``, then the datamodule's
-    ``input_shape`` (``(C, H, W)``, a litzoo DataModule convention).
+    Looked up in this order: the module's ``example_input_array`` (a tensor, or a tuple of forward
+    arguments such as CLIP's images and tokens), then the datamodule's ``input_shape`` (``(C, H, W)``,
+    a litzoo DataModule convention).
     """
     if isinstance(pl_module.example_input_array, torch.Tensor):
         return pl_module.example_input_array[:1]
+    if isinstance(pl_module.example_input_array, tuple):
+        return tuple(x[:1] for x in pl_module.example_input_array)
     datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
     shape = getattr(datamodule, "input_shape", None)
     if shape is None:
@@ -44,6 +47,7 @@ class FlopsModelSummary(ModelSummary):
             rank_zero_info(f"Params: {format_count(params)} | FLOPs: unknown (set example_input_array or a datamodule input_shape)")
             return
         flops = count_flops(pl_module, sample)
-        rank_zero_info(f"Params: {format_count(params)} | FLOPs per sample: {format_count(flops)} (input {tuple(sample.shape[1:])})")
+        shapes = [tuple(x.shape[1:]) for x in (sample if isinstance(sample, tuple) else (sample,))]
+        rank_zero_info(f"Params: {format_count(params)} | FLOPs per sample: {format_count(flops)} (input {', '.join(map(str, shapes))})")
         for logger in trainer.loggers:
             logger.log_metrics({"model/params": float(params), "model/flops": float(flops)}, step=0)

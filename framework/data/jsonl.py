@@ -1,0 +1,49 @@
+"""JSON-lines files (manifests, corpora): one object per line, checked, with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from framework.errors import LitzooError
+
+
+def read_jsonl(path: str | Path, string_fields: Sequence[str] = (), what: str = "manifest") -> list[dict]:
+    """The objects of the non-blank lines of ``path``; each must hold a string in every field of ``string_fields``.
+
+    Raises:
+        LitzooError: see :func:`iter_jsonl`.
+    """
+    return [record for _, record in iter_jsonl(path, string_fields, what)]
+
+
+def iter_jsonl(path: str | Path, string_fields: Sequence[str] = (), what: str = "manifest") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for the non-blank lines of ``path``, checked as :func:`read_jsonl` says.
+
+    Raises:
+        LitzooError: one line naming the file (as ``what``) and, where it applies, the line number: the
+            file is missing or unreadable, a line is not JSON, not an object, or lacks a string field.
+    """
+    path = Path(path).expanduser()
+    expected = ", ".join(f'"{field}": ...' for field in string_fields) or "..."
+    if not path.is_file():
+        reason = "it is not a file" if path.exists() else "it does not exist"
+        raise LitzooError(f"{what} '{path}' cannot be read: {reason} (expected a JSONL file of {{{expected}}} lines)")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise LitzooError(f"{what} '{path}' line {number} is not JSON: {error.msg}") from None
+                if not isinstance(record, dict):
+                    raise LitzooError(f"{what} '{path}' line {number} is not a JSON object")
+                for field in string_fields:
+                    if not isinstance(record.get(field), str):
+                        raise LitzooError(f"{what} '{path}' line {number} has no string field '{field}'")
+                yield number, record
+    except (OSError, UnicodeDecodeError) as error:
+        raise LitzooError(f"{what} '{path}' cannot be read: {getattr(error, 'strerror', None) or error}") from None
