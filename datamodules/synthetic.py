@@ -91,3 +91,151 @@ def digits_caption_pool(root: str | Path, shares: tuple[float, ...] = DEFAULT_SH
     manifest = root / "captions.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     return manifest
+
+
+def digits_caption_splits(
+    root: str | Path, shares: tuple[float, ...] = DEFAULT_SHARES, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0
+) -> dict[str, Path]:
+    """The caption pool split by image into a noisy training pool and clean held-out pairs.
+
+    Writes the images and ``captions.jsonl`` (:func:`digits_caption_pool`), then ``train.jsonl``: the
+    pool's lines for the training images (captions of every kind, the raw pool to train or curate
+    on); ``val.jsonl`` and ``test.jsonl``: the held-out images, each with a class caption naming its
+    true digit (for zero-shot accuracy and retrieval). The split is stratified by digit and seeded.
+    Returns ``{"train": path, "val": path, "test": path}``.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(f"val_fraction and test_fraction must be in (0, 1) and sum below 1, got {val_fraction} and {test_fraction}")
+    root = Path(root)
+    pool = [json.loads(line) for line in digits_caption_pool(root, shares, seed).read_text(encoding="utf-8").splitlines()]
+    labels = np.asarray([line["label"] for line in pool])
+    rest, test = train_test_split(np.arange(len(pool)), test_size=test_fraction, stratify=labels, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), stratify=labels[rest], random_state=seed)
+    rng = np.random.default_rng(seed + 1)
+    paths = {}
+    for split, rows in (("train", train), ("val", val), ("test", test)):
+        lines = []
+        for i in sorted(rows.tolist()):
+            line = dict(pool[i])
+            if split != "train":  # a clean pair: a class template naming the true digit
+                template = CLASS_TEMPLATES[rng.integers(len(CLASS_TEMPLATES))]
+                line.update(text=template.format(DIGIT_WORDS[line["label"]]), kind="class", relevance=2, caption_label=line["label"])
+            lines.append(line)
+        paths[split] = root / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return paths
+
+
+# ----------------------------------------------------------------------------- text quality corpus
+import os  # noqa: E402  (appended section: the text quality corpus)
+
+# SYNTHETIC DATA for the text quality-based pruning demo (Sharma et al., arXiv:2405.01582): clean
+# English-like documents from a small seeded grammar, with injected web-junk lines.
+TQ_ADJECTIVES = (
+    "old", "young", "quiet", "busy", "small", "large", "bright", "dark", "gentle", "tired", "clever", "brave",
+    "curious", "patient", "careful", "happy", "strong", "simple", "ancient", "modern",
+)  # fmt: skip
+TQ_NOUNS = (
+    "farmer", "teacher", "child", "doctor", "sailor", "baker", "student", "painter", "merchant", "soldier",
+    "traveler", "writer", "fisherman", "gardener", "musician", "builder", "engineer", "nurse", "poet", "miller",
+)  # fmt: skip
+TQ_THINGS = (
+    "basket", "letter", "lamp", "book", "boat", "map", "cart", "bell", "coat", "bridge", "garden", "violin",
+    "ladder", "window", "bottle", "blanket", "candle", "wagon", "kettle", "compass",
+)  # fmt: skip
+TQ_PLACES = (
+    "market", "river", "village", "harbor", "mountain", "library", "station", "forest", "school", "castle",
+    "meadow", "city", "valley", "island",
+)  # fmt: skip
+TQ_VERBS = (
+    "carried", "found", "repaired", "painted", "sold", "bought", "opened", "cleaned", "borrowed", "returned",
+    "described", "followed", "visited", "admired", "built", "moved", "watched", "remembered", "lost", "shared",
+)  # fmt: skip
+TQ_TAILS = (
+    "and walked slowly to the {place}",
+    "and then waited near the {place}",
+    "with great care before the evening",
+    "and told a story of the {place}",
+    "to prepare for the long journey",
+    "and returned home to the {place}",
+    "with help from the {adj} neighbor",
+    "because of the rain in the {place}",
+)
+TQ_JUNK_KINDS = ("navigation", "repeated", "shout", "code", "lorem", "numbers")
+TQ_LOREM = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "tempor", "magna", "aliqua")
+TQ_NAV = ("home", "about", "login", "menu", "next", "prev", "share", "tags", "cart", "faq", "rss", "search")
+
+
+def _tq_random_word(rng: np.random.Generator, low: int = 3, high: int = 8) -> str:
+    return "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(low, high))))
+
+
+def _tq_clean_line(rng: np.random.Generator) -> str:
+    """One grammatical sentence of 11-17 words; resampled until under 0.15 repeated words."""
+    pick = lambda pool: pool[int(rng.integers(len(pool)))]  # noqa: E731
+    while True:
+        subject = f"{pick(('The', 'Every', 'One', 'Our'))} {pick(TQ_ADJECTIVES)} {pick(TQ_NOUNS)}"
+        obj = f"{pick(('the', 'her', 'his', 'their'))} {pick(TQ_ADJECTIVES)} {pick(TQ_THINGS)}"
+        tail = pick(TQ_TAILS).format(place=pick(TQ_PLACES), adj=pick(TQ_ADJECTIVES))
+        sentence = f"{subject} {pick(TQ_VERBS)} {obj} {tail}."
+        words = sentence.lower().split()
+        if 1 - len(set(words)) / len(words) < 0.15:
+            return sentence
+
+
+def _tq_junk_line(kind: str, rng: np.random.Generator) -> str:
+    """One web-junk line of ``kind`` (random words and numbers, so no two are alike)."""
+    n = int(rng.integers(5, 10))
+    if kind == "navigation":
+        parts = [str(rng.choice(TQ_NAV)) if rng.random() < 0.5 else _tq_random_word(rng) for _ in range(n)]
+        return " | ".join(parts) + f" | page {rng.integers(1, 99)} of {rng.integers(100, 999)}"
+    if kind == "repeated":
+        word = _tq_random_word(rng)
+        return " ".join([word] * n)
+    if kind == "shout":
+        words = [str(rng.choice(TQ_NOUNS + TQ_THINGS + TQ_PLACES)) for _ in range(n // 2)]
+        return ("click here to win " + " ".join(words) + " " + _tq_random_word(rng) + " now").upper()
+    if kind == "code":
+        name, key = _tq_random_word(rng), _tq_random_word(rng)
+        return f"var {name}{rng.integers(10, 99)} = {{{key}: {rng.integers(0, 999)}}}; // javascript"
+    if kind == "lorem":
+        return " ".join(["lorem", "ipsum", *rng.choice(TQ_LOREM, size=n).tolist(), _tq_random_word(rng)])
+    if kind == "numbers":
+        return " ".join(str(rng.integers(0, 10000)) if rng.random() < 0.7 else f"{rng.random() * 100:.2f}" for _ in range(n))
+    raise ValueError(f"unknown junk kind {kind!r}; known: {TQ_JUNK_KINDS}")
+
+
+def text_quality_corpus(root: str | Path, num_documents: int = 600, junk_share: float = 0.4, seed: int = 0) -> Path:
+    """Write ``root/corpus.jsonl``, a SYNTHETIC LM corpus of clean documents and documents with web junk.
+
+    Every document has 4-8 clean lines (one sentence each, from a seeded grammar of ~100 words).
+    A share ``junk_share`` of the documents also gets 1-4 junk lines inserted at random positions:
+    navigation bars, a random word repeated, all-caps spam, JavaScript with braces, lorem ipsum,
+    number lists (``TQ_JUNK_KINDS``). Lines: ``{"text", "junk_lines", "junk_kinds"}``, where
+    ``junk_lines`` counts the junk lines (0 = clean). Seeded: the same corpus for the same ``seed``.
+    """
+    if num_documents < 1:
+        raise ValueError(f"num_documents must be positive, got {num_documents}")
+    if not 0.0 <= junk_share <= 1.0:
+        raise ValueError(f"junk_share must be in [0, 1], got {junk_share}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(num_documents):
+        lines = [_tq_clean_line(rng) for _ in range(int(rng.integers(4, 9)))]
+        kinds: list[str] = []
+        if rng.random() < junk_share:
+            for _ in range(int(rng.integers(1, 5))):
+                kind = TQ_JUNK_KINDS[int(rng.integers(len(TQ_JUNK_KINDS)))]
+                lines.insert(int(rng.integers(0, len(lines) + 1)), _tq_junk_line(kind, rng))
+                kinds.append(kind)
+        rows.append({"text": "\n".join(lines), "junk_lines": len(kinds), "junk_kinds": kinds})
+    path = root / "corpus.jsonl"
+    # written aside and renamed: runs sharing a data_dir never read a half-written corpus
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    os.replace(partial, path)
+    return path
