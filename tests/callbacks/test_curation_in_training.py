@@ -1,0 +1,174 @@
+"""CurationInTraining: the selection rule against a hand computation, the fallback, rounds, resuming, shards, a real fit."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from callbacks.curation_in_training import CurationInTraining
+from framework.errors import LitzooError
+
+DIM = 4
+
+
+class Pool:
+    """A pool of N captions; caption i's token row is [i]; items are {"index"}."""
+
+    def __init__(self, n: int) -> None:
+        self.tokens = torch.arange(n)[:, None]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": torch.tensor(i)}
+
+
+class Tokenizer:
+    """Class name k -> token id 1000 + k."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __call__(self, texts: list[str]) -> Tensor:
+        return torch.tensor([[1000 + self.names.index(t)] for t in texts])
+
+
+class EmbeddingModule(L.LightningModule):
+    """encode_text from a fixed table: class k -> unit vector e_k; caption i -> the given row."""
+
+    def __init__(self, caption_embeddings: Tensor) -> None:
+        super().__init__()
+        self.captions = caption_embeddings
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.calls: list[tuple[bool, bool]] = []
+
+    def encode_text(self, tokens: Tensor, normalize: bool = True, project: bool = True) -> Tensor:
+        self.calls.append((normalize, project, self.training))
+        ids = tokens[:, 0]
+        rows = torch.where(ids[:, None] >= 1000, F.one_hot((ids - 1000).clamp(min=0), DIM).float(), self.captions[ids.clamp(max=len(self.captions) - 1)])
+        return F.normalize(rows, dim=-1) if normalize else rows
+
+
+def make_callback(similarities: list[float], batch_size: int, curate_every: int, world_size: int = 1, rank: int = 0, **kwargs) -> CurationInTraining:
+    """A callback set up on a pool whose caption i has max cosine ``similarities[i]`` to class 0 (and less to the others)."""
+    sims = torch.tensor(similarities)
+    # unit vectors with cosine s to e_0 and ~0 to e_1..e_3: (s, sqrt(1 - s²), 0, 0) rotated into e_0/e_3 plane
+    captions = torch.stack([sims, torch.zeros_like(sims), torch.zeros_like(sims), (1 - sims**2).clamp(min=0).sqrt()], dim=1)
+    names = ["a", "b", "c"]
+    module = EmbeddingModule(captions)
+    module.train()
+    datamodule = SimpleNamespace(train_dataset=Pool(len(sims)), batch_size=batch_size, tokenizer=Tokenizer(names), class_names=names, num_workers=0)
+    trainer = SimpleNamespace(datamodule=datamodule, world_size=world_size, global_rank=rank, is_global_zero=rank == 0, loggers=[], global_step=0)
+    callback = CurationInTraining(curate_every=curate_every, **kwargs)
+    callback.setup(trainer, module, "fit")
+    return callback
+
+
+def hand_curation(similarities, order, threshold, min_ratio, producer, round_size):
+    """The rule written out: producer batches in ``order``; > threshold, else the top ceil(min_ratio·P)."""
+    selected = []
+    for start in range(0, len(order), producer):
+        batch = order[start : start + producer]
+        passing = [i for i in batch if similarities[i] > threshold]
+        if len(passing) < min_ratio * len(batch):
+            passing = sorted(batch, key=lambda i: -similarities[i])[: math.ceil(min_ratio * len(batch))]
+            passing = [i for i in batch if i in passing]
+        selected += passing
+        if len(selected) >= round_size:
+            return selected[:round_size]
+    raise AssertionError("pool too small for the hand computation")
+
+
+def test_selection_equals_the_rule_by_hand():
+    torch.manual_seed(0)
+    similarities = torch.rand(200).mul(0.9).tolist()  # in [0, 0.9)
+    callback = make_callback(similarities, batch_size=4, curate_every=5, threshold=0.55, min_ratio=0.1)
+    order = callback._shard_order(0).tolist()
+    assert sorted(order) == list(range(200))
+    selected = callback.curate()
+    assert selected == hand_curation(similarities, order, 0.55, 0.1, producer=8, round_size=20)
+    assert all(similarities[i] > 0.55 for i in selected)
+    # the producer embedded pre-projection, normalised features, with the model in eval mode, then restored it
+    assert all(call[:2] == (True, False) and not call[2] for call in callback.pl_module.calls)
+    assert callback.pl_module.training
+    stats = callback.last_round
+    assert stats["curation/selected_ratio"] == pytest.approx(20 / stats["curation/scanned"])
+    assert stats["curation/scanned"] % 8 == 0 and stats["curation/fallback_batches"] == 0
+
+
+def test_fallback_takes_the_top_min_ratio_of_each_producer_batch():
+    similarities = [0.01 * (i % 50) for i in range(100)]  # nothing passes 0.9
+    callback = make_callback(similarities, batch_size=2, curate_every=2, threshold=0.9, min_ratio=0.25, producer_batch_size=8)
+    order = callback._shard_order(0).tolist()
+    selected = callback.curate()
+    assert selected == hand_curation(similarities, order, 0.9, 0.25, producer=8, round_size=4)
+    assert callback.last_round["curation/fallback_batches"] == 2  # 2 per batch, 4 needed
+
+
+def test_rounds_continue_through_the_pool_and_resume_from_a_checkpoint():
+    similarities = [0.9] * 30  # everything passes: rounds are consecutive slices of the pass order
+    callback = make_callback(similarities, batch_size=2, curate_every=3, threshold=0.5, min_ratio=0.01, producer_batch_size=4)
+    first, second = callback.curate(), callback.curate()
+    order = callback._shard_order(0).tolist()
+    assert first == order[:6] and second == order[8:14]  # whole producer batches are consumed
+    state = callback.state_dict()
+    third = callback.curate()
+    resumed = make_callback(similarities, batch_size=2, curate_every=3, threshold=0.5, min_ratio=0.01, producer_batch_size=4)
+    resumed.load_state_dict(state)
+    assert resumed.curate() == third
+    # past the end of the pool the next pass has a new seeded order; within a round no pair repeats
+    for _ in range(5):
+        chunk = callback.curate()
+        assert len(chunk) == 6 and len(set(chunk)) == 6
+    assert callback.pass_index >= 1
+
+
+def test_ranks_curate_disjoint_equal_shards():
+    similarities = [0.9] * 41
+    shards = [make_callback(similarities, batch_size=2, curate_every=2, world_size=2, rank=r)._shard_order(0) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 20
+    assert not set(shards[0].tolist()) & set(shards[1].tolist())
+
+
+def test_arguments_and_protocols_are_checked():
+    with pytest.raises(ValueError, match="threshold"):
+        CurationInTraining(threshold=1.5)
+    with pytest.raises(ValueError, match="min_ratio"):
+        CurationInTraining(min_ratio=0)
+    with pytest.raises(ValueError, match="curate_every"):
+        CurationInTraining(curate_every=0)
+    with pytest.raises(ValueError, match="templates"):
+        CurationInTraining(templates=["no slot"])
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=2), world_size=1, global_rank=0)
+    with pytest.raises(LitzooError, match="train_dataset"):
+        CurationInTraining().setup(trainer, L.LightningModule(), "fit")
+    datamodule = SimpleNamespace(train_dataset=Pool(10), batch_size=2, tokenizer=Tokenizer(["a"]), class_names=["a"])
+    with pytest.raises(LitzooError, match="encode_text"):
+        CurationInTraining().setup(SimpleNamespace(datamodule=datamodule, world_size=1, global_rank=0), L.LightningModule(), "fit")
+
+
+@pytest.mark.slow
+def test_fit_trains_on_curated_rounds_and_restores_the_datamodule(tmp_path_factory):
+    from datamodules.image_text import DigitsCaptionsDataModule
+    from modules.clip import CLIPModule
+
+    root = tmp_path_factory.mktemp("digits_captions")
+    datamodule = DigitsCaptionsDataModule(root=str(root), shares=(0.2, 0.05, 0.25, 0.3, 0.2), batch_size=16)
+    model = CLIPModule(vocab_size=256, embed_dim=16, image_size=8, patch_size=4, in_chans=1, vision_width=16, vision_depth=1, vision_heads=2,
+                       context_length=16, text_width=16, text_depth=1, text_heads=2, image_to_text_only=True, warmup_steps=1)  # fmt: skip
+    curation = CurationInTraining(threshold=0.55, min_ratio=0.01, curate_every=3)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=1, callbacks=[curation])  # fmt: skip
+    trainer.fit(model, datamodule)
+    assert trainer.global_step == 6 and curation.rounds == 2  # one round of curate_every steps per epoch
+    assert trainer.num_training_batches == 3
+    assert "train_dataloader" not in vars(datamodule)  # the DataModule's own loader is back
+    assert len(datamodule.train_dataloader()) == math.ceil(1257 / 16)
+    assert 0 < curation.last_round["curation/selected_ratio"] <= 1
