@@ -156,6 +156,7 @@ def curate_command(argv: Sequence[str]) -> None:
     import numpy as np
 
     from framework.curation import MetadataIndex, balance, entropy, entry_counts, keep_probabilities
+    from framework.data.jsonl import read_jsonl
 
     parser = ArgumentParser(prog="litzoo curate", description="MetaCLIP curation of an image-text manifest: sub-string matching, then balancing.")
     parser.add_argument("--manifest", type=str, required=True, help="JSONL, one object per line with a text field")
@@ -182,21 +183,7 @@ def curate_command(argv: Sequence[str]) -> None:
     else:
         entries = [line for line in raw.splitlines() if line]
     manifest_path = Path(args.manifest)
-    records = []
-    try:
-        with manifest_path.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise LitzooError(f"manifest '{manifest_path}' line {number} is not JSON: {error.msg}") from None
-                if not isinstance(record, dict) or not isinstance(record.get(args.text_key), str):
-                    raise LitzooError(f"manifest '{manifest_path}' line {number} has no string field '{args.text_key}'")
-                records.append(record)
-    except OSError as error:
-        raise LitzooError(f"manifest '{manifest_path}' cannot be read: {error.strerror or error}") from None
+    records = read_jsonl(manifest_path, [args.text_key])
 
     index = MetadataIndex(entries)
     matches = [index.match(r[args.text_key]) for r in records]
@@ -231,6 +218,40 @@ def curate_command(argv: Sequence[str]) -> None:
             writer.add_scalars("curation/entropy_nats", {"before": entropy(before), "after": entropy(after)}, 0)
 
 
+def text_quality_command(argv: Sequence[str]) -> None:
+    """``litzoo text-quality``: text quality-based pruning (Sharma et al., arXiv:2405.01582) of any JSONL text column."""
+    import json
+
+    from framework.data.jsonl import read_jsonl
+    from framework.text_quality import PAPER_FILTERS, prune
+
+    parser = ArgumentParser(prog="litzoo text-quality", description="Score documents with heuristic line filters weighted by perplexity; keep the top fraction.")
+    parser.add_argument("--manifest", type=str, required=True, help="JSONL, one object per line with a text field")
+    parser.add_argument("--output", type=str, required=True, help="the kept lines, unchanged, plus 'quality_score'")
+    parser.add_argument("--text_key", type=str, default="text", help="the text field of each line")
+    parser.add_argument("--keep_fraction", type=float, default=0.6, help="share of documents kept by score (the paper keeps 0.6-0.8)")
+    parser.add_argument("--filters", type=list[str], default=list(PAPER_FILTERS), help="line filters by name (framework.text_quality.FILTERS)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the tie-break between equal scores")
+    args = parser.parse_args(list(argv))
+
+    manifest_path = Path(args.manifest)
+    records = read_jsonl(manifest_path, [args.text_key])
+    try:
+        kept, scores, weights = prune([r[args.text_key] for r in records], args.keep_fraction, args.filters, seed=args.seed)
+    except ValueError as error:
+        raise LitzooError(f"text-quality on '{manifest_path}': {error}") from None
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with output.open("w", encoding="utf-8") as f:
+        for i in kept:
+            f.write(json.dumps({**records[i], "quality_score": float(scores[i])}) + "\n")
+    print("filter weights: " + ", ".join(f"{name}={weight:.4f}" for name, weight in weights.items()))
+    print(
+        f"scored {len(records)} documents (score min {scores.min():.3f}, median {float(sorted(scores)[len(scores) // 2]):.3f}, max {scores.max():.3f}); "
+        f"kept {len(kept)} ({len(kept) / len(records):.1%}) with score >= {scores[kept].min():.3f}; written to {output}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``litzoo`` console script and ``python -m framework``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -242,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             export_command(argv[1:])
         elif argv[:1] == ["curate"]:
             curate_command(argv[1:])
+        elif argv[:1] == ["text-quality"]:
+            text_quality_command(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:

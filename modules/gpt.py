@@ -1,0 +1,158 @@
+"""GPT: a decoder-only transformer language model (Radford et al., "Language Models are Unsupervised
+Multitask Learners", 2019 — GPT-2), the model trained on full vs quality-pruned corpora in the text
+quality-based pruning study (Sharma et al., arXiv:2405.01582, which trains GPT-2, GPT-Neo, Pythia and OPT).
+
+GPT-2's layout: token embedding plus learned position embedding, a stack of pre-norm causal
+transformer blocks (``framework.nn.vit.Block`` with ``causal=True``), a final LayerNorm, and an output
+head tied to the token embedding. The defaults are GPT-2 small (124M: width 768, 12 layers, 12 heads,
+context 1024); configs use tiny sizes. Differences from GPT-2: no dropout, and the shared
+timm-style initialisation (``init_vit_weights``) plus GPT-2's N(0, 0.02) for the embeddings.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torchmetrics.text import Perplexity
+
+from framework.errors import LitzooError
+from framework.nn.vit import Block, init_vit_weights
+
+
+def adamw_gpt(params, lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1) -> AdamW:
+    """AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1: the common GPT-2 small recipe."""
+    return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: ``(B, T)`` token ids → ``(B, T, vocab_size)`` next-token logits.
+
+    Args:
+        vocab_size: tokens in the vocabulary.
+        context_length: longest sequence (learned positions).
+        dim: width.
+        depth: transformer blocks.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width over ``dim``.
+    """
+
+    def __init__(self, vocab_size: int, context_length: int = 1024, dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("context_length", context_length), ("dim", dim), ("depth", depth)):
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        self.context_length = context_length
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, context_length, dim))
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        init_vit_weights(self)
+        self.head.weight = self.token_embedding.weight  # tied input and output embeddings (GPT-2)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds context_length {self.context_length}")
+        x = self.token_embedding(tokens) + self.pos_embed[:, : tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, causal=True)
+        return self.head(self.norm(x))
+
+
+class GPTLanguageModel(L.LightningModule):
+    """GPT-2-style causal LM (Radford et al., 2019): next-token cross-entropy, validation perplexity.
+
+    Batches are ``{"tokens": (B, T + 1)}`` (``TextCorpusDataModule``): the model reads the first T
+    tokens and predicts the last T. Logs ``train/loss``, ``val/loss`` and ``val/ppl``
+    (``torchmetrics.text.Perplexity``).
+
+    The vocabulary size comes from the tokenizer the datamodule trains: leave ``vocab_size`` unset and
+    the network is built in :meth:`setup` from ``trainer.datamodule.vocab_size`` (the value is then
+    stored in the hyper-parameters, so checkpoints reload without a datamodule).
+
+    Args:
+        vocab_size: tokens in the vocabulary; ``None`` = the datamodule's.
+        context_length: longest sequence (GPT-2: 1024); must cover the datamodule's ``block_size``.
+        dim: width (GPT-2 small: 768).
+        depth: blocks (GPT-2 small: 12).
+        num_heads: attention heads (GPT-2 small: 12).
+        mlp_ratio: MLP hidden width over ``dim`` (4).
+        optimizer: optimizer factory (default AdamW 6e-4, betas 0.9/0.95, wd 0.1; no decay on
+            biases, norms and position embeddings).
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        vocab_size: int | None = None,
+        context_length: int = 1024,
+        dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        optimizer: OptimizerCallable = adamw_gpt,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer = optimizer
+        self.net: GPT | None = None
+        if vocab_size is not None:
+            self.build(vocab_size)
+        self.val_ppl = Perplexity()
+
+    def build(self, vocab_size: int) -> None:
+        hp = self.hparams
+        self.net = GPT(vocab_size, hp.context_length, hp.dim, hp.depth, hp.num_heads, hp.mlp_ratio)
+        self.hparams["vocab_size"] = vocab_size
+        self.example_input_array = torch.zeros(1, hp.context_length, dtype=torch.long)
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_block = getattr(datamodule, "block_size", None)
+        if data_block is not None and data_block > self.hparams.context_length:
+            raise LitzooError(f"the datamodule's block_size {data_block} exceeds the model's context_length {self.hparams.context_length}")
+        if self.net is not None:
+            return
+        vocab_size = getattr(datamodule, "vocab_size", None)
+        if not isinstance(vocab_size, int):
+            raise LitzooError("GPTLanguageModel: set model.vocab_size, or use a datamodule with a vocab_size attribute (e.g. TextCorpusDataModule)")
+        self.build(vocab_size)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if self.net is None:
+            raise RuntimeError("GPTLanguageModel has no network yet: pass vocab_size or run setup() with a datamodule")
+        return self.net(tokens)
+
+    def _logits_targets(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        tokens = batch["tokens"]
+        return self(tokens[:, :-1]), tokens[:, 1:]
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits, targets = self._logits_targets(batch)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits, targets = self._logits_targets(batch)
+        self.log("val/loss", F.cross_entropy(logits.flatten(0, 1), targets.flatten()), prog_bar=True)
+        self.val_ppl(logits.float(), targets)
+        self.log("val/ppl", self.val_ppl)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits, targets = self._logits_targets(batch)
+        self.log("test/loss", F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+
+    def configure_optimizers(self):
+        assert self.net is not None
+        # GPT-2 practice: decay matrices (and the tied embedding), not biases, norms or positions
+        decay, no_decay = [], []
+        for name, parameter in self.net.named_parameters():
+            (decay if parameter.ndim >= 2 and name != "pos_embed" else no_decay).append(parameter)
+        return self.optimizer([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
