@@ -8,17 +8,20 @@ in the same process, in alternating rounds.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 
 import common
+import curation
 import framework_overhead
 import fusion_latency
 import gradient_reparam
 import pruning
 import quantization
 import structural_reparam
+import text_quality
 
 OUTPUT = common.ROOT / "BENCHMARKS.md"
 COMMAND = "make bench  # = .venv/bin/python benchmarks/run.py"
@@ -41,11 +44,17 @@ def overhead_verdict(results: dict) -> str:
     return f"Goal: litzoo/plain throughput ≥ {results['goal_ratio']}. " + "; ".join(parts) + "."
 
 
+RESULTS_DIR = common.ROOT / "runs" / "benchmarks"
+
+
 def _section(label: str, run) -> dict:
-    """Run one benchmark, saying what runs and how long it took on stderr."""
+    """Run one benchmark, saying what runs and how long it took on stderr; its raw results are kept in
+    runs/benchmarks/<module>.json, so a table can be re-read without running it again."""
     print(f"{label} ...", file=sys.stderr, flush=True)
     results = run()
     print(f"  done in {results['seconds']:.0f} s", file=sys.stderr, flush=True)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / f"{run.__module__}.json").write_text(json.dumps(results, indent=1, default=str))
     return results
 
 
@@ -60,6 +69,8 @@ def main() -> None:
     pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main)
     gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (30 trainings)", gradient_reparam.main)
     quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main)
+    curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main)
+    text_pruned = _section("text quality-based pruning: tiny GPT on full vs pruned corpus (6 trainings)", text_quality.main)
 
     total = time.perf_counter() - start
     try:
@@ -78,7 +89,8 @@ written by `benchmarks/run.py`; do not edit it by hand.
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
 `.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
-`.venv/bin/python benchmarks/quantization.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
+`.venv/bin/python benchmarks/text_quality.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -124,6 +136,10 @@ noisy, the alternating-round ratios less so.
 {quantization.verdict(quantized)}
 
 {quantization.to_markdown(quantized)}
+
+{curation.format_section(curated)}
+
+{text_quality.format_section(text_pruned)}
 """
     OUTPUT.write_text(text)
     print(text)
