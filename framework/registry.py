@@ -24,13 +24,13 @@ SECTIONS = {
 
 def discover(package: str, base: type) -> dict[str, type]:
     """Concrete classes derived from ``base`` defined in the submodules of ``package``, by name
-    (abstract bases, which cannot be instantiated from a config, are left out)."""
+    (abstract bases, which cannot be instantiated from a config, and private ``_Names`` are left out)."""
     root = importlib.import_module(package)
     found: dict[str, type] = {}
     for info in pkgutil.iter_modules(root.__path__, prefix=f"{package}."):
         module = importlib.import_module(info.name)
         for name, obj in inspect.getmembers(module, inspect.isclass):
-            if obj.__module__ == module.__name__ and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj):
+            if obj.__module__ == module.__name__ and issubclass(obj, base) and obj is not base and not inspect.isabstract(obj) and not name.startswith("_"):
                 found[name] = obj
     return dict(sorted(found.items()))
 
