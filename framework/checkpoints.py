@@ -101,7 +101,7 @@ _DBB_SEGMENTS: dict[str, str | None] = {
 
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp")
+OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae")
 
 
 def _rename_segments(key: str, table: dict[str, str | None]) -> str:
@@ -150,8 +150,11 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
 
     Args:
         method: ``"repvgg"`` (DingXiaoH/RepVGG), ``"acb"`` (DingXiaoH/ACNet), ``"dbb"``
-            (DingXiaoH/DiverseBranchBlock) or ``"repmlp"`` (DingXiaoH/RepMLP; litzoo's RepMLPNet uses
-            the official names, so only wrappers and prefixes change).
+            (DingXiaoH/DiverseBranchBlock), ``"repmlp"`` (DingXiaoH/RepMLP; litzoo's RepMLPNet uses
+            the official names, so only wrappers and prefixes change) or ``"mae"`` (facebookresearch/mae:
+            timm ViT names, which litzoo's ``MaskedAutoencoderViT`` uses; a ``{'model': ...}`` wrapper is
+            also removed here; encoder-only files such as ``mae_pretrain_vit_base.pth`` give encoder
+            keys only, and ``MaskedAutoencoderViT.from_official_checkpoint`` reports the missing decoder).
         state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
     """
     if method not in OFFICIAL_METHODS:
@@ -164,6 +167,12 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
         rename = lambda key: _rename_segments(key, _ACB_SEGMENTS)  # noqa: E731
     elif method == "dbb":
         rename = _dbb_key
+    elif method == "mae":
+        if isinstance(state_dict.get("model"), Mapping) or all(k.startswith("module.") for k in state_dict):
+            state_dict = unwrap_state_dict(state_dict)
+        if "patch_embed.proj.weight" not in state_dict:
+            raise LitzooError("official mae state dict: no 'patch_embed.proj.weight', so not an MAE / timm ViT checkpoint")
+        rename = lambda key: key  # noqa: E731
     else:
         rename = lambda key: key  # noqa: E731
     converted: dict[str, torch.Tensor] = {}

@@ -1,0 +1,67 @@
+"""Images ↔ flattened patches, and MAE's normalised-pixel reconstruction target.
+
+``patchify``: ``(B, C, H, W)`` → ``(B, L, p²·C)`` with ``L = (H/p)·(W/p)`` in row-major patch order
+and, inside a patch, pixel-row, pixel-column, channel order (MAE's ``einsum('nchpwq->nhwpqc')``),
+so the layout matches MAE's ``decoder_pred`` outputs and released checkpoints.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """``(B, C, H, W)`` → ``(B, (H/p)·(W/p), p·p·C)``; H and W must be multiples of ``patch_size``."""
+    batch, channels, height, width = images.shape
+    p = patch_size
+    if p <= 0 or height % p or width % p:
+        raise ValueError(f"image size {height}x{width} must be a multiple of patch_size {p}")
+    h, w = height // p, width // p
+    x = images.reshape(batch, channels, h, p, w, p).permute(0, 2, 4, 3, 5, 1)  # (B, h, w, p, p, C)
+    return x.reshape(batch, h * w, p * p * channels)
+
+
+def unpatchify(patches: Tensor, patch_size: int, channels: int, grid_size: tuple[int, int] | None = None) -> Tensor:
+    """Inverse of :func:`patchify`: ``(B, L, p·p·C)`` → ``(B, C, h·p, w·p)``.
+
+    ``grid_size = (h, w)``; default a square grid (``L`` must then be a perfect square).
+    """
+    batch, length, width_ = patches.shape
+    p = patch_size
+    if width_ != p * p * channels:
+        raise ValueError(f"patches of width {width_} are not {p}x{p} patches of {channels} channels")
+    if grid_size is None:
+        side = round(length**0.5)
+        if side * side != length:
+            raise ValueError(f"{length} patches do not form a square grid; pass grid_size=(h, w)")
+        grid_size = (side, side)
+    h, w = grid_size
+    if h * w != length:
+        raise ValueError(f"grid {h}x{w} does not hold {length} patches")
+    x = patches.reshape(batch, h, w, p, p, channels).permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
+    return x.reshape(batch, channels, h * p, w * p)
+
+
+def patch_stats(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """Per-patch mean and ``sqrt(var + eps)`` over the last dim, each ``(…, 1)``; unbiased variance
+    (torch's default), as MAE's ``forward_loss``."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    std = (patches.var(dim=-1, keepdim=True) + eps) ** 0.5
+    return mean, std
+
+
+def normalized_pixel_target(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """MAE's ``norm_pix_loss`` target: each patch standardised by its own mean and ``sqrt(var + eps)``."""
+    mean, std = patch_stats(patches, eps)
+    return (patches - mean) / std
+
+
+def denormalize_patches(predicted: Tensor, reference: Tensor, eps: float = 1e-6) -> Tensor:
+    """Map predictions of normalised-pixel targets back to pixels with the statistics of the
+    ground-truth ``reference`` patches (how MAE's norm-pix models are visualised)."""
+    mean, std = patch_stats(reference, eps)
+    return predicted * std + mean
+
+
+__all__ = ["denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "unpatchify"]
+
