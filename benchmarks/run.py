@@ -18,6 +18,7 @@ import curation
 import framework_overhead
 import fusion_latency
 import gradient_reparam
+import masked_modelling
 import pruning
 import quantization
 import structural_reparam
@@ -71,6 +72,7 @@ def main() -> None:
     quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main)
     curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main)
     text_pruned = _section("text quality-based pruning: tiny GPT on full vs pruned corpus (6 trainings)", text_quality.main)
+    masked = _section("masked modelling: MAE on digits with probes (3 trainings), masked vs all-token step time", masked_modelling.main)
 
     total = time.perf_counter() - start
     try:
@@ -90,7 +92,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
 `.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
 `.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
-`.venv/bin/python benchmarks/text_quality.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -140,6 +142,8 @@ noisy, the alternating-round ratios less so.
 {curation.format_section(curated)}
 
 {text_quality.format_section(text_pruned)}
+
+{masked_modelling.format_section(masked)}
 """
     OUTPUT.write_text(text)
     print(text)
