@@ -101,7 +101,7 @@ _DBB_SEGMENTS: dict[str, str | None] = {
 
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae")
+OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae", "hiera")
 
 
 def _rename_segments(key: str, table: dict[str, str | None]) -> str:
@@ -154,7 +154,9 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
             the official names, so only wrappers and prefixes change) or ``"mae"`` (facebookresearch/mae:
             timm ViT names, which litzoo's ``MaskedAutoencoderViT`` uses; a ``{'model': ...}`` wrapper is
             also removed here; encoder-only files such as ``mae_pretrain_vit_base.pth`` give encoder
-            keys only, and ``MaskedAutoencoderViT.from_official_checkpoint`` reports the missing decoder).
+            keys only, and ``MaskedAutoencoderViT.from_official_checkpoint`` reports the missing decoder) or
+            ``"hiera"`` (facebookresearch/hiera: litzoo's ``Hiera`` / ``MaskedAutoencoderHiera`` use the
+            official names; the released files' ``{'model_state': ...}`` wrapper is removed here).
         state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
     """
     if method not in OFFICIAL_METHODS:
@@ -172,6 +174,13 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
             state_dict = unwrap_state_dict(state_dict)
         if "patch_embed.proj.weight" not in state_dict:
             raise LitzooError("official mae state dict: no 'patch_embed.proj.weight', so not an MAE / timm ViT checkpoint")
+        rename = lambda key: key  # noqa: E731
+    elif method == "hiera":
+        if isinstance(state_dict.get("model_state"), Mapping):
+            state_dict = state_dict["model_state"]
+        state_dict = unwrap_state_dict(state_dict)
+        if "patch_embed.proj.weight" not in state_dict:
+            raise LitzooError("official hiera state dict: no 'patch_embed.proj.weight', so not a Hiera checkpoint")
         rename = lambda key: key  # noqa: E731
     else:
         rename = lambda key: key  # noqa: E731
