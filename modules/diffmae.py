@@ -1,0 +1,488 @@
+"""DiffMAE — Diffusion Models as Masked Autoencoders (Wei et al., ICCV 2023, arXiv 2304.03283).
+
+A masked autoencoder whose decoder is a conditional diffusion model. Patchify, embed, add fixed 2-D
+sin-cos positions, remove a random 75% of the patches (as MAE); a ViT encoder sees only the **clean
+visible** patches (plus the class token). The removed patches ``x_0^m`` are diffused,
+``x_t^m = √ᾱ_t · x_0^m + √(1 − ᾱ_t) · ε`` with ``t ~ U{1 … T}`` and the cosine schedule (T = 1000);
+the decoder takes the linearly embedded **noisy removed patches** (+ their fixed sin-cos decoder
+positions + a timestep embedding) and, conditioned on the encoder, predicts the **clean pixels**
+``x̂_0^m`` (not the noise). Loss: per-patch mean squared error averaged over the removed patches,
+``E‖x̂_0^m − x_0^m‖²``. Inpainting runs the reverse process on the removed patches only, from pure
+noise, keeping the visible patches; here DDIM (η = 0 deterministic, η = 1 DDPM-like), 50 steps.
+
+Decoder: the paper compares a *joint* decoder (MAE-style self-attention over visible + noisy tokens),
+a *cross* decoder (noisy tokens only cross-attend to the encoder) and a *cross-self* decoder (each block
+cross-attends to the encoder, then self-attends among the noisy tokens). This module implements the
+cross-self decoder: the decoder never carries visible-patch tokens, and its block ``j`` cross-attends to
+the output of encoder block ``depth − 1 − j`` (top-down, a U-shaped pairing of decoder and encoder
+blocks; decoder blocks past the encoder's depth use the first encoder block), each projected to the
+decoder width by the shared ``decoder_embed``.
+
+Sources. Confirmed from the paper's abstract and introduction: a diffusion model conditioned on the
+visible patches of a masked image, used as a masked autoencoder, pretraining a recognition encoder and
+doing inpainting by iterative denoising. From the project notes / recollection of the method section,
+which could not be retrieved here (no official code): the cosine schedule with T = 1000, predicting
+``x_0`` pixels rather than ``ε``, the joint / cross / cross-self decoder comparison and the top-down
+encoder-to-decoder pairing (also described by third-party re-implementations), the timestep embedding
+added to the decoder tokens, 75% masking for images, MAE's pretraining recipe. The paper's optional
+CLIP-feature target is out of scope. Raw (un-normalised) pixels are the target: a diffusion model samples pixels, and MAE's per-patch normalisation would need the ground
+truth statistics of the removed patches to be undone at sampling time.
+
+Pretraining recipe (as MAE): AdamW β = (0.9, 0.95), weight decay 0.05, ``lr = blr · batch / 256``
+with ``blr = 1.5e-4``, linear warm-up then cosine to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.optim import AdamW
+
+from framework.errors import LitzooError
+from framework.nn import (
+    Block,
+    PatchEmbed,
+    gather_tokens,
+    init_vit_weights,
+    num_kept,
+    patchify,
+    random_token_mask,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+from framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding
+from framework.optim import split_weight_decay, warmup_cosine_per_step
+
+# ---------------------------------------------------------------------------------------- blocks
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention of ``x`` ``(B, N, D)`` queries to ``context`` ``(B, M, D)`` keys/values."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim <= 0 or num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        batch, tokens, dim = x.shape
+        head_dim = dim // self.num_heads
+        q = self.q(x).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)  # (B, H, N, Dh)
+        k, v = self.kv(context).reshape(batch, context.shape[1], 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class CrossSelfBlock(nn.Module):
+    """Pre-norm decoder block: ``x + cross_attn(norm1(x), norm_context(c))``, then
+    ``x + attn(norm2(x))`` (self-attention among the noisy tokens), then ``x + mlp(norm3(x))``."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.self_block = Block(dim, num_heads, mlp_ratio)  # norm → self-attention, norm → MLP
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.cross_attn(self.norm1(x), self.norm_context(context))
+        return self.self_block(x)
+
+
+# ---------------------------------------------------------------------------------------- the model
+
+
+class DiffMAEViT(nn.Module):
+    """DiffMAE's ViT encoder + cross-self diffusion decoder.
+
+    Defaults are the smallest published model, ViT-B/16 with a 512-d, 8-block, 16-head decoder.
+
+    Args:
+        img_size: side of the square input images.
+        patch_size: side of a patch.
+        in_chans: image channels.
+        embed_dim: encoder width.
+        depth: encoder blocks.
+        num_heads: encoder attention heads.
+        decoder_embed_dim: decoder width.
+        decoder_depth: decoder (cross-self) blocks.
+        decoder_num_heads: decoder attention heads.
+        mlp_ratio: MLP hidden width over the token width (both towers).
+        timesteps: diffusion steps ``T`` of the cosine schedule.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or decoder_depth < 1:
+            raise ValueError(f"depth and decoder_depth must be at least 1, got {depth} and {decoder_depth}")
+        self.patch_size, self.in_chans = patch_size, in_chans
+        patch_dim = patch_size**2 * in_chans
+        self.diffusion = GaussianDiffusion(timesteps)
+        # encoder (as MAE)
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim), requires_grad=False)  # fixed sin-cos
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        # decoder: noisy removed patches in, clean removed patches out
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)  # encoder features -> decoder width
+        self.decoder_patch_embed = nn.Linear(patch_dim, decoder_embed_dim)  # noisy pixels -> tokens
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches, decoder_embed_dim), requires_grad=False)
+        self.time_embed = TimestepEmbedding(decoder_embed_dim)
+        self.decoder_blocks = nn.ModuleList(CrossSelfBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_dim)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """MAE's initialisation: fixed sin-cos positions, Xavier-uniform linear layers, zero biases,
+        LayerNorm at identity, class token ``normal(0, 0.02)``."""
+        init_vit_weights(self)
+        grid = self.patch_embed.grid_size
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], grid, cls_token=True)[None])
+            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], grid)[None])
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    # ---------------------------------------------------------------------------- patches
+    def patchify(self, imgs: Tensor) -> Tensor:
+        """``(B, C, H, W)`` → ``(B, L, p²·C)``."""
+        return patchify(imgs, self.patch_size)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """``(B, L, p²·C)`` → ``(B, C, H, W)``."""
+        return unpatchify(patches, self.patch_size, self.in_chans)
+
+    @staticmethod
+    def split_ids(mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B, L)`` mask (nonzero / True = removed, the same count per row) → ``ids_keep``
+        ``(B, L_v)`` and ``ids_masked`` ``(B, L_m)``, each in increasing patch order."""
+        removed = mask.bool()
+        counts = removed.sum(dim=1)
+        if (counts != counts[0]).any():
+            raise ValueError("every image must have the same number of removed patches")
+        order = torch.argsort(removed.to(torch.int8), dim=1, stable=True)  # kept (0) first, then removed (1)
+        len_keep = removed.shape[1] - int(counts[0])
+        return order[:, :len_keep], order[:, len_keep:]
+
+    # ---------------------------------------------------------------------------- forward
+    def forward_encoder(self, imgs: Tensor, ids_keep: Tensor) -> list[Tensor]:
+        """Encode the clean visible patches: the ``(B, 1 + L_v, D)`` output of every encoder block
+        (class token first), the last one after the final norm."""
+        x = gather_tokens(self.patch_embed(imgs) + self.pos_embed[:, 1:], ids_keep)  # only these are seen
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        features[-1] = self.norm(x)
+        return features
+
+    def predict_x0(self, x_t: Tensor, t: Tensor, ids_masked: Tensor, features: list[Tensor]) -> Tensor:
+        """The decoder: noisy removed patches ``x_t`` ``(B, L_m, p²·C)`` at patch indices ``ids_masked``,
+        times ``t`` ``(B,)`` and the encoder's ``features`` → predicted clean patches ``(B, L_m, p²·C)``."""
+        pos = gather_tokens(self.decoder_pos_embed.expand(x_t.shape[0], -1, -1), ids_masked)
+        x = self.decoder_patch_embed(x_t) + pos + self.time_embed(t)[:, None]
+        for j, block in enumerate(self.decoder_blocks):
+            x = block(x, self.decoder_embed(features[max(len(features) - 1 - j, 0)]))  # top-down pairing
+        return self.decoder_pred(self.decoder_norm(x))
+
+    def forward_loss(self, imgs: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean over the removed patches of the per-patch mean squared error; ``pred`` ``(B, L, p²·C)``
+        (its values at kept patches are ignored), ``mask`` ``(B, L)`` with 1 = removed."""
+        per_patch = (pred - self.patchify(imgs)).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(
+        self,
+        imgs: Tensor,
+        mask_ratio: float = 0.75,
+        mask_noise: Tensor | None = None,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, pred (B, L, p²·C) — zeros at kept patches, mask (B, L) with 1 = removed)``.
+
+        ``mask_noise`` ``(B, L)`` fixes the mask (as MAE's ``noise``), ``t`` ``(B,)`` the diffusion times
+        (default uniform on 1 … T) and ``noise`` ``(B, L_m, p²·C)`` the Gaussian ``ε``.
+        """
+        token_mask = random_token_mask(imgs.shape[0], self.patch_embed.num_patches, mask_ratio, noise=mask_noise, device=imgs.device)
+        mask = token_mask.mae_mask(imgs.dtype)
+        ids_keep, ids_masked = self.split_ids(mask)
+        patches = self.patchify(imgs)
+        x0 = gather_tokens(patches, ids_masked)
+        if t is None:
+            t = self.diffusion.sample_timesteps(imgs.shape[0], imgs.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        pred_masked = self.predict_x0(x_t, t, ids_masked, self.forward_encoder(imgs, ids_keep))
+        pred = torch.zeros_like(patches).scatter(1, ids_masked[..., None].expand_as(pred_masked), pred_masked)
+        return self.forward_loss(imgs, pred, mask), pred, mask
+
+    def forward_features(self, imgs: Tensor) -> Tensor:
+        """``(B, D)``: the class token after the final norm, the encoder run on **all** patches."""
+        ids_all = torch.arange(self.patch_embed.num_patches, device=imgs.device).expand(imgs.shape[0], -1)
+        return self.forward_encoder(imgs, ids_all)[-1][:, 0]
+
+    # ---------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def inpaint(self, imgs: Tensor, mask: Tensor, steps: int = 50, eta: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+        """Fill the removed patches of ``imgs`` by DDIM sampling from pure noise over ``steps`` steps.
+
+        Args:
+            imgs: ``(B, C, H, W)``.
+            mask: ``(B, L)``, nonzero / True = removed (the same count per image).
+            steps: reverse steps from ``T`` to 0.
+            eta: 0 = deterministic DDIM, 1 = DDPM-like ancestral noise.
+            generator: CPU generator for the initial noise and the ancestral noise (reproducible samples).
+
+        Returns ``(B, C, H, W)``; the kept patches are bit-identical to ``imgs``.
+        """
+        ids_keep, ids_masked = self.split_ids(mask)
+        patches = self.patchify(imgs)
+        features = self.forward_encoder(imgs, ids_keep)  # the visible patches are encoded once
+
+        def gaussian() -> Tensor:
+            shape = (*ids_masked.shape, patches.shape[-1])
+            return torch.randn(shape, generator=generator, dtype=patches.dtype).to(imgs.device)
+
+        x = gaussian()
+        for t, t_prev in self.diffusion.ddim_timesteps(steps):
+            times = torch.full((imgs.shape[0],), t, device=imgs.device, dtype=torch.long)
+            x0_pred = self.predict_x0(x, times, ids_masked, features)
+            x = self.diffusion.ddim_step(x, x0_pred, t, t_prev, eta, noise=gaussian() if eta > 0 else None)
+        filled = patches.scatter(1, ids_masked[..., None].expand_as(x), x)
+        return self.unpatchify(filled)
+
+
+# ------------------------------------------------------------------------------ optimizer default
+
+
+def adamw_diffmae(params: Any, lr: float = 1.5e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.05) -> AdamW:
+    """AdamW with MAE's pretraining settings (β = (0.9, 0.95), wd 0.05), which DiffMAE follows. ``lr``
+    is replaced by ``blr · effective_batch / 256`` when :class:`DiffMAEModule` has ``blr`` set."""
+    return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _image_grid(rows: list[Tensor]) -> Tensor:
+    """Rows of ``(K, C, H, W)`` images → one ``(3, R·H, K·W)`` image in [0, 1], every column scaled
+    by the min / max of its original (first row)."""
+    low = rows[0].flatten(1).min(dim=1).values[:, None, None, None]
+    high = rows[0].flatten(1).max(dim=1).values[:, None, None, None]
+    strips = []
+    for images in rows:
+        images = ((images - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
+        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
+        strips.append(torch.cat(list(images), dim=2))
+    return torch.cat(strips, dim=1)
+
+
+# ------------------------------------------------------------------------------ the LightningModule
+
+
+class DiffMAEModule(L.LightningModule):
+    """DiffMAE pretraining of :class:`DiffMAEViT` on ``{"image": ...}`` batches.
+
+    Logs ``train/loss``; on validation / test, with the mask, ``t`` and ``ε`` of batch ``i`` drawn from
+    ``torch.Generator().manual_seed(val_seed + i)`` (comparable across epochs): ``val/loss`` (one-step
+    ``x̂_0`` masked-patch MSE at random ``t``), ``val/loss_mid_t`` (the same at ``t = T/2``),
+    ``val/mean_baseline_loss`` (every removed pixel predicted as the batch's mean removed pixel), and,
+    on the first batch, ``val/inpaint_mse`` (masked-patch MSE of DDIM inpainting). The first
+    ``num_images`` images go to TensorBoard each validation epoch as rows original / masked / inpainted.
+
+    Args:
+        img_size … timesteps: see :class:`DiffMAEViT`.
+        mask_ratio: fraction of patches removed (paper: 0.75 for images).
+        sample_steps: DDIM steps for inpainting (validation images, :meth:`inpaint`).
+        eta: DDIM η for inpainting (0 deterministic, 1 DDPM-like).
+        blr: base learning rate; ``lr = blr · effective_batch / 256``. ``None`` keeps the optimizer's lr.
+        warmup_epochs: linear warm-up length of the default schedule.
+        val_seed: seed of the fixed validation masks, times and noise.
+        num_images: images in the validation grid (0 = none).
+        optimizer: called with parameter groups; default AdamW(β (0.9, 0.95), wd 0.05), no weight decay
+            on 1-D parameters nor on the class token and position embeddings.
+        lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine to 0, per step.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 8,
+        decoder_num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        timesteps: int = 1000,
+        mask_ratio: float = 0.75,
+        sample_steps: int = 50,
+        eta: float = 0.0,
+        blr: float | None = 1.5e-4,
+        warmup_epochs: float = 40.0,
+        val_seed: int = 0,
+        num_images: int = 8,
+        optimizer: OptimizerCallable = adamw_diffmae,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        num_kept((img_size // max(patch_size, 1)) ** 2, mask_ratio)  # validates mask_ratio
+        if mask_ratio <= 0:
+            raise ValueError(f"mask_ratio must be positive (DiffMAE needs removed patches to diffuse), got {mask_ratio}")
+        if timesteps < 1 or not 1 <= sample_steps <= timesteps:
+            raise ValueError(f"need timesteps >= 1 and 1 <= sample_steps <= timesteps, got {timesteps} and {sample_steps}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        if blr is not None and blr <= 0:
+            raise ValueError(f"blr must be positive (or null to keep the optimizer's lr), got {blr}")
+        if warmup_epochs < 0 or num_images < 0:
+            raise ValueError(f"warmup_epochs and num_images must be >= 0, got {warmup_epochs} and {num_images}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model = DiffMAEViT(
+            img_size, patch_size, in_chans, embed_dim, depth, num_heads,
+            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, timesteps,
+        )  # fmt: skip
+        self.mask_ratio = mask_ratio
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self._grid_images: Tensor | None = None
+
+    def forward(
+        self, imgs: Tensor, mask_noise: Tensor | None = None, t: Tensor | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model(imgs, self.mask_ratio, mask_noise, t, noise)
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """``(B, D)`` pooled encoder features (class token, all patches visible, no masking)."""
+        return self.model.forward_features(images)
+
+    def inpaint(self, images: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """``images`` with the removed patches (``mask`` ``(B, L)``, True = removed) sampled by DDIM."""
+        return self.model.inpaint(images, mask, self.hparams.sample_steps, self.hparams.eta, generator)
+
+    # ------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self(batch["image"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
+        return loss
+
+    def fixed_draws(self, images: Tensor, batch_idx: int) -> tuple[torch.Generator, Tensor, Tensor, Tensor]:
+        """The generator and the mask noise ``(B, L)``, times ``(B,)`` and ``ε`` of evaluation batch ``batch_idx``."""
+        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
+        length = self.model.patch_embed.num_patches
+        mask_noise = torch.rand(len(images), length, generator=generator).to(images.device)
+        t = self.model.diffusion.sample_timesteps(len(images), images.device, generator)
+        removed = length - num_kept(length, self.mask_ratio)
+        noise = torch.randn(len(images), removed, self.model.patchify(images[:1]).shape[-1], generator=generator).to(
+            images.device, images.dtype
+        )
+        return generator, mask_noise, t, noise
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        images = batch["image"]
+        generator, mask_noise, t, noise = self.fixed_draws(images, batch_idx)
+        loss, _, mask = self(images, mask_noise, t, noise)
+        mid_loss, _, _ = self(images, mask_noise, torch.full_like(t, self.model.diffusion.timesteps // 2), noise)
+        target = self.model.patchify(images)
+        constant = target[mask.bool()].mean()
+        baseline = ((target - constant).pow(2).mean(dim=-1) * mask).sum() / mask.sum()
+        size = len(images)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/loss_mid_t", mid_loss, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/mean_baseline_loss", baseline, sync_dist=True, batch_size=size)
+        if batch_idx == 0:
+            inpainted = self.inpaint(images, mask, generator)
+            inpaint_loss = self.model.forward_loss(inpainted, target, mask)
+            self.log(f"{stage}/inpaint_mse", inpaint_loss, sync_dist=True, batch_size=size)
+            if stage == "val" and self.hparams.num_images:
+                count = self.hparams.num_images
+                self._grid_images = torch.stack([images[:count], self.masked_input(images[:count], mask[:count]), inpainted[:count]])
+
+    def masked_input(self, images: Tensor, mask: Tensor) -> Tensor:
+        """The encoder's view: removed patches set to each image's minimum value."""
+        patches = self.model.patchify(images)
+        low = patches.flatten(1).min(dim=1).values[:, None, None]
+        return self.model.unpatchify(torch.where(mask.bool()[..., None], low, patches))
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        grid, self._grid_images = self._grid_images, None
+        if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        image = _image_grid(list(grid.detach().float().cpu()))
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/inpainting", image, self.global_step)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """``(B, D)`` encoder features of the batch's images (see :meth:`forward_features`)."""
+        return self.forward_features(batch["image"])
+
+    # ------------------------------------------------------------------------- optimizers
+    def no_weight_decay(self) -> set[str]:
+        """1-D parameters (biases, norm gains), the class token and the position embeddings."""
+        tokens = ("cls_token", "pos_embed")
+        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
+
+    def effective_batch_size(self) -> int:
+        """``DataModule.batch_size × devices × nodes × accumulate_grad_batches``."""
+        trainer = self.trainer
+        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        if not isinstance(batch_size, int):
+            raise LitzooError("DiffMAEModule: blr needs the DataModule's integer 'batch_size' to compute lr = blr * effective_batch / 256; "
+                              "set model.blr to null and give the optimizer an absolute lr instead")  # fmt: skip
+        return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(split_weight_decay(self, self.no_weight_decay()))
+        if self.hparams.blr is not None:
+            lr = self.hparams.blr * self.effective_batch_size() / 256
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        if self.lr_scheduler is not None:
+            return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        max_epochs = self.trainer.max_epochs
+        if max_epochs is not None and max_epochs > 0:
+            steps_per_epoch = total_steps / max_epochs
+        else:
+            steps_per_epoch = len(self.trainer.datamodule.train_dataloader()) / self.trainer.accumulate_grad_batches
+        warmup_steps = math.ceil(self.hparams.warmup_epochs * steps_per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_per_step(optimizer, total_steps, warmup_steps)}
