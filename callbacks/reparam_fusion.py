@@ -27,11 +27,16 @@ from framework.reparam import fuse_model, is_fusable
 from framework.reparam.verify import fusion_error
 
 
+#: the stable batch keys of litzoo's DataModules that hold a model's input, in order of preference
+INPUT_KEYS = ("image", "audio")
+
+
 def batch_inputs(batch: Any) -> torch.Tensor:
-    """The model input of a batch: the ``image`` entry of a dict batch, else the first tensor."""
+    """The model input of a batch: the ``image`` (or ``audio``) entry of a dict batch, else the first tensor."""
     if isinstance(batch, dict):
-        if "image" in batch:
-            return batch["image"]
+        for key in INPUT_KEYS:
+            if key in batch:
+                return batch[key]
         batch = list(batch.values())
     if isinstance(batch, (list, tuple)):
         batch = batch[0]

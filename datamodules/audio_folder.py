@@ -1,0 +1,300 @@
+"""Audio clips in class folders, ``root/{train,val,test}/<class_name>/*.wav``, as Kaldi log-mel spectrograms.
+
+The layout of ESC-50 / SpeechCommands-style classification sets once sorted into folders::
+
+    root/
+      train/  dog/0001.wav  rain/0001.wav ...   (required)
+      val/    dog/...       rain/...            (optional)
+      test/   dog/...       rain/...            (optional)
+
+Each WAV (integer PCM, read with the standard library's ``wave``; channels averaged to mono) must have
+the configured ``sample_rate`` — nothing is resampled. An item becomes Audio-MAE's input: the waveform
+minus its mean, cut to the samples that make ``target_length`` frames (a random window in training,
+the start otherwise), the Kaldi fbank (``framework.data.audio.kaldi_fbank``: 25 ms / 10 ms,
+``num_mel_bins`` HTK-mel bins, Hann window), zero frames appended up to ``target_length``, and
+``(fbank − norm_mean) / (2·norm_std)``. Batches: ``{"audio": (B, 1, target_length, num_mel_bins),
+"label": (B,)}``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from framework.data import make_loader
+from framework.data.audio import (
+    AUDIOSET_FBANK_MEAN,
+    AUDIOSET_FBANK_STD,
+    kaldi_fbank,
+    normalize_fbank,
+    num_samples_for,
+    pad_or_cut_frames,
+    read_wav,
+)
+from framework.errors import LitzooError
+
+_SPLITS = ("train", "val", "test")
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    try:
+        entries = os.listdir(split_dir)
+    except OSError as err:
+        raise LitzooError(f"cannot list folder '{split_dir}': {err.strerror or err}") from err
+    return sorted(name for name in entries if not name.startswith(".") and (split_dir / name).is_dir())
+
+
+def _wav_files(class_dir: Path) -> list[Path]:
+    files = []
+    for folder, dirs, names in os.walk(class_dir, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(folder) / n for n in sorted(names) if not n.startswith(".") and n.lower().endswith(".wav"))
+    return files
+
+
+class AudioFileDataset(Dataset):
+    """WAV files with labels → ``{"audio": (1, target_length, num_mel_bins), "label"}`` items.
+
+    Args:
+        samples: ``(path, label)`` pairs.
+        sample_rate: the rate every file must have.
+        target_length: frames per item.
+        num_mel_bins: mel bins.
+        norm_mean, norm_std: fbank normalisation ``(x − mean) / (2·std)``.
+        random_crop: take a random window of a longer clip (torch's global RNG, seeded by
+            ``seed_everything`` and Lightning's worker seeding); else its start. Deterministic items
+            (``random_crop=False``) are cached in memory after the first read.
+
+    Raises:
+        LitzooError: on access, naming the file: unreadable, another sample rate, or shorter than one frame.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], sample_rate: int, target_length: int, num_mel_bins: int,
+                 norm_mean: float, norm_std: float, random_crop: bool) -> None:  # fmt: skip
+        self.samples = list(samples)
+        self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
+        self.norm_mean, self.norm_std, self.random_crop = norm_mean, norm_std, random_crop
+        self.num_samples = num_samples_for(target_length, sample_rate)
+        self._cache: dict[int, Tensor] = {}
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, path: Path) -> Tensor:
+        """``(1, target_length, num_mel_bins)`` normalised fbank of the WAV at ``path``."""
+        waveform, rate = read_wav(path)
+        if rate != self.sample_rate:
+            raise LitzooError(f"WAV file '{path}' has sample rate {rate} Hz, expected {self.sample_rate} Hz "
+                              "(resampling is not supported: convert the file, or set the data module's sample_rate)")  # fmt: skip
+        frame = int(self.sample_rate * 0.025)
+        if len(waveform) < frame:
+            raise LitzooError(f"WAV file '{path}' holds {len(waveform)} samples, fewer than one 25 ms frame ({frame})")
+        waveform = waveform - waveform.mean()
+        if len(waveform) > self.num_samples:
+            offset = int(torch.randint(0, len(waveform) - self.num_samples + 1, ()).item()) if self.random_crop else 0
+            waveform = waveform[offset : offset + self.num_samples]
+        fbank = kaldi_fbank(waveform, self.sample_rate, self.num_mel_bins)
+        fbank = pad_or_cut_frames(fbank, self.target_length)
+        return normalize_fbank(fbank, self.norm_mean, self.norm_std)[None]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        path, label = self.samples[index]
+        audio = self._cache.get(index)
+        if audio is None:
+            audio = self.load(path)
+            if not self.random_crop:
+                self._cache[index] = audio
+        return {"audio": audio, "label": torch.tensor(label, dtype=torch.long)}
+
+
+class AudioFolderDataModule(L.LightningDataModule):
+    """Classification audio in ``root/{train,val,test}/<class_name>/*.wav`` as Audio-MAE spectrograms.
+
+    Batches are ``{"audio": (B, 1, target_length, num_mel_bins) float, "label": (B,) long}`` ("audio"
+    is the first key: generic callbacks that take a dict batch's first tensor find it). Classes are
+    the sorted sub-folders of ``root/train``; ``val/`` and ``test/`` are optional (without ``val/``,
+    ``fit`` trains without validation). Nothing is ever downloaded or resampled.
+
+    Args:
+        root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
+        sample_rate: sample rate of every file (16 kHz for Audio-MAE).
+        target_length: spectrogram frames (AudioSet 1024 ≈ 10 s; 1 s clips give 98 frames).
+        num_mel_bins: mel bins (128).
+        norm_mean, norm_std: fbank statistics (default AudioSet's, as Audio-MAE).
+        batch_size: samples per batch (per process).
+        num_workers: DataLoader worker processes.
+        random_crop: random windows of clips longer than ``target_length`` frames in training.
+
+    Raises:
+        LitzooError: ``root`` or ``root/train`` missing (here); a split without class folders or WAV
+            files, or with a class unknown to ``train`` (in ``setup``); a WAV that cannot be read or
+            has another sample rate (when loaded, naming the file).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        sample_rate: int = 16000,
+        target_length: int = 1024,
+        num_mel_bins: int = 128,
+        norm_mean: float = AUDIOSET_FBANK_MEAN,
+        norm_std: float = AUDIOSET_FBANK_STD,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        random_crop: bool = True,
+    ) -> None:
+        super().__init__()
+        if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
+            raise ValueError(
+                f"need sample_rate > 0, target_length > 0 and num_mel_bins >= 3, got {sample_rate}, {target_length}, {num_mel_bins}"
+            )
+        if norm_std <= 0:
+            raise ValueError(f"norm_std must be positive, got {norm_std}")
+        if batch_size <= 0 or num_workers < 0:
+            raise ValueError(f"batch_size must be positive and num_workers >= 0, got {batch_size} and {num_workers}")
+        self.save_hyperparameters()
+        self.root = Path(root).expanduser()
+        self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
+        self.norm_mean, self.norm_std = norm_mean, norm_std
+        self.batch_size, self.num_workers, self.random_crop = batch_size, num_workers, random_crop
+        self.datasets: dict[str, AudioFileDataset] = {}
+        self._classes: list[str] | None = None
+        self._split_dir("train")
+
+    @property
+    def classes(self) -> list[str]:
+        if self._classes is None:
+            train_dir = self._split_dir("train")
+            classes = _class_dirs(train_dir)
+            if not classes:
+                raise LitzooError(f"no class folders in '{train_dir}': expected one sub-folder per class holding .wav files")
+            self._classes = classes
+        return list(self._classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """``(1, target_length, num_mel_bins)`` of one item."""
+        return (1, self.target_length, self.num_mel_bins)
+
+    def _split_dir(self, split: str) -> Path:
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise LitzooError(f"audio folder root '{self.root}' {what}: expected a folder holding train/ (and optionally val/, test/)")
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            need = "required" if split == "train" else f"needed for the {split} split"
+            raise LitzooError(f"missing folder '{split_dir}' ({need}): expected one sub-folder per class holding .wav files")
+        return split_dir
+
+    def has_split(self, split: str) -> bool:
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+        return (self.root / split).is_dir()
+
+    def _scan(self, split: str) -> AudioFileDataset:
+        split_dir = self._split_dir(split)
+        index = {name: i for i, name in enumerate(self.classes)}
+        found = _class_dirs(split_dir)
+        if not found:
+            raise LitzooError(f"no class folders in '{split_dir}': expected one sub-folder per class holding .wav files")
+        samples: list[tuple[Path, int]] = []
+        for name in found:
+            if name not in index:
+                raise LitzooError(f"class folder '{split_dir / name}' is not a class of '{split_dir.parent / 'train'}'; "
+                                  "val/ and test/ may only hold classes that train/ has")  # fmt: skip
+            files = _wav_files(split_dir / name)
+            if not files and split == "train":
+                raise LitzooError(f"class folder '{split_dir / name}' holds no .wav files")
+            samples.extend((path, index[name]) for path in files)
+        if not samples:
+            raise LitzooError(f"no .wav files in the class folders of '{split_dir}'")
+        return AudioFileDataset(samples, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean, self.norm_std,
+                                random_crop=self.random_crop and split == "train")  # fmt: skip
+
+    def prepare_data(self) -> None:
+        """Checks that the tree is there; never downloads."""
+        self._split_dir("train")
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", _SPLITS)
+        for split in needed:
+            if split not in self.datasets and (split == "train" or self.has_split(split)):
+                self.datasets[split] = self._scan(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self._scan(split)
+        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        trainer = getattr(self, "trainer", None)
+        if not self.has_split("val") and trainer is not None and trainer.state.fn == "fit":
+            return []
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+class SyntheticAudioDataModule(AudioFolderDataModule):
+    """SYNTHETIC demo data: :func:`datamodules.synthetic.synthetic_audio_classes` (8 classes of tones,
+    chirps, AM tones and noises; 1 s, 16 kHz) written once under ``root/seed<seed>-n<num_per_class>``
+    (through a temporary folder renamed into place, so concurrent processes never see half a tree),
+    then read as an :class:`AudioFolderDataModule` (``train/`` and ``val/``, ``num_per_class`` each).
+    """
+
+    def __init__(
+        self,
+        root: str = "data/synthetic_audio",
+        num_per_class: int = 40,
+        seed: int = 0,
+        target_length: int = 96,
+        num_mel_bins: int = 128,
+        norm_mean: float = AUDIOSET_FBANK_MEAN,
+        norm_std: float = AUDIOSET_FBANK_STD,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        random_crop: bool = True,
+    ) -> None:
+        if num_per_class < 1:
+            raise ValueError(f"num_per_class must be at least 1, got {num_per_class}")
+        folder = Path(root).expanduser() / f"seed{seed}-n{num_per_class}"
+        self._generate(folder, num_per_class, seed)
+        super().__init__(str(folder), 16000, target_length, num_mel_bins, norm_mean, norm_std, batch_size, num_workers, random_crop)
+        self.save_hyperparameters()
+
+    @staticmethod
+    def _generate(folder: Path, num_per_class: int, seed: int) -> None:
+        from datamodules.synthetic import synthetic_audio_classes
+
+        if (folder / "val").is_dir():
+            return
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+        synthetic_audio_classes(staging, num_per_class=num_per_class, seed=seed)
+        staging.chmod(0o755)
+        try:
+            os.rename(staging, folder)
+        except OSError:  # another process finished first: its tree is the same
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,613 @@
+"""Audio-MAE — Masked Autoencoders that Listen (Huang et al., NeurIPS 2022).
+
+A log-mel spectrogram ``(B, 1, T, F)`` (time × frequency; Kaldi fbank, see
+``framework.data.audio``) is cut into non-overlapping ``p × p`` patches, a ``(T/p) × (F/p)`` grid
+in time-major order with fixed 2-D sin-cos positions. As in MAE a random 80% of the patches is
+removed per example; a ViT encoder sees the rest (plus a class token). The decoder puts a learned
+mask token in every removed place and — Audio-MAE's change — runs **local window attention**:
+Swin-style blocks attending inside ``(4, 4)`` windows of the patch grid, every second block with
+windows shifted by ``(2, 0)`` (time only) so neighbouring windows exchange information. The loss is
+the mean squared error over removed patches, on per-patch normalised targets (``norm_pix_loss``,
+the AS-2M pretraining script). Reference: facebookresearch/AudioMAE ``models_mae.py``
+(``decoder_mode=1``: 16 Swin blocks, 16 heads, window (4, 4), shifts alternating (0, 0) / (2, 0),
+the class token dropped before the decoder blocks), ``models_vit.py`` (fine-tuning: mean-pooled
+patch tokens → ``fc_norm`` → ``head``, with 2-D time/frequency token masking as augmentation).
+
+Differences: the decoder's window blocks have no relative-position bias table (timm's Swin block has
+one; the tokens carry absolute sin-cos positions already), and the number of decoder blocks / heads
+is ``decoder_depth`` / ``decoder_num_heads`` rather than hard-coded 16 / 16 (the defaults are 16 / 16).
+
+Pretraining recipe (AS-2M script): AdamW β = (0.9, 0.95), weight decay 1e-4,
+``lr = blr · effective_batch / 256`` with ``blr = 2e-4``, 3 warm-up epochs then cosine.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.optim import AdamW
+from torchmetrics.classification import MulticlassAccuracy
+
+from framework.errors import LitzooError
+from framework.nn import (
+    Block,
+    Mlp,
+    gather_tokens,
+    init_vit_weights,
+    normalized_pixel_target,
+    num_kept,
+    patchify,
+    random_token_mask,
+    restore_tokens,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+from framework.optim import split_weight_decay, warmup_cosine_per_step
+
+
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+# ------------------------------------------------------------------------------------- blocks
+
+
+class SpectrogramPatchEmbed(nn.Module):
+    """Non-overlapping ``p × p`` patches of a ``(B, C, T, F)`` spectrogram → ``(B, (T/p)·(F/p), D)`` tokens."""
+
+    def __init__(self, input_size: tuple[int, int], patch_size: int, in_chans: int, dim: int) -> None:
+        super().__init__()
+        frames, bins = input_size
+        if patch_size <= 0 or frames % patch_size or bins % patch_size:
+            raise ValueError(f"input size {frames}x{bins} (frames x mel bins) must be a multiple of patch_size {patch_size}")
+        self.input_size, self.patch_size = (frames, bins), patch_size
+        self.grid_size = (frames // patch_size, bins // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-2:]) != self.input_size:
+            raise ValueError(
+                f"expected spectrograms of {self.input_size[0]} frames x {self.input_size[1]} bins, got shape {tuple(x.shape)}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """``(B, H, W, D)`` grid → ``(B·nW, wh·ww, D)`` windows (row-major over windows, then inside each)."""
+    b, h, w, d = x.shape
+    wh, ww = window
+    x = x.reshape(b, h // wh, wh, w // ww, ww, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, wh * ww, d)
+
+
+def window_reverse(windows: Tensor, window: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_partition`: ``(B·nW, wh·ww, D)`` → ``(B, H, W, D)``."""
+    (wh, ww), (h, w) = window, grid
+    d = windows.shape[-1]
+    x = windows.reshape(-1, h // wh, w // ww, wh, ww, d).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, d)
+
+
+def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """``(nW, N, N)`` bool, True = may attend, for windows over a grid rolled by ``−shift`` (Swin).
+
+    After the cyclic roll, a window at the end of an axis holds tokens from both ends of the grid;
+    tokens from different original regions must not attend to each other.
+    """
+    regions = torch.zeros(grid, dtype=torch.long)
+    label = 0
+    slices = []
+    for size, win, sh in zip(grid, window, shift, strict=True):
+        slices.append([slice(0, size - win), slice(size - win, size - sh), slice(size - sh, size)] if sh else [slice(0, size)])
+    for rows in slices[0]:
+        for cols in slices[1]:
+            regions[rows, cols] = label
+            label += 1
+    ids = window_partition(regions[None, :, :, None], window)[..., 0]  # (nW, N)
+    return ids[:, :, None] == ids[:, None, :]
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside each window, with an optional ``(nW, N, N)`` boolean mask
+    (True = may attend). Parameter names as :class:`framework.nn.Attention` (``qkv``, ``proj``)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim <= 0 or num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        # x: (B·nW, N, D); mask: (nW, N, N), windows of one example consecutive
+        bw, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        attn_mask = None
+        if mask is not None:
+            nw = mask.shape[0]
+            attn_mask = mask[None, :, None].expand(bw // nw, nw, 1, n, n).reshape(bw, 1, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(bw, n, d))
+
+
+class SwinWindowBlock(nn.Module):
+    """Pre-norm transformer block whose attention is restricted to local windows of the token grid.
+
+    ``(B, H·W, D)`` tokens in row-major grid order → same shape. With a non-zero ``shift_size`` the
+    grid is rolled by ``−shift`` before windowing and back after, with :func:`shifted_window_mask`
+    (Swin Transformer, Liu et al. 2021). A window larger than the grid along an axis is clipped to it
+    (and that axis is not shifted). The grid must be a multiple of the window.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        grid_size: ``(H, W)`` tokens (time, frequency patches).
+        window_size: ``(wh, ww)`` in tokens.
+        shift_size: ``(sh, sw)``, each smaller than the window along its axis.
+        mlp_ratio: MLP hidden width over ``dim``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, grid_size: tuple[int, int], window_size: tuple[int, int],
+                 shift_size: tuple[int, int] = (0, 0), mlp_ratio: float = 4.0) -> None:  # fmt: skip
+        super().__init__()
+        grid = _pair(grid_size)
+        window = tuple(min(w, g) for w, g in zip(_pair(window_size), grid, strict=True))
+        shift = tuple(0 if g <= w else s for s, w, g in zip(_pair(shift_size), window, grid, strict=True))
+        if any(g % w for g, w in zip(grid, window, strict=True)) or min(window) < 1:
+            raise ValueError(f"the decoder's patch grid {grid} must be a multiple of the window size {window}")
+        if any(not 0 <= s < w for s, w in zip(shift, window, strict=True)):
+            raise ValueError(f"shift_size {shift} must be >= 0 and smaller than the window {window}")
+        self.grid_size, self.window_size, self.shift_size = grid, window, shift
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = WindowAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        mask = shifted_window_mask(grid, window, shift) if any(shift) else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, d = x.shape
+        h, w = self.grid_size
+        if n != h * w:
+            raise ValueError(f"expected {h}x{w} = {h * w} tokens, got {n}")
+        y = self.norm1(x).reshape(b, h, w, d)
+        if any(self.shift_size):
+            y = torch.roll(y, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        y = self.attn(window_partition(y, self.window_size), self.attn_mask)
+        y = window_reverse(y, self.window_size, self.grid_size)
+        if any(self.shift_size):
+            y = torch.roll(y, shifts=self.shift_size, dims=(1, 2))
+        x = x + y.reshape(b, n, d)
+        return x + self.mlp(self.norm2(x))
+
+
+# ------------------------------------------------------------------------------------- models
+
+
+class AudioViTEncoder(nn.Module):
+    """Audio-MAE's ViT encoder over spectrogram patches (official names: ``patch_embed.proj``,
+    ``cls_token``, ``pos_embed`` (fixed 2-D sin-cos over the time × frequency grid), ``blocks``, ``norm``).
+
+    Args:
+        input_size: ``(frames, mel_bins)`` of the input spectrograms (AudioSet: 1024 × 128).
+        patch_size: patch side (16).
+        in_chans: input channels (1).
+        embed_dim, depth, num_heads, mlp_ratio: the ViT (default ViT-B).
+    """
+
+    def __init__(self, input_size: tuple[int, int] = (1024, 128), patch_size: int = 16, in_chans: int = 1,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:  # fmt: skip
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        self.patch_size, self.in_chans = patch_size, in_chans
+        self.patch_embed = SpectrogramPatchEmbed(_pair(input_size), patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+
+    def _init_encoder(self) -> None:
+        init_vit_weights(self)
+        with torch.no_grad():
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], self.patch_embed.grid_size, cls_token=True)[None])
+        nn.init.normal_(self.cls_token, std=0.02)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.patch_embed.grid_size
+
+    def encode(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """``(B, 1 + K, D)`` normed tokens (class token first) of the patches ``ids_keep`` ``(B, K)`` (all when None)."""
+        x = self.patch_embed(spec) + self.pos_embed[:, 1:]
+        if ids_keep is not None:
+            x = gather_tokens(x, ids_keep)
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def forward_features(self, spec: Tensor) -> Tensor:
+        """``(B, D)``: mean of the normed patch tokens, all patches visible (Audio-MAE's global pooling)."""
+        return self.encode(spec)[:, 1:].mean(dim=1)
+
+
+class AudioMaskedAutoencoderViT(AudioViTEncoder):
+    """Audio-MAE: :class:`AudioViTEncoder` + a decoder of local-window (Swin) blocks.
+
+    Args:
+        input_size … mlp_ratio: the encoder (:class:`AudioViTEncoder`).
+        decoder_embed_dim: decoder width (512).
+        decoder_depth: decoder blocks (16 in ``decoder_mode=1``).
+        decoder_num_heads: decoder heads (16).
+        decoder_window_size: ``(time, freq)`` window in patches ((4, 4)).
+        decoder_shift_size: shift of every second decoder block ((2, 0): time only).
+        decoder_mode: ``"swin"`` (local windows, the paper's decoder) or ``"global"`` (plain ViT blocks
+            with the class token, ``decoder_mode=0``).
+        norm_pix_loss: regress per-patch normalised values (True in the AS-2M script).
+    """
+
+    def __init__(
+        self,
+        input_size: tuple[int, int] = (1024, 128),
+        patch_size: int = 16,
+        in_chans: int = 1,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 16,
+        decoder_num_heads: int = 16,
+        decoder_window_size: tuple[int, int] = (4, 4),
+        decoder_shift_size: tuple[int, int] = (2, 0),
+        decoder_mode: str = "swin",
+        norm_pix_loss: bool = True,
+    ) -> None:
+        super().__init__(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        if decoder_depth < 1:
+            raise ValueError(f"decoder_depth must be at least 1, got {decoder_depth}")
+        if decoder_mode not in ("swin", "global"):
+            raise ValueError(f"decoder_mode must be 'swin' or 'global', got {decoder_mode!r}")
+        self.decoder_mode, self.norm_pix_loss = decoder_mode, norm_pix_loss
+        num_patches = self.patch_embed.num_patches
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, decoder_embed_dim), requires_grad=False)
+        if decoder_mode == "swin":
+            shifts = [(0, 0) if i % 2 == 0 else _pair(decoder_shift_size) for i in range(decoder_depth)]
+            self.decoder_blocks = nn.ModuleList(
+                SwinWindowBlock(decoder_embed_dim, decoder_num_heads, self.grid_size, _pair(decoder_window_size), shift, mlp_ratio)
+                for shift in shifts
+            )
+        else:
+            self.decoder_blocks = nn.ModuleList(Block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
+        self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, patch_size**2 * in_chans)
+        self._init_encoder()
+        with torch.no_grad():
+            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(decoder_embed_dim, self.grid_size, cls_token=True)[None])
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def patchify(self, spec: Tensor) -> Tensor:
+        return patchify(spec, self.patch_size)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        return unpatchify(patches, self.patch_size, self.in_chans, self.grid_size)
+
+    def forward_encoder(self, spec: Tensor, mask_ratio: float, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(latent (B, 1 + K, D), mask (B, L) with 1 = removed, ids_restore (B, L))``."""
+        token_mask = random_token_mask(spec.shape[0], self.patch_embed.num_patches, mask_ratio, noise=noise, device=spec.device)
+        latent = self.encode(spec, token_mask.ids_keep)
+        return latent, token_mask.mae_mask(latent.dtype), token_mask.ids_restore
+
+    def forward_decoder(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
+        """``(B, 1 + K, D)`` latents → ``(B, L, p²·C)`` predictions for every patch."""
+        x = self.decoder_embed(latent)
+        patches = restore_tokens(x[:, 1:], self.mask_token, ids_restore)
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        if self.decoder_mode == "swin":
+            x = x[:, 1:]  # the window blocks work on the patch grid only (official decoder_mode=1)
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x if self.decoder_mode == "swin" else x[:, 1:]
+
+    def target(self, spec: Tensor) -> Tensor:
+        patches = self.patchify(spec)
+        return normalized_pixel_target(patches) if self.norm_pix_loss else patches
+
+    def forward_loss(self, spec: Tensor, pred: Tensor, mask: Tensor) -> Tensor:
+        """Mean over removed patches of the per-patch mean squared error."""
+        per_patch = (pred - self.target(spec)).pow(2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward(self, spec: Tensor, mask_ratio: float = 0.8, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(loss, pred (B, L, p²·C), mask (B, L), 1 = removed)``."""
+        latent, mask, ids_restore = self.forward_encoder(spec, mask_ratio, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        return self.forward_loss(spec, pred, mask), pred, mask
+
+
+def time_frequency_keep(batch: int, grid: tuple[int, int], mask_t_prob: float, mask_f_prob: float,
+                        device: torch.device | str | None = None) -> Tensor:  # fmt: skip
+    """Audio-MAE's fine-tuning 2-D masking: ``(B, K)`` indices of the kept patches (grid order) when
+    ``int(T·(1−pt))`` random time rows and ``int(F·(1−pf))`` random frequency columns are kept per example."""
+    t, f = grid
+    keep_t = torch.rand(batch, t, device=device).argsort(dim=1)[:, : max(1, int(t * (1 - mask_t_prob)))].sort(dim=1).values
+    keep_f = torch.rand(batch, f, device=device).argsort(dim=1)[:, : max(1, int(f * (1 - mask_f_prob)))].sort(dim=1).values
+    return (keep_t[:, :, None] * f + keep_f[:, None, :]).flatten(1)
+
+
+class AudioViTClassifier(AudioViTEncoder):
+    """Fine-tuning model (AudioMAE ``models_vit.py``, global pool): mean of the patch tokens →
+    ``fc_norm`` → ``head``. During training, patches may be dropped by :func:`time_frequency_keep`."""
+
+    def __init__(self, num_classes: int, input_size: tuple[int, int] = (1024, 128), patch_size: int = 16, in_chans: int = 1,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:  # fmt: skip
+        super().__init__(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self._init_encoder()
+
+    def forward(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        return self.head(self.fc_norm(self.encode(spec, ids_keep)[:, 1:].mean(dim=1)))
+
+
+# --------------------------------------------------------------------------- LightningModules
+
+
+def adamw_audio_mae(params: Any, lr: float = 2e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 1e-4) -> AdamW:
+    """AdamW with Audio-MAE's AS-2M pretraining settings (β (0.9, 0.95), wd 1e-4); ``lr`` is replaced by
+    ``blr · effective_batch / 256`` when the module's ``blr`` is set."""
+    return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+class _BlrScheduleMixin:
+    """``lr = blr · effective_batch / 256`` and per-step warm-up + cosine (MAE family)."""
+
+    def no_weight_decay(self) -> set[str]:
+        tokens = ("cls_token", "mask_token", "pos_embed")
+        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer(split_weight_decay(self, self.no_weight_decay()))
+        trainer = self.trainer
+        if self.hparams.blr is not None:
+            batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+            if not isinstance(batch_size, int):
+                raise LitzooError(f"{type(self).__name__}: blr needs the DataModule's integer 'batch_size' (lr = blr * effective_batch / 256); "
+                                  "set model.blr to null and give the optimizer an absolute lr instead")  # fmt: skip
+            lr = self.hparams.blr * batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches / 256
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        if self.lr_scheduler is not None:
+            return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
+        total = int(trainer.estimated_stepping_batches)
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+        warmup = math.ceil(self.hparams.warmup_epochs * total / epochs)
+        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_per_step(optimizer, total, warmup)}
+
+
+class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
+    """Audio-MAE pretraining on ``{"audio": (B, 1, T, F)}`` batches.
+
+    Logs ``train/loss``, ``val/loss`` (fixed masks: noise of batch ``i`` from seed ``val_seed + i``)
+    and ``val/mean_baseline_loss`` (the best constant prediction of the removed patches); a TensorBoard
+    image ``val/reconstruction`` (rows: spectrograms, masked input, reconstruction; time runs down).
+    :meth:`forward_features` gives mean-pooled encoder tokens of the unmasked spectrogram (for probes).
+
+    Args:
+        input_size … norm_pix_loss: :class:`AudioMaskedAutoencoderViT` (defaults: ViT-B/16 on 1024 × 128,
+            16 Swin decoder blocks 512-d × 16 heads, window (4, 4), shift (2, 0)).
+        mask_ratio: fraction of patches removed (0.8).
+        blr: base lr (2e-4); lr = blr · effective_batch / 256. ``None`` keeps the optimizer's lr.
+        warmup_epochs: linear warm-up (3), then cosine to 0, per step.
+        val_seed: seed of the validation masks.
+        num_images: spectrograms in the reconstruction image.
+        optimizer, lr_scheduler: injected; default AdamW(β (0.9, 0.95), wd 1e-4), warm-up + cosine.
+    """
+
+    monitor = "val/loss"
+    monitor_mode = "min"
+
+    def __init__(
+        self,
+        input_size: tuple[int, int] = (1024, 128),
+        patch_size: int = 16,
+        in_chans: int = 1,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        decoder_embed_dim: int = 512,
+        decoder_depth: int = 16,
+        decoder_num_heads: int = 16,
+        decoder_window_size: tuple[int, int] = (4, 4),
+        decoder_shift_size: tuple[int, int] = (2, 0),
+        decoder_mode: str = "swin",
+        norm_pix_loss: bool = True,
+        mask_ratio: float = 0.8,
+        blr: float | None = 2e-4,
+        warmup_epochs: float = 3.0,
+        val_seed: int = 0,
+        num_images: int = 4,
+        optimizer: OptimizerCallable = adamw_audio_mae,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        size = _pair(input_size)
+        num_kept((size[0] // max(patch_size, 1)) * (size[1] // max(patch_size, 1)), mask_ratio)  # validates mask_ratio
+        if blr is not None and blr <= 0:
+            raise ValueError(f"blr must be positive (or null to keep the optimizer's lr), got {blr}")
+        if warmup_epochs < 0 or num_images < 0:
+            raise ValueError(f"warmup_epochs and num_images must be >= 0, got {warmup_epochs} and {num_images}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model = AudioMaskedAutoencoderViT(
+            size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, decoder_embed_dim, decoder_depth,
+            decoder_num_heads, _pair(decoder_window_size), _pair(decoder_shift_size), decoder_mode, norm_pix_loss,
+        )  # fmt: skip
+        self.mask_ratio = mask_ratio
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.example_input_array = torch.zeros(2, in_chans, *size)
+        self._grid: Tensor | None = None
+
+    def forward(self, spec: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model(spec, self.mask_ratio, noise)
+
+    def forward_features(self, spec: Tensor) -> Tensor:
+        """``(B, D)`` mean-pooled encoder tokens, no masking."""
+        return self.model.forward_features(spec)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, _, _ = self(batch["audio"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["audio"]))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
+        spec = batch["audio"]
+        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
+        noise = torch.rand(len(spec), self.model.patch_embed.num_patches, generator=generator).to(spec.device)
+        loss, pred, mask = self(spec, noise)
+        target = self.model.target(spec)
+        constant = target[mask.bool()].mean()
+        baseline = ((target - constant).pow(2).mean(dim=-1) * mask).sum() / mask.sum()
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(spec))
+        self.log(f"{stage}/mean_baseline_loss", baseline, sync_dist=True, batch_size=len(spec))
+        if stage == "val" and batch_idx == 0 and self.hparams.num_images:
+            k = self.hparams.num_images
+            patches = self.model.patchify(spec[:k])
+            pixels = pred[:k]
+            if self.model.norm_pix_loss:  # back to spectrogram values with each true patch's statistics
+                mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6) ** 0.5
+                pixels = pixels * std + mean
+            m = mask[:k, :, None]
+            low = patches.amin(dim=(1, 2), keepdim=True).expand_as(patches)
+            rows = [patches, torch.where(m.bool(), low, patches), pixels * m + patches * (1 - m)]
+            self._grid = torch.stack([self.model.unpatchify(r) for r in rows])
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        grid, self._grid = self._grid, None
+        if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        rows = []
+        for specs in grid.detach().float().cpu():  # (K, 1, T, F) each
+            low = grid[0].flatten(1).min(dim=1).values.cpu()[:, None, None, None]
+            high = grid[0].flatten(1).max(dim=1).values.cpu()[:, None, None, None]
+            specs = ((specs - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
+            rows.append(torch.cat(list(specs), dim=2))  # (1, T, K·F)
+        image = torch.cat(rows, dim=2).expand(3, -1, -1)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val/reconstruction", image, self.global_step)
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self.forward_features(batch["audio"])
+
+
+class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
+    """Audio-MAE fine-tuning: :class:`AudioViTClassifier` with cross-entropy on ``{"audio", "label"}``
+    batches (single-label data sets such as ESC-50 / SpeechCommands; AudioSet's multi-label BCE is not
+    implemented), 2-D time/frequency patch masking as training augmentation, ``val/acc``.
+
+    Args:
+        num_classes: classes.
+        input_size … mlp_ratio: the encoder (must match the pretrained one).
+        pretrained: path of an :class:`AudioMAEModule` checkpoint (``.ckpt``) whose encoder initialises
+            this one (decoder keys ignored); ``None`` trains from scratch.
+        mask_t_prob, mask_f_prob: fraction of time rows / frequency columns of patches dropped in
+            training (AS-20K fine-tuning: 0.2 / 0.2).
+        blr, warmup_epochs: lr = blr · effective_batch / 256 (fine-tuning blr 1e-3), warm-up then cosine.
+    """
+
+    monitor = "val/acc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_size: tuple[int, int] = (1024, 128),
+        patch_size: int = 16,
+        in_chans: int = 1,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        pretrained: str | None = None,
+        mask_t_prob: float = 0.2,
+        mask_f_prob: float = 0.2,
+        blr: float | None = 1e-3,
+        warmup_epochs: float = 4.0,
+        optimizer: OptimizerCallable = adamw_audio_mae,
+        lr_scheduler: LRSchedulerCallable | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if not (0 <= mask_t_prob < 1 and 0 <= mask_f_prob < 1):
+            raise ValueError(f"mask_t_prob and mask_f_prob must be in [0, 1), got {mask_t_prob} and {mask_f_prob}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.model = AudioViTClassifier(num_classes, _pair(input_size), patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        if pretrained is not None:
+            self.load_pretrained(pretrained)
+        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.test_acc = MulticlassAccuracy(num_classes)
+
+    def load_pretrained(self, path: str) -> None:
+        """Encoder weights from an :class:`AudioMAEModule` checkpoint; raises when encoder keys are missing."""
+        from framework.checkpoints import load_checkpoint
+
+        state = load_checkpoint(path)
+        state = state.get("state_dict", state)
+        encoder = {
+            k[len("model.") :]: v
+            for k, v in state.items()
+            if k.startswith("model.") and not k.startswith(("model.decoder", "model.mask_token"))
+        }
+        missing, _ = self.model.load_state_dict(encoder, strict=False)
+        missing = [k for k in missing if not k.startswith(("fc_norm", "head"))]
+        if missing:
+            raise LitzooError(f"checkpoint '{path}' lacks encoder weights for this AudioMAEClassifier: {', '.join(missing[:4])}")
+
+    def forward(self, spec: Tensor) -> Tensor:
+        return self.model(spec)
+
+    def forward_features(self, spec: Tensor) -> Tensor:
+        return self.model.forward_features(spec)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        spec = batch["audio"]
+        ids = None
+        if self.hparams.mask_t_prob > 0 or self.hparams.mask_f_prob > 0:
+            ids = time_frequency_keep(len(spec), self.model.grid_size, self.hparams.mask_t_prob, self.hparams.mask_f_prob, spec.device)
+        loss = F.cross_entropy(self.model(spec, ids), batch["label"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(spec))
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch["audio"])
+        self.val_acc(logits, batch["label"])
+        self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, batch_size=len(logits))
+        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(logits))
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self(batch["audio"])
+        self.test_acc(logits, batch["label"])
+        self.log("test/acc", self.test_acc, batch_size=len(logits))

@@ -1,0 +1,115 @@
+"""Kaldi fbank front-end (framework/data/audio.py) against an independent, loop-per-frame NumPy reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from framework.data.audio import (
+    kaldi_fbank,
+    mel_filterbank,
+    normalize_fbank,
+    num_frames,
+    num_samples_for,
+    pad_or_cut_frames,
+    read_wav,
+    write_wav,
+)
+from framework.errors import LitzooError
+
+
+def reference_fbank(x: np.ndarray, sr: int = 16000, bins: int = 128, window: str = "hanning") -> np.ndarray:
+    """Kaldi's compute-fbank-feats written out plainly in float64 (snip_edges, no dither, use_energy=False)."""
+    size, shift, nfft = int(sr * 0.025), int(sr * 0.010), 512
+    n = np.arange(size)
+    win = 0.5 - 0.5 * np.cos(2 * np.pi * n / (size - 1))
+    if window == "povey":
+        win = win**0.85
+
+    def mel(f):
+        return 1127.0 * math.log(1.0 + f / 700.0)
+
+    lo, hi = mel(20.0), mel(sr / 2)
+    step = (hi - lo) / (bins + 1)
+    banks = np.zeros((bins, nfft // 2 + 1))
+    for m in range(bins):
+        left, centre, right = lo + m * step, lo + (m + 1) * step, lo + (m + 2) * step
+        for k in range(nfft // 2):  # the Nyquist bin stays 0
+            f = mel(k * sr / nfft)
+            if left < f < right:
+                banks[m, k] = (f - left) / (centre - left) if f <= centre else (right - f) / (right - centre)
+    out = []
+    for t in range(1 + (len(x) - size) // shift):
+        frame = x[t * shift : t * shift + size].astype(np.float64)
+        frame = frame - frame.mean()
+        emph = frame.copy()
+        for j in range(size - 1, 0, -1):
+            emph[j] = frame[j] - 0.97 * frame[j - 1]
+        emph[0] = frame[0] - 0.97 * frame[0]
+        spectrum = np.abs(np.fft.rfft(emph * win, n=nfft)) ** 2
+        out.append(np.log(np.maximum(banks @ spectrum, np.finfo(np.float32).eps)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window", ["hanning", "povey"])
+def test_fbank_matches_numpy_reference(window):
+    rng = np.random.default_rng(0)
+    t = np.arange(5000) / 16000
+    x = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(5000) + 0.01  # a DC offset to remove
+    ours = kaldi_fbank(torch.tensor(x, dtype=torch.float32), window_type=window).double().numpy()
+    ref = reference_fbank(x.astype(np.float32), window=window)
+    assert ours.shape == ref.shape == (1 + (5000 - 400) // 160, 128)
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_fbank_shape_formula_and_helpers():
+    for n in (400, 401, 559, 560, 16000):
+        assert kaldi_fbank(torch.randn(n)).shape == (1 + (n - 400) // 160, 128) == (num_frames(n), 128)
+    assert num_frames(num_samples_for(98)) == 98 and num_frames(num_samples_for(98) - 1) == 97
+    assert kaldi_fbank(torch.randn(1, 1000), num_mel_bins=64).shape == (4, 64)
+    with pytest.raises(ValueError, match="shorter than one frame"):
+        kaldi_fbank(torch.randn(399))
+
+
+def test_pure_tone_peaks_in_its_mel_bin():
+    banks = mel_filterbank(128, 512, 16000)
+    for freq in (500.0, 1000.0, 3000.0):
+        x = torch.sin(2 * math.pi * freq * torch.arange(16000) / 16000)
+        peak = kaldi_fbank(x).mean(dim=0).argmax().item()
+        k = round(freq / 16000 * 512)  # the tone's FFT bin
+        assert abs(peak - banks[:, k].argmax().item()) <= 1, (freq, peak)
+    # triangles overlap by half: between the first and last centres (~34 Hz, ~7.9 kHz) the weights sum to 1;
+    # nothing below 20 Hz (bin 0) nor at Nyquist
+    assert banks[:, 0].sum() == 0 and banks[:, -1].sum() == 0
+    torch.testing.assert_close(banks[:, 2:250].sum(dim=0), torch.ones(248), atol=1e-5, rtol=0)
+
+
+def test_dither_option_and_determinism():
+    x = torch.randn(4000)
+    assert torch.equal(kaldi_fbank(x), kaldi_fbank(x))
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, b = kaldi_fbank(x, dither=1.0, generator=g1), kaldi_fbank(x, dither=1.0, generator=g2)
+    assert torch.equal(a, b) and not torch.allclose(a, kaldi_fbank(x))
+
+
+def test_pad_cut_and_normalize():
+    f = torch.randn(5, 3)
+    padded = pad_or_cut_frames(f, 8)
+    assert padded.shape == (8, 3) and torch.equal(padded[:5], f) and (padded[5:] == 0).all()
+    assert torch.equal(pad_or_cut_frames(f, 2), f[:2])
+    assert torch.allclose(normalize_fbank(torch.tensor([1.0]), mean=-1.0, std=2.0), torch.tensor([0.5]))
+
+
+def test_wav_roundtrip_and_bad_file(tmp_path):
+    x = 0.5 * torch.sin(torch.arange(800) / 5.0)
+    write_wav(tmp_path / "a.wav", x, 8000)
+    y, rate = read_wav(tmp_path / "a.wav")
+    assert rate == 8000 and y.shape == (800,) and torch.allclose(x, y, atol=1 / 32767)
+    write_wav(tmp_path / "s.wav", np.stack([x.numpy(), -x.numpy() * 0]), 8000)  # stereo -> mean of channels
+    assert torch.allclose(read_wav(tmp_path / "s.wav")[0], x / 2, atol=1 / 32767)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF1234not a wave file")
+    with pytest.raises(LitzooError, match="bad.wav"):
+        read_wav(tmp_path / "bad.wav")
