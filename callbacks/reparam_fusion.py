@@ -26,7 +26,6 @@ from framework.profiling import count_flops, count_parameters, eval_mode, format
 from framework.reparam import fuse_model, is_fusable
 from framework.reparam.verify import fusion_error
 
-
 #: the stable batch keys of litzoo's DataModules that hold a model's input, in order of preference
 INPUT_KEYS = ("image", "audio")
 
