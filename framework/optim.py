@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
+
+from framework.errors import LitzooError
 
 
 def sgd_momentum(params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4) -> SGD:
@@ -68,3 +71,41 @@ def warmup_cosine_per_step(optimizer: Optimizer, total_steps: int, warmup_steps:
         return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, decay_steps) / decay_steps))
 
     return {"scheduler": LambdaLR(optimizer, factor), "interval": "step", "frequency": 1}
+
+
+def scaled_lr(trainer: Any, blr: float, who: str) -> float:
+    """MAE's linear scaling rule: ``lr = blr · effective_batch / 256`` (MAE, Audio-MAE, CiT, DiffMAE).
+
+    The effective batch is ``DataModule.batch_size × devices × nodes × accumulate_grad_batches``.
+    """
+    batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+    if not isinstance(batch_size, int):
+        raise LitzooError(f"{who}: blr needs the DataModule's integer 'batch_size' to compute lr = blr * effective_batch / 256; "
+                          "set model.blr to null and give the optimizer an absolute lr instead")  # fmt: skip
+    return blr * batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches / 256
+
+
+def warmup_epochs_to_steps(trainer: Any, warmup_epochs: float) -> int:
+    """Warm-up given in epochs (the MAE family's unit) as optimizer steps of this run."""
+    total_steps = int(trainer.estimated_stepping_batches)
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        steps_per_epoch = total_steps / trainer.max_epochs
+    else:  # a max_steps run: one epoch is the training loader's length in optimizer steps
+        steps_per_epoch = len(trainer.datamodule.train_dataloader()) / trainer.accumulate_grad_batches
+    return math.ceil(warmup_epochs * steps_per_epoch)
+
+
+def blr_warmup_cosine(module: Any, optimizer: Callable, lr_scheduler: Callable | None, blr: float | None, warmup_epochs: float) -> dict:
+    """The MAE family's ``configure_optimizers``: parameter groups without weight decay for
+    ``module.no_weight_decay()``, ``lr = blr · effective_batch / 256`` (``blr=None`` keeps the optimizer's
+    lr), then the injected scheduler or warm-up (in epochs) + cosine to 0, stepped per optimizer step."""
+    built = optimizer(split_weight_decay(module, module.no_weight_decay()))
+    if blr is not None:
+        lr = scaled_lr(module.trainer, blr, type(module).__name__)
+        for group in built.param_groups:
+            group["lr"] = lr
+    if lr_scheduler is not None:
+        return {"optimizer": built, "lr_scheduler": lr_scheduler(built)}
+    total_steps = int(module.trainer.estimated_stepping_batches)
+    warmup_steps = warmup_epochs_to_steps(module.trainer, warmup_epochs)
+    return {"optimizer": built, "lr_scheduler": warmup_cosine_per_step(built, total_steps, warmup_steps)}

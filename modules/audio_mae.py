@@ -23,7 +23,6 @@ Pretraining recipe (AS-2M script): AdamW β = (0.9, 0.95), weight decay 1e-4,
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -49,7 +48,7 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from framework.optim import split_weight_decay, warmup_cosine_per_step
+from framework.optim import blr_warmup_cosine
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -381,22 +380,7 @@ class _BlrScheduleMixin:
         return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(split_weight_decay(self, self.no_weight_decay()))
-        trainer = self.trainer
-        if self.hparams.blr is not None:
-            batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
-            if not isinstance(batch_size, int):
-                raise LitzooError(f"{type(self).__name__}: blr needs the DataModule's integer 'batch_size' (lr = blr * effective_batch / 256); "
-                                  "set model.blr to null and give the optimizer an absolute lr instead")  # fmt: skip
-            lr = self.hparams.blr * batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches / 256
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        if self.lr_scheduler is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-        total = int(trainer.estimated_stepping_batches)
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        warmup = math.ceil(self.hparams.warmup_epochs * total / epochs)
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_per_step(optimizer, total, warmup)}
+        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, self.hparams.blr, self.hparams.warmup_epochs)
 
 
 class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):

@@ -49,7 +49,7 @@ from framework.checkpoints import convert_official_state_dict, load_checkpoint
 from framework.classification import ImageClassifier
 from framework.errors import LitzooError
 from framework.nn import Mlp, num_kept, random_token_mask
-from framework.optim import split_weight_decay, warmup_cosine_per_step
+from framework.optim import blr_warmup_cosine
 
 # -------------------------------------------------------------------------- unroll / reroll
 
@@ -748,10 +748,4 @@ class HieraMAEModule(L.LightningModule):
         return {name for name, p in self.named_parameters() if p.ndim < 2 or name in named}
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(split_weight_decay(self, self.no_weight_decay()))
-        if self.lr_scheduler is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        warmup_steps = math.ceil(self.hparams.warmup_epochs * total_steps / epochs)
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_per_step(optimizer, total_steps, warmup_steps)}
+        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, None, self.hparams.warmup_epochs)

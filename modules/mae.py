@@ -15,7 +15,6 @@ Pretraining recipe (paper / PRETRAIN.md): AdamW β = (0.9, 0.95), weight decay 0
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -42,7 +41,7 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from framework.optim import split_weight_decay, warmup_cosine_per_step
+from framework.optim import blr_warmup_cosine
 
 # ---------------------------------------------------------------------------------------- the model
 
@@ -372,28 +371,5 @@ class MAEModule(L.LightningModule):
         tokens = ("cls_token", "mask_token", "pos_embed")
         return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
 
-    def effective_batch_size(self) -> int:
-        """``DataModule.batch_size × devices × nodes × accumulate_grad_batches``."""
-        trainer = self.trainer
-        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
-        if not isinstance(batch_size, int):
-            raise LitzooError("MAEModule: blr needs the DataModule's integer 'batch_size' to compute lr = blr * effective_batch / 256; "
-                              "set model.blr to null and give the optimizer an absolute lr instead")  # fmt: skip
-        return batch_size * trainer.num_devices * trainer.num_nodes * trainer.accumulate_grad_batches
-
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer(split_weight_decay(self, self.no_weight_decay()))
-        if self.hparams.blr is not None:
-            lr = self.hparams.blr * self.effective_batch_size() / 256
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-        if self.lr_scheduler is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self.lr_scheduler(optimizer)}
-        total_steps = int(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is not None and max_epochs > 0:
-            steps_per_epoch = total_steps / max_epochs
-        else:  # a max_steps run: one epoch is the training loader's length in optimizer steps
-            steps_per_epoch = len(self.trainer.datamodule.train_dataloader()) / self.trainer.accumulate_grad_batches
-        warmup_steps = math.ceil(self.hparams.warmup_epochs * steps_per_epoch)
-        return {"optimizer": optimizer, "lr_scheduler": warmup_cosine_per_step(optimizer, total_steps, warmup_steps)}
+        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, self.hparams.blr, self.hparams.warmup_epochs)
