@@ -123,7 +123,7 @@ def _cli(config: Path, *overrides: str):
 
     args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
-    return LitzooCLI(args=args, run=False)
+    return LitzooCLI(args=args, run=False, save_config_callback=None)  # nothing written into the working tree
 
 
 AUDIO_CONFIG = common.ROOT / "configs" / "audio_mae" / "synthetic_audio.yaml"
