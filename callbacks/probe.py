@@ -40,6 +40,7 @@ This costs each rank the full feature extraction; the labelled sets of a probe a
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from typing import Any
@@ -140,7 +141,7 @@ def accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
 # ------------------------------------------------------------------------------------- the callbacks
 
 
-class _FrozenFeatureProbe(Callback):
+class _FrozenFeatureProbe(Callback, abc.ABC):
     """Shared machinery: argument checks, data set-up, frozen feature extraction, logging."""
 
     def __init__(self, datamodule: L.LightningDataModule, every_n_epochs: int, name: str, seed: int = 0) -> None:
@@ -284,8 +285,9 @@ class _FrozenFeatureProbe(Callback):
         predictions = self._predict(train_features, train_labels, eval_features, num_classes)
         return accuracy(predictions, eval_labels, num_classes)
 
+    @abc.abstractmethod
     def _predict(self, train_features: Tensor, train_labels: Tensor, eval_features: Tensor, num_classes: int) -> Tensor:
-        raise NotImplementedError
+        """Class predictions for ``eval_features`` from the labelled ``train_features`` (the probe itself)."""
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch

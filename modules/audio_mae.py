@@ -29,7 +29,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.optim import AdamW
 from torchmetrics.classification import MulticlassAccuracy
@@ -48,7 +47,9 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
+from framework.nn.patches import blank_removed_patches, denormalize_patches
 from framework.optim import blr_warmup_cosine
+from framework.visualization import log_image
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -471,13 +472,10 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
         if stage == "val" and batch_idx == 0 and self.hparams.num_images:
             k = self.hparams.num_images
             patches = self.model.patchify(spec[:k])
-            pixels = pred[:k]
-            if self.model.norm_pix_loss:  # back to spectrogram values with each true patch's statistics
-                mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6) ** 0.5
-                pixels = pixels * std + mean
+            # back to spectrogram values with each true patch's statistics
+            pixels = denormalize_patches(pred[:k], patches) if self.model.norm_pix_loss else pred[:k]
             m = mask[:k, :, None]
-            low = patches.amin(dim=(1, 2), keepdim=True).expand_as(patches)
-            rows = [patches, torch.where(m.bool(), low, patches), pixels * m + patches * (1 - m)]
+            rows = [patches, blank_removed_patches(patches, mask[:k]), pixels * m + patches * (1 - m)]
             self._grid = torch.stack([self.model.unpatchify(r) for r in rows])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -496,10 +494,7 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
             high = grid[0].flatten(1).max(dim=1).values.cpu()[:, None, None, None]
             specs = ((specs - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
             rows.append(torch.cat(list(specs), dim=2))  # (1, T, K·F)
-        image = torch.cat(rows, dim=2).expand(3, -1, -1)
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstruction", image, self.global_step)
+        log_image(self, "val/reconstruction", torch.cat(rows, dim=2).expand(3, -1, -1))
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self.forward_features(batch["audio"])

@@ -33,6 +33,7 @@ from framework.errors import LitzooError
 from framework.losses import ClipLoss
 from framework.nn import TextTransformer, VisionTransformer
 from framework.optim import adamw_clip, split_weight_decay, warmup_cosine_per_step
+from framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- the model
 
@@ -149,12 +150,6 @@ def retrieval_recalls(image_features: Tensor, text_features: Tensor, top_k: Sequ
     return out
 
 
-def _tile(images: Tensor) -> Tensor:
-    """``(K, C, H, W)`` → one ``(3, H, K·W)`` strip, each image min-max scaled to [0, 1]."""
-    low = images.flatten(1).min(dim=1).values[:, None, None, None]
-    high = images.flatten(1).max(dim=1).values[:, None, None, None]
-    images = ((images - low) / (high - low).clamp(min=1e-8)).expand(-1, 3, -1, -1)
-    return torch.cat(list(images), dim=2)
 
 
 # ------------------------------------------------------------------------------ the LightningModule
@@ -238,6 +233,7 @@ class CLIPModule(L.LightningModule):
         example_tokens = torch.zeros(2, context_length, dtype=torch.long)
         example_tokens[:, 1] = end_token_id
         self.example_input_array = (torch.zeros(2, in_chans, image_size, image_size), example_tokens)
+        self.eval_loss = ClipLoss(gather_distributed=False)  # validation: each rank's own batch
         self.loss = ClipLoss(gather_distributed=gather_distributed, local_loss=local_loss, image_to_text_only=image_to_text_only)
         self.max_logit_scale = max_logit_scale
         self.class_names = class_names
@@ -300,7 +296,7 @@ class CLIPModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
         image_features, text_features, scale = self(batch["image"], batch["tokens"])
         batch_size = len(batch["tokens"])
-        self.log(f"{stage}/loss", ClipLoss(gather_distributed=False)(image_features, text_features, scale), sync_dist=True, batch_size=batch_size)
+        self.log(f"{stage}/loss", self.eval_loss(image_features, text_features, scale), sync_dist=True, batch_size=batch_size)
         index = batch.get("index", torch.arange(len(image_features), device=self.device) + len(self._eval_features) * len(image_features))
         self._eval_features.append((image_features, text_features, index))
         if self._zero_shot is not None and "label" in batch:
@@ -336,10 +332,7 @@ class CLIPModule(L.LightningModule):
         lines = []
         for row in range(count):
             caption = dataset.texts[int(index[row])]
-            strip = _tile(torch.stack([dataset[int(index[j])]["image"] for j in top[row]]))
-            for logger in self.loggers:
-                if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_image(f"val/retrieval/{row}", strip, self.global_step)
+            log_image(self, f"val/retrieval/{row}", image_grid([torch.stack([dataset[int(index[j])]["image"] for j in top[row]])]))
             lines.append(f"{row}: \"{caption}\" → pairs {[int(index[j]) for j in top[row]]}")
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):

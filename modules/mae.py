@@ -20,7 +20,6 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import AdamW
@@ -41,7 +40,9 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
+from framework.nn.patches import blank_removed_patches
 from framework.optim import blr_warmup_cosine
+from framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- the model
 
@@ -222,17 +223,6 @@ def adamw_mae(params: Any, lr: float = 1.5e-4, betas: tuple[float, float] = (0.9
     return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-def _image_grid(rows: list[Tensor]) -> Tensor:
-    """Rows of ``(K, C, H, W)`` images → one ``(3, R·H, K·W)`` image in [0, 1]; every column scaled
-    by the min / max of its first row (the originals), so the rows stay comparable."""
-    low = rows[0].flatten(1).min(dim=1).values[:, None, None, None]
-    high = rows[0].flatten(1).max(dim=1).values[:, None, None, None]
-    strips = []
-    for images in rows:
-        images = ((images - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
-        images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images[:, :3]
-        strips.append(torch.cat(list(images), dim=2))  # (3, H, K·W)
-    return torch.cat(strips, dim=1)
 
 
 # ------------------------------------------------------------------------------ the LightningModule
@@ -342,9 +332,7 @@ class MAEModule(L.LightningModule):
 
     def masked_input(self, images: Tensor, mask: Tensor) -> Tensor:
         """The encoder's view: removed patches set to each image's minimum value."""
-        patches = self.model.patchify(images)
-        low = patches.flatten(1).min(dim=1).values[:, None, None]
-        return self.model.unpatchify(torch.where(mask.bool()[..., None], low, patches))
+        return self.model.unpatchify(blank_removed_patches(self.model.patchify(images), mask))
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
@@ -356,10 +344,7 @@ class MAEModule(L.LightningModule):
         grid, self._grid_images = self._grid_images, None
         if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
-        image = _image_grid(list(grid.detach().float().cpu()))
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image("val/reconstruction", image, self.global_step)
+        log_image(self, "val/reconstruction", image_grid(list(grid.detach().float().cpu())))
 
     def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         """``(B, D)`` encoder features of the batch's images (see :meth:`forward_features`)."""

@@ -7,6 +7,7 @@ so the layout matches MAE's ``decoder_pred`` outputs and released checkpoints.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -63,5 +64,12 @@ def denormalize_patches(predicted: Tensor, reference: Tensor, eps: float = 1e-6)
     return predicted * std + mean
 
 
-__all__ = ["denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "unpatchify"]
+def blank_removed_patches(patches: Tensor, mask: Tensor) -> Tensor:
+    """What the encoder sees, for display: ``(B, L, D)`` patches with the removed ones (``mask`` 1 or True,
+    ``(B, L)``) set to each example's minimum value."""
+    low = patches.flatten(1).min(dim=1).values[:, None, None]
+    return torch.where(mask.bool()[..., None], low, patches)
+
+
+__all__ = ["blank_removed_patches", "denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "unpatchify"]
 
