@@ -29,7 +29,7 @@ Reference: facebookresearch/hiera ``hiera/hiera.py``, ``hiera/hiera_utils.py``, 
 separate space/time positions) are not implemented. Parameter names are the official ones, so released
 ``{'model_state': ...}`` files load key for key (:meth:`Hiera.from_official_checkpoint`).
 Differences from the official code: the classifier always returns logits (the official ``Head``
-applies a softmax in eval mode); drop path is litzoo's own (:class:`DropPath`, same rule as timm's).
+applies a softmax in eval mode); drop path is litzoo's own (:class:`framework.nn.drop.DropPath`, same rule as timm's).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from framework.checkpoints import convert_official_state_dict, load_checkpoint
 from framework.classification import ImageClassifier
 from framework.errors import LitzooError
 from framework.nn import Mlp, num_kept, random_token_mask
+from framework.nn.drop import DropPath
 from framework.optim import blr_warmup_cosine
 
 # -------------------------------------------------------------------------- unroll / reroll
@@ -125,23 +126,6 @@ def q_pool(x: Tensor, stride: int) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- blocks
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: zero a sample's residual branch with probability ``p`` and scale the rest by
-    ``1 / (1 − p)`` (training only)."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path rate must be in [0, 1), got {p}")
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
 
 
 class MaskUnitAttention(nn.Module):
