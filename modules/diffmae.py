@@ -13,19 +13,22 @@ noise, keeping the visible patches; here DDIM (η = 0 deterministic, η = 1 DDPM
 Decoder: the paper compares a *joint* decoder (MAE-style self-attention over visible + noisy tokens),
 a *cross* decoder (noisy tokens only cross-attend to the encoder) and a *cross-self* decoder (each block
 cross-attends to the encoder, then self-attends among the noisy tokens). This module implements the
-cross-self decoder: the decoder never carries visible-patch tokens, and its block ``j`` cross-attends to
+cross-self decoder (default) and the cross decoder (``decoder="cross"``); neither carries visible-patch
+tokens (the joint decoder is not implemented), and decoder block ``j`` cross-attends to
 the output of encoder block ``depth − 1 − j`` (top-down, a U-shaped pairing of decoder and encoder
 blocks; decoder blocks past the encoder's depth use the first encoder block), each projected to the
 decoder width by the shared ``decoder_embed``.
 
-Sources. Confirmed from the paper's abstract and introduction: a diffusion model conditioned on the
-visible patches of a masked image, used as a masked autoencoder, pretraining a recognition encoder and
-doing inpainting by iterative denoising. From the project notes / recollection of the method section,
-which could not be retrieved here (no official code): the cosine schedule with T = 1000, predicting
-``x_0`` pixels rather than ``ε``, the joint / cross / cross-self decoder comparison and the top-down
-encoder-to-decoder pairing (also described by third-party re-implementations), the timestep embedding
-added to the decoder tokens, 75% masking for images, MAE's pretraining recipe. The paper's optional
-CLIP-feature target is out of scope. Raw (un-normalised) pixels are the target: a diffusion model samples pixels, and MAE's per-patch normalisation would need the ground
+Sources. Confirmed from the paper (abstract, introduction and the caption of its Figure 3, "DiffMAE
+with cross-self and cross decoder"): a diffusion model conditioned on the visible patches of a masked
+image, used as a masked autoencoder, pretraining a recognition encoder and inpainting by iterative
+denoising; the decoder's inputs are the noisy patches at randomly sampled noise levels and its outputs
+are predicted **pixels**; decoder blocks are connected top-down to the encoder blocks; the cross-self
+decoder self-attends in every block, the cross decoder does not. From the project notes (the rest of the
+method section could not be retrieved here; there is no official code): the cosine schedule with
+T = 1000, the timestep embedding added to the decoder tokens, 75% masking for images, MAE's pretraining
+recipe. The paper's optional CLIP-feature target is out of scope. Raw (un-normalised) pixels are the
+target: a diffusion model samples pixels, and MAE's per-patch normalisation would need the ground
 truth statistics of the removed patches to be undone at sampling time.
 
 Pretraining recipe (as MAE): AdamW β = (0.9, 0.95), weight decay 0.05, ``lr = blr · batch / 256``
@@ -45,6 +48,7 @@ from torch.optim import AdamW
 
 from framework.nn import (
     Block,
+    Mlp,
     PatchEmbed,
     gather_tokens,
     init_vit_weights,
@@ -99,11 +103,31 @@ class CrossSelfBlock(nn.Module):
         return self.self_block(x)
 
 
+class CrossBlock(nn.Module):
+    """The paper's *cross* decoder block: ``x + cross_attn(norm1(x), norm_context(c))``, then
+    ``x + mlp(norm2(x))``. No self-attention, so each noisy token is decoded independently of the
+    other noisy tokens, from the encoder features alone."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm_context = nn.LayerNorm(dim, eps=1e-6)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        x = x + self.cross_attn(self.norm1(x), self.norm_context(context))
+        return x + self.mlp(self.norm2(x))
+
+
+DECODER_BLOCKS = {"cross_self": CrossSelfBlock, "cross": CrossBlock}
+
 # ---------------------------------------------------------------------------------------- the model
 
 
 class DiffMAEViT(nn.Module):
-    """DiffMAE's ViT encoder + cross-self diffusion decoder.
+    """DiffMAE's ViT encoder + diffusion decoder (cross-self by default, or the paper's cross variant).
 
     Defaults are the smallest published model, ViT-B/16 with a 512-d, 8-block, 16-head decoder.
 
@@ -115,10 +139,12 @@ class DiffMAEViT(nn.Module):
         depth: encoder blocks.
         num_heads: encoder attention heads.
         decoder_embed_dim: decoder width.
-        decoder_depth: decoder (cross-self) blocks.
+        decoder_depth: decoder blocks.
         decoder_num_heads: decoder attention heads.
         mlp_ratio: MLP hidden width over the token width (both towers).
         timesteps: diffusion steps ``T`` of the cosine schedule.
+        decoder: ``"cross_self"`` (default: cross-attention to the paired encoder block, then
+            self-attention among the noisy tokens) or ``"cross"`` (cross-attention only).
     """
 
     def __init__(
@@ -134,8 +160,11 @@ class DiffMAEViT(nn.Module):
         decoder_num_heads: int = 16,
         mlp_ratio: float = 4.0,
         timesteps: int = 1000,
+        decoder: str = "cross_self",
     ) -> None:
         super().__init__()
+        if decoder not in DECODER_BLOCKS:
+            raise ValueError(f"decoder must be one of {sorted(DECODER_BLOCKS)}, got {decoder!r}")
         if depth < 1 or decoder_depth < 1:
             raise ValueError(f"depth and decoder_depth must be at least 1, got {depth} and {decoder_depth}")
         self.patch_size, self.in_chans = patch_size, in_chans
@@ -153,7 +182,8 @@ class DiffMAEViT(nn.Module):
         self.decoder_patch_embed = nn.Linear(patch_dim, decoder_embed_dim)  # noisy pixels -> tokens
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches, decoder_embed_dim), requires_grad=False)
         self.time_embed = TimestepEmbedding(decoder_embed_dim)
-        self.decoder_blocks = nn.ModuleList(CrossSelfBlock(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
+        block = DECODER_BLOCKS[decoder]
+        self.decoder_blocks = nn.ModuleList(block(decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
         self.decoder_pred = nn.Linear(decoder_embed_dim, patch_dim)
         self.initialize_weights()
@@ -306,7 +336,7 @@ class DiffMAEModule(L.LightningModule):
     ``num_images`` images go to TensorBoard each validation epoch as rows original / masked / inpainted.
 
     Args:
-        img_size … timesteps: see :class:`DiffMAEViT`.
+        img_size … timesteps, decoder: see :class:`DiffMAEViT`.
         mask_ratio: fraction of patches removed (paper: 0.75 for images).
         sample_steps: DDIM steps for inpainting (validation images, :meth:`inpaint`).
         eta: DDIM η for inpainting (0 deterministic, 1 DDPM-like).
@@ -335,6 +365,7 @@ class DiffMAEModule(L.LightningModule):
         decoder_num_heads: int = 16,
         mlp_ratio: float = 4.0,
         timesteps: int = 1000,
+        decoder: str = "cross_self",
         mask_ratio: float = 0.75,
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -360,7 +391,7 @@ class DiffMAEModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.model = DiffMAEViT(
             img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, timesteps,
+            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, timesteps, decoder,
         )  # fmt: skip
         self.mask_ratio = mask_ratio
         self.optimizer = optimizer

@@ -144,6 +144,29 @@ def test_decoder_never_sees_the_clean_removed_pixels_but_sees_the_visible_ones()
     assert not torch.allclose(model.predict_x0(x_t, t.flip(0), ids_masked, model.forward_encoder(imgs, ids_keep)), pred)
 
 
+def test_cross_decoder_decodes_each_noisy_token_alone_and_cross_self_mixes_them():
+    """The paper's two decoders: without self-attention a token's prediction depends on its own noisy
+    patch (and the encoder) only; with it, changing one noisy patch moves the others' predictions."""
+    token_mask = fixed_mask()
+    imgs = torch.randn(3, 2, 8, 8)
+    x_t, t = torch.randn(3, 12, 8), torch.tensor([10, 500, 900])
+    changed = x_t.clone()
+    changed[:, 0] += 5.0  # only the first removed patch's noisy input changes
+    moved = {}
+    for decoder in ("cross", "cross_self"):
+        torch.manual_seed(0)
+        model = DiffMAEViT(**TINY, decoder=decoder).eval()
+        ids_keep, ids_masked = model.split_ids(token_mask.mae_mask())
+        features = model.forward_encoder(imgs, ids_keep)
+        pred, pred_changed = model.predict_x0(x_t, t, ids_masked, features), model.predict_x0(changed, t, ids_masked, features)
+        assert (pred_changed[:, 0] - pred[:, 0]).abs().max() > 1e-3
+        moved[decoder] = (pred_changed[:, 1:] - pred[:, 1:]).abs().max().item()
+    assert moved["cross"] < 1e-6
+    assert moved["cross_self"] > 1e-3
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        DiffMAEViT(**TINY, decoder="joint")
+
+
 def test_forward_features_is_the_unmasked_class_token():
     model = tiny()
     imgs = torch.randn(2, 2, 8, 8)
