@@ -10,6 +10,7 @@
    sees 25% of the patches, "3x or more" faster pretraining.
 3. Audio-MAE (configs/audio_mae/synthetic_audio.yaml, 3 seeds): probes of the frozen encoder at random
    initialisation and after pretraining on the synthetic audio classes.
+   MAE-Hiera (configs/hiera/digits_mae.yaml, 3 seeds): the same before/after probes on digits.
 4. Hiera (configs/hiera/digits.yaml) against a plain ViT classifier of similar size on the same digits
    and recipe, 3 seeds: accuracy, and throughput ratios (alternating rounds).
 """
@@ -129,11 +130,14 @@ def _cli(config: Path, *overrides: str):
 AUDIO_CONFIG = common.ROOT / "configs" / "audio_mae" / "synthetic_audio.yaml"
 AUDIO_EPOCHS = 30
 HIERA_CONFIG = common.ROOT / "configs" / "hiera" / "digits.yaml"
+HIERA_MAE_CONFIG = common.ROOT / "configs" / "hiera" / "digits_mae.yaml"
+HIERA_MAE_EPOCHS = 40
 
 
-def audio_mae_probes(seed: int, epochs: int = AUDIO_EPOCHS) -> dict:
-    """The config's linear / kNN probes on the synthetic audio classes, before and after pretraining."""
-    cli = _cli(AUDIO_CONFIG, "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs))
+def probes_before_after(config: Path, seed: int, epochs: int) -> dict:
+    """A pretraining config's own linear / kNN probes at the encoder's random initialisation and after
+    ``epochs`` of pretraining (same seed)."""
+    cli = _cli(config, "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs))
     probes = {type(c).__name__: c for c in cli.trainer.callbacks if isinstance(c, (LinearProbe, KNNProbe))}
     before = {name: probe.evaluate(cli.model) for name, probe in probes.items()}
     for probe in probes.values():
@@ -204,8 +208,12 @@ def main() -> dict:
     timing = step_time_ratio()
     audio = []
     for seed in SEEDS:
-        audio.append(audio_mae_probes(seed))
+        audio.append(probes_before_after(AUDIO_CONFIG, seed, AUDIO_EPOCHS))
         print(f"  audio seed {seed}: {audio[-1]['before']} -> {audio[-1]['after']}", file=sys.stderr, flush=True)
+    hiera_mae = []
+    for seed in SEEDS:
+        hiera_mae.append(probes_before_after(HIERA_MAE_CONFIG, seed, HIERA_MAE_EPOCHS))
+        print(f"  hiera-mae seed {seed}: {hiera_mae[-1]['before']} -> {hiera_mae[-1]['after']}", file=sys.stderr, flush=True)
     hiera = []
     for seed in SEEDS:
         row = hiera_versus_vit(seed)
@@ -214,7 +222,8 @@ def main() -> dict:
     speed = throughput_ratio(hiera[0].pop("hiera"), hiera[0].pop("vit"))
     for row in hiera[1:]:
         row.pop("hiera"), row.pop("vit")
-    return {"runs": runs, "timing": timing, "epochs": EPOCHS, "audio": audio, "audio_epochs": AUDIO_EPOCHS, "hiera": hiera,
+    return {"runs": runs, "timing": timing, "epochs": EPOCHS, "audio": audio, "audio_epochs": AUDIO_EPOCHS, "hiera_mae": hiera_mae,
+            "hiera_mae_epochs": HIERA_MAE_EPOCHS, "hiera": hiera,
             "hiera_speed": speed, "seconds": time.perf_counter() - start}  # fmt: skip
 
 
@@ -257,6 +266,15 @@ def format_section(results: dict) -> str:
         "",
         common.markdown_table(["evaluation", "random init", "after Audio-MAE"], [
             [name, _mean_sd([r["before"][key] for r in results["audio"]]), _mean_sd([r["after"][key] for r in results["audio"]])]
+            for name, key in (("linear probe", "LinearProbe"), ("weighted 20-NN", "KNNProbe"))
+        ]),
+        "",
+        f"MAE-Hiera (`configs/hiera/digits_mae.yaml`: the Hiera below with a 3x3 stride-2 patch conv, 16 mask units of 4x4 tokens, "
+        f"60% removed, multi-scale fusion, 1-block decoder, norm-pix loss), {results['hiera_mae_epochs']} epochs, seeds "
+        f"{[r['seed'] for r in results['hiera_mae']]}; the config's probes on the frozen mean-pooled fused encoding:",
+        "",
+        common.markdown_table(["evaluation", "random init", "after MAE-Hiera"], [
+            [name, _mean_sd([r["before"][key] for r in results["hiera_mae"]]), _mean_sd([r["after"][key] for r in results["hiera_mae"]])]
             for name, key in (("linear probe", "LinearProbe"), ("weighted 20-NN", "KNNProbe"))
         ]),
         "",
