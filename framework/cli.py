@@ -1,10 +1,11 @@
-"""``litzoo``: LightningCLI with litzoo's defaults, plus ``list`` and ``export``.
+"""``litzoo``: LightningCLI with litzoo's defaults, plus ``list``, ``export``, ``curate``, ``text-quality`` and ``graph``.
 
     litzoo fit  -c configs/repvgg/digits.yaml
     litzoo test -c configs/repvgg/digits.yaml --ckpt_path best
     litzoo fit  --model RepVGGClassifier --data DigitsDataModule --model.num_classes 10
     litzoo list
     litzoo export --ckpt_path runs/repvgg/digits/version_0/checkpoints/deploy.ckpt --format onnx
+    litzoo graph -c configs/repvgg/digits.yaml --out cg.json --summary
 
 Defaults added to the Trainer unless the config already sets them: a TensorBoardLogger writing to
 ``runs/<method>/<data>/version_N``, a ModelCheckpoint keeping ``best.ckpt`` (on the module's
@@ -252,6 +253,81 @@ def text_quality_command(argv: Sequence[str]) -> None:
     )
 
 
+def config_network(config: str | Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+    """The network of a config (the module's inner ``net`` / ``model``, else the module itself) and
+    one example input for it: the module's ``example_input_array``, else a zero image of the
+    datamodule's ``input_shape``. Nothing is trained, logged or written."""
+    import warnings
+
+    import torch
+    from torch import nn
+
+    from framework.summary import example_input
+
+    if not Path(config).is_file():
+        raise LitzooError(f"config '{config}' does not exist")
+    args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
+    with warnings.catch_warnings():  # `litzoo graph`'s own sys.argv is not the config's
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        cli = LitzooCLI(args=args, run=False, save_config_callback=None)
+    module = cli.model
+    if any(hasattr(module, a) and getattr(module, a) is None for a in ("net", "model")) and cli.datamodule is not None:
+        # the network is built in setup() from the data (a tokenizer's vocabulary size): set the data up as fit would
+        cli.trainer._data_connector.attach_datamodule(module, datamodule=cli.datamodule)
+        module.trainer = cli.trainer
+        cli.datamodule.prepare_data()
+        cli.datamodule.setup("fit")
+        module.setup("fit")
+    network = next((getattr(module, a) for a in ("net", "model") if isinstance(getattr(module, a, None), nn.Module)), module)
+    sample = example_input(module)
+    if sample is None:
+        shape = getattr(cli.datamodule, "input_shape", None)
+        if shape is None:
+            raise LitzooError(f"config '{config}': {type(module).__name__} has no example_input_array and its datamodule no input_shape")
+        sample = torch.zeros(1, *shape)
+    return network, sample
+
+
+def graph_summary(graph: Any, title: str) -> str:
+    """One screen: nodes per op type, edges, total FLOPs and parameters."""
+    from framework.profiling import format_count
+
+    counts = graph.op_counts()
+    width = max(len(op) for op in counts)
+    lines = [f"{title}: {len(graph.nodes)} nodes, {len(graph.edges)} edges, FLOPs {format_count(graph.total_flops)} "
+             f"({graph.total_flops}), params {format_count(graph.total_params)} ({graph.total_params})"]  # fmt: skip
+    flops_by_op: dict[str, int] = {}
+    for node in graph.nodes:
+        flops_by_op[node.op] = flops_by_op.get(node.op, 0) + node.flops
+    for op, count in counts.items():
+        share = f"  {flops_by_op[op] / graph.total_flops:6.1%} of FLOPs" if graph.total_flops and flops_by_op[op] else ""
+        lines.append(f"  {op:<{width}} {count:>5}{share}")
+    return "\n".join(lines)
+
+
+def graph_command(argv: Sequence[str]) -> None:
+    """``litzoo graph``: the computation graph (GENNAPE / AIO-P style) of a config's network, as JSON."""
+    from framework.graph.computation import computation_graph
+
+    parser = ArgumentParser(prog="litzoo graph", description="Write the computation graph of a config's network (primitive ops, dataflow, shapes, FLOPs) as JSON.")
+    parser.add_argument("-c", "--config", type=str, required=True, help="a litzoo config, e.g. configs/repvgg/digits.yaml")
+    parser.add_argument("--out", type=str, required=True, help="the JSON file to write (framework.graph.ComputationGraph.to_json)")
+    parser.add_argument("--summary", action="store_true", help="print nodes per op type, total FLOPs and parameters")
+    parser.add_argument("--family", type=str, default=None, help="architecture family stored with the graph (default: the config's folder)")
+    args = parser.parse_args(list(argv))
+
+    network, sample = config_network(args.config)
+    family = args.family if args.family is not None else Path(args.config).parent.name
+    graph = computation_graph(network, sample, family=family)
+    output = Path(args.out)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(graph.to_json() + "\n", encoding="utf-8")
+    if args.summary:
+        print(graph_summary(graph, f"{type(network).__name__} ({args.config})"))
+    print(f"computation graph of {type(network).__name__}: {len(graph.nodes)} nodes, {len(graph.edges)} edges; written to {output}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``litzoo`` console script and ``python -m framework``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -265,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             curate_command(argv[1:])
         elif argv[:1] == ["text-quality"]:
             text_quality_command(argv[1:])
+        elif argv[:1] == ["graph"]:
+            graph_command(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:

@@ -1,5 +1,20 @@
-"""Computation graphs of any ``nn.Module`` (torch.fx): which layer feeds which."""
+"""Computation graphs of any ``nn.Module`` (torch.fx): which layer feeds which, and the primitive-op
+computation graphs (CGs) of NAS performance predictors (GENNAPE, AIO-P; see ``computation.py``)."""
 
+from framework.graph.computation import (
+    NUM_NODE_FEATURES,
+    NUMERIC_FEATURES,
+    OP_TYPES,
+    CGNode,
+    CGTracer,
+    ComputationGraph,
+    computation_graph,
+    load_graphs_jsonl,
+    save_graphs_jsonl,
+)
 from framework.graph.patterns import conv_bn_pairs
 
-__all__ = ["conv_bn_pairs"]
+__all__ = [
+    "CGNode", "CGTracer", "ComputationGraph", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
+    "computation_graph", "conv_bn_pairs", "load_graphs_jsonl", "save_graphs_jsonl",
+]  # fmt: skip
