@@ -253,10 +253,12 @@ def text_quality_command(argv: Sequence[str]) -> None:
     )
 
 
-def config_network(config: str | Path, overrides: Sequence[str] = ()) -> tuple[Any, Any]:
+def config_network(config: str | Path, overrides: Sequence[str] = (), features: bool = False) -> tuple[Any, Any]:
     """The network of a config (the module's inner ``net`` / ``model``, else the module itself) and
     one example input for it: the module's ``example_input_array``, else a zero image of the
-    datamodule's ``input_shape``. Nothing is trained, logged or written."""
+    datamodule's ``input_shape``. With ``features`` the network is the module's ``forward_features``
+    (the encoder of a pretraining model; :class:`framework.graph.FeatureExtractor`). Nothing is
+    trained, logged or written."""
     import warnings
 
     import torch
@@ -280,6 +282,10 @@ def config_network(config: str | Path, overrides: Sequence[str] = ()) -> tuple[A
         cli.datamodule.setup("fit")
         module.setup("fit")
     network = next((getattr(module, a) for a in ("net", "model") if isinstance(getattr(module, a, None), nn.Module)), module)
+    if features:
+        from framework.graph.computation import FeatureExtractor
+
+        network = FeatureExtractor(module)
     sample = example_input(module)
     if sample is None:
         shape = getattr(cli.datamodule, "input_shape", None)
@@ -315,9 +321,12 @@ def graph_command(argv: Sequence[str]) -> None:
     parser.add_argument("--out", type=str, required=True, help="the JSON file to write (framework.graph.ComputationGraph.to_json)")
     parser.add_argument("--summary", action="store_true", help="print nodes per op type, total FLOPs and parameters")
     parser.add_argument("--family", type=str, default=None, help="architecture family stored with the graph (default: the config's folder)")
+    parser.add_argument("--features", action="store_true",
+                        help="graph the module's forward_features (the encoder) instead of its forward: for pretraining models "
+                             "whose forward draws random masks (MAE-Hiera, DiffMAE)")  # fmt: skip
     args = parser.parse_args(list(argv))
 
-    network, sample = config_network(args.config)
+    network, sample = config_network(args.config, features=args.features)
     family = args.family if args.family is not None else Path(args.config).parent.name
     graph = computation_graph(network, sample, family=family)
     output = Path(args.out)

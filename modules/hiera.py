@@ -354,10 +354,11 @@ class Hiera(nn.Module):
         return (side, side), self.schedule[pooled:]
 
     # ------------------------------------------------------------------------ forward
-    def forward_tokens(self, images: Tensor, keep: Tensor | None = None, return_intermediates: bool = False) -> tuple[Tensor, list[Tensor]]:
+    def forward_tokens(self, images: Tensor, keep: Tensor | None = None, return_intermediates: bool = False,
+                       windows: bool | None = None) -> tuple[Tensor, list[Tensor]]:  # fmt: skip
         """Run the encoder; returns the last block's unrolled tokens ``(B, N', D)`` and, with
-        ``return_intermediates``, every stage's output rerolled: ``(B, H, W, C)`` maps, or, with ``keep``,
-        ``(B, #kept units, Uy, Ux, C)`` windows of the kept mask units.
+        ``return_intermediates``, every stage's output rerolled: ``(B, H, W, C)`` maps, or, with ``keep``
+        (or ``windows=True``), ``(B, #kept units, Uy, Ux, C)`` windows of the kept mask units.
 
         Args:
             images: ``(B, C, H, W)``.
@@ -384,7 +385,7 @@ class Hiera(nn.Module):
             x = block(x)
             if return_intermediates and i in self.stage_ends:
                 size, pending = self.stage_schedule(self.stage_ends.index(i))
-                intermediates.append(reroll(x, size, pending, windows=keep is not None))
+                intermediates.append(reroll(x, size, pending, windows=keep is not None if windows is None else windows))
         return x, intermediates
 
     def forward_features(self, images: Tensor) -> Tensor:
@@ -505,9 +506,10 @@ class MaskedAutoencoderHiera(Hiera):
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "decoder_pos_embed", "mask_token"}
 
-    def forward_encoder(self, images: Tensor, keep: Tensor) -> Tensor:
-        """``(B, #kept units, uy, ux, D)``: the fused, normalised encoding of the kept mask units."""
-        _, intermediates = self.forward_tokens(images, keep, return_intermediates=True)
+    def forward_encoder(self, images: Tensor, keep: Tensor | None) -> Tensor:
+        """``(B, #kept units, uy, ux, D)``: the fused, normalised encoding of the kept mask units
+        (``keep=None``: every unit, without selecting tokens by a mask)."""
+        _, intermediates = self.forward_tokens(images, keep, return_intermediates=True, windows=True)
         fused = 0.0
         for head, x in zip(self.multi_scale_fusion_heads, intermediates[: self.q_pool] + intermediates[-1:], strict=True):
             if not isinstance(head, nn.Identity):
@@ -573,8 +575,7 @@ class MaskedAutoencoderHiera(Hiera):
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``(B, D)``: mean of the fused encoding of the whole (unmasked) image after ``encoder_norm``."""
-        keep = torch.ones(images.shape[0], self.mask_grid**2, dtype=torch.bool, device=images.device)
-        return self.forward_encoder(images, keep).mean(dim=(1, 2, 3))
+        return self.forward_encoder(images, None).mean(dim=(1, 2, 3))
 
     @classmethod
     def from_official_checkpoint(cls, path: str, **kwargs: Any) -> MaskedAutoencoderHiera:

@@ -8,6 +8,7 @@ from framework.graph.computation import (
     CGNode,
     CGTracer,
     ComputationGraph,
+    FeatureExtractor,
     computation_graph,
     load_graphs_jsonl,
     save_graphs_jsonl,
@@ -15,6 +16,6 @@ from framework.graph.computation import (
 from framework.graph.patterns import conv_bn_pairs
 
 __all__ = [
-    "CGNode", "CGTracer", "ComputationGraph", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
+    "CGNode", "CGTracer", "ComputationGraph", "FeatureExtractor", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
     "computation_graph", "conv_bn_pairs", "load_graphs_jsonl", "save_graphs_jsonl",
 ]  # fmt: skip

@@ -689,6 +689,23 @@ def _trace(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[torch.fx.Graph
             ) from None
 
 
+class FeatureExtractor(nn.Module):
+    """``model.forward_features`` as a module's forward: the encoder path of a pretraining model.
+
+    A masked autoencoder's ``forward`` draws a random mask and selects tokens by it, so its size
+    depends on the data and the graph cannot be traced; its encoder (what a downstream task and a
+    performance predictor care about) can."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not callable(getattr(model, "forward_features", None)):
+            raise LitzooError(f"{type(model).__name__} has no forward_features method")
+        self.model = model
+
+    def forward(self, *inputs: Any) -> Any:
+        return self.model.forward_features(*inputs)
+
+
 def computation_graph(
     model: nn.Module,
     example_input: Tensor | tuple[Tensor, ...],
@@ -707,6 +724,6 @@ def computation_graph(
 
 
 __all__ = [
-    "CGNode", "CGTracer", "ComputationGraph", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
+    "CGNode", "CGTracer", "ComputationGraph", "FeatureExtractor", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
     "computation_graph", "load_graphs_jsonl", "save_graphs_jsonl",
 ]  # fmt: skip

@@ -443,6 +443,13 @@ def test_every_litzoo_model_has_a_computation_graph():
     assert set(failed) == set(UNTRACEABLE), failed
     for name, reason in UNTRACEABLE.items():
         assert reason in failed[name] and "\n" not in failed[name]
+        # their encoder (forward_features, what a predictor or a downstream task uses) does trace
+        network, sample = config_network(configs[name], features=True)
+        g = computation_graph(network, sample, family=name)
+        assert ComputationGraph.from_json(g.to_json()).to_dict() == g.to_dict(), name
+        assert g.total_flops == math_attention_flops(network, sample) > 0, name
+        assert 0 < g.total_params < count_parameters(network), name  # the decoder is not on the encoder path
+        assert ops(g)["output"] == 1 and all(s < d for s, d in g.edges), name
     assert {"ResNetClassifier", "RepVGGClassifier", "CLIPModule", "MAEModule"} <= set(built)
     resnet = built["ResNetClassifier"]  # ResNet-18: 17 3x3 convs + 3 projection shortcuts, 8 residual adds
     assert ops(resnet)["conv"] == 20 and ops(resnet)["add"] == 8 and ops(resnet)["batch_norm"] == 20
@@ -460,6 +467,14 @@ def test_cli_graph_writes_json_and_summary(tmp_path, capsys):
     assert f"{len(g.nodes)} nodes" in printed and f"({g.total_flops})" in printed and f"({g.total_params})" in printed
     assert any(line.split()[:2] == ["conv", str(ops(g)["conv"])] for line in printed.splitlines())
     assert f"written to {out}" in printed
+
+
+def test_cli_graph_features_of_a_pretraining_model(tmp_path, capsys):
+    out = tmp_path / "cg.json"
+    main(["graph", "-c", "configs/diffmae/digits.yaml", "--out", str(out), "--features"])
+    g = ComputationGraph.from_json(out.read_text(), str(out))
+    assert ops(g)["attention"] + ops(g)["matmul"] > 0 and g.family == "diffmae"
+    assert f"written to {out}" in capsys.readouterr().out
 
 
 def test_cli_graph_bad_config_is_one_line(tmp_path, capsys):

@@ -280,6 +280,17 @@ def test_mae_module_trains_one_step_and_gives_features(tmp_path):
     assert module.forward_features(torch.randn(3, 1, 32, 32)).shape == (3, 32)
 
 
+def test_mae_features_without_a_mask_equal_the_all_visible_mask_path():
+    """forward_features runs the encoder without selecting tokens (so it traces); it must equal the
+    masked path with every mask unit kept."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoderHiera(**TINY, decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2).eval()
+    images = torch.randn(2, 2, 32, 32)
+    keep_all = torch.ones(2, model.mask_grid**2, dtype=torch.bool)
+    assert torch.allclose(model.forward_encoder(images, None), model.forward_encoder(images, keep_all), atol=1e-6)
+    assert torch.allclose(model.forward_features(images), model.forward_encoder(images, keep_all).mean(dim=(1, 2, 3)), atol=1e-6)
+
+
 def test_classifier_module_features_and_weight_decay_groups():
     module = HieraClassifier(num_classes=10, **dict(TINY, in_chans=1))
     assert module(torch.randn(2, 1, 32, 32)).shape == (2, 10)
