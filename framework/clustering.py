@@ -74,7 +74,8 @@ def fuzzy_c_means(points: Tensor, num_clusters: int, m: float = 2.0, max_iter: i
     u = torch.rand(z.shape[0], num_clusters, generator=generator, dtype=torch.float64).to(z.device)
     u = u / u.sum(dim=1, keepdim=True)
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    while iterations < max_iter:
+        iterations += 1
         weights = u.pow(m)
         centers = weights.T @ z / weights.sum(dim=0)[:, None]
         new_u = fuzzy_memberships(z, centers, m)
