@@ -12,8 +12,10 @@ the configured ``sample_rate`` — nothing is resampled. An item becomes Audio-M
 minus its mean, cut to the samples that make ``target_length`` frames (a random window in training,
 the start otherwise), the Kaldi fbank (``framework.data.audio.kaldi_fbank``: 25 ms / 10 ms,
 ``num_mel_bins`` HTK-mel bins, Hann window), zero frames appended up to ``target_length``, and
-``(fbank − norm_mean) / (2·norm_std)``. Batches: ``{"audio": (B, 1, target_length, num_mel_bins),
-"label": (B,)}``.
+``(fbank − norm_mean) / (2·norm_std)``. Training items may be augmented with SpecAugment
+(``freqm`` / ``timem``, :func:`framework.data.audio.spec_augment`, on the fbank before normalisation as
+AudioMAE ``dataset.py``; off by default because pretraining uses none). Batches:
+``{"audio": (B, 1, target_length, num_mel_bins), "label": (B,)}``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from framework.data.audio import (
     num_samples_for,
     pad_or_cut_frames,
     read_wav,
+    spec_augment,
 )
 from framework.errors import LitzooError
 
@@ -69,18 +72,23 @@ class AudioFileDataset(Dataset):
         num_mel_bins: mel bins.
         norm_mean, norm_std: fbank normalisation ``(x − mean) / (2·std)``.
         random_crop: take a random window of a longer clip (torch's global RNG, seeded by
-            ``seed_everything`` and Lightning's worker seeding); else its start. Deterministic items
-            (``random_crop=False``) are cached in memory after the first read.
+            ``seed_everything`` and Lightning's worker seeding); else its start. The fbank of a
+            deterministic window (``random_crop=False``) is cached in memory after the first read.
+        freqm, timem: SpecAugment frequency / time mask parameters (widths drawn in ``[0, freqm)`` bins
+            and ``[0, timem)`` frames, torch's global RNG); 0 = no mask. Set them for training data only.
 
     Raises:
         LitzooError: on access, naming the file: unreadable, another sample rate, or shorter than one frame.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], sample_rate: int, target_length: int, num_mel_bins: int,
-                 norm_mean: float, norm_std: float, random_crop: bool) -> None:  # fmt: skip
+                 norm_mean: float, norm_std: float, random_crop: bool, freqm: int = 0, timem: int = 0) -> None:  # fmt: skip
+        if freqm < 0 or timem < 0:
+            raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
         self.samples = list(samples)
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std, self.random_crop = norm_mean, norm_std, random_crop
+        self.freqm, self.timem = freqm, timem
         self.num_samples = num_samples_for(target_length, sample_rate)
         self._cache: dict[int, Tensor] = {}
 
@@ -92,7 +100,11 @@ class AudioFileDataset(Dataset):
         return len(self.samples)
 
     def load(self, path: Path) -> Tensor:
-        """``(1, target_length, num_mel_bins)`` normalised fbank of the WAV at ``path``."""
+        """``(1, target_length, num_mel_bins)`` normalised fbank of the WAV at ``path`` (no SpecAugment)."""
+        return normalize_fbank(self.raw_fbank(path), self.norm_mean, self.norm_std)[None]
+
+    def read_waveform(self, path: Path) -> Tensor:
+        """The mono waveform of ``path``, checked (sample rate, at least one frame), mean removed."""
         waveform, rate = read_wav(path)
         if rate != self.sample_rate:
             raise LitzooError(f"WAV file '{path}' has sample rate {rate} Hz, expected {self.sample_rate} Hz "
@@ -100,22 +112,34 @@ class AudioFileDataset(Dataset):
         frame = int(self.sample_rate * 0.025)
         if len(waveform) < frame:
             raise LitzooError(f"WAV file '{path}' holds {len(waveform)} samples, fewer than one 25 ms frame ({frame})")
-        waveform = waveform - waveform.mean()
+        return waveform - waveform.mean()
+
+    def fbank_of_waveform(self, waveform: Tensor) -> Tensor:
+        """``(target_length, num_mel_bins)`` un-normalised fbank of a waveform (window cut, zero frames appended)."""
         if len(waveform) > self.num_samples:
             offset = int(torch.randint(0, len(waveform) - self.num_samples + 1, ()).item()) if self.random_crop else 0
             waveform = waveform[offset : offset + self.num_samples]
         fbank = kaldi_fbank(waveform, self.sample_rate, self.num_mel_bins)
-        fbank = pad_or_cut_frames(fbank, self.target_length)
+        return pad_or_cut_frames(fbank, self.target_length)
+
+    def raw_fbank(self, path: Path) -> Tensor:
+        """``(target_length, num_mel_bins)`` un-normalised fbank of the WAV at ``path``."""
+        return self.fbank_of_waveform(self.read_waveform(path))
+
+    def augment_and_normalize(self, fbank: Tensor) -> Tensor:
+        """SpecAugment (when ``freqm`` / ``timem`` are set) on the raw fbank, then normalise → ``(1, T, F)``."""
+        if self.freqm or self.timem:
+            fbank = spec_augment(fbank, self.freqm, self.timem)
         return normalize_fbank(fbank, self.norm_mean, self.norm_std)[None]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         path, label = self.samples[index]
-        audio = self._cache.get(index)
-        if audio is None:
-            audio = self.load(path)
+        fbank = self._cache.get(index)
+        if fbank is None:
+            fbank = self.raw_fbank(path)
             if not self.random_crop:
-                self._cache[index] = audio
-        return {"audio": audio, "label": torch.tensor(label, dtype=torch.long)}
+                self._cache[index] = fbank
+        return {"audio": self.augment_and_normalize(fbank), "label": torch.tensor(label, dtype=torch.long)}
 
 
 class AudioFolderDataModule(L.LightningDataModule):
@@ -135,6 +159,8 @@ class AudioFolderDataModule(L.LightningDataModule):
         batch_size: samples per batch (per process).
         num_workers: DataLoader worker processes.
         random_crop: random windows of clips longer than ``target_length`` frames in training.
+        freqm, timem: SpecAugment on training items (AudioMAE fine-tuning: 48 bins / 192 frames for
+            1024 × 128 inputs); 0 (default) = none, as in pretraining. Validation / test items are never masked.
 
     Raises:
         LitzooError: ``root`` or ``root/train`` missing (here); a split without class folders or WAV
@@ -153,6 +179,8 @@ class AudioFolderDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         random_crop: bool = True,
+        freqm: int = 0,
+        timem: int = 0,
     ) -> None:
         super().__init__()
         if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
@@ -163,11 +191,14 @@ class AudioFolderDataModule(L.LightningDataModule):
             raise ValueError(f"norm_std must be positive, got {norm_std}")
         if batch_size <= 0 or num_workers < 0:
             raise ValueError(f"batch_size must be positive and num_workers >= 0, got {batch_size} and {num_workers}")
+        if freqm < 0 or timem < 0:
+            raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
         self.save_hyperparameters()
         self.root = Path(root).expanduser()
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.batch_size, self.num_workers, self.random_crop = batch_size, num_workers, random_crop
+        self.freqm, self.timem = freqm, timem
         self.datasets: dict[str, AudioFileDataset] = {}
         self._classes: list[str] | None = None
         self._split_dir("train")
@@ -223,8 +254,10 @@ class AudioFolderDataModule(L.LightningDataModule):
             samples.extend((path, index[name]) for path in files)
         if not samples:
             raise LitzooError(f"no .wav files in the class folders of '{split_dir}'")
+        train = split == "train"
         return AudioFileDataset(samples, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean, self.norm_std,
-                                random_crop=self.random_crop and split == "train")  # fmt: skip
+                                random_crop=self.random_crop and train, freqm=self.freqm if train else 0,
+                                timem=self.timem if train else 0)  # fmt: skip
 
     def prepare_data(self) -> None:
         """Checks that the tree is there; never downloads."""
@@ -276,12 +309,15 @@ class SyntheticAudioDataModule(AudioFolderDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         random_crop: bool = True,
+        freqm: int = 0,
+        timem: int = 0,
     ) -> None:
         if num_per_class < 1:
             raise ValueError(f"num_per_class must be at least 1, got {num_per_class}")
         folder = Path(root).expanduser() / f"seed{seed}-n{num_per_class}"
         self._generate(folder, num_per_class, seed)
-        super().__init__(str(folder), 16000, target_length, num_mel_bins, norm_mean, norm_std, batch_size, num_workers, random_crop)
+        super().__init__(str(folder), 16000, target_length, num_mel_bins, norm_mean, norm_std, batch_size, num_workers, random_crop,
+                         freqm, timem)  # fmt: skip
         self.save_hyperparameters()
 
     @staticmethod

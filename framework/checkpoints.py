@@ -101,7 +101,7 @@ _DBB_SEGMENTS: dict[str, str | None] = {
 
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
-OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae", "hiera")
+OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae", "hiera", "audio_mae")
 
 
 def _rename_segments(key: str, table: dict[str, str | None]) -> str:
@@ -142,6 +142,34 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], path: str | Path = "<checkp
     return dict(state)
 
 
+def convert_official_audio_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official AudioMAE weights (``models_mae.py`` pretrained or ``models_vit.py`` fine-tuned, already
+    unwrapped from ``{"model": ...}``) → ``(our state dict, dropped keys)``.
+
+    Our modules use the official (timm ViT) names, so encoder (``patch_embed.proj``, ``cls_token``,
+    ``pos_embed``, ``blocks.*``, ``norm``), decoder embedding / norm / prediction (``decoder_embed``,
+    ``mask_token``, ``decoder_pos_embed``, ``decoder_norm``, ``decoder_pred``) and fine-tuned heads
+    (``fc_norm``, ``head``) keep their keys. The blocks of the official local-window decoder
+    (``decoder_mode=1``, recognised by their ``attn.tau`` / ``attn.meta_mlp`` parameters) are Swin-V2-CR
+    blocks that compute something else than ours (see the module docstring): all ``decoder_blocks.*``
+    keys are dropped and returned, even those whose names match ours, because loading them would be
+    silently wrong. Global decoder blocks (``decoder_mode=0``, timm ``Block``) are kept.
+
+    Raises:
+        LitzooError: not an AudioMAE / timm ViT state dict (no ``patch_embed.proj.weight``).
+    """
+    if "patch_embed.proj.weight" not in state_dict:
+        raise LitzooError("official audio_mae state dict: no 'patch_embed.proj.weight', so not an AudioMAE / timm ViT checkpoint")
+    swin_decoder = any(k.startswith("decoder_blocks.") and (".attn.tau" in k or ".attn.meta_mlp." in k) for k in state_dict)
+    converted, dropped = {}, []
+    for key, value in state_dict.items():
+        if swin_decoder and key.startswith("decoder_blocks."):
+            dropped.append(key)
+        else:
+            converted[key] = value
+    return converted, dropped
+
+
 def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename the keys of an official released state dict to litzoo's module names.
 
@@ -156,7 +184,10 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
             also removed here; encoder-only files such as ``mae_pretrain_vit_base.pth`` give encoder
             keys only, and ``MaskedAutoencoderViT.from_official_checkpoint`` reports the missing decoder) or
             ``"hiera"`` (facebookresearch/hiera: litzoo's ``Hiera`` / ``MaskedAutoencoderHiera`` use the
-            official names; the released files' ``{'model_state': ...}`` wrapper is removed here).
+            official names; the released files' ``{'model_state': ...}`` wrapper is removed here) or
+            ``"audio_mae"`` (facebookresearch/AudioMAE: timm ViT names; the Swin-V2-CR blocks of the
+            official local-window decoder are dropped with a warning, see
+            :func:`convert_official_audio_mae_state_dict`).
         state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
     """
     if method not in OFFICIAL_METHODS:
@@ -181,6 +212,14 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
         state_dict = unwrap_state_dict(state_dict)
         if "patch_embed.proj.weight" not in state_dict:
             raise LitzooError("official hiera state dict: no 'patch_embed.proj.weight', so not a Hiera checkpoint")
+        rename = lambda key: key  # noqa: E731
+    elif method == "audio_mae":
+        if isinstance(state_dict.get("model"), Mapping) or all(k.startswith("module.") for k in state_dict):
+            state_dict = unwrap_state_dict(state_dict)
+        state_dict, dropped = convert_official_audio_mae_state_dict(dict(state_dict))
+        if dropped:
+            rank_zero_warn(f"official audio_mae state dict: {len(dropped)} local-window decoder weights dropped (Swin-V2-CR blocks, "
+                           f"not litzoo's decoder): {', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}")  # fmt: skip
         rename = lambda key: key  # noqa: E731
     else:
         rename = lambda key: key  # noqa: E731

@@ -13,9 +13,20 @@ the AS-2M pretraining script). Reference: facebookresearch/AudioMAE ``models_mae
 the class token dropped before the decoder blocks), ``models_vit.py`` (fine-tuning: mean-pooled
 patch tokens → ``fc_norm`` → ``head``, with 2-D time/frequency token masking as augmentation).
 
-Differences: the decoder's window blocks have no relative-position bias table (timm's Swin block has
-one; the tokens carry absolute sin-cos positions already), and the number of decoder blocks / heads
-is ``decoder_depth`` / ``decoder_num_heads`` rather than hard-coded 16 / 16 (the defaults are 16 / 16).
+Differences: the official decoder blocks are timm's *Swin-V2-CR* ``SwinTransformerBlock``
+(``timm_patch/swin_transformer.py``: post-norm branches ``x + norm1(attn(x))``, scaled *cosine*
+attention with a learned per-head temperature ``tau`` and a log-spaced continuous position bias from a
+small ``meta_mlp``); ours are pre-norm Swin blocks with plain dot-product attention and no position
+bias (the tokens carry absolute sin-cos positions already). So the official decoder blocks' weights
+cannot be loaded (:func:`convert_official_audio_mae_state_dict` reports them); the encoder, the
+decoder's embedding / norm / prediction and the fine-tuned classifier load exactly. The number of
+decoder blocks / heads is ``decoder_depth`` / ``decoder_num_heads`` rather than hard-coded 16 / 16
+(the defaults are 16 / 16).
+
+Fine-tuning (:class:`AudioMAEClassifier`): single-label cross-entropy (ESC-50, SPC) or, with
+``multilabel=True``, AudioSet's BCE-with-logits on multi-hot (mixup-softened) targets and macro mAP
+(AudioMAE ``main_finetune_as.py`` / ``engine_finetune_as.py``); data augmentation (SpecAugment, mixup)
+lives in the data modules (``datamodules/audioset.py``), as in the official ``dataset.py``.
 
 Pretraining recipe (AS-2M script): AdamW β = (0.9, 0.95), weight decay 1e-4,
 ``lr = blr · effective_batch / 256`` with ``blr = 2e-4``, 3 warm-up epochs then cosine.
@@ -29,14 +40,18 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import AdamW
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
+from framework.checkpoints import convert_official_audio_mae_state_dict, load_checkpoint, unwrap_state_dict
 from framework.errors import LitzooError
 from framework.nn import (
+    Attention,
     Block,
     Mlp,
+    PatchEmbed,
     gather_tokens,
     init_vit_weights,
     normalized_pixel_target,
@@ -57,27 +72,6 @@ def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------- blocks
-
-
-class SpectrogramPatchEmbed(nn.Module):
-    """Non-overlapping ``p × p`` patches of a ``(B, C, T, F)`` spectrogram → ``(B, (T/p)·(F/p), D)`` tokens."""
-
-    def __init__(self, input_size: tuple[int, int], patch_size: int, in_chans: int, dim: int) -> None:
-        super().__init__()
-        frames, bins = input_size
-        if patch_size <= 0 or frames % patch_size or bins % patch_size:
-            raise ValueError(f"input size {frames}x{bins} (frames x mel bins) must be a multiple of patch_size {patch_size}")
-        self.input_size, self.patch_size = (frames, bins), patch_size
-        self.grid_size = (frames // patch_size, bins // patch_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if tuple(x.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"expected spectrograms of {self.input_size[0]} frames x {self.input_size[1]} bins, got shape {tuple(x.shape)}"
-            )
-        return self.proj(x).flatten(2).transpose(1, 2)
 
 
 def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
@@ -115,28 +109,18 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
     return ids[:, :, None] == ids[:, None, :]
 
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention inside each window, with an optional ``(nW, N, N)`` boolean mask
-    (True = may attend). Parameter names as :class:`framework.nn.Attention` (``qkv``, ``proj``)."""
+class WindowAttention(Attention):
+    """Multi-head self-attention inside each window: :class:`framework.nn.Attention` (same ``qkv`` / ``proj``
+    names) with an optional ``(nW, N, N)`` boolean window mask (True = may attend) repeated over the batch."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__()
-        if dim <= 0 or num_heads <= 0 or dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
-        self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        # x: (B·nW, N, D); mask: (nW, N, N), windows of one example consecutive
-        bw, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        # x: (B·nW, N, D), the windows of one example consecutive (window_partition's order)
         attn_mask = None
         if mask is not None:
+            bw, n, _ = x.shape
             nw = mask.shape[0]
             attn_mask = mask[None, :, None].expand(bw // nw, nw, 1, n, n).reshape(bw, 1, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(bw, n, d))
+        return super().forward(x, attn_mask=attn_mask)
 
 
 class SwinWindowBlock(nn.Module):
@@ -210,7 +194,9 @@ class AudioViTEncoder(nn.Module):
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self.patch_size, self.in_chans = patch_size, in_chans
-        self.patch_embed = SpectrogramPatchEmbed(_pair(input_size), patch_size, in_chans, embed_dim)
+        # (frames, bins) input, square patches: grid (T/p, F/p) in time-major order; xavier-initialised like a
+        # linear layer by init_vit_weights (models_mae.py initialize_weights)
+        self.patch_embed = PatchEmbed(_pair(input_size), patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
@@ -224,10 +210,11 @@ class AudioViTEncoder(nn.Module):
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return self.patch_embed.grid_size
+        return self.patch_embed.grid_hw
 
-    def encode(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        """``(B, 1 + K, D)`` normed tokens (class token first) of the patches ``ids_keep`` ``(B, K)`` (all when None)."""
+    def transform(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """``(B, 1 + K, D)`` tokens after the blocks, before the final norm (class token first), of the
+        patches ``ids_keep`` ``(B, K)`` (all when None)."""
         x = self.patch_embed(spec) + self.pos_embed[:, 1:]
         if ids_keep is not None:
             x = gather_tokens(x, ids_keep)
@@ -235,7 +222,11 @@ class AudioViTEncoder(nn.Module):
         x = torch.cat([cls, x], dim=1)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x)
+        return x
+
+    def encode(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """``(B, 1 + K, D)`` normed tokens (class token first) of the patches ``ids_keep`` ``(B, K)`` (all when None)."""
+        return self.norm(self.transform(spec, ids_keep))
 
     def forward_features(self, spec: Tensor) -> Tensor:
         """``(B, D)``: mean of the normed patch tokens, all patches visible (Audio-MAE's global pooling)."""
@@ -350,18 +341,89 @@ def time_frequency_keep(batch: int, grid: tuple[int, int], mask_t_prob: float, m
 
 
 class AudioViTClassifier(AudioViTEncoder):
-    """Fine-tuning model (AudioMAE ``models_vit.py``, global pool): mean of the patch tokens →
-    ``fc_norm`` → ``head``. During training, patches may be dropped by :func:`time_frequency_keep`."""
+    """Fine-tuning model (AudioMAE ``models_vit.py``, ``global_pool=True``): the blocks' patch tokens,
+    averaged → ``fc_norm`` → ``head``. As the official model there is no final ``norm`` (``del self.norm``:
+    ``fc_norm`` replaces it), so the keys are those of the released fine-tuned checkpoints. During
+    training, patches may be dropped by :func:`time_frequency_keep`. The head starts near zero
+    (truncated normal, std 2e-5, as ``main_finetune_as.py`` re-initialises it)."""
 
     def __init__(self, num_classes: int, input_size: tuple[int, int] = (1024, 128), patch_size: int = 16, in_chans: int = 1,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:  # fmt: skip
         super().__init__(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        del self.norm  # official models_vit.py (global pool): fc_norm after the mean instead
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_encoder()
+        nn.init.trunc_normal_(self.head.weight, std=2e-5)
+
+    def encode(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        raise NotImplementedError("AudioViTClassifier has no final norm (official models_vit.py); use forward_features or transform")
+
+    def forward_features(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
+        """``(B, D)``: ``fc_norm`` of the mean patch token (before the head)."""
+        return self.fc_norm(self.transform(spec, ids_keep)[:, 1:].mean(dim=1))
 
     def forward(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        return self.head(self.fc_norm(self.encode(spec, ids_keep)[:, 1:].mean(dim=1)))
+        return self.head(self.forward_features(spec, ids_keep))
+
+
+# ------------------------------------------------------------------------ official checkpoints
+
+
+def _official_or_lightning_state(path: str) -> tuple[dict[str, Tensor], list[str], bool]:
+    """``(state dict in our model's names, dropped official keys, is_official)`` of a checkpoint file:
+    a Lightning checkpoint of :class:`AudioMAEModule` / :class:`AudioMAEClassifier` (``state_dict`` with
+    ``model.`` keys) or an official AudioMAE release (``{"model": ...}`` or a bare state dict)."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("state_dict")
+    if isinstance(state, dict) and any(k.startswith("model.") for k in state):
+        return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}, [], False
+    converted, dropped = convert_official_audio_mae_state_dict(unwrap_state_dict(checkpoint, path))
+    return converted, dropped, True
+
+
+def load_audio_mae_weights(model: nn.Module, path: str) -> nn.Module:
+    """Load an official AudioMAE checkpoint, or one of ours, into ``model`` (an :class:`AudioViTEncoder`
+    subclass) with ``weights_only=True``.
+
+    Every encoder weight must be there with the right shape (else a one-line :class:`LitzooError`
+    naming the file and the keys). What the file lacks or has beyond the model is reported, not fatal:
+    a classifier head of another shape or missing (fresh fine-tuning head) keeps its initialisation;
+    decoder weights missing from the file or not loadable (the official Swin-V2-CR decoder blocks) keep
+    theirs, with a warning listing them; the pretrained encoder's final ``norm`` and decoder are ignored
+    by a classifier (``models_vit.py`` has neither, ``main_finetune_as.py`` loads with ``strict=False``).
+    """
+    state, dropped, official = _official_or_lightning_state(path)
+    target = model.state_dict()
+    head_keys = ("fc_norm.", "head.")
+    decoder_keys = ("decoder_", "mask_token")
+
+    def is_encoder(key: str) -> bool:
+        return not key.startswith(head_keys + decoder_keys)
+
+    missing = [k for k in target if k not in state]
+    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
+    bad = [k for k in missing + wrong if is_encoder(k)]
+    if bad:
+        raise LitzooError(f"checkpoint '{path}' does not fit this Audio-MAE encoder: missing or mis-shaped {', '.join(bad[:4])}"
+                          + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))  # fmt: skip
+    unused = [k for k in state if k not in target]
+    keep_fresh = [k for k in missing + wrong if not is_encoder(k)]
+    load = {k: v for k, v in state.items() if k in target and k not in wrong}
+    model.load_state_dict(load, strict=False)
+    has_decoder = any(k.startswith(decoder_keys) for k in target)  # a classifier has none: nothing to report
+    not_loaded_decoder = sorted({k for k in keep_fresh if k.startswith(decoder_keys)} | (set(dropped) if has_decoder else set()))
+    if not_loaded_decoder:
+        rank_zero_warn(f"{path}: {len(not_loaded_decoder)} decoder weights were not loaded and keep their initialisation "
+                       f"(the official decoder's Swin-V2-CR blocks differ from ours): {', '.join(not_loaded_decoder)}")  # fmt: skip
+    heads = [k for k in keep_fresh if k.startswith(head_keys)]
+    if heads:
+        rank_zero_info(f"{path}: classifier weights {', '.join(heads)} not in the file or of another shape; they keep their initialisation")
+    ignored = [k for k in unused if not (k.startswith(decoder_keys) or k.startswith("norm."))]
+    if ignored:
+        rank_zero_warn(f"{path}: weights this model does not use were ignored: {', '.join(ignored[:8])}")
+    rank_zero_info(f"{path}: loaded {len(load)} tensors ({'official AudioMAE' if official else 'litzoo'} checkpoint)")
+    return model
 
 
 # --------------------------------------------------------------------------- LightningModules
@@ -447,6 +509,16 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
         self.example_input_array = torch.zeros(2, in_chans, *size)
         self._grid: Tensor | None = None
 
+    @classmethod
+    def from_official_checkpoint(cls, path: str, **kwargs: Any) -> AudioMAEModule:
+        """A module (``kwargs``: its constructor arguments, default ViT-B/16 on 1024 × 128) with the weights
+        of an official AudioMAE pretrained checkpoint (``{"model": ...}``, ``models_mae.py`` names), loaded
+        with ``weights_only=True`` by :func:`load_audio_mae_weights`: the encoder exactly, the decoder's
+        Swin-V2-CR blocks not (warned)."""
+        module = cls(**kwargs)
+        load_audio_mae_weights(module.model, path)
+        return module
+
     def forward(self, spec: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         return self.model(spec, self.mask_ratio, noise)
 
@@ -501,15 +573,25 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
 
 
 class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
-    """Audio-MAE fine-tuning: :class:`AudioViTClassifier` with cross-entropy on ``{"audio", "label"}``
-    batches (single-label data sets such as ESC-50 / SpeechCommands; AudioSet's multi-label BCE is not
-    implemented), 2-D time/frequency patch masking as training augmentation, ``val/acc``.
+    """Audio-MAE fine-tuning: :class:`AudioViTClassifier` on ``{"audio", "label"}`` batches, 2-D
+    time/frequency patch masking as training augmentation.
+
+    * ``multilabel=False``: integer labels ``(B,)``, cross-entropy, ``val/acc`` / ``test/acc`` (ESC-50,
+      SpeechCommands-style single-label sets).
+    * ``multilabel=True``: float multi-hot labels ``(B, C)`` (soft when the data mixes clips),
+      BCE-with-logits (``main_finetune_as.py``: ``nn.BCEWithLogitsLoss``), macro mean average precision
+      over classes ``val/mAP`` / ``test/mAP`` (``engine_finetune_as.py``: mean of per-class AP; torchmetrics
+      ``MultilabelAveragePrecision(average="macro")``, which gathers all predictions of the epoch, as the
+      official evaluation); the checkpoint monitor becomes ``val/mAP``. Evaluation targets are binarised
+      (``> 0.5``) for the metric.
 
     Args:
-        num_classes: classes.
+        num_classes: classes (AudioSet: 527).
         input_size … mlp_ratio: the encoder (must match the pretrained one).
-        pretrained: path of an :class:`AudioMAEModule` checkpoint (``.ckpt``) whose encoder initialises
-            this one (decoder keys ignored); ``None`` trains from scratch.
+        pretrained: a checkpoint whose encoder initialises this one: an :class:`AudioMAEModule` ``.ckpt``
+            or an official AudioMAE release (pretrained or fine-tuned ``.pth``), see
+            :func:`load_audio_mae_weights`; ``None`` trains from scratch.
+        multilabel: BCE + mAP instead of cross-entropy + accuracy.
         mask_t_prob, mask_f_prob: fraction of time rows / frequency columns of patches dropped in
             training (AS-20K fine-tuning: 0.2 / 0.2).
         blr, warmup_epochs: lr = blr · effective_batch / 256 (fine-tuning blr 1e-3), warm-up then cosine.
@@ -529,6 +611,7 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
         pretrained: str | None = None,
+        multilabel: bool = False,
         mask_t_prob: float = 0.2,
         mask_f_prob: float = 0.2,
         blr: float | None = 1e-3,
@@ -546,24 +629,26 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
         if pretrained is not None:
             self.load_pretrained(pretrained)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.val_acc = MulticlassAccuracy(num_classes)
-        self.test_acc = MulticlassAccuracy(num_classes)
+        self.multilabel = multilabel
+        if multilabel:
+            self.monitor = "val/mAP"
+            self.val_map = MultilabelAveragePrecision(num_classes, average="macro")
+            self.test_map = MultilabelAveragePrecision(num_classes, average="macro")
+        else:
+            self.val_acc = MulticlassAccuracy(num_classes)
+            self.test_acc = MulticlassAccuracy(num_classes)
 
     def load_pretrained(self, path: str) -> None:
-        """Encoder weights from an :class:`AudioMAEModule` checkpoint; raises when encoder keys are missing."""
-        from framework.checkpoints import load_checkpoint
+        """Encoder weights from an :class:`AudioMAEModule` checkpoint or an official AudioMAE release
+        (:func:`load_audio_mae_weights`); a one-line :class:`LitzooError` when encoder keys are missing."""
+        load_audio_mae_weights(self.model, path)
 
-        state = load_checkpoint(path)
-        state = state.get("state_dict", state)
-        encoder = {
-            k[len("model.") :]: v
-            for k, v in state.items()
-            if k.startswith("model.") and not k.startswith(("model.decoder", "model.mask_token"))
-        }
-        missing, _ = self.model.load_state_dict(encoder, strict=False)
-        missing = [k for k in missing if not k.startswith(("fc_norm", "head"))]
-        if missing:
-            raise LitzooError(f"checkpoint '{path}' lacks encoder weights for this AudioMAEClassifier: {', '.join(missing[:4])}")
+    def loss(self, logits: Tensor, label: Tensor) -> Tensor:
+        if self.multilabel:
+            if label.shape != logits.shape:
+                raise ValueError(f"multilabel=True expects (B, {logits.shape[1]}) float multi-hot labels, got shape {tuple(label.shape)}")
+            return F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype))
+        return F.cross_entropy(logits, label)
 
     def forward(self, spec: Tensor) -> Tensor:
         return self.model(spec)
@@ -576,17 +661,24 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
         ids = None
         if self.hparams.mask_t_prob > 0 or self.hparams.mask_f_prob > 0:
             ids = time_frequency_keep(len(spec), self.model.grid_size, self.hparams.mask_t_prob, self.hparams.mask_f_prob, spec.device)
-        loss = F.cross_entropy(self.model(spec, ids), batch["label"])
+        loss = self.loss(self.model(spec, ids), batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(spec))
         return loss
 
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        logits, label = self(batch["audio"]), batch["label"]
+        self.log(f"{stage}/loss", self.loss(logits, label), sync_dist=True, batch_size=len(logits))
+        if self.multilabel:
+            metric = self.val_map if stage == "val" else self.test_map
+            metric(logits, (label > 0.5).long())  # AP needs binary targets; evaluation data is not mixed
+            self.log(f"{stage}/mAP", metric, prog_bar=stage == "val", batch_size=len(logits))
+        else:
+            metric = self.val_acc if stage == "val" else self.test_acc
+            metric(logits, label)
+            self.log(f"{stage}/acc", metric, prog_bar=stage == "val", batch_size=len(logits))
+
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch["audio"])
-        self.val_acc(logits, batch["label"])
-        self.log("val/loss", F.cross_entropy(logits, batch["label"]), sync_dist=True, batch_size=len(logits))
-        self.log("val/acc", self.val_acc, prog_bar=True, batch_size=len(logits))
+        self._evaluate(batch, "val")
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch["audio"])
-        self.test_acc(logits, batch["label"])
-        self.log("test/acc", self.test_acc, batch_size=len(logits))
+        self._evaluate(batch, "test")

@@ -21,7 +21,8 @@ frame_shift=10``; AudioMAE ``dataset.py``):
 
 Audio-MAE then pads (zeros) or cuts the ``(T, 128)`` features to ``target_length`` frames and
 normalises them as ``(fbank − mean) / (2·std)`` with data-set statistics (AudioSet: −4.2677393,
-4.5689974): :func:`pad_or_cut_frames`, :func:`normalize_fbank`.
+4.5689974): :func:`pad_or_cut_frames`, :func:`normalize_fbank`. Fine-tuning training items are
+augmented in between with SpecAugment frequency / time masks: :func:`spec_augment`.
 
 WAV files are read and written with the standard library's :mod:`wave` (integer PCM only).
 """
@@ -180,6 +181,54 @@ def normalize_fbank(fbank: Tensor, mean: float = AUDIOSET_FBANK_MEAN, std: float
     return (fbank - mean) / (2 * std)
 
 
+def mask_along_axis(fbank: Tensor, mask_param: int, axis: int, mask_value: float = 0.0,
+                    generator: torch.Generator | None = None) -> tuple[Tensor, int, int]:  # fmt: skip
+    """One SpecAugment mask: ``fbank`` with rows / columns ``[start, end)`` along ``axis`` set to ``mask_value``.
+
+    torchaudio's ``FrequencyMasking`` / ``TimeMasking`` (``iid_masks=False``, ``functional.mask_along_axis``)
+    semantics: ``value = u₁·mask_param``, ``position = u₂·(size − value)`` with ``u₁, u₂ ~ U[0, 1)``
+    drawn in that order, ``start = trunc(position)``, ``end = start + trunc(value)`` — so the width is an
+    integer in ``[0, mask_param)`` — clipped to ``[0, size]``. ``mask_param < 1`` draws nothing.
+    Returns ``(masked copy, start, end)``.
+    """
+    if mask_param < 0:
+        raise ValueError(f"mask_param must be >= 0, got {mask_param}")
+    size = fbank.shape[axis]
+    if mask_param < 1:
+        return fbank, 0, 0
+    # float32 draws as torchaudio (torch.rand(1)), so that a shared seed gives the same masks
+    value = torch.rand(1, generator=generator) * mask_param
+    position = torch.rand(1, generator=generator) * (size - value)
+    start = int(position.long())  # .long() truncates toward zero, as torchaudio
+    end = start + int(value.long())
+    start, end = min(max(start, 0), size), min(max(end, 0), size)
+    out = fbank.clone()
+    out.narrow(axis, start, end - start).fill_(mask_value)
+    return out, start, end
+
+
+def spec_augment(fbank: Tensor, freqm: int, timem: int, mask_value: float = 0.0, generator: torch.Generator | None = None) -> Tensor:
+    """SpecAugment (Park et al., Interspeech 2019) as Audio-MAE / AST fine-tune: one frequency mask of
+    width ``< freqm`` bins, then one time mask of width ``< timem`` frames, on a ``(T, F)`` fbank.
+
+    AudioMAE ``dataset.py`` applies torchaudio's ``FrequencyMasking(freqm)`` then ``TimeMasking(timem)``
+    to the raw fbank (masked values 0, *before* the ``(x − mean)/(2·std)`` normalisation) of training
+    items only; ``main_finetune_as.py`` sets ``freqm=48, timem=192`` for 1024 × 128 inputs (all data
+    sets). A parameter of 0 draws nothing and leaves that axis untouched (as the official ``if freqm != 0``).
+    See :func:`mask_along_axis` for the sampling; ``generator`` (default: torch's global RNG) makes it
+    reproducible.
+    """
+    if fbank.dim() != 2:
+        raise ValueError(f"expected a (frames, mel bins) fbank, got shape {tuple(fbank.shape)}")
+    if freqm < 0 or timem < 0:
+        raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
+    if freqm:
+        fbank = mask_along_axis(fbank, freqm, 1, mask_value, generator)[0]
+    if timem:
+        fbank = mask_along_axis(fbank, timem, 0, mask_value, generator)[0]
+    return fbank
+
+
 # ------------------------------------------------------------------------------------- WAV files
 
 
@@ -230,11 +279,13 @@ __all__ = [
     "inverse_mel_scale",
     "kaldi_fbank",
     "mel_filterbank",
+    "mask_along_axis",
     "mel_scale",
     "normalize_fbank",
     "num_frames",
     "num_samples_for",
     "pad_or_cut_frames",
     "read_wav",
+    "spec_augment",
     "write_wav",
 ]

@@ -30,17 +30,41 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None) -> Tensor:
-        # x: (B, N, D); key_padding_mask: (B, N), True where a token must not be attended to
+    def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """``(B, N, D)`` → ``(B, N, D)``.
+
+        Args:
+            causal: token ``i`` attends to tokens ``≤ i`` only.
+            key_padding_mask: ``(B, N)``, True where a token must not be attended to.
+            attn_mask: broadcastable to ``(B, heads, N, N)``: boolean (True = may attend) or additive
+                float (added to the attention logits, ``-inf`` = never), e.g. Swin's shifted-window mask.
+        """
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, N, Dh)
-        attn_mask = None  # True = may attend
+        masks = []  # each broadcastable to (B, H, N, N); boolean True = may attend, or additive float
         if key_padding_mask is not None:
-            attn_mask = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, N)
-            if causal:  # one boolean mask: SDPA cannot take is_causal together with attn_mask
-                attn_mask = attn_mask & torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril()
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal and attn_mask is None)
+            masks.append(~key_padding_mask[:, None, None, :])  # (B, 1, 1, N)
+        if attn_mask is not None:
+            masks.append(attn_mask)
+        if causal and masks:  # one mask: SDPA cannot take is_causal together with attn_mask
+            masks.append(torch.ones(tokens, tokens, dtype=torch.bool, device=x.device).tril())
+        mask = None
+        for extra in masks:
+            if mask is None:
+                mask = extra
+            elif mask.dtype == torch.bool and extra.dtype == torch.bool:
+                mask = mask & extra
+            else:  # mixed kinds: add them as logits offsets (False -> -inf)
+                mask = _additive(mask, q.dtype) + _additive(extra, q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+def _additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask (True = may attend) as logit offsets 0 / −inf; a float mask unchanged."""
+    if mask.dtype != torch.bool:
+        return mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 class Mlp(nn.Module):
@@ -80,24 +104,35 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping ``patch_size × patch_size`` patches → tokens, as one strided convolution.
+def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
-    ``(B, C, H, W)`` → ``(B, N, D)`` with ``N = (H / p) · (W / p)``; H and W must be multiples of p.
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping ``ph × pw`` patches → tokens, as one strided convolution.
+
+    ``(B, C, H, W)`` → ``(B, N, D)`` with ``N = (H / ph) · (W / pw)`` in row-major order; H and W must be
+    multiples of the patch sides. Sizes are an int (square) or ``(h, w)`` — e.g. Audio-MAE's
+    ``1024 × 128`` time × frequency spectrograms. ``grid_size`` is an int for square int sizes (as
+    before) and ``(h, w)`` otherwise; ``grid_hw`` is always ``(h, w)``.
     """
 
-    def __init__(self, image_size: int, patch_size: int, in_chans: int, dim: int) -> None:
+    def __init__(self, image_size: int | tuple[int, int], patch_size: int | tuple[int, int], in_chans: int, dim: int) -> None:
         super().__init__()
-        if patch_size <= 0 or image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) must be a positive multiple of patch_size ({patch_size})")
+        size, patch = _pair(image_size), _pair(patch_size)
+        if min(patch) <= 0 or size[0] % patch[0] or size[1] % patch[1]:
+            raise ValueError(f"image_size ({size[0]}x{size[1]}) must be a positive multiple of patch_size ({patch[0]}x{patch[1]})")
+        square = isinstance(image_size, int) and isinstance(patch_size, int)
         self.image_size, self.patch_size = image_size, patch_size
-        self.grid_size = image_size // patch_size
-        self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.input_hw, self.patch_hw = size, patch
+        self.grid_hw = (size[0] // patch[0], size[1] // patch[1])
+        self.grid_size: int | tuple[int, int] = self.grid_hw[0] if square else self.grid_hw
+        self.num_patches = self.grid_hw[0] * self.grid_hw[1]
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got shape {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != self.input_hw:
+            raise ValueError(f"expected {self.input_hw[0]}x{self.input_hw[1]} inputs, got shape {tuple(images.shape)}")
         return self.proj(images).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
 
 

@@ -90,3 +90,33 @@ def test_synthetic_generator_is_deterministic_and_datamodule_generates(tmp_path)
     assert [p.name for p in (tmp_path / "syn").iterdir()] == ["seed0-n1"]  # no staging folder left
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["audio"].shape == (8, 1, 32, 32)
+
+
+def test_spec_augment_on_training_items_only(tmp_path):
+    root = _tree(tmp_path / "data", n=4000)  # 23 frames
+    dm = AudioFolderDataModule(str(root), target_length=20, num_mel_bins=32, batch_size=2, random_crop=False, freqm=12, timem=10)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    plain = train.load(train.samples[0][0])[0]  # the same item without SpecAugment
+    masked_value = normalize_fbank(torch.zeros(()))  # raw fbank 0 before normalisation, as AudioMAE dataset.py
+    torch.manual_seed(1)
+    u = [float(torch.rand(1)) for _ in range(4)]
+    torch.manual_seed(1)
+    item = train[0]["audio"][0]
+    f0 = int(u[1] * (32 - u[0] * 12))
+    f1 = f0 + int(u[0] * 12)
+    t0 = int(u[3] * (20 - u[2] * 10))
+    t1 = t0 + int(u[2] * 10)
+    expected = plain.clone()
+    expected[:, f0:f1] = masked_value
+    expected[t0:t1, :] = masked_value
+    assert f1 > f0 and t1 > t0
+    torch.testing.assert_close(item, expected)
+    # validation items are never masked: always the deterministic pipeline
+    wav, _ = read_wav(val.samples[0][0])
+    reference = normalize_fbank(pad_or_cut_frames(kaldi_fbank(wav - wav.mean(), num_mel_bins=32), 20))
+    for _ in range(3):
+        torch.testing.assert_close(val[0]["audio"][0], reference)
+    assert val.freqm == val.timem == 0
+    with pytest.raises(ValueError, match="freqm and timem"):
+        AudioFolderDataModule(str(root), freqm=-1)

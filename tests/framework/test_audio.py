@@ -10,12 +10,14 @@ import torch
 
 from framework.data.audio import (
     kaldi_fbank,
+    mask_along_axis,
     mel_filterbank,
     normalize_fbank,
     num_frames,
     num_samples_for,
     pad_or_cut_frames,
     read_wav,
+    spec_augment,
     write_wav,
 )
 from framework.errors import LitzooError
@@ -113,3 +115,49 @@ def test_wav_roundtrip_and_bad_file(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF1234not a wave file")
     with pytest.raises(LitzooError, match="bad.wav"):
         read_wav(tmp_path / "bad.wav")
+
+
+def _expected_band(u_value: float, u_position: float, param: int, size: int) -> tuple[int, int]:
+    """torchaudio's mask_along_axis by hand: width trunc(u1·param), start trunc(u2·(size − u1·param))."""
+    value = u_value * param
+    start = int(u_position * (size - value))
+    return start, start + int(value)
+
+
+def test_spec_augment_masks_exactly_the_sampled_bands():
+    fbank = torch.rand(100, 40) + 1.0  # no zeros anywhere before masking
+    out = spec_augment(fbank, freqm=20, timem=30, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    u = [float(torch.rand(1, generator=g)) for _ in range(4)]  # frequency (value, position), then time
+    f0, f1 = _expected_band(u[0], u[1], 20, 40)
+    t0, t1 = _expected_band(u[2], u[3], 30, 100)
+    assert 0 < f1 - f0 < 20 and 0 < t1 - t0 < 30  # this seed draws non-empty masks
+    expected = fbank.clone()
+    expected[:, f0:f1] = 0.0
+    expected[t0:t1, :] = 0.0
+    assert torch.equal(out, expected)
+    assert (fbank > 0).all()
+
+
+def test_spec_augment_width_distribution_and_off_switch():
+    g = torch.Generator().manual_seed(0)
+    widths, starts = set(), set()
+    for _ in range(400):
+        _, start, end = mask_along_axis(torch.ones(10, 50), 5, axis=1, generator=g)
+        widths.add(end - start)
+        starts.add(start)
+        assert 0 <= start and end <= 50
+    assert widths == {0, 1, 2, 3, 4}  # uniform integer widths in [0, param): never param itself
+    assert min(starts) == 0 and max(starts) >= 45  # starts cover the whole axis
+    g = torch.Generator().manual_seed(0)
+    state = g.get_state()
+    x = torch.randn(8, 6)
+    assert torch.equal(spec_augment(x, 0, 0, generator=g), x) and torch.equal(g.get_state(), state)  # nothing drawn
+    # a parameter larger than the axis (as timem 192 on short clips) clips the band to the axis
+    for _ in range(50):
+        _, start, end = mask_along_axis(torch.ones(8, 4), 30, axis=0, generator=g)
+        assert 0 <= start <= end <= 8
+    with pytest.raises(ValueError, match="freqm and timem"):
+        spec_augment(x, -1, 0)
+    with pytest.raises(ValueError, match="frames, mel bins"):
+        spec_augment(torch.randn(1, 8, 6), 2, 2)

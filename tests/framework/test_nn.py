@@ -87,6 +87,34 @@ def test_attention_causal_and_key_padding_mask_together():
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
+def test_attention_with_boolean_and_additive_attn_mask_equals_torch():
+    attention = _randomized_attention()
+    mha = _reference_mha(attention)
+    x = torch.randn(2, 6, 16)
+    g = torch.Generator().manual_seed(0)
+    allowed = torch.rand(6, 6, generator=g) > 0.4
+    allowed |= torch.eye(6, dtype=torch.bool)  # every query keeps at least itself
+    bias = torch.randn(6, 6, generator=g)
+    padding = torch.zeros(2, 6, dtype=torch.bool)
+    padding[1, 4:] = True
+    with torch.no_grad():
+        # boolean: ours True = may attend, torch's True = may not
+        torch.testing.assert_close(attention(x, attn_mask=allowed), mha(x, x, x, need_weights=False, attn_mask=~allowed)[0],
+                                   atol=1e-5, rtol=1e-5)  # fmt: skip
+        # additive float offsets, alone and with a key padding mask (mixed kinds are summed as logits)
+        torch.testing.assert_close(attention(x, attn_mask=bias), mha(x, x, x, need_weights=False, attn_mask=bias)[0], atol=1e-5, rtol=1e-5)
+        ours = attention(x, attn_mask=bias, key_padding_mask=padding)
+        padding_bias = torch.zeros(2, 6).masked_fill(padding, float("-inf"))  # same kind as attn_mask for torch
+        theirs = mha(x, x, x, need_weights=False, attn_mask=bias, key_padding_mask=padding_bias)[0]
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+        # per-example, per-head masks broadcast as (B, H, N, N); with causal the masks are intersected
+        per_head = allowed[None, None].expand(2, 4, 6, 6)
+        torch.testing.assert_close(attention(x, attn_mask=per_head), attention(x, attn_mask=allowed), atol=1e-6, rtol=0)
+        causal = attention(x, causal=True, attn_mask=allowed)
+        expected = mha(x, x, x, need_weights=False, attn_mask=~(allowed & ~_causal_mask(6)))[0]
+        torch.testing.assert_close(causal, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_attention_rejects_bad_head_count():
     with pytest.raises(ValueError, match="multiple of num_heads"):
         Attention(10, 4)
@@ -145,6 +173,23 @@ def test_patch_embed_rejects_wrong_sizes():
         embed(torch.zeros(1, 1, 8, 6))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         PatchEmbed(image_size=9, patch_size=2, in_chans=1, dim=4)
+
+
+def test_patch_embed_rectangular_inputs_and_patches():
+    embed = PatchEmbed(image_size=(8, 4), patch_size=2, in_chans=1, dim=3)  # Audio-MAE: time x frequency
+    assert embed.grid_size == (4, 2) == embed.grid_hw and embed.num_patches == 8
+    assert list(embed.state_dict()) == ["proj.weight", "proj.bias"]
+    x = torch.randn(2, 1, 8, 4)
+    out = embed(x)
+    # the token of patch (row 3, column 1) — row-major over the (4, 2) grid — comes from x[6:8, 2:4]
+    one = x[:, :, 6:8, 2:4].reshape(2, -1) @ embed.proj.weight.reshape(3, -1).T + embed.proj.bias
+    torch.testing.assert_close(out[:, 3 * 2 + 1], one, atol=1e-5, rtol=1e-5)
+    wide = PatchEmbed(image_size=(6, 8), patch_size=(3, 2), in_chans=1, dim=3)
+    assert wide.grid_size == (2, 4) and wide(torch.randn(1, 1, 6, 8)).shape == (1, 8, 3)
+    with pytest.raises(ValueError, match="8x4"):
+        embed(torch.zeros(1, 1, 4, 8))
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        PatchEmbed(image_size=(8, 5), patch_size=2, in_chans=1, dim=4)
 
 
 # ------------------------------------------------------------------------------ VisionTransformer
