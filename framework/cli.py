@@ -1,4 +1,5 @@
-"""``litzoo``: LightningCLI with litzoo's defaults, plus ``list``, ``export``, ``curate``, ``text-quality`` and ``graph``.
+"""``litzoo``: LightningCLI with litzoo's defaults, plus ``list``, ``export``, ``curate``, ``text-quality``, ``graph`` and
+``architectures``.
 
     litzoo fit  -c configs/repvgg/digits.yaml
     litzoo test -c configs/repvgg/digits.yaml --ckpt_path best
@@ -6,6 +7,7 @@
     litzoo list
     litzoo export --ckpt_path runs/repvgg/digits/version_0/checkpoints/deploy.ckpt --format onnx
     litzoo graph -c configs/repvgg/digits.yaml --out cg.json --summary
+    litzoo architectures --out data/architectures/digits.jsonl --per-family 50   # a labelled NAS benchmark
 
 Defaults added to the Trainer unless the config already sets them: a TensorBoardLogger writing to
 ``runs/<method>/<data>/version_N``, a ModelCheckpoint keeping ``best.ckpt`` (on the module's
@@ -352,6 +354,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             text_quality_command(argv[1:])
         elif argv[:1] == ["graph"]:
             graph_command(argv[1:])
+        elif argv[:1] == ["architectures"]:
+            from datamodules.architectures import architectures_command
+
+            architectures_command(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:
