@@ -23,7 +23,6 @@ data in minutes:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -37,6 +36,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from framework.data.jsonl import append_record, complete_records, truncate_file
 from framework.errors import LitzooError
 from framework.nas_spaces import FAMILIES, ArchSpec, build_network, check_family, sample_spec
 from framework.profiling import count_flops, count_parameters, measure_latency
@@ -145,48 +145,13 @@ def network_graph(model: nn.Module, labels: dict[str, float] | None, family: str
     return computation_graph(model, torch.zeros(INPUT_SHAPE), label=labels, family=family)
 
 
-def _complete_lines(path: Path, what: str) -> list[tuple[int, dict]]:
-    """``(end byte offset, object)`` of the complete lines of ``path``; a last line cut short by a kill (no
-    newline, or not JSON) is left out, a bad line before the end raises LitzooError."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    out: list[tuple[int, dict]] = []
-    offset = 0
-    lines = raw.split(b"\n")
-    for number, line in enumerate(lines, start=1):
-        end = offset + len(line) + 1
-        if number == len(lines):  # after the last newline: empty, or a partial record
-            break
-        if line.strip():
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except (ValueError, UnicodeDecodeError) as error:
-                if all(not rest.strip() for rest in lines[number:]):
-                    break  # the last record, cut short: regenerate it
-                raise LitzooError(f"{what} '{path}' line {number} is not a record ({error}); delete the file to regenerate") from None
-            out.append((end, record))
-        offset = end
-    return out
-
-
-def _truncate(path: Path, size: int) -> None:
-    if path.exists() and path.stat().st_size != size:
-        with path.open("r+b") as handle:
-            handle.truncate(size)
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def _read_done(path: Path, generation: dict[str, Any]) -> set[int]:
     """Indices of the records complete in both the graph file and its specs sidecar. Both files are cut back
     to those records (a run killed mid-record leaves a partial line or one file a line ahead); a malformed
     line elsewhere, or records of another generation setting, raise LitzooError."""
     sidecar = specs_path(path)
-    graphs = _complete_lines(path, "architecture benchmark")
-    specs = _complete_lines(sidecar, "architecture specs")
+    graphs = complete_records(path, "architecture benchmark")
+    specs = complete_records(sidecar, "architecture specs")
     if graphs and not sidecar.exists():
         raise LitzooError(
             f"architecture benchmark '{path}' has no specs file '{sidecar}' beside it: delete it to regenerate, or use another --out"
@@ -197,15 +162,9 @@ def _read_done(path: Path, generation: dict[str, Any]) -> set[int]:
             raise LitzooError(
                 f"architecture benchmark '{path}' was generated with {record.get('generation')}, not {generation}: use another --out or the same settings"
             )
-    _truncate(path, graphs[count - 1][0] if count else 0)
-    _truncate(sidecar, specs[count - 1][0] if count else 0)
+    truncate_file(path, graphs[count - 1][0] if count else 0)
+    truncate_file(sidecar, specs[count - 1][0] if count else 0)
     return {int(record["index"]) for _, record in specs[:count]}
-
-
-def _append_line(handle, record: dict) -> None:
-    handle.write((json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 def generate_architecture_benchmark(
@@ -267,8 +226,8 @@ def generate_architecture_benchmark(
                 model, labels = label_network(spec, data, epochs, seed=seed * 1_000_003 + index, latency_repeats=latency_repeats)
                 # graph first, then its spec: a kill between the two leaves the graph file one line ahead,
                 # which the next run cuts back
-                _append_line(graph_file, network_graph(model, labels, family).to_dict())
-                _append_line(spec_file, {"index": index, "family": family, "spec": spec.to_dict(), "generation": generation})
+                append_record(graph_file, network_graph(model, labels, family).to_dict())
+                append_record(spec_file, {"index": index, "family": family, "spec": spec.to_dict(), "generation": generation})
                 bar.set_postfix(family=family, acc=f"{labels['accuracy']:.3f}")
                 bar.update(1)
     finally:

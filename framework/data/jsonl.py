@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -47,3 +48,50 @@ def iter_jsonl(path: str | Path, string_fields: Sequence[str] = (), what: str = 
                 yield number, record
     except (OSError, UnicodeDecodeError) as error:
         raise LitzooError(f"{what} '{path}' cannot be read: {getattr(error, 'strerror', None) or error}") from None
+
+
+# ---- append-only, resumable record files (benchmark generators) ------------------------------
+
+
+def complete_records(path: Path, what: str) -> list[tuple[int, dict]]:
+    """``(end byte offset, object)`` of the complete lines of an append-only JSONL file written by
+    :func:`append_record`; a last line cut short by a kill (no newline, or not JSON) is left out (resume
+    by :func:`truncate_file` to the last offset), a bad line before the end raises LitzooError."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    out: list[tuple[int, dict]] = []
+    offset = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        end = offset + len(line) + 1
+        if number == len(lines):  # after the last newline: empty, or a partial record
+            break
+        if line.strip():
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as error:
+                if all(not rest.strip() for rest in lines[number:]):
+                    break  # the last record, cut short: regenerate it
+                raise LitzooError(f"{what} '{path}' line {number} is not a record ({error}); delete the file to regenerate") from None
+            out.append((end, record))
+        offset = end
+    return out
+
+
+def truncate_file(path: Path, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (durably), e.g. to drop a partial last record."""
+    if path.exists() and path.stat().st_size != size:
+        with path.open("r+b") as handle:
+            handle.truncate(size)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def append_record(handle, record: dict) -> None:
+    """One compact JSON line on a binary handle, flushed and fsynced: a kill leaves at most a partial last line."""
+    handle.write((json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+    handle.flush()
+    os.fsync(handle.fileno())

@@ -73,9 +73,9 @@ class CGEncoder(nn.Module):
         self.eig_embed = nn.Linear(eigvec_size, embed_dim) if eigvec_size else None
         self.convs = nn.ModuleList(GraphConv(embed_dim if i == 0 else hidden_dim, hidden_dim) for i in range(num_layers))
 
-    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, eigvecs: Tensor | None = None) -> Tensor:
-        from torch_geometric.nn import global_mean_pool
-
+    def forward_layers(self, x: Tensor, edge_index: Tensor, batch: Tensor, eigvecs: Tensor | None = None) -> list[Tensor]:
+        """Node states ``[h0 (node embedding), h1, …, h_L]``, each ``(N_total, ·)``, before pooling
+        (AIO-P's adapters read every layer of the frozen base)."""
         h = self.node_embed(x)
         if self.eig_embed is not None:
             if eigvecs is None:
@@ -84,9 +84,15 @@ class CGEncoder(nn.Module):
                 flips = torch.rand(eigvecs.shape[0], 1, device=eigvecs.device) < self.flip_prob
                 eigvecs = torch.where(flips, -eigvecs, eigvecs)
             h = h + self.eig_embed(eigvecs)
+        states = [h]
         for conv in self.convs:
-            h = torch.tanh(conv(h, edge_index))
-        return global_mean_pool(h, batch)
+            states.append(torch.tanh(conv(states[-1], edge_index)))
+        return states
+
+    def forward(self, x: Tensor, edge_index: Tensor, batch: Tensor, eigvecs: Tensor | None = None) -> Tensor:
+        from torch_geometric.nn import global_mean_pool
+
+        return global_mean_pool(self.forward_layers(x, edge_index, batch, eigvecs)[-1], batch)
 
 
 class PredictorHead(nn.Sequential):
