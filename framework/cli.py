@@ -1,5 +1,5 @@
 """``litzoo``: LightningCLI with litzoo's defaults, plus ``list``, ``export``, ``curate``, ``text-quality``, ``graph`` and
-``architectures``.
+``architectures`` and ``nas-search``.
 
     litzoo fit  -c configs/repvgg/digits.yaml
     litzoo test -c configs/repvgg/digits.yaml --ckpt_path best
@@ -8,6 +8,7 @@
     litzoo export --ckpt_path runs/repvgg/digits/version_0/checkpoints/deploy.ckpt --format onnx
     litzoo graph -c configs/repvgg/digits.yaml --out cg.json --summary
     litzoo architectures --out data/architectures/digits.jsonl --per-family 50   # a labelled NAS benchmark
+    litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 6e5 --evaluate 20
 
 Defaults added to the Trainer unless the config already sets them: a TensorBoardLogger writing to
 ``runs/<method>/<data>/version_N``, a ModelCheckpoint keeping ``best.ckpt`` (on the module's
@@ -358,6 +359,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from datamodules.architectures import architectures_command
 
             architectures_command(argv[1:])
+        elif argv[:1] == ["nas-search"]:
+            from framework.nas_search import nas_search_command
+
+            nas_search_command(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:

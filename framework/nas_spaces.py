@@ -364,3 +364,196 @@ def sample_spec(family: str, rng: random.Random | int, max_params: int = MAX_PAR
         if count_spec_parameters(spec, num_classes) <= max_params:
             return spec
     raise LitzooError(f"could not sample a {family} network with at most {max_params} parameters in 1000 draws")
+
+
+# --------------------------------------------------------------------------------------------- mutation
+# The value sets of the samplers above: a mutation moves one value to a neighbouring choice of the same set,
+# so a mutated spec is one the sampler could have drawn, up to the order of widths (a width step may make a
+# stage narrower than the one before it, which every builder accepts).
+_RESNET_STEMS, _RESNET_WIDTHS = [8, 12, 16, 24], [8, 12, 16, 24, 32, 48]
+_MOBILENET_STEMS, _MOBILENET_WIDTHS, _MOBILENET_EXPANSIONS = [8, 12, 16], [8, 12, 16, 24, 32, 40, 48], [1, 3, 4, 6]
+_INCEPTION_STEMS, _INCEPTION_WIDTHS, _INCEPTION_REDUCES = [8, 12, 16, 24], [0, 4, 8, 12, 16], [0, 4, 8]
+_VGG_WIDTHS = [8, 12, 16, 24, 32, 48, 64]
+_MAX_DOWNSAMPLES = 2  # mobilenet stride-2 blocks, inception downsampling blocks: at most two (8x8 -> 2x2)
+
+
+def _nearest_index(values: list[int], current: int) -> int:
+    return min(range(len(values)), key=lambda i: abs(values[i] - current))
+
+
+def _step(values: list[int], current: int, rng: random.Random) -> int:
+    """The value one step below or above ``current`` in ``values`` (a value off the list snaps to the nearest)."""
+    index = _nearest_index(values, current)
+    if values[index] != current:
+        return values[index]
+    moves = [i for i in (index - 1, index + 1) if 0 <= i < len(values)]
+    return values[rng.choice(moves)]
+
+
+def _mutate_resnet(spec: ResNetSpec, rng: random.Random) -> ResNetSpec | None:
+    stages = [list(s) for s in spec.stages]
+    kind = rng.choice(["stem", "width", "depth", "stride", "stage"])
+    if kind == "stem":
+        return ResNetSpec(stem=_step(_RESNET_STEMS, spec.stem, rng), stages=stages)
+    s = rng.randrange(len(stages))
+    if kind == "width":
+        stages[s][0] = _step(_RESNET_WIDTHS, stages[s][0], rng)
+    elif kind == "depth":  # one basic block more or fewer in a stage (1..3)
+        stages[s][1] = _step([1, 2, 3], stages[s][1], rng)
+    elif kind == "stride":  # stages after the first downsample or not
+        if s == 0:
+            return None
+        stages[s][2] = 3 - stages[s][2]
+    elif rng.random() < 0.5:  # add a stage after the last: one width step wider, one block, random stride
+        if len(stages) >= 3:
+            return None
+        last = stages[-1]
+        wider = _RESNET_WIDTHS[min(len(_RESNET_WIDTHS) - 1, _nearest_index(_RESNET_WIDTHS, last[0]) + 1)]
+        stages.append([wider, 1, rng.choice([1, 2])])
+    else:  # remove a stage; the first stage never strides
+        if len(stages) <= 1:
+            return None
+        del stages[s]
+        stages[0][2] = 1
+    return ResNetSpec(stem=spec.stem, stages=stages)
+
+
+def _downsamples(blocks: list[list[int]], position: int) -> int:
+    return sum(1 for b in blocks if b[position])
+
+
+def _mutate_mobilenet(spec: MobileNetSpec, rng: random.Random) -> MobileNetSpec | None:
+    blocks = [list(b) for b in spec.blocks]
+    kind = rng.choice(["stem", "act", "expansion", "kernel", "width", "stride", "se", "block"])
+    if kind == "stem":
+        return MobileNetSpec(stem=_step(_MOBILENET_STEMS, spec.stem, rng), act=spec.act, blocks=blocks)
+    if kind == "act":
+        return MobileNetSpec(stem=spec.stem, act="hardswish" if spec.act == "relu6" else "relu6", blocks=blocks)
+    b = rng.randrange(len(blocks))
+    if kind == "expansion":
+        blocks[b][0] = _step(_MOBILENET_EXPANSIONS, blocks[b][0], rng)
+    elif kind == "kernel":
+        blocks[b][1] = 5 if blocks[b][1] == 3 else 3
+    elif kind == "width":
+        blocks[b][2] = _step(_MOBILENET_WIDTHS, blocks[b][2], rng)
+    elif kind == "stride":
+        if blocks[b][3] == 1 and sum(1 for x in blocks if x[3] == 2) >= _MAX_DOWNSAMPLES:
+            return None
+        blocks[b][3] = 3 - blocks[b][3]
+    elif kind == "se":
+        blocks[b][4] = 1 - int(bool(blocks[b][4]))
+    elif rng.random() < 0.5:  # one block more: a stride-1 copy of block b after it (depth + 1)
+        if len(blocks) >= 7:
+            return None
+        blocks.insert(b + 1, [blocks[b][0], blocks[b][1], blocks[b][2], 1, blocks[b][4]])
+    else:  # one block fewer
+        if len(blocks) <= 2:
+            return None
+        del blocks[b]
+    return MobileNetSpec(stem=spec.stem, act=spec.act, blocks=blocks)
+
+
+def _mutate_inception(spec: InceptionSpec, rng: random.Random) -> InceptionSpec | None:
+    blocks = [list(b) for b in spec.blocks]
+    kind = rng.choice(["stem", "branch", "branch", "reduce", "downsample", "block"])
+    if kind == "stem":
+        return InceptionSpec(stem=_step(_INCEPTION_STEMS, spec.stem, rng), blocks=blocks)
+    b = rng.randrange(len(blocks))
+    block = blocks[b]
+    if kind == "branch":  # the width of one branch (b1x1, b3x3, b5x5, pool_proj); 0 drops the branch
+        position = rng.choice([0, 2, 4, 5])
+        block[position] = _step(_INCEPTION_WIDTHS, block[position], rng)
+        if position in (2, 4):
+            reduce = position - 1
+            if block[position] == 0:
+                block[reduce] = 0  # a dropped branch has no reduction either
+        if block[0] + block[2] + block[4] + block[5] == 0:
+            return None
+    elif kind == "reduce":  # the 1x1 reduction of an existing 3x3 or 5x5 branch
+        positions = [p for p in (1, 3) if block[p + 1]]
+        if not positions:
+            return None
+        position = rng.choice(positions)
+        block[position] = _step(_INCEPTION_REDUCES, block[position], rng)
+    elif kind == "downsample":
+        if not block[6] and _downsamples(blocks, 6) >= _MAX_DOWNSAMPLES:
+            return None
+        block[6] = 1 - int(bool(block[6]))
+    elif rng.random() < 0.5:  # one block more: a copy of block b without downsampling, after it
+        if len(blocks) >= 4:
+            return None
+        blocks.insert(b + 1, [*block[:6], 0])
+    else:
+        if len(blocks) <= 1:
+            return None
+        del blocks[b]
+    return InceptionSpec(stem=spec.stem, blocks=blocks)
+
+
+def _mutate_vgg(spec: VGGSpec, rng: random.Random) -> VGGSpec | None:
+    stages = [list(s) for s in spec.stages]
+    kind = rng.choice(["repvgg", "width", "depth", "stage"])
+    if kind == "repvgg":
+        return VGGSpec(repvgg=not spec.repvgg, stages=stages)
+    s = rng.randrange(len(stages))
+    if kind == "width":
+        stages[s][0] = _step(_VGG_WIDTHS, stages[s][0], rng)
+    elif kind == "depth":  # one conv more or fewer in a stage (1..3)
+        stages[s][1] = _step([1, 2, 3], stages[s][1], rng)
+    elif rng.random() < 0.5:  # add a stage: one width step wider than the last, one conv
+        if len(stages) >= 3:
+            return None
+        stages.append([_VGG_WIDTHS[min(len(_VGG_WIDTHS) - 1, _nearest_index(_VGG_WIDTHS, stages[-1][0]) + 1)], 1])
+    else:
+        if len(stages) <= 1:
+            return None
+        del stages[s]
+    return VGGSpec(repvgg=spec.repvgg, stages=stages)
+
+
+_MUTATORS = {"resnet": _mutate_resnet, "mobilenet": _mutate_mobilenet, "inception": _mutate_inception, "vgg": _mutate_vgg}
+
+
+def mutate_spec(spec: ArchSpec, rng: random.Random | int, max_params: int = MAX_PARAMS, num_classes: int = 10) -> ArchSpec:
+    """A copy of ``spec`` with one random local change, the mutation of evolutionary NAS (Real et al.,
+    "Regularized Evolution for Image Classifier Architecture Search", AAAI 2019).
+
+    Exactly one field of the spec differs from the parent (the parent is never modified); a change inside
+    ``stages`` / ``blocks`` touches one stage or block, or adds or removes one:
+
+    - ``resnet``: stem width step; a stage's width step, blocks ±1 (1..3), stride 1<->2 (not the first
+      stage); add a stage (a width step wider than the last, one block) or remove one (1..3 stages);
+    - ``mobilenet``: stem width step; activation relu6<->hardswish; a block's expansion step (1, 3, 4, 6),
+      kernel 3<->5, width step, stride 1<->2 (at most two stride-2 blocks), SE on/off; add a block (a
+      stride-1 copy after it) or remove one (2..7 blocks);
+    - ``inception``: stem width step; a block's branch width step (0 drops the branch, at least one branch
+      stays), a 3x3/5x5 reduction step (0, 4, 8), downsampling on/off (at most two); add a block (a copy
+      without downsampling) or remove one (1..4 blocks);
+    - ``vgg``: RepVGG training blocks on/off; a stage's width step, convs ±1 (1..3); add or remove a stage.
+
+    "Step" moves to a neighbouring value of the sampler's choices. Mutations are redrawn until the child
+    differs from the parent and has at most ``max_params`` parameters.
+
+    Args:
+        spec: the parent (any family of :data:`FAMILIES`).
+        rng: a ``random.Random`` (advanced) or an int seed; the same rng state gives the same child.
+        max_params: parameter bound of the child.
+        num_classes: classes of the network whose parameters are counted.
+
+    Raises:
+        ValueError: ``spec`` is not an architecture spec, or no valid child was found in 1000 draws.
+    """
+    if not isinstance(spec, ArchSpec) or spec.family not in _MUTATORS:
+        raise ValueError(f"mutate_spec expects an architecture spec of {', '.join(FAMILIES)}, got {type(spec).__name__}")
+    if max_params < 1:
+        raise ValueError(f"max_params must be at least 1, got {max_params}")
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    mutator = _MUTATORS[spec.family]
+    for _ in range(1000):
+        child = mutator(spec, rng)
+        if child is None or child == spec:
+            continue
+        if count_spec_parameters(child, num_classes) <= max_params:
+            return child
+    raise ValueError(f"could not mutate {spec.to_dict()} into a different {spec.family} network with at most {max_params} parameters")
