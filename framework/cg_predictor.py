@@ -1,0 +1,251 @@
+"""A LightningModule for computation-graph (CG) performance predictors, shared by GENNAPE (Mills et al.,
+AAAI 2023, ``modules/gennape.py``) and the transferable predictor (Han et al., SDM 2023,
+``modules/transferable_predictor.py``).
+
+The recipe these papers share: a k-GNN encoder (:class:`framework.nn.cg.CGEncoder`) is pretrained with a
+contrastive objective for ``contrastive_epochs``, then frozen; predictor heads (one, or GENNAPE's fuzzy
+c-means ensemble, :class:`FuzzyHeadEnsemble`) regress the standardised target; the test split is a family
+held out of training (zero-shot transfer), and :meth:`CGPredictorModule.finetune` adapts to a few labelled
+graphs of it. Subclasses change the contrastive objective by overriding
+:meth:`CGPredictorModule.contrastive_loss_of`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanAbsoluteError, MetricCollection
+from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
+
+from framework.clustering import fuzzy_c_means, fuzzy_memberships
+from framework.graph.computation import NUM_NODE_FEATURES
+from framework.losses import NTXentLoss
+from framework.nn.cg import CGEncoder, PredictorHead
+from framework.ranking import TopKPrecision
+
+# ---------------------------------------------------------------------------------------- blocks
+
+
+class FuzzyHeadEnsemble(nn.Module):
+    """K heads soft-aggregated by fuzzy c-means memberships of the graph embedding:
+    ``ŷ = Σ_k u_k(z) · head_k(z)``; with one head, ``ŷ = head(z)``. ``centers`` are set by :meth:`fit`."""
+
+    def __init__(self, dim: int, num_clusters: int = 1, fuzzifier: float = 2.0) -> None:
+        super().__init__()
+        if num_clusters < 1:
+            raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
+        if fuzzifier <= 1:
+            raise ValueError(f"fuzzifier must be > 1, got {fuzzifier}")
+        self.fuzzifier = fuzzifier
+        self.heads = nn.ModuleList(PredictorHead(dim) for _ in range(num_clusters))
+        self.register_buffer("centers", torch.zeros(num_clusters, dim))
+        self.register_buffer("fitted", torch.tensor(num_clusters == 1))
+
+    def fit(self, embeddings: Tensor, seed: int = 0) -> Tensor:
+        """Fuzzy c-means on ``embeddings`` ``(N, D)``; returns the training memberships ``(N, K)``."""
+        result = fuzzy_c_means(embeddings, len(self.heads), m=self.fuzzifier, seed=seed)
+        self.centers.copy_(result.centers)
+        self.fitted.fill_(True)
+        return result.memberships
+
+    def memberships(self, z: Tensor) -> Tensor:
+        if len(self.heads) == 1:
+            return torch.ones(z.shape[0], 1, device=z.device, dtype=z.dtype)
+        if not bool(self.fitted):
+            raise RuntimeError("the fuzzy clusters are not fitted yet (call fit on the training embeddings first)")
+        return fuzzy_memberships(z, self.centers.to(z.dtype), self.fuzzifier)
+
+    def forward(self, z: Tensor) -> Tensor:
+        outputs = torch.cat([head(z) for head in self.heads], dim=1)  # (G, K)
+        return (self.memberships(z) * outputs).sum(dim=1)
+
+
+# ---------------------------------------------------------------------------------------- the module
+
+
+def adam_cg_predictor(params: Any, lr: float = 1e-4) -> torch.optim.Adam:
+    """Adam at the official demo's learning rate 1e-4 (no weight decay)."""
+    return torch.optim.Adam(params, lr=lr)
+
+
+class CGPredictorModule(L.LightningModule):
+    """A CG predictor on batches of computation graphs (``torch_geometric`` batches with ``x``, ``edge_index``,
+    ``batch`` and a standardised target ``y``; :class:`datamodules.architectures.ArchitectureDataModule`).
+
+    Epochs ``[0, contrastive_epochs)`` pretrain the encoder with NT-Xent; at epoch ``contrastive_epochs``
+    the encoder is frozen, fuzzy c-means is fitted on the embeddings of the training graphs and the heads
+    train for the remaining epochs. Validation / test log ``srcc`` (Spearman), ``kendall``, ``mae`` (in
+    standardised units) and ``top10`` (top-10% precision) once heads are trained; the test split is the
+    held-out family, so ``test/srcc`` is zero-shot transfer. :meth:`finetune` adapts the heads (and the
+    encoder when it is not frozen) on a few labelled graphs of the new family.
+
+    Args:
+        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`CGEncoder`.
+        contrastive_epochs: contrastive pretraining epochs (0: no pretraining; encoder and head train together).
+        temperature: NT-Xent τ.
+        projection_dim: output of the contrastive projection MLP (used only in pretraining).
+        num_clusters: fuzzy clusters = predictor heads (1: a single head).
+        fuzzifier: fuzzy c-means ``m``.
+        cluster_seed: seed of the fuzzy c-means initialisation.
+        optimizer: default Adam lr 1e-4 (official demo).
+    """
+
+    monitor = "val/srcc"
+    monitor_mode = "max"
+
+    def __init__(
+        self,
+        embed_dim: int = 32,
+        hidden_dim: int = 32,
+        num_layers: int = 6,
+        eigvec_size: int = 8,
+        flip_prob: float = 0.25,
+        contrastive_epochs: int = 20,
+        temperature: float = 0.1,
+        projection_dim: int = 32,
+        num_clusters: int = 3,
+        fuzzifier: float = 2.0,
+        cluster_seed: int = 0,
+        optimizer: OptimizerCallable = adam_cg_predictor,
+    ) -> None:
+        super().__init__()
+        if contrastive_epochs < 0:
+            raise ValueError(f"contrastive_epochs must be >= 0, got {contrastive_epochs}")
+        if contrastive_epochs == 0 and num_clusters > 1:
+            raise ValueError("fuzzy clusters need a fixed embedding: num_clusters > 1 requires contrastive_epochs > 0 (the encoder is frozen after it)")
+        if contrastive_epochs > 0 and (eigvec_size == 0 or flip_prob == 0):
+            raise ValueError("contrastive views differ by eigenvector sign flips: set eigvec_size > 0 and flip_prob > 0")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.encoder = CGEncoder(NUM_NODE_FEATURES, embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob)
+        self.projection = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
+        self.heads = FuzzyHeadEnsemble(hidden_dim, num_clusters, fuzzifier)
+        self.contrastive_loss = NTXentLoss(temperature)
+        self.optimizer = optimizer
+        metrics = MetricCollection({"srcc": SpearmanCorrCoef(), "kendall": KendallRankCorrCoef(), "mae": MeanAbsoluteError(),
+                                    "top10": TopKPrecision(0.1)})  # fmt: skip
+        self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
+        # the phase lives in the state dict, so a checkpoint tested or resumed later knows it
+        self.register_buffer("heads_phase", torch.tensor(contrastive_epochs == 0))
+
+    # ---- phases -------------------------------------------------------------------------------
+    @property
+    def pretraining(self) -> bool:
+        return not bool(self.heads_phase)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.hparams.contrastive_epochs > 0 and not self.pretraining
+
+    def embed(self, batch: Any) -> Tensor:
+        """``(G, hidden_dim)`` graph embeddings (eigenvector sign flips only in training mode)."""
+        return self.encoder(batch.x, batch.edge_index, batch.batch, getattr(batch, "eigvecs", None))
+
+    def forward(self, batch: Any) -> Tensor:
+        """``(G,)`` predicted standardised targets."""
+        return self.heads(self.embed(batch))
+
+    def on_train_epoch_start(self) -> None:
+        if self.pretraining and self.current_epoch >= self.hparams.contrastive_epochs:
+            self.heads_phase.fill_(True)
+        if not self.encoder_frozen:
+            return
+        self.encoder.requires_grad_(False)
+        self.projection.requires_grad_(False)
+        if not bool(self.heads.fitted):
+            self.heads.fit(self.training_embeddings(), seed=self.hparams.cluster_seed)
+
+    @torch.no_grad()
+    def training_embeddings(self) -> Tensor:
+        """Embeddings of every training graph by the (frozen, eval-mode) encoder."""
+        was_training = self.encoder.training
+        self.encoder.eval()
+        loader = self.trainer.datamodule.train_dataloader() if self.trainer.datamodule is not None else self.trainer.train_dataloader
+        embeddings = [self.embed(batch.to(self.device)) for batch in loader]
+        self.encoder.train(was_training)
+        return torch.cat(embeddings)
+
+    # ---- steps --------------------------------------------------------------------------------
+    def contrastive_loss_of(self, batch: Any) -> Tensor:
+        """GENNAPE's pretraining objective: NT-Xent between two views of every graph, which differ by
+        independent eigenvector sign flips, through the projection MLP."""
+        z0 = self.projection(self.embed(batch))
+        z1 = self.projection(self.embed(batch))
+        return self.contrastive_loss(z0, z1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        size = batch.num_graphs
+        if self.pretraining:
+            loss = self.contrastive_loss_of(batch)
+            self.log("train/contrastive_loss", loss, prog_bar=True, batch_size=size)
+            return loss
+        if self.encoder_frozen:
+            self.encoder.eval()  # frozen: no sign-flip noise in its embeddings either
+        loss = F.mse_loss(self(batch), batch.y.view(-1))
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        return loss
+
+    def _evaluate(self, batch: Any, metrics: MetricCollection) -> None:
+        if self.pretraining:
+            return  # no trained head yet
+        preds = self(batch)
+        metrics.update(preds, batch.y.view(-1))
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def _log_metrics(self, metrics: MetricCollection) -> None:
+        if metrics["srcc"].update_count == 0:
+            if self.pretraining and metrics is self.val_metrics:
+                # no head yet: the monitored value is undefined (NaN ranks last in ModelCheckpoint)
+                self.log("val/srcc", float("nan"), prog_bar=True)
+            return
+        self.log_dict(metrics.compute(), prog_bar=True)
+        metrics.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self(batch)
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer(self.parameters())
+
+    # ---- transfer -----------------------------------------------------------------------------
+    def finetune(self, loader: Any, epochs: int = 100, lr: float = 1e-4) -> CGPredictorModule:
+        """A copy adapted to a new family: ``epochs`` of Adam (``lr``) with MSE on ``loader``'s graphs —
+        the heads, plus the encoder when no contrastive pretraining froze it (official demo: 100 epochs,
+        lr 1e-4, batch 1). The clusters stay as fitted."""
+        if epochs < 1 or lr <= 0:
+            raise ValueError(f"epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
+        trainer, self._trainer = self._trainer, None  # the copy must not drag the Trainer along
+        try:
+            tuned = copy.deepcopy(self)
+        finally:
+            self._trainer = trainer
+        frozen = self.hparams.contrastive_epochs > 0
+        params = list(tuned.heads.parameters()) + ([] if frozen else list(tuned.encoder.parameters()))
+        tuned.encoder.requires_grad_(not frozen)
+        optimizer = torch.optim.Adam(params, lr=lr)
+        tuned.train()
+        if frozen:
+            tuned.encoder.eval()
+        with torch.enable_grad():
+            for _ in range(epochs):
+                for batch in loader:
+                    optimizer.zero_grad()
+                    F.mse_loss(tuned.heads(tuned.embed(batch)), batch.y.view(-1)).backward()
+                    optimizer.step()
+        return tuned.eval()
