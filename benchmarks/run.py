@@ -18,7 +18,11 @@ import curation
 import framework_overhead
 import fusion_latency
 import gradient_reparam
+import aio_p
 import masked_modelling
+import nas_predictors
+import nas_predictors_transfer
+import nas_search
 import pruning
 import quantization
 import structural_reparam
@@ -73,6 +77,10 @@ def main() -> None:
     curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main)
     text_pruned = _section("text quality-based pruning: tiny GPT on full vs pruned corpus (6 trainings)", text_quality.main)
     masked = _section("masked modelling: MAE on digits with probes (3 trainings), masked vs all-token step time", masked_modelling.main)
+    predictors = _section("NAS predictors: GENNAPE ablations per held-out family (36 predictor trainings)", nas_predictors.main)
+    transfer = _section("NAS predictors: the transferable predictor's pretraining (24 predictor trainings)", nas_predictors_transfer.main)
+    aio = _section("NAS predictors: AIO-P on an unseen task", aio_p.main)
+    search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main)
 
     total = time.perf_counter() - start
     try:
@@ -92,7 +100,9 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
 `.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
 `.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
-`.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`,
+`.venv/bin/python benchmarks/nas_predictors.py`, `.venv/bin/python benchmarks/nas_predictors_transfer.py`,
+`.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -144,6 +154,14 @@ noisy, the alternating-round ratios less so.
 {text_quality.format_section(text_pruned)}
 
 {masked_modelling.format_section(masked)}
+
+{nas_predictors.format_section(predictors)}
+
+{nas_predictors_transfer.format_section(transfer)}
+
+{aio_p.format_section(aio)}
+
+{nas_search.format_section(search)}
 """
     OUTPUT.write_text(text)
     print(text)
