@@ -13,12 +13,12 @@ import os
 import sys
 import time
 
+import aio_p
 import common
 import curation
 import framework_overhead
 import fusion_latency
 import gradient_reparam
-import aio_p
 import masked_modelling
 import nas_predictors
 import nas_predictors_transfer
