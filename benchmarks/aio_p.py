@@ -29,7 +29,6 @@ Training runs on one intra-op thread (faster for these tiny graphs).
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -197,8 +196,6 @@ ROWS = {
 UNITS = {"digit_value": "−RMSE in digit units", "noisy_digits": "accuracy"}
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def format_section(results: dict) -> str:
@@ -220,16 +217,16 @@ def format_section(results: dict) -> str:
         rows = []
         for key, name in ROWS.items():
             r = [run["results"][key] for run in runs]
-            rows.append([name.format(base=sources[0]), _mean_sd([x["zero"]["srcc"] for x in r]), _mean_sd([x["zero"]["mae"] for x in r]),
-                         _mean_sd([x["few"]["srcc"] for x in r]), _mean_sd([x["few"]["mae"] for x in r])])  # fmt: skip
+            rows.append([name.format(base=sources[0]), common.mean_sd([x["zero"]["srcc"] for x in r]), common.mean_sd([x["zero"]["mae"] for x in r]),
+                         common.mean_sd([x["few"]["srcc"] for x in r]), common.mean_sd([x["few"]["mae"] for x in r])])  # fmt: skip
         heads = [run["results"]["aio_p"]["few_heads"] for run in runs]
         rows.append(
             [
                 "AIO-P, few-shot by the adapter heads instead",
                 "",
                 "",
-                _mean_sd([x["srcc"] for x in heads]),
-                _mean_sd([x["mae"] for x in heads]),
+                common.mean_sd([x["srcc"] for x in heads]),
+                common.mean_sd([x["mae"] for x in heads]),
             ]
         )
         lines += [

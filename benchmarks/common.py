@@ -109,3 +109,12 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
 
 def yes_no(ok: bool) -> str:
     return "yes" if ok else "**no**"
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    """``mean ± sd`` over seeds (just the value when there is one)."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"

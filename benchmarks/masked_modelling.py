@@ -227,8 +227,6 @@ def main() -> dict:
             "hiera_speed": speed, "seconds": time.perf_counter() - start}  # fmt: skip
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 _STEP_LABELS = {"mae_decoder_8x512": "MAE, the paper's decoder (8 blocks × 512-d)", "mae_decoder_1x512": "MAE, the paper's 1-block decoder ablation"}
@@ -237,9 +235,9 @@ _STEP_LABELS = {"mae_decoder_8x512": "MAE, the paper's decoder (8 blocks × 512-
 def format_section(results: dict) -> str:
     runs, timing = results["runs"], results["timing"]
     rows = [
-        ["linear probe (MAE head: BN + linear, 90 epochs)", _mean_sd([r["before"]["linear"] for r in runs]), _mean_sd([r["after"]["linear"] for r in runs])],
-        ["weighted 20-NN (DINO, T 0.07)", _mean_sd([r["before"]["knn"] for r in runs]), _mean_sd([r["after"]["knn"] for r in runs])],
-        ["held-out masked-patch MSE (mean pixel: " + _mean_sd([r["mean_baseline"] for r in runs]) + ")", "—", _mean_sd([r["val_loss"] for r in runs])],
+        ["linear probe (MAE head: BN + linear, 90 epochs)", common.mean_sd([r["before"]["linear"] for r in runs]), common.mean_sd([r["after"]["linear"] for r in runs])],
+        ["weighted 20-NN (DINO, T 0.07)", common.mean_sd([r["before"]["knn"] for r in runs]), common.mean_sd([r["after"]["knn"] for r in runs])],
+        ["held-out masked-patch MSE (mean pixel: " + common.mean_sd([r["mean_baseline"] for r in runs]) + ")", "—", common.mean_sd([r["val_loss"] for r in runs])],
     ]
     return "\n".join([
         "## Masked modelling: MAE on digits, and the cost of a masked step",
@@ -265,7 +263,7 @@ def format_section(results: dict) -> str:
         f"{[r['seed'] for r in results['audio']]}; the config's probes on the frozen mean-pooled encoder tokens:",
         "",
         common.markdown_table(["evaluation", "random init", "after Audio-MAE"], [
-            [name, _mean_sd([r["before"][key] for r in results["audio"]]), _mean_sd([r["after"][key] for r in results["audio"]])]
+            [name, common.mean_sd([r["before"][key] for r in results["audio"]]), common.mean_sd([r["after"][key] for r in results["audio"]])]
             for name, key in (("linear probe", "LinearProbe"), ("weighted 20-NN", "KNNProbe"))
         ]),
         "",
@@ -274,14 +272,14 @@ def format_section(results: dict) -> str:
         f"{[r['seed'] for r in results['hiera_mae']]}; the config's probes on the frozen mean-pooled fused encoding:",
         "",
         common.markdown_table(["evaluation", "random init", "after MAE-Hiera"], [
-            [name, _mean_sd([r["before"][key] for r in results["hiera_mae"]]), _mean_sd([r["after"][key] for r in results["hiera_mae"]])]
+            [name, common.mean_sd([r["before"][key] for r in results["hiera_mae"]]), common.mean_sd([r["after"][key] for r in results["hiera_mae"]])]
             for name, key in (("linear probe", "LinearProbe"), ("weighted 20-NN", "KNNProbe"))
         ]),
         "",
         f"Hiera vs a plain ViT on digits 32x32, same recipe (`configs/hiera/digits.yaml`: AdamW 2e-3, 10 epochs), seeds "
         f"{[r['seed'] for r in results['hiera']]}: Hiera (3 stages, widths 32-64-128, q-pooling, mask-unit attention in stage 1; "
-        f"{results['hiera'][0]['hiera_params']:,} parameters) val accuracy {_mean_sd([r['hiera_acc'] for r in results['hiera']])}; "
-        f"ViT (patch 4, 4 blocks × 64-d; {results['hiera'][0]['vit_params']:,} parameters) {_mean_sd([r['vit_acc'] for r in results['hiera']])}. "
+        f"{results['hiera'][0]['hiera_params']:,} parameters) val accuracy {common.mean_sd([r['hiera_acc'] for r in results['hiera']])}; "
+        f"ViT (patch 4, 4 blocks × 64-d; {results['hiera'][0]['vit_params']:,} parameters) {common.mean_sd([r['vit_acc'] for r in results['hiera']])}. "
         f"Inference at batch {results['hiera_speed']['batch']}: Hiera {results['hiera_speed']['first_images_per_s']:,.0f} images/s, ViT "
         f"{results['hiera_speed']['second_images_per_s']:,.0f} images/s (Hiera / ViT time {1 / results['hiera_speed']['ratio']:.2f}).",
         "",

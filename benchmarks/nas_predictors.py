@@ -112,8 +112,6 @@ def main() -> dict:
     return {"runs": runs, "baselines": base, "seconds": time.perf_counter() - start}
 
 
-def _mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def format_section(results: dict) -> str:
@@ -121,12 +119,12 @@ def format_section(results: dict) -> str:
     rows = []
     for held_out in FAMILIES:
         b = [r for r in base if r["held_out"] == held_out]
-        rows.append([held_out, "params alone", _mean_sd([r["params"] for r in b]), "", ""])
-        rows.append(["", "FLOPs alone", _mean_sd([r["flops"] for r in b]), "", ""])
+        rows.append([held_out, "params alone", common.mean_sd([r["params"] for r in b]), "", ""])
+        rows.append(["", "FLOPs alone", common.mean_sd([r["flops"] for r in b]), "", ""])
         for variant in VARIANTS:
             v = [r for r in runs if r["held_out"] == held_out and r["variant"] == variant]
-            rows.append(["", variant, _mean_sd([r["zero_shot"]["srcc"] for r in v]), _mean_sd([r["few_shot"]["srcc"] for r in v]),
-                         _mean_sd([r["few_shot"]["top10"] for r in v])])  # fmt: skip
+            rows.append(["", variant, common.mean_sd([r["zero_shot"]["srcc"] for r in v]), common.mean_sd([r["few_shot"]["srcc"] for r in v]),
+                         common.mean_sd([r["few_shot"]["top10"] for r in v])])  # fmt: skip
     mean_rows = []
     for variant in VARIANTS:
         v = [r for r in runs if r["variant"] == variant]

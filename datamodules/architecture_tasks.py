@@ -41,12 +41,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
 from datamodules.architectures import (
     DigitsSplits,
+    GraphSplitsDataModule,
     generate_architecture_benchmark,
     load_benchmark_specs,
     specs_path,
@@ -333,7 +333,7 @@ class TaskNormalizer:
 
 
 # --------------------------------------------------------------------------------------------- data module
-class MultiTaskArchitectureDataModule(L.LightningDataModule):
+class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
     """Computation graphs labelled on several tasks, for AIO-P-style task transfer (arXiv 2211.17228).
 
     Architectures (records of the benchmark that carry every needed task) are shuffled (seeded) and split:
@@ -524,27 +524,6 @@ class MultiTaskArchitectureDataModule(L.LightningDataModule):
         return data
 
     # ---- loaders ------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None):
-        from torch_geometric.loader import DataLoader
-
-        if not self.datasets:
-            self.setup()
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, generator=generator)  # fmt: skip
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader("test", shuffle=False)
-
     def finetune_dataloader(self, shuffle: bool = True, batch_size: int | None = None):
         """The few-shot split: ``finetune_samples`` held-out architectures labelled on the target task."""
         if self.hparams.finetune_samples < 1:

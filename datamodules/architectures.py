@@ -354,7 +354,37 @@ def synthetic_graphs(per_family: int, families: Sequence[str] = FAMILIES, seed: 
 
 
 # --------------------------------------------------------------------------------------------- data modules
-class ArchitectureDataModule(L.LightningDataModule):
+class GraphSplitsDataModule(L.LightningDataModule):
+    """The loaders of a DataModule whose ``setup`` fills ``self.datasets`` (split name → list of
+    ``torch_geometric`` Data) and that has ``batch_size`` and ``hparams.seed`` / ``hparams.num_workers``:
+    train (shuffled, seeded), val, test, predict (= test) and few-shot (``"finetune"``) batches."""
+
+    datasets: dict[str, list]
+    batch_size: int
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None):
+        from torch_geometric.loader import DataLoader
+
+        if not self.datasets:
+            self.setup()
+        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
+        return DataLoader(self.datasets[split], batch_size=batch_size or self.batch_size, shuffle=shuffle,
+                          num_workers=self.hparams.num_workers, generator=generator)  # fmt: skip
+
+    def train_dataloader(self):
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self):
+        return self._loader("test", shuffle=False)
+
+
+class ArchitectureDataModule(GraphSplitsDataModule):
     """Labelled computation graphs split by family, for CG performance predictors (arXiv 2302.10835,
     arXiv 2211.17226): train on some families, test transfer on a held-out one.
 
@@ -535,28 +565,6 @@ class ArchitectureDataModule(L.LightningDataModule):
         return y * self.target_std + self.target_mean
 
     # ---- loaders ------------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool):
-        from torch_geometric.loader import DataLoader
-
-        if not self.datasets:
-            self.setup()
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.hparams.num_workers, generator=generator
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader("test", shuffle=False)
-
     def finetune_dataloader(self, shuffle: bool = True):
         """The few-shot split: ``finetune_samples`` labelled graphs of the held-out families."""
         return self._loader("finetune", shuffle=shuffle)
