@@ -21,8 +21,6 @@ AudioMAE ``dataset.py``; off by default because pretraining uses none). Batches:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -41,6 +39,7 @@ from framework.data.audio import (
     read_wav,
     spec_augment,
 )
+from framework.data.staging import generate_folder_atomically
 from framework.errors import LitzooError
 
 _SPLITS = ("train", "val", "test")
@@ -326,11 +325,4 @@ class SyntheticAudioDataModule(AudioFolderDataModule):
 
         if (folder / "val").is_dir():
             return
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        synthetic_audio_classes(staging, num_per_class=num_per_class, seed=seed)
-        staging.chmod(0o755)
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process finished first: its tree is the same
-            shutil.rmtree(staging, ignore_errors=True)
+        generate_folder_atomically(folder, lambda staging: synthetic_audio_classes(staging, num_per_class=num_per_class, seed=seed))

@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import lightning as L
@@ -46,6 +44,7 @@ from torch.utils.data import DataLoader
 from datamodules.audio_folder import AudioFileDataset
 from framework.data import make_loader
 from framework.data.audio import AUDIOSET_FBANK_MEAN, AUDIOSET_FBANK_STD, pad_or_cut_frames
+from framework.data.staging import generate_folder_atomically
 from framework.errors import LitzooError
 
 _CSV_HEADER = ("index", "mid", "display_name")
@@ -391,11 +390,4 @@ class SyntheticAudioSetDataModule(AudioSetDataModule):
     def _generate(folder: Path, num_train: int, num_val: int, seed: int) -> None:
         if (folder / "val.json").is_file():
             return
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        synthetic_audioset(staging, num_train, num_val, seed)
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; the data set is ordinary data
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process finished first: its data set is the same
-            shutil.rmtree(staging, ignore_errors=True)
+        generate_folder_atomically(folder, lambda staging: synthetic_audioset(staging, num_train, num_val, seed))

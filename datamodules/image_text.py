@@ -10,8 +10,6 @@ the training captions (the `tokenizers` library) or loaded from a ``tokenizer.js
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.image_folder import ImageFileDataset
 from framework.data import Normalize, make_loader
 from framework.data.jsonl import iter_jsonl
+from framework.data.staging import generate_folder_atomically
 from framework.data.tokenization import TextTokenizer
 from framework.errors import LitzooError
 
@@ -281,13 +280,4 @@ class DigitsCaptionsDataModule(ImageTextDataModule):
 
         if (folder / "test.jsonl").is_file():
             return
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-        digits_caption_splits(staging, shares=shares, seed=seed)
-        staging.chmod(0o755)  # mkdtemp makes it owner-only; the pool is ordinary data
-        try:
-            os.rename(staging, folder)
-        except OSError:  # another process finished first: its pool is the same
-            import shutil
-
-            shutil.rmtree(staging, ignore_errors=True)
+        generate_folder_atomically(folder, lambda staging: digits_caption_splits(staging, shares=shares, seed=seed))
