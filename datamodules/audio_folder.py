@@ -20,7 +20,6 @@ AudioMAE ``dataset.py``; off by default because pretraining uses none). Batches:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -39,26 +38,9 @@ from framework.data.audio import (
     read_wav,
     spec_augment,
 )
+from framework.data.class_folders import SPLITS, ClassFolders
 from framework.data.staging import generate_folder_atomically
 from framework.errors import LitzooError
-
-_SPLITS = ("train", "val", "test")
-
-
-def _class_dirs(split_dir: Path) -> list[str]:
-    try:
-        entries = os.listdir(split_dir)
-    except OSError as err:
-        raise LitzooError(f"cannot list folder '{split_dir}': {err.strerror or err}") from err
-    return sorted(name for name in entries if not name.startswith(".") and (split_dir / name).is_dir())
-
-
-def _wav_files(class_dir: Path) -> list[Path]:
-    files = []
-    for folder, dirs, names in os.walk(class_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(folder) / n for n in sorted(names) if not n.startswith(".") and n.lower().endswith(".wav"))
-    return files
 
 
 class AudioFileDataset(Dataset):
@@ -199,18 +181,13 @@ class AudioFolderDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.random_crop = batch_size, num_workers, random_crop
         self.freqm, self.timem = freqm, timem
         self.datasets: dict[str, AudioFileDataset] = {}
-        self._classes: list[str] | None = None
+        self.folders = ClassFolders(self.root, "audio clip", (".wav",))
         self._split_dir("train")
 
     @property
     def classes(self) -> list[str]:
-        if self._classes is None:
-            train_dir = self._split_dir("train")
-            classes = _class_dirs(train_dir)
-            if not classes:
-                raise LitzooError(f"no class folders in '{train_dir}': expected one sub-folder per class holding .wav files")
-            self._classes = classes
-        return list(self._classes)
+        """Class names, the sorted sub-folder names of ``root/train``; label ``i`` is ``classes[i]``."""
+        return self.folders.classes
 
     @property
     def num_classes(self) -> int:
@@ -222,37 +199,13 @@ class AudioFolderDataModule(L.LightningDataModule):
         return (1, self.target_length, self.num_mel_bins)
 
     def _split_dir(self, split: str) -> Path:
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise LitzooError(f"audio folder root '{self.root}' {what}: expected a folder holding train/ (and optionally val/, test/)")
-        split_dir = self.root / split
-        if not split_dir.is_dir():
-            need = "required" if split == "train" else f"needed for the {split} split"
-            raise LitzooError(f"missing folder '{split_dir}' ({need}): expected one sub-folder per class holding .wav files")
-        return split_dir
+        return self.folders.split_dir(split)
 
     def has_split(self, split: str) -> bool:
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        return (self.root / split).is_dir()
+        return self.folders.has_split(split)
 
     def _scan(self, split: str) -> AudioFileDataset:
-        split_dir = self._split_dir(split)
-        index = {name: i for i, name in enumerate(self.classes)}
-        found = _class_dirs(split_dir)
-        if not found:
-            raise LitzooError(f"no class folders in '{split_dir}': expected one sub-folder per class holding .wav files")
-        samples: list[tuple[Path, int]] = []
-        for name in found:
-            if name not in index:
-                raise LitzooError(f"class folder '{split_dir / name}' is not a class of '{split_dir.parent / 'train'}'; "
-                                  "val/ and test/ may only hold classes that train/ has")  # fmt: skip
-            files = _wav_files(split_dir / name)
-            if not files and split == "train":
-                raise LitzooError(f"class folder '{split_dir / name}' holds no .wav files")
-            samples.extend((path, index[name]) for path in files)
-        if not samples:
-            raise LitzooError(f"no .wav files in the class folders of '{split_dir}'")
+        samples = self.folders.samples(split)
         train = split == "train"
         return AudioFileDataset(samples, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean, self.norm_std,
                                 random_crop=self.random_crop and train, freqm=self.freqm if train else 0,
@@ -263,7 +216,7 @@ class AudioFolderDataModule(L.LightningDataModule):
         self._split_dir("train")
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", _SPLITS)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", SPLITS)
         for split in needed:
             if split not in self.datasets and (split == "train" or self.has_split(split)):
                 self.datasets[split] = self._scan(split)

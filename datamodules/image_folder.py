@@ -13,7 +13,6 @@ Images are read with Pillow when an item is loaded, so the tree may be larger th
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning as L
@@ -24,35 +23,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from framework.data import Normalize, make_loader, resize_images
+from framework.data.class_folders import SPLITS, ClassFolders
 from framework.errors import LitzooError
 
 #: File name endings read as images (compared case-insensitively); other files are ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 
-_SPLITS = ("train", "val", "test")
-_SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-def _class_dirs(split_dir: Path) -> list[str]:
-    """Sorted names of the class sub-folders of ``split_dir`` (hidden folders are skipped)."""
-    try:
-        entries = os.listdir(split_dir)
-    except OSError as err:
-        raise LitzooError(f"cannot list folder '{split_dir}': {err.strerror or err}") from err
-    return sorted(name for name in entries if not name.startswith(".") and (split_dir / name).is_dir())
-
-
-def _image_files(class_dir: Path) -> list[Path]:
-    """Sorted image files under ``class_dir``, including its sub-folders (symlinks are followed)."""
-    files = []
-    for folder, dirs, names in os.walk(class_dir, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(folder) / name for name in sorted(names) if _is_image(name))
-    return files
 
 
 def _pil_to_tensor(image: Image.Image) -> Tensor:
@@ -168,7 +144,7 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.normalize = Normalize(mean, std)  # also checks that std > 0
         self.datasets: dict[str, ImageFileDataset] = {}
-        self._classes: list[str] | None = None
+        self.folders = ClassFolders(self.root, "image", IMAGE_EXTENSIONS)
         self._split_dir("train")  # fail now, not after the model is built, when the tree is not there
 
     # --- what a model needs to know ------------------------------------------------------------
@@ -176,13 +152,7 @@ class ImageFolderDataModule(L.LightningDataModule):
     @property
     def classes(self) -> list[str]:
         """Class names, the sorted sub-folder names of ``root/train``; label ``i`` is ``classes[i]``."""
-        if self._classes is None:
-            train_dir = self._split_dir("train")
-            classes = _class_dirs(train_dir)
-            if not classes:
-                raise LitzooError(f"no class folders in '{train_dir}': expected one sub-folder per class holding {_extensions()} images")
-            self._classes = classes
-        return list(self._classes)
+        return self.folders.classes
 
     @property
     def num_classes(self) -> int:
@@ -198,41 +168,14 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def _split_dir(self, split: str) -> Path:
         """``root/<split>``, checked to exist (``root`` first, so the message names what is missing)."""
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise LitzooError(f"image folder root '{self.root}' {what}: expected a folder holding train/ (and optionally val/, test/)")
-        split_dir = self.root / split
-        if not split_dir.is_dir():
-            need = "required" if split == "train" else "needed for the " + _SPLIT_NAMES[split] + " split"
-            raise LitzooError(f"missing folder '{split_dir}' ({need}): expected one sub-folder per class holding {_extensions()} images")
-        return split_dir
+        return self.folders.split_dir(split)
 
     def has_split(self, split: str) -> bool:
         """Whether ``root/<split>`` exists (``split`` is ``"train"``, ``"val"`` or ``"test"``)."""
-        if split not in _SPLITS:
-            raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
-        return (self.root / split).is_dir()
+        return self.folders.has_split(split)
 
     def _scan(self, split: str) -> ImageFileDataset:
-        split_dir = self._split_dir(split)
-        class_index = {name: i for i, name in enumerate(self.classes)}
-        found = _class_dirs(split_dir)
-        if not found:
-            raise LitzooError(f"no class folders in '{split_dir}': expected one sub-folder per class holding {_extensions()} images")
-        samples: list[tuple[Path, int]] = []
-        for name in found:
-            if name not in class_index:
-                known = ", ".join(self.classes[:10]) + (", ..." if len(self.classes) > 10 else "")
-                raise LitzooError(
-                    f"class folder '{split_dir / name}' is not a class of '{split_dir.parent / 'train'}' (classes: {known}); "
-                    "val/ and test/ may only hold classes that train/ has"
-                )
-            files = _image_files(split_dir / name)
-            if not files and split == "train":
-                raise LitzooError(f"class folder '{split_dir / name}' holds no images: expected {_extensions()} files")
-            samples.extend((path, class_index[name]) for path in files)
-        if not samples:
-            raise LitzooError(f"no images in the class folders of '{split_dir}': expected {_extensions()} files")
+        samples = self.folders.samples(split)
         mode = "L" if self.in_channels == 1 else "RGB"
         return ImageFileDataset(samples, mode=mode, image_size=self.image_size, normalize=self.normalize)
 
@@ -244,7 +187,7 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Lists the image files of the splits ``stage`` needs (all present splits when ``None``)."""
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", _SPLITS)
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", SPLITS)
         for split in needed:
             if split not in self.datasets and (split == "train" or self.has_split(split)):
                 self.datasets[split] = self._scan(split)

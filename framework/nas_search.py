@@ -31,7 +31,7 @@ FLOPs follow :func:`framework.profiling.count_flops` (a multiply-add is 2 FLOPs)
 computation graphs (e.g. :class:`modules.gennape.GENNAPEModule`) into a ``score_fn``; :func:`random_search`
 is the baseline; :func:`nas_search_command` is ``litzoo nas-search``. The search itself needs only
 ``framework``; the command and :func:`evaluate_candidates` import ``datamodules.architectures`` (real
-training on the digits) and ``modules.gennape`` (the checkpoint's class) when called, the way
+training on the digits) when called, the way
 ``framework.cli`` reaches the commands of other packages.
 """
 
@@ -355,19 +355,20 @@ def predictor_score_fn(predictor: nn.Module, batch_size: int = 64, device: str |
 
 
 def load_gennape_predictor(path: str | Path) -> nn.Module:
-    """A :class:`modules.gennape.GENNAPEModule` from a Lightning checkpoint, loaded with ``weights_only=True``
-    on the CPU, in eval mode. A missing, corrupt or foreign file raises a one-line :class:`LitzooError`.
-    (``modules`` is imported here, at call time: the command is the one place ``framework`` reaches a method.)"""
+    """A GENNAPE predictor (:class:`modules.gennape.GENNAPEModule` adds nothing to
+    :class:`framework.cg_predictor.CGPredictorModule`, whose class loads it) from a Lightning checkpoint,
+    loaded with ``weights_only=True`` on the CPU, in eval mode. A missing, corrupt or foreign file raises a
+    one-line :class:`LitzooError`."""
     from framework.checkpoints import load_checkpoint
 
     path = Path(path).expanduser()
     checkpoint = load_checkpoint(path)  # LitzooError for missing / not torch / unsafe files
     if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
         raise LitzooError(f"checkpoint '{path}' is not a Lightning checkpoint of a GENNAPE predictor (no state_dict / hyper_parameters)")
-    from modules.gennape import GENNAPEModule
+    from framework.cg_predictor import CGPredictorModule
 
     try:
-        model = GENNAPEModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        model = CGPredictorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as error:  # wrong keys or shapes, hyper-parameters of another module
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LitzooError(f"checkpoint '{path}' is not a GENNAPE predictor checkpoint ({reason[:200]})") from None

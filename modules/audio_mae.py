@@ -342,7 +342,7 @@ def time_frequency_keep(batch: int, grid: tuple[int, int], mask_t_prob: float, m
 
 class AudioViTClassifier(AudioViTEncoder):
     """Fine-tuning model (AudioMAE ``models_vit.py``, ``global_pool=True``): the blocks' patch tokens,
-    averaged → ``fc_norm`` → ``head``. As the official model there is no final ``norm`` (``del self.norm``:
+    averaged → ``fc_norm`` → ``head``. As the official model there is no final ``norm`` (an identity:
     ``fc_norm`` replaces it), so the keys are those of the released fine-tuned checkpoints. During
     training, patches may be dropped by :func:`time_frequency_keep`. The head starts near zero
     (truncated normal, std 2e-5, as ``main_finetune_as.py`` re-initialises it)."""
@@ -350,14 +350,11 @@ class AudioViTClassifier(AudioViTEncoder):
     def __init__(self, num_classes: int, input_size: tuple[int, int] = (1024, 128), patch_size: int = 16, in_chans: int = 1,
                  embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:  # fmt: skip
         super().__init__(input_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
-        del self.norm  # official models_vit.py (global pool): fc_norm after the mean instead
+        self.norm = nn.Identity()  # official models_vit.py (global pool) has no final norm: fc_norm after the mean instead
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes)
         self._init_encoder()
         nn.init.trunc_normal_(self.head.weight, std=2e-5)
-
-    def encode(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
-        raise NotImplementedError("AudioViTClassifier has no final norm (official models_vit.py); use forward_features or transform")
 
     def forward_features(self, spec: Tensor, ids_keep: Tensor | None = None) -> Tensor:
         """``(B, D)``: ``fc_norm`` of the mean patch token (before the head)."""

@@ -321,7 +321,9 @@ def test_classifier_has_no_final_norm_as_the_official_global_pool_model():
     torch.manual_seed(0)
     enc = {k: v for k, v in TINY.items() if not k.startswith("decoder")}
     model = AudioViTClassifier(4, **enc).eval()
-    assert not hasattr(model, "norm") and abs(float(model.head.weight.detach().std()) - 2e-5) < 1e-5
+    assert not any(k.startswith("norm.") for k in model.state_dict()) and abs(float(model.head.weight.detach().std()) - 2e-5) < 1e-5
     spec = torch.randn(2, 1, 32, 16)
+    with torch.no_grad():  # no final norm: the encoder's tokens are the blocks' output
+        assert torch.equal(model.encode(spec), model.transform(spec))
     with torch.no_grad():
         torch.testing.assert_close(model(spec), _official_reference(model.state_dict(), spec, 2, finetuned=True), atol=1e-5, rtol=1e-5)
