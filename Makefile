@@ -10,7 +10,7 @@ STAMP := $(VENV)/.litzoo-installed
 
 # torch goes in first, alone, and is then pinned by a constraints file so that no other package
 # can replace it (a plain `torch` requirement would otherwise pull a CUDA build).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
@@ -34,7 +34,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt ruff
-	$(VENV)/bin/ruff check framework modules callbacks datamodules tests benchmarks
+	$(VENV)/bin/ruff check litzoo framework modules callbacks datamodules configs tests benchmarks setup.py
 
 clean:
 	rm -rf $(VENV) runs lightning_logs

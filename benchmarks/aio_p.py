@@ -7,7 +7,7 @@ Data: the first 200 networks of ``data/architectures/digits_v1.jsonl`` (50 per f
 classification accuracy, noisy-digits accuracy and digit-value regression (metric −RMSE in digit units,
 another scale and meaning). Two settings: sources classification + noisy digits → target digit value, and
 sources classification + digit value → target noisy digits. Missing task labels are generated
-(``python -m datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``:
+(``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``:
 400 trainings, 16 minutes on one core of a busy 2-core machine); a missing benchmark too (about 8 minutes).
 
 30% of the architectures are held out (never seen in training on any task); 20 of them are the few-shot
@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from datamodules.architecture_tasks import MultiTaskArchitectureDataModule, generate_task_labels, load_task_labels, tasks_path  # noqa: E402
-from datamodules.architectures import generate_architecture_benchmark  # noqa: E402
-from framework.nas_spaces import FAMILIES  # noqa: E402
-from modules.aio_p import AIOPModule  # noqa: E402
+from litzoo.datamodules.architecture_tasks import MultiTaskArchitectureDataModule, generate_task_labels, load_task_labels, tasks_path  # noqa: E402
+from litzoo.datamodules.architectures import generate_architecture_benchmark  # noqa: E402
+from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.modules.aio_p import AIOPModule  # noqa: E402
 
 DATA = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
 RECORDS = 200  # the first 200 records: 50 per family

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from callbacks.curation_in_training import CurationInTraining  # noqa: E402
-from datamodules.image_text import DigitsCaptionsDataModule  # noqa: E402
-from framework.curation import balance, entropy, entry_counts, keep_probabilities  # noqa: E402
-from modules.clip import CLIPModule  # noqa: E402
+from litzoo.callbacks.curation_in_training import CurationInTraining  # noqa: E402
+from litzoo.datamodules.image_text import DigitsCaptionsDataModule  # noqa: E402
+from litzoo.framework.curation import balance, entropy, entry_counts, keep_probabilities  # noqa: E402
+from litzoo.modules.clip import CLIPModule  # noqa: E402
 
 CONFIG = common.ROOT / "configs" / "cit" / "digits_captions.yaml"
 SEEDS = (0, 1, 2)
@@ -95,7 +95,7 @@ def pretrain_text_encoder(root: str, steps: int = 300, seed: int = 0, deletion: 
     random initialisation of ``seed``."""
     import torch
 
-    from framework.losses import ClipLoss
+    from litzoo.framework.losses import ClipLoss
 
     config = _config()
     L.seed_everything(seed, verbose=False)

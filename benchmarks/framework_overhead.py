@@ -38,9 +38,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim import SGD
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from datamodules.digits import DigitsDataModule
-from framework.optim import split_weight_decay
-from modules.repvgg import RepVGGClassifier
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.optim import split_weight_decay
+from litzoo.modules.repvgg import RepVGGClassifier
 
 #: goal: litzoo trains at least this fraction of the plain loop's samples per second
 GOAL_RATIO = 0.9

@@ -1,8 +1,8 @@
 """Fused vs unfused RepVGG: CPU inference latency, parameters, FLOPs and output agreement.
 
 Each case builds the training-time (multi-branch) network, gives its BatchNorms non-trivial
-statistics (``framework.reparam.randomize_batchnorm``, as after training), fuses a copy with
-``framework.reparam.fuse_model`` and then times both in eval mode under ``torch.inference_mode``
+statistics (``litzoo.framework.reparam.randomize_batchnorm``, as after training), fuses a copy with
+``litzoo.framework.reparam.fuse_model`` and then times both in eval mode under ``torch.inference_mode``
 with one thread per core. Measurements alternate in rounds (unfused then fused, fused then
 unfused, ...) so that machine noise hits both equally; the latency is the median over rounds of
 each round's median.
@@ -21,9 +21,9 @@ import torch
 from common import digits_config, markdown_table, setup_threads, yes_no
 from torch import nn
 
-from framework.profiling import count_flops, count_parameters, eval_mode, measure_latency
-from framework.reparam import fuse_model, randomize_batchnorm
-from modules.repvgg import RepVGG, RepVGGClassifier
+from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, measure_latency
+from litzoo.framework.reparam import fuse_model, randomize_batchnorm
+from litzoo.modules.repvgg import RepVGG, RepVGGClassifier
 
 #: goal: the fused model takes at most this fraction of the unfused model's time
 GOAL_RATIO = 0.6
@@ -170,7 +170,7 @@ def to_markdown(results: dict) -> str:
     )
     return (
         f"{cost}\n\n"
-        "FLOPs from `torch.utils.flop_counter` (`framework.profiling.count_flops`): FLOPs = 2 x MACs; "
+        "FLOPs from `torch.utils.flop_counter` (`litzoo.framework.profiling.count_flops`): FLOPs = 2 x MACs; "
         "convolutions and the linear layer only (BatchNorm, ReLU and the branch additions are not counted).\n\n"
         f"{speed}\n\n"
         f"Latency: median of per-round medians, eval mode, `torch.inference_mode`, {results['threads']} threads; "

@@ -36,14 +36,14 @@ from torch.nn import functional as F
 from torch.optim import SGD
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.fastclip import ConvBN, FastClip
-from callbacks.spatial_gradient_scaling import SpatialGradientScaling
-from callbacks.structural_reparam import StructuralReparam
-from datamodules.digits import DigitsDataModule
-from framework.classification import ImageClassifier
-from framework.spectral import conv_spectral_norm, explicit_operator
-from modules.repopt_vgg import RepOptVGG, RepOptVGGClassifier
-from modules.repvgg import RepVGG
+from litzoo.callbacks.fastclip import ConvBN, FastClip
+from litzoo.callbacks.spatial_gradient_scaling import SpatialGradientScaling
+from litzoo.callbacks.structural_reparam import StructuralReparam
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.spectral import conv_spectral_norm, explicit_operator
+from litzoo.modules.repopt_vgg import RepOptVGG, RepOptVGGClassifier
+from litzoo.modules.repvgg import RepVGG
 
 REPVGG_CONFIG = ROOT / "configs" / "repvgg" / "digits.yaml"
 

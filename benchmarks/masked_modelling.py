@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from callbacks.probe import KNNProbe, LinearProbe  # noqa: E402
-from datamodules.digits import DigitsDataModule  # noqa: E402
-from modules.mae import MAEModule  # noqa: E402
+from litzoo.callbacks.probe import KNNProbe, LinearProbe  # noqa: E402
+from litzoo.datamodules.digits import DigitsDataModule  # noqa: E402
+from litzoo.modules.mae import MAEModule  # noqa: E402
 
 CONFIG = common.ROOT / "configs" / "mae" / "digits.yaml"
 SEEDS = (0, 1, 2)
@@ -120,7 +120,7 @@ def step_time_ratio(batch: int = 8, rounds: int = 3, steps: int = 2) -> dict:
 
 def _cli(config: Path, *overrides: str):
     """Model, DataModule and Trainer (with the config's callbacks) built from a litzoo config, not run."""
-    from framework.cli import LitzooCLI
+    from litzoo.cli import LitzooCLI
 
     args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
@@ -148,11 +148,11 @@ def probes_before_after(config: Path, seed: int, epochs: int) -> dict:
 
 
 class _ViTNet(nn.Module):
-    """A plain ViT classifier (class token → linear head) from framework.nn, the Hiera comparison."""
+    """A plain ViT classifier (class token → linear head) from litzoo.framework.nn, the Hiera comparison."""
 
     def __init__(self, image_size: int, patch_size: int, dim: int, depth: int, num_heads: int, num_classes: int) -> None:
         super().__init__()
-        from framework.nn import VisionTransformer
+        from litzoo.framework.nn import VisionTransformer
 
         self.vit = VisionTransformer(image_size, patch_size, 1, dim, depth, num_heads)
         self.head = nn.Linear(dim, num_classes)
@@ -163,8 +163,8 @@ class _ViTNet(nn.Module):
 
 def hiera_versus_vit(seed: int) -> dict:
     """Val accuracy of the Hiera config and of a ViT (patch 4, width 64, 4 blocks) trained the same way."""
-    from framework.classification import ImageClassifier
-    from framework.profiling import count_parameters
+    from litzoo.framework.classification import ImageClassifier
+    from litzoo.framework.profiling import count_parameters
 
     cli = _cli(HIERA_CONFIG, "--seed_everything", str(seed))
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -180,7 +180,7 @@ def hiera_versus_vit(seed: int) -> dict:
 
 def throughput_ratio(first: nn.Module, second: nn.Module, batch: int = 64, rounds: int = 7, repeats: int = 20) -> dict:
     """Inference images/s of two classifiers on 1x32x32 inputs (eval, inference_mode), alternating rounds."""
-    from framework.profiling import eval_mode
+    from litzoo.framework.profiling import eval_mode
 
     images = torch.randn(batch, 1, 32, 32)
     times: dict[str, list[float]] = {"first": [], "second": []}

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
-from framework.nas_spaces import FAMILIES  # noqa: E402
-from framework.ranking import top_k_precision  # noqa: E402
-from modules.gennape import GENNAPEModule  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
+from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.framework.ranking import top_k_precision  # noqa: E402
+from litzoo.modules.gennape import GENNAPEModule  # noqa: E402
 
 DATA = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
 PER_FAMILY = 100

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
-from framework.nas_spaces import FAMILIES  # noqa: E402
-from framework.nn.cg import laplacian_eigenvectors  # noqa: E402
-from modules.transferable_predictor import TransferablePredictorModule  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
+from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.framework.nn.cg import laplacian_eigenvectors  # noqa: E402
+from litzoo.modules.transferable_predictor import TransferablePredictorModule  # noqa: E402
 
 DATA = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
 SEEDS = (0, 1, 2)

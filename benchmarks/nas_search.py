@@ -15,18 +15,18 @@ Setup (all on the CPU, digits 8x8):
 - target families ``TARGETS``: ``mobilenet`` (the family of Han et al.'s MobileNetV3 search, chosen first) and
   ``inception`` (added after mobilenet, so the section does not rest on one family); FLOPs limit = the median
   FLOPs of the target's networks in that benchmark.
-- predictor: a GENNAPE k-GNN (:class:`modules.gennape.GENNAPEModule`, official demo encoder: 6 GraphConv
+- predictor: a GENNAPE k-GNN (:class:`litzoo.modules.gennape.GENNAPEModule`, official demo encoder: 6 GraphConv
   layers × 32) trained on the computation graphs of the **other three families only** (the target family
   is never labelled for it: zero-shot transfer, the papers' unseen-family setting; no few-shot fine-tuning,
   which would spend real evaluations outside the budget N). Chosen for ≤ 2 min of training: no contrastive
   phase, one head (``contrastive_epochs=0, num_clusters=1``, the "plain k-GNN" ablation of the module),
   Adam lr 1e-3 (not the demo's 1e-4, which needs many more epochs), ``PREDICTOR_EPOCHS`` epochs; trained
   once (seed 0) and shared by the seeds below. Its zero-shot SRCC on the target family is reported.
-- search: :func:`framework.nas_search.evolutionary_search` (regularized evolution, population 50,
+- search: :func:`litzoo.framework.nas_search.evolutionary_search` (regularized evolution, population 50,
   tournament 10, 25 children per generation, ``GENERATIONS`` = 12 generations: 350 candidates, fewer
   predictor calls as repeats reuse their score), scored by the predictor; the top
   N distinct predicted candidates are trained (3 epochs, as the benchmark labels).
-- baseline: :func:`framework.nas_search.random_search`, N random networks within the limit, trained the same way.
+- baseline: :func:`litzoo.framework.nas_search.random_search`, N random networks within the limit, trained the same way.
 - seeds 0, 1, 2 (search / random draws and training seeds); the same training seed for both arms.
 """
 
@@ -46,11 +46,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
-from framework.graph import load_graphs_jsonl  # noqa: E402
-from framework.nas_search import evaluate_candidates, evolutionary_search, predictor_score_fn, random_search  # noqa: E402
-from framework.nas_spaces import FAMILIES  # noqa: E402
-from modules.gennape import GENNAPEModule  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
+from litzoo.framework.graph import load_graphs_jsonl  # noqa: E402
+from litzoo.framework.nas_search import evaluate_candidates, evolutionary_search, predictor_score_fn, random_search  # noqa: E402
+from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.modules.gennape import GENNAPEModule  # noqa: E402
 
 BENCHMARK = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
 GENERATED = common.ROOT / "data" / "architectures" / "nas_search_pf50.jsonl"

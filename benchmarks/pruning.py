@@ -39,10 +39,10 @@ from lightning.pytorch.callbacks import ModelPruning
 from torch import nn
 from torch.optim import SGD
 
-from callbacks.gsm import GlobalSparseMomentum
-from callbacks.resrep import ResRepPruning
-from datamodules.digits import DigitsDataModule
-from modules.resnet import ResNetClassifier
+from litzoo.callbacks.gsm import GlobalSparseMomentum
+from litzoo.callbacks.resrep import ResRepPruning
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.modules.resnet import ResNetClassifier
 
 RESREP_CONFIG = ROOT / "configs" / "resrep" / "digits.yaml"
 GSM_CONFIG = ROOT / "configs" / "gsm" / "digits.yaml"
@@ -78,7 +78,7 @@ def _nonzero(model: nn.Module) -> int:
 
 
 def _flops(model: nn.Module, sample: torch.Tensor) -> int:
-    from framework.profiling import count_flops
+    from litzoo.framework.profiling import count_flops
 
     return count_flops(model, sample)
 
@@ -127,7 +127,7 @@ def train(variant: str, seed: int, epochs: int, width: int, dense_epochs: int) -
 
 
 def latency_ratios(models: dict[str, nn.Module], batch: torch.Tensor, rounds: int = 20) -> dict[str, float]:
-    from framework.profiling import measure_latency
+    from litzoo.framework.profiling import measure_latency
 
     times: dict[str, list[float]] = {v: [] for v in models}
     for _ in range(rounds):

@@ -9,24 +9,24 @@ with three models of the same deploy architecture (conv3x3 + bias + ReLU blocks 
 
 * plain VGG: ``RepOptVGG(mode="target")`` trained with plain SGD (no RepOptimizer), as the plain-VGG
   row of ``benchmarks/gradient_reparam.py``;
-* RepVGG (fused): ``RepVGGClassifier`` trained with its branches, then ``framework.reparam.fuse_model``;
+* RepVGG (fused): ``RepVGGClassifier`` trained with its branches, then ``litzoo.framework.reparam.fuse_model``;
 * RepOpt-VGG: ``RepOptVGGClassifier(mode="target")`` with the default (Hyper-Search initial) scales,
   trained with the RepOptimizer (``configs/repopt_vgg/digits.yaml``).
 
 Each float model is trained once per seed with the config's recipe, then its deploy network is:
 
-* evaluated in float and after PTQ (``framework.quantization.quantize_ptq``, 32 random training
+* evaluated in float and after PTQ (``litzoo.framework.quantization.quantize_ptq``, 32 random training
   batches of calibration, histogram observer) with int8 per-channel (the x86 default) and
   per-tensor weights, and, as a stress test, 4-bit per-channel and per-tensor weights;
 * fine-tuned for a few epochs through fake quantization with the ``Quantization(mode="qat")``
   callback (int8 per-channel, small learning rate) and evaluated after conversion;
-* described by ``framework.quantization.weight_statistics``: the largest ``max|w| / std(w)`` over the
+* described by ``litzoo.framework.quantization.weight_statistics``: the largest ``max|w| / std(w)`` over the
   training-time convs and over the deploy convs with BatchNorm folded (the kernels the int8 grid
   actually sees; for RepVGG that is the fused kernel, for the plain nets conv * gamma / sigma).
 
 Test accuracy (the 360-image test split, torchmetrics) is of the int8 reference graph (quantize /
 dequantize around float ops, numerically the int8 model). CPU latency: the seed-0 PTQ int8 model
-lowered to oneDNN int8 kernels (``framework.quantization.lower_to_x86``) against the float deploy
+lowered to oneDNN int8 kernels (``litzoo.framework.quantization.lower_to_x86``) against the float deploy
 model (eager fp32, BN folded) and, optionally, against ``torch.compile`` of it, in alternating
 rounds (``fusion_latency.interleaved_latency``).
 
@@ -55,13 +55,13 @@ from torch.optim import SGD
 from torch.utils.data import DataLoader, RandomSampler
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.quantization import Quantization
-from datamodules.digits import DigitsDataModule
-from framework.classification import ImageClassifier
-from framework.quantization import lower_to_x86, quantization_config, quantize_ptq, weight_statistics
-from framework.reparam import fuse_model
-from modules.repopt_vgg import RepOptVGG, RepOptVGGClassifier
-from modules.repvgg import RepVGGClassifier
+from litzoo.callbacks.quantization import Quantization
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.quantization import lower_to_x86, quantization_config, quantize_ptq, weight_statistics
+from litzoo.framework.reparam import fuse_model
+from litzoo.modules.repopt_vgg import RepOptVGG, RepOptVGGClassifier
+from litzoo.modules.repvgg import RepVGGClassifier
 
 REPOPT_CONFIG = ROOT / "configs" / "repopt_vgg" / "digits.yaml"
 MODELS = ("plain VGG", "RepVGG (fused)", "RepOpt-VGG")

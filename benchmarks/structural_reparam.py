@@ -33,10 +33,10 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.optim import SGD
 
-from callbacks.structural_reparam import StructuralReparam
-from datamodules.digits import DigitsDataModule
-from framework.classification import ImageClassifier
-from framework.profiling import count_parameters, measure_latency
+from litzoo.callbacks.structural_reparam import StructuralReparam
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.profiling import count_parameters, measure_latency
 
 CONFIG = ROOT / "configs" / "resnet" / "digits.yaml"
 VARIANTS = ("plain", "acb", "dbb", "repvgg")

@@ -1,15 +1,15 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
-from callbacks.curation_in_training import CurationInTraining
-from callbacks.fastclip import FastClip
-from callbacks.gsm import GlobalSparseMomentum
-from callbacks.probe import KNNProbe, LinearProbe
-from callbacks.quantization import Quantization
-from callbacks.rep_optimizer import RepOptimizer
-from callbacks.reparam_fusion import ReparamFusion
-from callbacks.resrep import ResRepPruning
-from callbacks.spatial_gradient_scaling import SpatialGradientScaling
-from callbacks.structural_reparam import StructuralReparam
+from litzoo.callbacks.curation_in_training import CurationInTraining
+from litzoo.callbacks.fastclip import FastClip
+from litzoo.callbacks.gsm import GlobalSparseMomentum
+from litzoo.callbacks.probe import KNNProbe, LinearProbe
+from litzoo.callbacks.quantization import Quantization
+from litzoo.callbacks.rep_optimizer import RepOptimizer
+from litzoo.callbacks.reparam_fusion import ReparamFusion
+from litzoo.callbacks.resrep import ResRepPruning
+from litzoo.callbacks.spatial_gradient_scaling import SpatialGradientScaling
+from litzoo.callbacks.structural_reparam import StructuralReparam
 
 __all__ = [
     "CurationInTraining",

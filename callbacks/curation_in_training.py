@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 
 class _CuratedStream(IterableDataset):

@@ -5,7 +5,7 @@ Implicitly Linear Layers", PMLR v238 pp. 2971-2979; official code Ali-E/FastClip
 ``models/clip_toolbox.py`` ``deflate_model`` / ``deflate_model_multi`` and the ``SpectralNorm``
 wrapper of ``models/spectral_normalization_deflate_complex_both_bn.py``). The largest singular
 value ``sigma`` of a layer's linear map on its actual input size, and its right singular vector
-``v``, come from PowerQR (``framework.spectral.power_qr``), which is exact for any padding, stride,
+``v``, come from PowerQR (``litzoo.framework.spectral.power_qr``), which is exact for any padding, stride,
 dilation and groups. When ``sigma > c`` the layer's weights take a few gradient steps towards
 mapping ``v`` to ``(c / sigma) L(v)``: only the top direction is shrunk, the rest of the spectrum is
 left alone (unlike dividing the whole weight by ``sigma``). Repeated every ``clip_every`` steps with
@@ -35,9 +35,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from framework.errors import LitzooError
-from framework.profiling import eval_mode
-from framework.spectral import power_qr
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import eval_mode
+from litzoo.framework.spectral import power_qr
 
 BatchNormMode = Literal["compose", "clamp", "ignore"]
 BATCHNORM_MODES = ("compose", "clamp", "ignore")

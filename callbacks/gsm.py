@@ -27,10 +27,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
 
-from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
-from framework.checkpoints import save_deploy_checkpoint
-from framework.errors import LitzooError
-from framework.profiling import eval_mode
+from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import eval_mode
 
 Targets = list[tuple[str, nn.Parameter]]
 

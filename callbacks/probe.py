@@ -55,9 +55,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.reparam_fusion import batch_inputs, batch_labels
-from framework.errors import LitzooError
-from framework.profiling import eval_mode
+from litzoo.callbacks.reparam_fusion import batch_inputs, batch_labels
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import eval_mode
 
 # ----------------------------------------------------------------------------------- the classifiers
 

@@ -1,7 +1,7 @@
 """Quantization: int8 post-training quantization or quantization-aware training of any model.
 
 Gholami et al., "A Survey of Quantization Methods for Efficient Neural Network Inference" (2021),
-on torchao's PT2E flow (``framework.quantization``). ``mode="ptq"`` calibrates activation ranges on
+on torchao's PT2E flow (``litzoo.framework.quantization``). ``mode="ptq"`` calibrates activation ranges on
 training batches when fit ends; ``mode="qat"`` trains the model through fake quantization (straight-
 through estimator) from the start of fit. Both end with the int8 model evaluated against its float
 reference on the validation data and written as a ``torch.export`` program (``int8.pt2``).
@@ -30,11 +30,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from callbacks.reparam_fusion import batch_inputs, batch_labels, reference_loader, sample_training_batches
-from framework.errors import LitzooError
-from framework.profiling import eval_mode
-from framework.pruning import compacted_layers, prune_compacted
-from framework.quantization import (
+from litzoo.callbacks.reparam_fusion import batch_inputs, batch_labels, reference_loader, sample_training_batches
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import eval_mode
+from litzoo.framework.pruning import compacted_layers, prune_compacted
+from litzoo.framework.quantization import (
     FakeQuantizedNetwork,
     check_options,
     convert_qat,
@@ -44,7 +44,7 @@ from framework.quantization import (
     save_int8,
     weight_statistics,
 )
-from framework.reparam import fuse_model, is_fusable
+from litzoo.framework.reparam import fuse_model, is_fusable
 
 
 @contextlib.contextmanager
@@ -88,9 +88,9 @@ class Quantization(Callback):
     the fake-quantized model for QAT) on up to ``evaluate_batches`` validation batches (training
     batches if there is no validation loader): accuracy of each (when batches carry labels and the
     output is ``(N, classes)``), top-1 agreement and the largest output difference, logged as
-    ``quantization/*`` with the weight statistics (``framework.quantization.weight_statistics``).
+    ``quantization/*`` with the weight statistics (``litzoo.framework.quantization.weight_statistics``).
     The int8 graph is kept in :attr:`int8_model` and written to ``filename`` next to the checkpoints
-    (``framework.quantization.load_int8`` reads it back), except under ``fast_dev_run``.
+    (``litzoo.framework.quantization.load_int8`` reads it back), except under ``fast_dev_run``.
 
     Args:
         mode: ``"ptq"`` or ``"qat"``.

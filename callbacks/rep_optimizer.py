@@ -42,7 +42,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 
 def csla_grad_multiplier(

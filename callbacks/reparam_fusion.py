@@ -3,7 +3,7 @@
 Structural re-parameterization (RepVGG, ACNet, DBB, ...) trains a multi-branch model and deploys a
 plain one. This callback does the switch for any LightningModule whose blocks implement
 ``fuse()`` (or the foreign ``reparameterize()`` / ``switch_to_deploy()``), see
-``framework.reparam.fuse_model``.
+``litzoo.framework.reparam.fuse_model``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
-from framework.checkpoints import save_deploy_checkpoint
-from framework.errors import LitzooError
-from framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
-from framework.reparam import fuse_model, is_fusable
-from framework.reparam.verify import fusion_error
+from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
+from litzoo.framework.reparam import fuse_model, is_fusable
+from litzoo.framework.reparam.verify import fusion_error
 
 #: the stable batch keys of litzoo's DataModules that hold a model's input, in order of preference
 INPUT_KEYS = ("image", "audio")
@@ -126,7 +126,7 @@ class ReparamFusion(EvaluatesFused):
     model in place, (3) runs the batch again and raises if the outputs differ by more than
     ``tolerance * max(1, max|y|)``, (4) logs the error and parameters / FLOPs / CPU latency before
     and after, (5) checks the fusion itself on a float64 copy with random BatchNorm statistics
-    (:func:`framework.reparam.verify.fusion_error`, independent of the trained values), and (6) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
+    (:func:`litzoo.framework.reparam.verify.fusion_error`, independent of the trained values), and (6) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
     the fused structure when loading it). The training-time ``last.ckpt`` stays the resumable
     artefact. When ``validate``/``test``/``predict`` start outside fit, the loaded training-time
     weights are fused first, so evaluation runs on the deploy model.

@@ -6,7 +6,7 @@ Reference implementation: DingXiaoH/ResRep (``rr/resrep_train.py`` for gradient 
 
 The method, as this callback runs it:
 
-1. *Re-parameterize.* Every prunable conv-BN (see :mod:`framework.pruning.channel_groups`:
+1. *Re-parameterize.* Every prunable conv-BN (see :mod:`litzoo.framework.pruning.channel_groups`:
    convs whose output channels are not tied to other convs by residual additions) gets a
    compactor, a ``C x C`` pointwise conv initialised to the identity, after its BatchNorm.
 2. *Gradient resetting*, every optimizer step: each compactor row (an output channel) gets the
@@ -51,11 +51,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
-from framework.checkpoints import save_deploy_checkpoint
-from framework.errors import LitzooError
-from framework.profiling import count_flops, count_parameters, eval_mode, format_count
-from framework.pruning import (
+from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count
+from litzoo.framework.pruning import (
     PRUNED_SHAPES_KEY,
     ChannelFlops,
     ChannelGroup,
@@ -69,8 +69,8 @@ from framework.pruning import (
     remove_channels,
     zero_masked_rows,
 )
-from framework.reparam import fuse_model
-from framework.reparam.verify import detached_copy
+from litzoo.framework.reparam import fuse_model
+from litzoo.framework.reparam.verify import detached_copy
 
 
 def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:

@@ -25,9 +25,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from callbacks.reparam_fusion import batch_inputs, sample_training_batches
-from framework.errors import LitzooError
-from framework.profiling import eval_mode
+from litzoo.callbacks.reparam_fusion import batch_inputs, sample_training_batches
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import eval_mode
 
 #: optimizers whose per-element normalisation (almost) cancels a fixed per-position gradient scale
 ADAPTIVE_OPTIMIZERS = (

@@ -21,10 +21,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
-from framework.errors import LitzooError
-from framework.profiling import count_parameters, eval_mode
-from framework.reparam.convert import (
+from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import count_parameters, eval_mode
+from litzoo.framework.reparam.convert import (
     BLOCKS,
     INITS,
     ConversionReport,
@@ -34,7 +34,7 @@ from framework.reparam.convert import (
     fuse_branches,
     reconvert,
 )
-from framework.reparam.verify import fusion_error
+from litzoo.framework.reparam.verify import fusion_error
 
 
 class StructuralReparam(EvaluatesFused):
@@ -42,7 +42,7 @@ class StructuralReparam(EvaluatesFused):
 
     What is converted is explicit: a ``nn.Conv2d`` whose output only a ``BatchNorm2d`` consumes,
     with zero padding, dilation 1, a square kernel, and the block's own constraints (see
-    :func:`framework.reparam.convert.skip_reason`). The report of converted and skipped layers is
+    :func:`litzoo.framework.reparam.convert.skip_reason`). The report of converted and skipped layers is
     printed and kept in :attr:`report`; the counts are logged as ``reparam/converted`` and
     ``reparam/skipped``.
 

@@ -1,6 +1,6 @@
 """LightningDataModules, one file per data source or on-disk format."""
 
-from datamodules.digits import DigitsDataModule
-from datamodules.image_folder import ImageFolderDataModule
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.datamodules.image_folder import ImageFolderDataModule
 
 __all__ = ["DigitsDataModule", "ImageFolderDataModule"]

@@ -5,7 +5,7 @@ arXiv 2211.17228) pretrains a computation-graph (CG) predictor on architectures 
 computer-vision tasks (ImageNet classification, detection, instance / semantic / panoptic segmentation,
 pose estimation; metrics with different scales: top-1, mAP, mIoU, PQ, PCK) and transfers it to a task it
 has not seen. Those labels cost GPU-days; this module makes stand-ins in minutes, labelling the SAME
-networks as a benchmark of :mod:`datamodules.architectures` (their specs come from its ``.specs.jsonl``):
+networks as a benchmark of :mod:`litzoo.datamodules.architectures` (their specs come from its ``.specs.jsonl``):
 
 - ``classification``: the benchmark's own label, digits validation top-1 ``accuracy`` (0..1);
 - ``digit_value``: the network with ``num_classes=1`` trained with MSE to regress the digit's VALUE 0..9
@@ -15,12 +15,12 @@ networks as a benchmark of :mod:`datamodules.architectures` (their specs come fr
   deviation ``noise_sigma`` (in units of the normalised pixels, train and validation alike), metric =
   validation top-1 accuracy.
 
-Each network trains as the benchmark's own labels were made (:func:`datamodules.architectures.train_and_evaluate`
+Each network trains as the benchmark's own labels were made (:func:`litzoo.datamodules.architectures.train_and_evaluate`
 settings: AdamW lr 3e-3, wd 1e-2, batch 64, the benchmark's epochs and seed, one thread), so labels are
 deterministic on one machine. :func:`generate_task_labels` appends one JSONL record per (network, task) to
 ``<benchmark>.tasks.jsonl`` (``{"index", "family", "task", "value", "generation"}``), flushed and fsynced,
 resumable (a killed run continues; ``limit`` labels only the first N records, so a long labelling can be
-done in pieces). ``python -m datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl
+done in pieces). ``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl
 --limit 200`` runs it.
 
 :class:`MultiTaskArchitectureDataModule` serves CG batches with a ``task`` id per graph: SOURCE tasks on one
@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from datamodules.architectures import (
+from litzoo.datamodules.architectures import (
     DigitsSplits,
     GraphSplitsDataModule,
     generate_architecture_benchmark,
@@ -52,9 +52,9 @@ from datamodules.architectures import (
     specs_path,
     train_and_evaluate,
 )
-from framework.data.jsonl import append_record, complete_records, truncate_file
-from framework.errors import LitzooError
-from framework.nas_spaces import FAMILIES, build_network, spec_from_dict
+from litzoo.framework.data.jsonl import append_record, complete_records, truncate_file
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas_spaces import FAMILIES, build_network, spec_from_dict
 
 BENCHMARK_TASK = "classification"
 """The task whose label is the benchmark's own ``accuracy``."""
@@ -140,7 +140,7 @@ def generate_task_labels(
     ``<benchmark>.tasks.jsonl``), appending as it goes and resuming a killed run.
 
     Args:
-        benchmark: a file of :func:`datamodules.architectures.generate_architecture_benchmark` (its specs sidecar is read).
+        benchmark: a file of :func:`litzoo.datamodules.architectures.generate_architecture_benchmark` (its specs sidecar is read).
         tasks: extra tasks to label (:data:`EXTRA_TASKS`).
         limit: label only the first ``limit`` records of the benchmark (``None``: all); rerun with a larger
             one to extend the file.
@@ -206,8 +206,8 @@ def load_task_labels(benchmark: str | Path, path: str | Path | None = None) -> d
     """``{benchmark record index: {task: value}}`` for every task of the benchmark: ``classification`` from
     the benchmark itself and the extra tasks found in the tasks file (records missing a task are kept with
     the tasks they have)."""
-    from framework.data.jsonl import read_jsonl
-    from framework.graph import load_graphs_jsonl
+    from litzoo.framework.data.jsonl import read_jsonl
+    from litzoo.framework.graph import load_graphs_jsonl
 
     labels: dict[int, dict[str, float]] = {}
     graphs = load_graphs_jsonl(benchmark)
@@ -227,9 +227,9 @@ def load_task_labels(benchmark: str | Path, path: str | Path | None = None) -> d
 
 
 def tasks_command(argv: Sequence[str]) -> None:
-    """``python -m datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``."""
+    """``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``."""
     parser = argparse.ArgumentParser(
-        prog="python -m datamodules.architecture_tasks", description=generate_task_labels.__doc__.splitlines()[0]
+        prog="python -m litzoo.datamodules.architecture_tasks", description=generate_task_labels.__doc__.splitlines()[0]
     )
     parser.add_argument("--benchmark", required=True, help="benchmark JSONL (with its .specs.jsonl)")
     parser.add_argument("--tasks", nargs="+", default=list(EXTRA_TASKS), choices=list(EXTRA_TASKS))
@@ -246,14 +246,14 @@ def synthetic_task_benchmark(path: str | Path, per_family: int = 6, seed: int = 
     """Writes a SYNTHETIC multi-task benchmark (no training; for tests and demos): ``per_family`` untrained
     networks of each family as a graph file, its specs sidecar and a tasks file, in the formats of
     :func:`generate_architecture_benchmark` and :func:`generate_task_labels`. With ``a`` =
-    :func:`datamodules.architectures.synthetic_accuracy`: ``classification = a``,
+    :func:`litzoo.datamodules.architectures.synthetic_accuracy`: ``classification = a``,
     ``digit_value = −(3 − 2.5 a) + noise`` and ``noisy_digits = 0.8 a² + noise`` (related tasks on
     different scales, as AIO-P's are)."""
     import random
 
-    from datamodules.architectures import network_graph, synthetic_accuracy
-    from framework.graph import save_graphs_jsonl
-    from framework.nas_spaces import sample_spec
+    from litzoo.datamodules.architectures import network_graph, synthetic_accuracy
+    from litzoo.framework.graph import save_graphs_jsonl
+    from litzoo.framework.nas_spaces import sample_spec
 
     path = Path(path).expanduser()
     generator = torch.Generator().manual_seed(seed)
@@ -458,14 +458,14 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
             if not needed.is_file():
                 raise LitzooError(
                     f"multi-task architecture benchmark: expected {what} at '{needed}' (make the task labels with "
-                    f"`python -m datamodules.architecture_tasks --benchmark {path}`)"
+                    f"`python -m litzoo.datamodules.architecture_tasks --benchmark {path}`)"
                 )
         return path
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        from framework.graph import load_graphs_jsonl
+        from litzoo.framework.graph import load_graphs_jsonl
 
         hp = self.hparams
         path = self.benchmark_path()

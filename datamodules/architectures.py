@@ -7,9 +7,9 @@ family held out of training, zero-shot or after fine-tuning on a few labelled gr
 label NAS-Bench-101/201/301 and OFA networks trained on CIFAR/ImageNet; this module makes the same kind of
 data in minutes:
 
-- :func:`generate_architecture_benchmark` samples networks of the families of :mod:`framework.nas_spaces`,
+- :func:`generate_architecture_benchmark` samples networks of the families of :mod:`litzoo.framework.nas_spaces`,
   trains each briefly on scikit-learn's digits (fixed seed and budget, single-threaded, deterministic),
-  and appends one JSONL record per network: its computation graph (:func:`framework.graph.computation_graph`)
+  and appends one JSONL record per network: its computation graph (:func:`litzoo.framework.graph.computation_graph`)
   labelled with validation ``accuracy``, ``flops`` (``torch.utils.flop_counter``, batch 1; a multiply-add is
   2 FLOPs), ``params`` and CPU ``latency_ms`` (median batch-1 forward, 1 thread), and its family; the
   network's spec goes to a sidecar ``<name>.specs.jsonl``, line for line (a CG dict holds no extra keys).
@@ -36,10 +36,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from framework.data.jsonl import append_record, complete_records, truncate_file
-from framework.errors import LitzooError
-from framework.nas_spaces import FAMILIES, ArchSpec, build_network, check_family, sample_spec
-from framework.profiling import count_flops, count_parameters, measure_latency
+from litzoo.framework.data.jsonl import append_record, complete_records, truncate_file
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas_spaces import FAMILIES, ArchSpec, build_network, check_family, sample_spec
+from litzoo.framework.profiling import count_flops, count_parameters, measure_latency
 
 TARGETS = ("accuracy", "flops", "params", "latency_ms")
 """Labels of every record of a generated benchmark (the synthetic data module has accuracy, flops, params)."""
@@ -50,12 +50,12 @@ INPUT_SHAPE = (1, 1, 8, 8)
 
 # --------------------------------------------------------------------------------------------- labelling
 class DigitsSplits:
-    """The digits as tensors for labelling: the stratified split of :class:`datamodules.digits.DigitsDataModule`
+    """The digits as tensors for labelling: the stratified split of :class:`litzoo.datamodules.digits.DigitsDataModule`
     with ``val_fraction=0.25, test_fraction=0.05`` (train ≈ 1258 images, val = 450 images, normalised with
     training statistics). ``train_subset`` keeps the first N training images (tests)."""
 
     def __init__(self, train_subset: int | None = None, split_seed: int = 0) -> None:
-        from datamodules.digits import DigitsDataModule
+        from litzoo.datamodules.digits import DigitsDataModule
 
         data = DigitsDataModule(val_fraction=0.25, test_fraction=0.05, split_seed=split_seed)
         data.setup()
@@ -140,7 +140,7 @@ def specs_path(out_path: str | Path) -> Path:
 
 def network_graph(model: nn.Module, labels: dict[str, float] | None, family: str):
     """The computation graph of a network of the families (input ``(1, 1, 8, 8)``), labelled."""
-    from framework.graph import computation_graph
+    from litzoo.framework.graph import computation_graph
 
     return computation_graph(model, torch.zeros(INPUT_SHAPE), label=labels, family=family)
 
@@ -188,7 +188,7 @@ def generate_architecture_benchmark(
     Args:
         out_path: the JSONL file (created with its folder).
         per_family: networks per family (raising it later extends the file).
-        families: families of :mod:`framework.nas_spaces` to sample.
+        families: families of :mod:`litzoo.framework.nas_spaces` to sample.
         seed: benchmark seed (specs, initial weights, batch order).
         epochs: AdamW epochs per network (batch 64, lr 3e-3, weight decay 1e-2).
         train_subset: train on the first N training digits only (tests).
@@ -260,7 +260,7 @@ def benchmark_summary(path: str | Path) -> dict[str, dict[str, float]]:
     accuracy (how far the accuracy label is from a FLOPs proxy)."""
     from scipy.stats import spearmanr
 
-    from framework.data.jsonl import read_jsonl
+    from litzoo.framework.data.jsonl import read_jsonl
 
     by_family: dict[str, list[dict]] = {}
     for record in read_jsonl(path, what="architecture benchmark"):
@@ -296,7 +296,7 @@ def format_benchmark_summary(path: str | Path) -> str:
 def load_benchmark_specs(path: str | Path) -> list[dict]:
     """The sidecar records of a benchmark (``{"index", "family", "spec", "generation"}``, one per graph, in
     the graph file's order); ``spec_from_dict(r["spec"])`` rebuilds a network."""
-    from framework.data.jsonl import read_jsonl
+    from litzoo.framework.data.jsonl import read_jsonl
 
     return read_jsonl(specs_path(path), what="architecture specs")
 
@@ -389,7 +389,7 @@ class ArchitectureDataModule(GraphSplitsDataModule):
     arXiv 2211.17226): train on some families, test transfer on a held-out one.
 
     Reads a benchmark written by :func:`generate_architecture_benchmark` (any
-    :func:`framework.graph.save_graphs_jsonl` file of labelled graphs with families works). Graphs of
+    :func:`litzoo.framework.graph.save_graphs_jsonl` file of labelled graphs with families works). Graphs of
     ``train_families`` are shuffled (seeded) into train / val by ``val_fraction``; graphs of
     ``test_families`` form the test split. With ``finetune_samples = N``, N seeded-random test-family graphs
     move from the test split to a separate few-shot split (:meth:`finetune_dataloader`), so fine-tuning and
@@ -489,7 +489,7 @@ class ArchitectureDataModule(GraphSplitsDataModule):
 
     def load_graphs(self) -> list:
         """All graphs of the benchmark (labelled, with families)."""
-        from framework.graph import load_graphs_jsonl
+        from litzoo.framework.graph import load_graphs_jsonl
 
         if self.path is None:
             return load_graphs_jsonl(self._generate_default())

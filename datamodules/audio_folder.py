@@ -10,10 +10,10 @@ The layout of ESC-50 / SpeechCommands-style classification sets once sorted into
 Each WAV (integer PCM, read with the standard library's ``wave``; channels averaged to mono) must have
 the configured ``sample_rate`` — nothing is resampled. An item becomes Audio-MAE's input: the waveform
 minus its mean, cut to the samples that make ``target_length`` frames (a random window in training,
-the start otherwise), the Kaldi fbank (``framework.data.audio.kaldi_fbank``: 25 ms / 10 ms,
+the start otherwise), the Kaldi fbank (``litzoo.framework.data.audio.kaldi_fbank``: 25 ms / 10 ms,
 ``num_mel_bins`` HTK-mel bins, Hann window), zero frames appended up to ``target_length``, and
 ``(fbank − norm_mean) / (2·norm_std)``. Training items may be augmented with SpecAugment
-(``freqm`` / ``timem``, :func:`framework.data.audio.spec_augment`, on the fbank before normalisation as
+(``freqm`` / ``timem``, :func:`litzoo.framework.data.audio.spec_augment`, on the fbank before normalisation as
 AudioMAE ``dataset.py``; off by default because pretraining uses none). Batches:
 ``{"audio": (B, 1, target_length, num_mel_bins), "label": (B,)}``.
 """
@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from framework.data import make_loader
-from framework.data.audio import (
+from litzoo.framework.data import make_loader
+from litzoo.framework.data.audio import (
     AUDIOSET_FBANK_MEAN,
     AUDIOSET_FBANK_STD,
     kaldi_fbank,
@@ -38,9 +38,9 @@ from framework.data.audio import (
     read_wav,
     spec_augment,
 )
-from framework.data.class_folders import SPLITS, ClassFolders
-from framework.data.staging import generate_folder_atomically
-from framework.errors import LitzooError
+from litzoo.framework.data.class_folders import SPLITS, ClassFolders
+from litzoo.framework.data.staging import generate_folder_atomically
+from litzoo.framework.errors import LitzooError
 
 
 class AudioFileDataset(Dataset):
@@ -243,7 +243,7 @@ class AudioFolderDataModule(L.LightningDataModule):
 
 
 class SyntheticAudioDataModule(AudioFolderDataModule):
-    """SYNTHETIC demo data: :func:`datamodules.synthetic.synthetic_audio_classes` (8 classes of tones,
+    """SYNTHETIC demo data: :func:`litzoo.datamodules.synthetic.synthetic_audio_classes` (8 classes of tones,
     chirps, AM tones and noises; 1 s, 16 kHz) written once under ``root/seed<seed>-n<num_per_class>``
     (through a temporary folder renamed into place, so concurrent processes never see half a tree),
     then read as an :class:`AudioFolderDataModule` (``train/`` and ``val/``, ``num_per_class`` each).
@@ -274,7 +274,7 @@ class SyntheticAudioDataModule(AudioFolderDataModule):
 
     @staticmethod
     def _generate(folder: Path, num_per_class: int, seed: int) -> None:
-        from datamodules.synthetic import synthetic_audio_classes
+        from litzoo.datamodules.synthetic import synthetic_audio_classes
 
         if (folder / "val").is_dir():
             return

@@ -17,7 +17,7 @@ An item follows ``AudiosetDataset.__getitem__`` with ``main_finetune_as.py``'s A
 waveform minus its mean; in training, with probability ``mixup`` (0.5) mixed with a uniformly drawn
 other clip, ``λ·x₁ + (1−λ)·x₂`` with ``λ ~ Beta(10, 10)`` (the second clip zero-padded or cut to the
 first's length, the mixture's mean removed again) and labels ``λ·y₁ + (1−λ)·y₂``; Kaldi fbank
-(``framework.data.audio.kaldi_fbank``) padded / cut to ``target_length`` frames (the start: no random
+(``litzoo.framework.data.audio.kaldi_fbank``) padded / cut to ``target_length`` frames (the start: no random
 crop); in training SpecAugment (``freqm`` 48, ``timem`` 192); ``(fbank − mean)/(2·std)`` with
 AudioSet's statistics. Batches: ``{"audio": (B, 1, T, F), "label": (B, C) float multi-hot, "index": (B,)}``.
 
@@ -41,11 +41,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from datamodules.audio_folder import AudioFileDataset
-from framework.data import make_loader
-from framework.data.audio import AUDIOSET_FBANK_MEAN, AUDIOSET_FBANK_STD, pad_or_cut_frames
-from framework.data.staging import generate_folder_atomically
-from framework.errors import LitzooError
+from litzoo.datamodules.audio_folder import AudioFileDataset
+from litzoo.framework.data import make_loader
+from litzoo.framework.data.audio import AUDIOSET_FBANK_MEAN, AUDIOSET_FBANK_STD, pad_or_cut_frames
+from litzoo.framework.data.staging import generate_folder_atomically
+from litzoo.framework.errors import LitzooError
 
 _CSV_HEADER = ("index", "mid", "display_name")
 
@@ -132,7 +132,7 @@ class AudioSetDataset(AudioFileDataset):
         samples: ``(wav path, class indices)`` pairs (:func:`read_datafile`).
         num_classes: C.
         datafile: the JSON file the samples come from (named in errors).
-        sample_rate … norm_std: as :class:`datamodules.audio_folder.AudioFileDataset`.
+        sample_rate … norm_std: as :class:`litzoo.datamodules.audio_folder.AudioFileDataset`.
         freqm, timem: SpecAugment parameters (training only; 0 = off).
         mixup: probability of mixing an item with another (training only; 0 = off).
         cache: keep the un-mixed fbanks in memory (small data sets; AudioSet itself is too large).
@@ -321,11 +321,11 @@ def synthetic_audioset(root: str | Path, num_train: int = 320, num_val: int = 16
     (mids ``/synthetic/<class>``) and ``root/audio/<split>/<i>.wav`` (16 kHz, 1 s).
 
     Each clip is the sum of 1 … ``max_labels`` (uniform) single-class clips of distinct classes drawn from
-    :func:`datamodules.synthetic.synthetic_audio_classes` (tones, chirps, AM tone, noises), scaled down
+    :func:`litzoo.datamodules.synthetic.synthetic_audio_classes` (tones, chirps, AM tone, noises), scaled down
     only if the sum would clip; its labels are those classes. Deterministic for a ``seed``. Returns ``root``.
     """
-    from datamodules.synthetic import synthetic_audio_classes
-    from framework.data.audio import read_wav, write_wav
+    from litzoo.datamodules.synthetic import synthetic_audio_classes
+    from litzoo.framework.data.audio import read_wav, write_wav
 
     root = Path(root)
     per_class = max(4, max(num_train, num_val) // 4)  # a class appears in ~n/4 mixtures: sources are seldom reused

@@ -12,7 +12,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 
-from framework.data import DictTensorDataset, Normalize, make_loader, resize_images
+from litzoo.framework.data import DictTensorDataset, Normalize, make_loader, resize_images
 
 
 class DigitsDataModule(L.LightningDataModule):

@@ -22,9 +22,9 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from framework.data import Normalize, make_loader, resize_images
-from framework.data.class_folders import SPLITS, ClassFolders
-from framework.errors import LitzooError
+from litzoo.framework.data import Normalize, make_loader, resize_images
+from litzoo.framework.data.class_folders import SPLITS, ClassFolders
+from litzoo.framework.errors import LitzooError
 
 #: File name endings read as images (compared case-insensitively); other files are ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")

@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.image_folder import ImageFileDataset
-from framework.data import Normalize, make_loader
-from framework.data.jsonl import iter_jsonl
-from framework.data.staging import generate_folder_atomically
-from framework.data.tokenization import TextTokenizer
-from framework.errors import LitzooError
+from litzoo.datamodules.image_folder import ImageFileDataset
+from litzoo.framework.data import Normalize, make_loader
+from litzoo.framework.data.jsonl import iter_jsonl
+from litzoo.framework.data.staging import generate_folder_atomically
+from litzoo.framework.data.tokenization import TextTokenizer
+from litzoo.framework.errors import LitzooError
 
 _SPLITS = ("train", "val", "test")
 
@@ -225,7 +225,7 @@ class ImageTextDataModule(L.LightningDataModule):
 
 
 class DigitsCaptionsDataModule(ImageTextDataModule):
-    """SYNTHETIC captions on scikit-learn's real digits (see :func:`datamodules.synthetic.digits_caption_splits`):
+    """SYNTHETIC captions on scikit-learn's real digits (see :func:`litzoo.datamodules.synthetic.digits_caption_splits`):
     a noisy training pool (class captions, mislabelled ones, generic, distractor and noise captions in
     ``shares``) and clean labelled held-out pairs for zero-shot accuracy and retrieval.
 
@@ -253,7 +253,7 @@ class DigitsCaptionsDataModule(ImageTextDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
     ) -> None:
-        from datamodules.synthetic import DIGIT_WORDS
+        from litzoo.datamodules.synthetic import DIGIT_WORDS
 
         folder = Path(root).expanduser() / ("seed{}-{}".format(seed, "-".join(f"{s:g}" for s in shares)))
         self.pool_folder = folder
@@ -276,7 +276,7 @@ class DigitsCaptionsDataModule(ImageTextDataModule):
     def _generate(folder: Path, shares: tuple[float, ...], seed: int) -> None:
         """Writes the pool into a temporary sibling and renames it into place, so that concurrent
         processes (DDP ranks, parallel tests) never read a half-written pool."""
-        from datamodules.synthetic import digits_caption_splits
+        from litzoo.datamodules.synthetic import digits_caption_splits
 
         if (folder / "test.jsonl").is_file():
             return

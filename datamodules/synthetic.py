@@ -256,7 +256,7 @@ def synthetic_audio_classes(root: str | Path, num_per_class: int = 40, seed: int
 
     Returns ``root``.
     """
-    from framework.data.audio import write_wav
+    from litzoo.framework.data.audio import write_wav
 
     classes = ("am_tone", "chirp_down", "chirp_up", "pink_noise", "tone_high", "tone_low", "tone_mid", "white_noise")
     root = Path(root)

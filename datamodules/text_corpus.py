@@ -4,7 +4,7 @@ Reads the format of RedPajama / OpenWebText / Wikipedia dumps: one JSON object p
 field (``{"text": "..."}``). The training documents can be pruned to the top ``keep_fraction`` by
 the model-agnostic quality score of Sharma et al. (arXiv:2405.01582, ``framework/text_quality.py``);
 the validation documents never are. Without a ``path``, the synthetic corpus of
-``datamodules.synthetic.text_quality_corpus`` (clean documents plus documents with web junk) is
+``litzoo.datamodules.synthetic.text_quality_corpus`` (clean documents plus documents with web junk) is
 generated under ``data_dir``.
 """
 
@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from framework.data import DictTensorDataset, make_loader
-from framework.data.jsonl import read_jsonl
-from framework.data.tokenization import TextTokenizer
-from framework.errors import LitzooError
-from framework.text_quality import prune
+from litzoo.framework.data import DictTensorDataset, make_loader
+from litzoo.framework.data.jsonl import read_jsonl
+from litzoo.framework.data.tokenization import TextTokenizer
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.text_quality import prune
 
 
 def read_jsonl_texts(path: str | Path, text_key: str = "text") -> list[str]:
@@ -48,7 +48,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     Split and pruning: a fixed seeded share ``val_fraction`` of the documents is held out for
     validation (or ``val_path`` gives a separate validation corpus) and never pruned; with
-    ``keep_fraction < 1`` the training documents are scored with :func:`framework.text_quality.prune`
+    ``keep_fraction < 1`` the training documents are scored with :func:`litzoo.framework.text_quality.prune`
     (filter weights from a bigram LM fitted on the training lines) and the top fraction kept.
 
     Token budget: with ``token_budget`` the training stream is cut to that many target tokens, or
@@ -128,7 +128,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.hparams.path is None and not self.corpus_path().is_file():
-            from datamodules.synthetic import text_quality_corpus
+            from litzoo.datamodules.synthetic import text_quality_corpus
 
             text_quality_corpus(self.hparams.data_dir, self.hparams.num_documents, self.hparams.junk_share, seed=self.hparams.split_seed)
 

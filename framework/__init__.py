@@ -4,7 +4,7 @@ Dependencies point one way: ``modules``, ``callbacks`` and ``datamodules`` impor
 ``framework`` imports only torch, lightning and the ecosystem libraries.
 """
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 __all__ = ["LitzooError"]
 __version__ = "0.1.0"

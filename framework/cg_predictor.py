@@ -2,7 +2,7 @@
 AAAI 2023, ``modules/gennape.py``) and the transferable predictor (Han et al., SDM 2023,
 ``modules/transferable_predictor.py``).
 
-The recipe these papers share: a k-GNN encoder (:class:`framework.nn.cg.CGEncoder`) is pretrained with a
+The recipe these papers share: a k-GNN encoder (:class:`litzoo.framework.nn.cg.CGEncoder`) is pretrained with a
 contrastive objective for ``contrastive_epochs``, then frozen; predictor heads (one, or GENNAPE's fuzzy
 c-means ensemble, :class:`FuzzyHeadEnsemble`) regress the standardised target; the test split is a family
 held out of training (zero-shot transfer), and :meth:`CGPredictorModule.finetune` adapts to a few labelled
@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 
-from framework.clustering import fuzzy_c_means, fuzzy_memberships
-from framework.graph.computation import NUM_NODE_FEATURES
-from framework.losses import NTXentLoss
-from framework.nn.cg import CGEncoder, PredictorHead
-from framework.ranking import TopKPrecision
+from litzoo.framework.clustering import fuzzy_c_means, fuzzy_memberships
+from litzoo.framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.losses import NTXentLoss
+from litzoo.framework.nn.cg import CGEncoder, PredictorHead
+from litzoo.framework.ranking import TopKPrecision
 
 # ---------------------------------------------------------------------------------------- blocks
 
@@ -76,7 +76,7 @@ def adam_cg_predictor(params: Any, lr: float = 1e-4) -> torch.optim.Adam:
 
 class CGPredictorModule(L.LightningModule):
     """A CG predictor on batches of computation graphs (``torch_geometric`` batches with ``x``, ``edge_index``,
-    ``batch`` and a standardised target ``y``; :class:`datamodules.architectures.ArchitectureDataModule`).
+    ``batch`` and a standardised target ``y``; :class:`litzoo.datamodules.architectures.ArchitectureDataModule`).
 
     Epochs ``[0, contrastive_epochs)`` pretrain the encoder with NT-Xent; at epoch ``contrastive_epochs``
     the encoder is frozen, fuzzy c-means is fitted on the embeddings of the training graphs and the heads

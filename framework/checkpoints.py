@@ -13,8 +13,8 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
-from framework.errors import LitzooError
-from framework.reparam.fuse_model import DEPLOY_KEY, fuse_model
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.reparam.fuse_model import DEPLOY_KEY, fuse_model
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
     """Rename the keys of an official released state dict to litzoo's module names.
 
     Train-time and deploy-time checkpoints are both mapped; deploy keys come out as the keys of
-    the model after :func:`framework.reparam.fuse_model`.
+    the model after :func:`litzoo.framework.reparam.fuse_model`.
 
     Args:
         method: ``"repvgg"`` (DingXiaoH/RepVGG), ``"acb"`` (DingXiaoH/ACNet), ``"dbb"``
@@ -251,7 +251,7 @@ def load_official_weights(model: nn.Module, method: str, path: str | Path, head:
 
     The file is loaded with ``weights_only=True``; its keys are converted with
     :func:`convert_official_state_dict`. When they describe the deploy (fused) structure, ``model``
-    is fused in place with :func:`framework.reparam.fuse_model` first. A classifier head whose
+    is fused in place with :func:`litzoo.framework.reparam.fuse_model` first. A classifier head whose
     shape differs (fine-tuning on other classes) keeps its fresh initialisation, with a warning.
 
     Args:

@@ -17,9 +17,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from framework.optim import cosine_per_step, sgd_momentum, split_weight_decay
-from framework.pruning import apply_layer_shapes, pruned_shapes
-from framework.reparam import fuse_model, is_fused_checkpoint
+from litzoo.framework.optim import cosine_per_step, sgd_momentum, split_weight_decay
+from litzoo.framework.pruning import apply_layer_shapes, pruned_shapes
+from litzoo.framework.reparam import fuse_model, is_fused_checkpoint
 
 
 def confusion_matrix_image(matrix: Tensor, cell: int = 12) -> Tensor:

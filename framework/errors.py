@@ -21,7 +21,7 @@ def one_line(error: BaseException) -> str:
     text = str(error).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
-        # "framework.errors.LitzooError: cannot read image ..." -> "cannot read image ..."
+        # "litzoo.framework.errors.LitzooError: cannot read image ..." -> "cannot read image ..."
         prefix, sep, message = last.partition(": ")
         text = message if sep and prefix.endswith("Error") else last
     return text

@@ -10,11 +10,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from framework.checkpoints import load_checkpoint, state_dict_from
-from framework.errors import LitzooError
-from framework.pruning import apply_layer_shapes, compacted_layers, compactors_in, insert_compactors, prune_compacted, pruned_shapes
-from framework.reparam import fuse_model, is_fused_checkpoint
-from framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
+from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.pruning import apply_layer_shapes, compacted_layers, compactors_in, insert_compactors, prune_compacted, pruned_shapes
+from litzoo.framework.reparam import fuse_model, is_fused_checkpoint
+from litzoo.framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
 
 FORMATS = ("onnx", "torchscript", "int8")
 #: default allowed max abs difference (relative to max(1, max|y|)) per format: int8 is an approximation
@@ -46,7 +46,7 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     A checkpoint of a model converted by ``StructuralReparam`` is loaded into the converted
     structure and fused back, giving the model's own architecture. A pruned checkpoint
     (``ResRepPruning``'s ``pruned.ckpt``) gets its recorded layer shapes first; a checkpoint of a
-    ResRep compactor model is loaded with its compactors (:func:`framework.pruning.prune_compacted`
+    ResRep compactor model is loaded with its compactors (:func:`litzoo.framework.pruning.prune_compacted`
     removes the channels given example inputs; :func:`export_checkpoint` does).
 
     Returns the module in eval mode and the loaded checkpoint dict.
@@ -115,7 +115,7 @@ def export_model(
     """Write ``model`` (eval mode) to ``output`` and return the max abs difference to torch on ``inputs``.
 
     ``fmt="int8"`` quantizes ``model`` after training (x86 int8 defaults of
-    ``framework.quantization``), calibrated on ``calibration``, and writes a ``torch.export`` program.
+    ``litzoo.framework.quantization``), calibrated on ``calibration``, and writes a ``torch.export`` program.
 
     Raises:
         LitzooError: unknown format, or the exported model disagrees beyond ``atol * max(1, max|y|)``.
@@ -154,7 +154,7 @@ def _export_onnx(model: nn.Module, inputs: torch.Tensor, output: Path) -> torch.
 
 
 def _export_int8(model: nn.Module, inputs: torch.Tensor, output: Path, calibration: list[torch.Tensor]) -> torch.Tensor:
-    from framework.quantization import load_int8, quantization_config, quantize_ptq, save_int8
+    from litzoo.framework.quantization import load_int8, quantization_config, quantize_ptq, save_int8
 
     save_int8(quantize_ptq(model, calibration, quantization_config()), inputs, output)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Predictor-guided, FLOPs-constrained evolutionary architecture search over :mod:`framework.nas_spaces`.
+"""Predictor-guided, FLOPs-constrained evolutionary architecture search over :mod:`litzoo.framework.nas_spaces`.
 
 GENNAPE (Mills et al., "GENNAPE: Towards Generalized Neural Architecture Performance Estimators",
 AAAI 2023, arXiv 2211.17226) reports that "when paired with a search algorithm, GENNAPE can find
@@ -12,7 +12,7 @@ mutation-only evolution of predictor-based NAS, **regularized (aging) evolution*
 
 1. draw ``population`` random specs of the family whose FLOPs are within ``flops_limit`` and score them;
 2. each generation, ``children`` times: take ``sample_size`` members of the population at random, the best
-   of them (tournament) is the parent, :func:`framework.nas_spaces.mutate_spec` makes one local change;
+   of them (tournament) is the parent, :func:`litzoo.framework.nas_spaces.mutate_spec` makes one local change;
    children over ``flops_limit`` are discarded (redrawn) before they are scored;
 3. the children of a generation are scored in one batched call ``score_fn(specs)`` and join the population;
    the same number of the *oldest* members leave it (aging, not the worst: Real et al.'s regularization);
@@ -24,15 +24,15 @@ population 100 / sample 25 on NAS-Bench-like budgets, and the predictor papers t
 candidates for real (the command here: ``--evaluate 20``). A spec met again is not rescored: its first
 score is reused (the score functions here are deterministic), so ``score_calls`` counts distinct specs.
 
-FLOPs follow :func:`framework.profiling.count_flops` (a multiply-add is 2 FLOPs) of the built network on one
+FLOPs follow :func:`litzoo.framework.profiling.count_flops` (a multiply-add is 2 FLOPs) of the built network on one
 ``1x1x8x8`` digit (the global RNG is left untouched), cached per spec JSON.
 
 :func:`predictor_score_fn` turns any predictor whose ``forward`` takes a ``torch_geometric`` ``Batch`` of
-computation graphs (e.g. :class:`modules.gennape.GENNAPEModule`) into a ``score_fn``; :func:`random_search`
+computation graphs (e.g. :class:`litzoo.modules.gennape.GENNAPEModule`) into a ``score_fn``; :func:`random_search`
 is the baseline; :func:`nas_search_command` is ``litzoo nas-search``. The search itself needs only
-``framework``; the command and :func:`evaluate_candidates` import ``datamodules.architectures`` (real
+``framework``; the command and :func:`evaluate_candidates` import ``litzoo.datamodules.architectures`` (real
 training on the digits) when called, the way
-``framework.cli`` reaches the commands of other packages.
+``litzoo.cli`` reaches the commands of other packages.
 """
 
 from __future__ import annotations
@@ -53,11 +53,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from framework.errors import LitzooError
-from framework.nas_spaces import FAMILIES, MAX_PARAMS, ArchSpec, build_network, check_family, mutate_spec, sample_spec, spec_from_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas_spaces import (
+    FAMILIES,
+    MAX_PARAMS,
+    ArchSpec,
+    build_network,
+    check_family,
+    mutate_spec,
+    sample_spec,
+    spec_from_dict,
+)
 
 INPUT_SHAPE = (1, 1, 8, 8)
-"""One digit, batch 1: the input of FLOPs and computation graphs (as ``datamodules.architectures.INPUT_SHAPE``)."""
+"""One digit, batch 1: the input of FLOPs and computation graphs (as ``litzoo.datamodules.architectures.INPUT_SHAPE``)."""
 
 ScoreFn = Callable[[Sequence[ArchSpec]], Tensor]
 """``score_fn(specs) -> (len(specs),)`` scores, higher is better (e.g. predicted accuracy)."""
@@ -82,7 +91,7 @@ def _one_thread():
 
 @functools.lru_cache(maxsize=65536)
 def _flops_of_key(key: str) -> int:
-    from framework.profiling import count_flops
+    from litzoo.framework.profiling import count_flops
 
     with _one_thread(), torch.random.fork_rng(devices=[]):  # weights do not change FLOPs; the global RNG is left as it was
         return count_flops(build_network(spec_from_dict(json.loads(key))), torch.zeros(INPUT_SHAPE))
@@ -95,8 +104,8 @@ def spec_flops(spec: ArchSpec) -> int:
 
 def spec_graph(spec: ArchSpec):
     """The unlabelled computation graph of ``build_network(spec)`` (input ``1x1x8x8``), the graph
-    ``datamodules.architectures.network_graph`` makes; the global RNG is left untouched."""
-    from framework.graph import computation_graph
+    ``litzoo.datamodules.architectures.network_graph`` makes; the global RNG is left untouched."""
+    from litzoo.framework.graph import computation_graph
 
     with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the graph holds shapes, not weights; seeded anyway so it never depends on state
@@ -182,11 +191,11 @@ def random_search(
     max_params: int = MAX_PARAMS,
     top_k: int | None = None,
 ) -> SearchResult:
-    """The baseline: ``n`` distinct random specs of ``family`` (the sampler of :mod:`framework.nas_spaces`,
+    """The baseline: ``n`` distinct random specs of ``family`` (the sampler of :mod:`litzoo.framework.nas_spaces`,
     seeded) within ``flops_limit``.
 
     Args:
-        family: one of :data:`framework.nas_spaces.FAMILIES`.
+        family: one of :data:`litzoo.framework.nas_spaces.FAMILIES`.
         n: distinct specs to draw.
         flops_limit: FLOPs bound (batch 1); specs over it are redrawn.
         seed: seed of the draws.
@@ -237,7 +246,7 @@ def evolutionary_search(
     (and a deterministic ``score_fn``).
 
     Args:
-        family: one of :data:`framework.nas_spaces.FAMILIES`.
+        family: one of :data:`litzoo.framework.nas_spaces.FAMILIES`.
         score_fn: ``score_fn(specs) -> (len(specs),)`` tensor, higher is better; called once for the initial
             population and once per generation (batched).
         flops_limit: no candidate (scored or returned) has more FLOPs (batch 1).
@@ -310,7 +319,7 @@ def predictor_score_fn(predictor: nn.Module, batch_size: int = 64, device: str |
 
     Each spec becomes :func:`spec_graph` ``(spec).to_pyg()`` (cached per spec JSON); graphs are batched
     (``torch_geometric.data.Batch``, ``batch_size`` at a time) and ``predictor(batch)`` must return one score
-    per graph (e.g. :class:`modules.gennape.GENNAPEModule`: standardised predicted accuracy). The predictor
+    per graph (e.g. :class:`litzoo.modules.gennape.GENNAPEModule`: standardised predicted accuracy). The predictor
     runs in eval mode under ``no_grad`` and is returned to its previous mode.
 
     Args:
@@ -355,17 +364,17 @@ def predictor_score_fn(predictor: nn.Module, batch_size: int = 64, device: str |
 
 
 def load_gennape_predictor(path: str | Path) -> nn.Module:
-    """A GENNAPE predictor (:class:`modules.gennape.GENNAPEModule` adds nothing to
-    :class:`framework.cg_predictor.CGPredictorModule`, whose class loads it) from a Lightning checkpoint,
+    """A GENNAPE predictor (:class:`litzoo.modules.gennape.GENNAPEModule` adds nothing to
+    :class:`litzoo.framework.cg_predictor.CGPredictorModule`, whose class loads it) from a Lightning checkpoint,
     loaded with ``weights_only=True`` on the CPU, in eval mode. A missing, corrupt or foreign file raises a
     one-line :class:`LitzooError`."""
-    from framework.checkpoints import load_checkpoint
+    from litzoo.framework.checkpoints import load_checkpoint
 
     path = Path(path).expanduser()
     checkpoint = load_checkpoint(path)  # LitzooError for missing / not torch / unsafe files
     if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
         raise LitzooError(f"checkpoint '{path}' is not a Lightning checkpoint of a GENNAPE predictor (no state_dict / hyper_parameters)")
-    from framework.cg_predictor import CGPredictorModule
+    from litzoo.framework.cg_predictor import CGPredictorModule
 
     try:
         model = CGPredictorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
@@ -380,7 +389,7 @@ def nas_search_command(argv: Sequence[str]) -> list[dict[str, Any]]:
     """``litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 1e6 --evaluate 20 --out
     results.jsonl``: predictor-guided evolutionary search (:func:`evolutionary_search` scored by
     :func:`predictor_score_fn` of a GENNAPE checkpoint), then the ``--evaluate`` best-predicted distinct
-    candidates are trained for real on the digits (``datamodules.architectures.label_network``, one thread,
+    candidates are trained for real on the digits (``litzoo.datamodules.architectures.label_network``, one thread,
     the same seed for every candidate) and written as JSONL records ``{"rank", "family", "spec", "predicted",
     "accuracy", "flops", "params", "latency_ms"}`` (``predicted``: the predictor's score, standardised
     accuracy for GENNAPE; ``flops`` at batch 1). Prints the most accurate one; returns the records."""
@@ -431,12 +440,12 @@ def nas_search_command(argv: Sequence[str]) -> list[dict[str, Any]]:
 def evaluate_candidates(
     candidates: Sequence[Candidate], epochs: int = 3, seed: int = 0, train_subset: int | None = None, progress: bool = False
 ) -> list[dict[str, Any]]:
-    """Trains each candidate on the digits (``datamodules.architectures.label_network``: AdamW, ``epochs``,
+    """Trains each candidate on the digits (``litzoo.datamodules.architectures.label_network``: AdamW, ``epochs``,
     weights and batch order seeded by ``seed``, one thread) and returns ``{"rank", "family", "spec",
     "predicted", "accuracy", "flops", "params", "latency_ms"}`` per candidate, in the given order."""
     from tqdm.auto import tqdm
 
-    from datamodules.architectures import DigitsSplits, label_network
+    from litzoo.datamodules.architectures import DigitsSplits, label_network
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")

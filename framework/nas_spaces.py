@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 FAMILIES: tuple[str, ...] = ("resnet", "mobilenet", "inception", "vgg")
 MAX_PARAMS = 100_000

@@ -10,7 +10,7 @@ import torch
 from torch.optim import SGD, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 
 def sgd_momentum(params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-4) -> SGD:

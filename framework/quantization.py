@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
 ACTIVATION_OBSERVERS = ("histogram", "minmax", "percentile")
@@ -233,7 +233,7 @@ class FakeQuantizedNetwork(nn.Module):
     """A QAT graph that follows ``train()`` / ``eval()`` however they are set.
 
     An exported graph has BatchNorm and dropout baked in one mode; torchao rewrites them between
-    their training and inference forms. Lightning (and ``framework.profiling.eval_mode``) restore
+    their training and inference forms. Lightning (and ``litzoo.framework.profiling.eval_mode``) restore
     modes by assigning ``module.training`` directly, which no method hook sees, so the graph's form
     is matched to ``self.training`` at every forward too (a no-op unless the mode changed). Observers
     (the fake-quantizers' range estimates) run in training form only.

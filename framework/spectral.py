@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from framework.profiling import eval_mode
+from litzoo.framework.profiling import eval_mode
 
 Operator = Callable[[Tensor], Tensor]
 

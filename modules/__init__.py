@@ -1,5 +1,5 @@
 """Published methods as LightningModules, one file per method."""
 
-from modules.repvgg import RepVGG, RepVGGClassifier
+from litzoo.modules.repvgg import RepVGG, RepVGGClassifier
 
 __all__ = ["RepVGG", "RepVGGClassifier"]

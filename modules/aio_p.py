@@ -3,8 +3,8 @@ Han, Liu, Zhang, Lu, Jui; AAAI 2023, arXiv 2211.17228).
 
 AIO-P pretrains one computation-graph (CG) performance predictor on architectures labelled on several
 computer-vision tasks and transfers it to a task it has not seen, zero-shot or after fine-tuning on a few
-labelled architectures. Here it is a configuration of litzoo's shared k-GNN (:class:`framework.nn.cg.CGEncoder`,
-:class:`framework.nn.cg.PredictorHead`) on :class:`datamodules.architecture_tasks.MultiTaskArchitectureDataModule`
+labelled architectures. Here it is a configuration of litzoo's shared k-GNN (:class:`litzoo.framework.nn.cg.CGEncoder`,
+:class:`litzoo.framework.nn.cg.PredictorHead`) on :class:`litzoo.datamodules.architecture_tasks.MultiTaskArchitectureDataModule`
 (tiny digit CNNs labelled on three digits tasks).
 
 Verified in the official code (Ascend-Research/AIO-P, MIT: ``run_gpi_acc_predictor.py``,
@@ -39,7 +39,7 @@ Chosen here (not from the code or unverifiable):
   rescale-fine-tuned models start equal); the official ``init_alpha`` draws both from N(0, 1).
 - The adapters read the frozen base's per-layer node states (:meth:`CGEncoder.forward_layers`) with the
   base in eval mode (no eigenvector sign flips).
-- Our node features replace the official summed op / shape / kernel embeddings (see :mod:`modules.gennape`).
+- Our node features replace the official summed op / shape / kernel embeddings (see :mod:`litzoo.modules.gennape`).
 - Phases are epoch ranges of ONE Lightning fit: ``[0, base_epochs)`` base, then ``adapter_epochs`` per
   adapter; one optimizer over all parameters (frozen ones get no gradient, so the effect equals the
   official fresh Adam per adapter except for the adapters' moment estimates being fresh anyway).
@@ -66,10 +66,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 
-from framework.errors import LitzooError
-from framework.graph.computation import NUM_NODE_FEATURES
-from framework.nn.cg import CGEncoder, PredictorHead
-from framework.ranking import TopKPrecision
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.nn.cg import CGEncoder, PredictorHead
+from litzoo.framework.ranking import TopKPrecision
 
 # ---------------------------------------------------------------------------------------- blocks
 

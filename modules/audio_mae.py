@@ -1,7 +1,7 @@
 """Audio-MAE — Masked Autoencoders that Listen (Huang et al., NeurIPS 2022).
 
 A log-mel spectrogram ``(B, 1, T, F)`` (time × frequency; Kaldi fbank, see
-``framework.data.audio``) is cut into non-overlapping ``p × p`` patches, a ``(T/p) × (F/p)`` grid
+``litzoo.framework.data.audio``) is cut into non-overlapping ``p × p`` patches, a ``(T/p) × (F/p)`` grid
 in time-major order with fixed 2-D sin-cos positions. As in MAE a random 80% of the patches is
 removed per example; a ViT encoder sees the rest (plus a class token). The decoder puts a learned
 mask token in every removed place and — Audio-MAE's change — runs **local window attention**:
@@ -45,9 +45,9 @@ from torch import Tensor, nn
 from torch.optim import AdamW
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from framework.checkpoints import convert_official_audio_mae_state_dict, load_checkpoint, unwrap_state_dict
-from framework.errors import LitzooError
-from framework.nn import (
+from litzoo.framework.checkpoints import convert_official_audio_mae_state_dict, load_checkpoint, unwrap_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nn import (
     Attention,
     Block,
     Mlp,
@@ -62,9 +62,9 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from framework.nn.patches import blank_removed_patches, denormalize_patches
-from framework.optim import blr_warmup_cosine
-from framework.visualization import log_image
+from litzoo.framework.nn.patches import blank_removed_patches, denormalize_patches
+from litzoo.framework.optim import blr_warmup_cosine
+from litzoo.framework.visualization import log_image
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -110,7 +110,7 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
 
 
 class WindowAttention(Attention):
-    """Multi-head self-attention inside each window: :class:`framework.nn.Attention` (same ``qkv`` / ``proj``
+    """Multi-head self-attention inside each window: :class:`litzoo.framework.nn.Attention` (same ``qkv`` / ``proj``
     names) with an optional ``(nW, N, N)`` boolean window mask (True = may attend) repeated over the batch."""
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # type: ignore[override]

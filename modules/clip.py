@@ -28,12 +28,12 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.retrieval import RetrievalRecall
 
-from framework.checkpoints import load_checkpoint, state_dict_from
-from framework.errors import LitzooError
-from framework.losses import ClipLoss
-from framework.nn import TextTransformer, VisionTransformer
-from framework.optim import adamw_clip, split_weight_decay, warmup_cosine_per_step
-from framework.visualization import image_grid, log_image
+from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.losses import ClipLoss
+from litzoo.framework.nn import TextTransformer, VisionTransformer
+from litzoo.framework.optim import adamw_clip, split_weight_decay, warmup_cosine_per_step
+from litzoo.framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- the model
 

@@ -46,7 +46,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import AdamW
 
-from framework.nn import (
+from litzoo.framework.nn import (
     Block,
     Mlp,
     PatchEmbed,
@@ -58,10 +58,10 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding
-from framework.nn.patches import blank_removed_patches
-from framework.optim import blr_warmup_cosine
-from framework.visualization import image_grid, log_image
+from litzoo.framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding
+from litzoo.framework.nn.patches import blank_removed_patches
+from litzoo.framework.optim import blr_warmup_cosine
+from litzoo.framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- blocks
 

@@ -1,7 +1,7 @@
 """GENNAPE — Towards Generalized Neural Architecture Performance Estimators (Mills et al., AAAI 2023,
 arXiv 2211.17226).
 
-A network is a Computation Graph (CG) of atomic operations (:mod:`framework.graph.computation`), so one
+A network is a Computation Graph (CG) of atomic operations (:mod:`litzoo.framework.graph.computation`), so one
 predictor can read architectures of any family. GENNAPE
 
 1. embeds each CG with a k-GNN graph encoder,
@@ -36,7 +36,7 @@ Ablations (the paper's, by argument): ``contrastive_epochs=0`` trains encoder an
 
 from __future__ import annotations
 
-from framework.cg_predictor import CGPredictorModule, FuzzyHeadEnsemble, adam_cg_predictor
+from litzoo.framework.cg_predictor import CGPredictorModule, FuzzyHeadEnsemble, adam_cg_predictor
 
 __all__ = ["GENNAPEModule", "FuzzyHeadEnsemble", "adam_gennape"]
 
@@ -44,6 +44,6 @@ adam_gennape = adam_cg_predictor  # Adam lr 1e-4, the official demo's
 
 
 class GENNAPEModule(CGPredictorModule):
-    """GENNAPE: :class:`framework.cg_predictor.CGPredictorModule` with its defaults — NT-Xent pretraining of the
+    """GENNAPE: :class:`litzoo.framework.cg_predictor.CGPredictorModule` with its defaults — NT-Xent pretraining of the
     k-GNN on eigenvector sign-flip views for ``contrastive_epochs`` (20), then a frozen encoder, fuzzy
     c-means (``num_clusters`` 3, ``fuzzifier`` 2) and membership-weighted heads. Arguments as the base class."""

@@ -3,7 +3,7 @@ Multitask Learners", 2019 — GPT-2), the model trained on full vs quality-prune
 quality-based pruning study (Sharma et al., arXiv:2405.01582, which trains GPT-2, GPT-Neo, Pythia and OPT).
 
 GPT-2's layout: token embedding plus learned position embedding, a stack of pre-norm causal
-transformer blocks (``framework.nn.vit.Block`` with ``causal=True``), a final LayerNorm, and an output
+transformer blocks (``litzoo.framework.nn.vit.Block`` with ``causal=True``), a final LayerNorm, and an output
 head tied to the token embedding. The defaults are GPT-2 small (124M: width 768, 12 layers, 12 heads,
 context 1024); configs use tiny sizes. Differences from GPT-2: no dropout, and the shared
 timm-style initialisation (``init_vit_weights``) plus GPT-2's N(0, 0.02) for the embeddings.
@@ -19,8 +19,8 @@ from torch import Tensor, nn
 from torch.optim import AdamW
 from torchmetrics.text import Perplexity
 
-from framework.errors import LitzooError
-from framework.nn.vit import Block, init_vit_weights
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nn.vit import Block, init_vit_weights
 
 
 def adamw_gpt(params, lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1) -> AdamW:

@@ -16,7 +16,7 @@ attention is attention over tokens ``t ≡ u (mod #units)``. :func:`reroll` undo
 unrolls to read intermediate features in spatial order.
 
 **MAE pretraining** (:class:`MaskedAutoencoderHiera`): a random 60% of the mask units is removed
-(:func:`framework.nn.random_token_mask` at the mask-unit level; ``keep`` is True = visible, Hiera's
+(:func:`litzoo.framework.nn.random_token_mask` at the mask-unit level; ``keep`` is True = visible, Hiera's
 convention); the patch-embedding input is multiplied by the upsampled keep map (**masked conv**) so the
 overlapping 7×7 kernel never sees a removed pixel; the encoder runs on the kept units only; the outputs
 of stages 1 … ``q_pool`` are brought to the final mask-unit resolution by strided convolutions and
@@ -29,7 +29,7 @@ Reference: facebookresearch/hiera ``hiera/hiera.py``, ``hiera/hiera_utils.py``, 
 separate space/time positions) are not implemented. Parameter names are the official ones, so released
 ``{'model_state': ...}`` files load key for key (:meth:`Hiera.from_official_checkpoint`).
 Differences from the official code: the classifier always returns logits (the official ``Head``
-applies a softmax in eval mode); drop path is litzoo's own (:class:`framework.nn.drop.DropPath`, same rule as timm's).
+applies a softmax in eval mode); drop path is litzoo's own (:class:`litzoo.framework.nn.drop.DropPath`, same rule as timm's).
 """
 
 from __future__ import annotations
@@ -45,12 +45,12 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import AdamW
 
-from framework.checkpoints import convert_official_state_dict, load_checkpoint
-from framework.classification import ImageClassifier
-from framework.errors import LitzooError
-from framework.nn import Mlp, num_kept, random_token_mask
-from framework.nn.drop import DropPath
-from framework.optim import blr_warmup_cosine
+from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nn import Mlp, num_kept, random_token_mask
+from litzoo.framework.nn.drop import DropPath
+from litzoo.framework.optim import blr_warmup_cosine
 
 # -------------------------------------------------------------------------- unroll / reroll
 

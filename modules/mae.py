@@ -24,9 +24,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import AdamW
 
-from framework.checkpoints import convert_official_state_dict, load_checkpoint, unwrap_state_dict
-from framework.errors import LitzooError
-from framework.nn import (
+from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint, unwrap_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nn import (
     Block,
     PatchEmbed,
     denormalize_patches,
@@ -40,9 +40,9 @@ from framework.nn import (
     sincos_pos_embed_2d,
     unpatchify,
 )
-from framework.nn.patches import blank_removed_patches
-from framework.optim import blr_warmup_cosine
-from framework.visualization import image_grid, log_image
+from litzoo.framework.nn.patches import blank_removed_patches
+from litzoo.framework.optim import blr_warmup_cosine
+from litzoo.framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- the model
 

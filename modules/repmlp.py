@@ -1,9 +1,9 @@
 """RepMLPNet: Hierarchical Vision MLP with Re-parameterized Locality (Ding et al., CVPR 2022, arXiv:2112.11081).
 
-An MLP whose token mixer is the RepMLP block (``framework.reparam.repmlp_block.RepMLPBlock``): a
+An MLP whose token mixer is the RepMLP block (``litzoo.framework.reparam.repmlp_block.RepMLPBlock``): a
 fully-connected layer over each ``h x w`` partition of the feature map, trained together with
 parallel conv-BN branches (the "Local Perceptron") that are merged into the FC after training
-("Locality Injection", ``framework.reparam.fuse_model``). The deploy model has no conv inside
+("Locality Injection", ``litzoo.framework.reparam.fuse_model``). The deploy model has no conv inside
 its RepMLP blocks.
 Reference implementation: DingXiaoH/RepMLP ``repmlpnet.py``.
 
@@ -29,7 +29,7 @@ RepMLP blocks, exactly as the official ``locality_injection()`` does. The keys o
 ``RepMLPNet`` and of its fused form therefore equal the official ones, and the authors' released
 weights load unchanged (``RepMLPNetClassifier(official_checkpoint=...)``). The embeddings and
 FFNs keep their conv-BN pairs after fusion for this reason (plain ``nn.Sequential``, not the
-fusable ``framework.reparam.ConvBN``).
+fusable ``litzoo.framework.reparam.ConvBN``).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from framework.checkpoints import load_official_weights
-from framework.classification import ImageClassifier
-from framework.reparam.fuse_model import fuse_model
-from framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy
+from litzoo.framework.checkpoints import load_official_weights
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy
 
 #: The paper's variants (``create_RepMLPNet_*`` in ``repmlpnet.py``; README table: T224 38.3M
 #: parameters, B224 68.2M, T256 58.7M, B256 96.5M, D256 86.9M, L256 117.7M). Every variant uses

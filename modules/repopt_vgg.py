@@ -11,7 +11,7 @@ Two stages, two modes of the same network:
   per-channel scales, trained on a search set. The scales it learns are what the next stage uses.
 * ``mode="target"``: every block is a plain ``conv3x3 -> BN -> ReLU``. With the searched scales
   (``scales=`` an HS checkpoint) its kernels start from the CSLA block's equivalent kernel (rule of
-  initialization) and :class:`callbacks.rep_optimizer.RepOptimizer` multiplies each kernel's
+  initialization) and :class:`litzoo.callbacks.rep_optimizer.RepOptimizer` multiplies each kernel's
   gradient (rule of iteration), so it trains exactly like the CSLA model with those scales frozen,
   at the cost of a plain VGG. Training and deploy architectures are the same: nothing to fuse.
 """
@@ -25,12 +25,12 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization, optimizer_rule
-from framework.checkpoints import load_checkpoint, state_dict_from
-from framework.classification import ImageClassifier
-from framework.errors import LitzooError
-from framework.optim import sgd_momentum
-from modules.repvgg import stage_widths
+from litzoo.callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization, optimizer_rule
+from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.optim import sgd_momentum
+from litzoo.modules.repvgg import stage_widths
 
 MODES = ("target", "hs")
 

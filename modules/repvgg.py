@@ -1,8 +1,8 @@
 """RepVGG: Making VGG-style ConvNets Great Again (Ding et al., CVPR 2021, arXiv:2101.03697).
 
 A plain stack of 3x3 convs + ReLU at inference, trained as a multi-branch net whose blocks add a
-1x1 conv-BN and an identity BN to each 3x3 conv-BN (``framework.reparam.RepVGGBlock``). After
-training every block fuses into one 3x3 conv (``framework.reparam.fuse_model``).
+1x1 conv-BN and an identity BN to each 3x3 conv-BN (``litzoo.framework.reparam.RepVGGBlock``). After
+training every block fuses into one 3x3 conv (``litzoo.framework.reparam.fuse_model``).
 Reference implementation: DingXiaoH/RepVGG ``repvgg.py``.
 
 Architecture (paper Sec. 3.4, Table 2): stage 0 is one block ``in -> min(64, 64a)``; stages 1-4
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from framework.checkpoints import load_official_weights
-from framework.classification import ImageClassifier
-from framework.optim import sgd_momentum
-from framework.reparam import RepVGGBlock
+from litzoo.framework.checkpoints import load_official_weights
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.optim import sgd_momentum
+from litzoo.framework.reparam import RepVGGBlock
 
 # Layers with groups in the -g2 / -g4 variants (paper Sec. 3.4: "every other layer").
 GROUPWISE_LAYERS = tuple(range(2, 27, 2))

@@ -29,8 +29,8 @@ from typing import Literal, get_args
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from framework.classification import ImageClassifier
-from framework.optim import sgd_momentum
+from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.optim import sgd_momentum
 
 Stem = Literal["imagenet", "cifar"]
 STEMS: tuple[str, ...] = get_args(Stem)

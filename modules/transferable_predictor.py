@@ -2,15 +2,15 @@
 Salameh, Zhang, Lu, Jui, Niu; SDM 2023, arXiv 2302.10835).
 
 Every CNN is written as a Computation Graph (CG) of primitive operators
-(:mod:`framework.graph.computation`), so one graph encoder reads networks of any family. The CG encoder is
+(:mod:`litzoo.framework.graph.computation`), so one graph encoder reads networks of any family. The CG encoder is
 pretrained with contrastive learning on architectures of several families — a *semi-supervised* procedure
 that uses "both labelled accuracies and unlabeled information of architectures from multiple families" —
 then a regressor on the CG embeddings predicts accuracy; the predictor is judged on a family it was not
 trained on, zero-shot or "after fine-tuning on a small amount of data" of the new family.
 
 This file is that method as a configuration of the shared CG encoder and head
-(:class:`framework.nn.cg.CGEncoder`, :class:`framework.nn.cg.PredictorHead`) and of the phase machinery,
-metrics and :meth:`finetune` of :class:`framework.cg_predictor.CGPredictorModule` (one head, no fuzzy clusters);
+(:class:`litzoo.framework.nn.cg.CGEncoder`, :class:`litzoo.framework.nn.cg.PredictorHead`) and of the phase machinery,
+metrics and :meth:`finetune` of :class:`litzoo.framework.cg_predictor.CGPredictorModule` (one head, no fuzzy clusters);
 only the pretraining objective differs.
 
 What was verified, and from where:
@@ -28,7 +28,7 @@ What was verified, and from where:
 CHOSEN here (the paper body — how positives and negatives are formed, the loss, the temperature, the
 epochs — could not be read; each choice is an argument):
 
-- CHOICE: the loss is SupCon (Khosla et al. 2020; :class:`framework.losses.supcon.SupConLoss`) over the
+- CHOICE: the loss is SupCon (Khosla et al. 2020; :class:`litzoo.framework.losses.supcon.SupConLoss`) over the
   projected embeddings of two views of every graph in the batch, the views being independent per-node sign
   flips of the Laplacian-eigenvector encodings (as in our GENNAPE), temperature ``temperature`` = 0.1.
 - CHOICE: positives of a *labelled* graph are its other view and the views of labelled graphs of the *same
@@ -51,9 +51,9 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from framework.cg_predictor import CGPredictorModule, adam_cg_predictor
-from framework.losses.supcon import SupConLoss
-from framework.nas_spaces import FAMILIES
+from litzoo.framework.cg_predictor import CGPredictorModule, adam_cg_predictor
+from litzoo.framework.losses.supcon import SupConLoss
+from litzoo.framework.nas_spaces import FAMILIES
 
 _BIN_OFFSET = 1 << 20  # accuracy-bin ids are shifted to be non-negative; unlabelled ids are negative
 
@@ -76,7 +76,7 @@ def contrastive_groups(y: Tensor, family_ids: Tensor, labelled: Tensor, positive
 
 
 def family_ids(batch: Any) -> Tensor:
-    """Index in :data:`framework.nas_spaces.FAMILIES` of each graph's ``family`` (0 when absent)."""
+    """Index in :data:`litzoo.framework.nas_spaces.FAMILIES` of each graph's ``family`` (0 when absent)."""
     families = getattr(batch, "family", None)
     if families is None:
         return torch.zeros(batch.num_graphs, dtype=torch.long, device=batch.x.device)
@@ -89,7 +89,7 @@ def family_ids(batch: Any) -> Tensor:
 class TransferablePredictorModule(CGPredictorModule):
     """The transferable CG predictor on batches of computation graphs (``torch_geometric`` batches with
     ``x``, ``edge_index``, ``batch``, a standardised target ``y`` and ``family``;
-    :class:`datamodules.architectures.ArchitectureDataModule`).
+    :class:`litzoo.datamodules.architectures.ArchitectureDataModule`).
 
     Epochs ``[0, contrastive_epochs)`` pretrain the encoder with the semi-supervised SupCon objective
     (module docstring); then the encoder is frozen and the regressor trains. Validation / test log
@@ -97,7 +97,7 @@ class TransferablePredictorModule(CGPredictorModule):
     family, so ``test/srcc`` is zero-shot transfer; :meth:`finetune` adapts to a few labelled graphs of it.
 
     Args:
-        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`framework.nn.cg.CGEncoder`.
+        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`litzoo.framework.nn.cg.CGEncoder`.
         contrastive_epochs: pretraining epochs (0: no pretraining; encoder and regressor train together).
         temperature: SupCon τ.
         projection_dim: output of the projection MLP used only in pretraining.

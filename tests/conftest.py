@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.reparam import randomize_batchnorm
+from litzoo.framework.reparam import randomize_batchnorm
 
 # shared user-written models (tests/user_models.py) import as plain modules
 sys.path.insert(0, str(Path(__file__).parent))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.cli import main
+from litzoo.cli import main
 
 CONFIGS = sorted(str(p) for p in Path("configs").glob("*/*.yaml"))
 

@@ -12,7 +12,7 @@ import torch
 
 SCRIPT = """
 import sys, torch, lightning as L
-from framework.cli import LitzooCLI
+from litzoo.cli import LitzooCLI
 
 class SaveRankWeights(L.Callback):
     # after ReparamFusion / StructuralReparam (trainer_defaults come last): the fused weights of each rank

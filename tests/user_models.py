@@ -78,7 +78,7 @@ class UserRepVGG(nn.Module):
 
     def __init__(self, classes: int = 4) -> None:
         super().__init__()
-        from framework.reparam import RepVGGBlock
+        from litzoo.framework.reparam import RepVGGBlock
 
         self.body = nn.Sequential(RepVGGBlock(1, 8), RepVGGBlock(8, 8), RepVGGBlock(8, 16, stride=2), RepVGGBlock(16, 16))
         self.head = nn.Linear(16, classes)

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 #: AudioSet statistics of Audio-MAE's 128-bin fbank (AudioMAE ``main_pretrain.py``).
 AUDIOSET_FBANK_MEAN = -4.2677393

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 
 def read_jsonl(path: str | Path, string_fields: Sequence[str] = (), what: str = "manifest") -> list[dict]:

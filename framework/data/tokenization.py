@@ -15,7 +15,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from torch import Tensor
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 PAD, UNK, START, END = "<pad>", "<unk>", "<start_of_text>", "<end_of_text>"
 SPECIAL_TOKENS = (PAD, UNK, START, END)  # ids 0, 1, 2, 3 in a trained tokenizer

@@ -1,7 +1,7 @@
 """Computation graphs of any ``nn.Module`` (torch.fx): which layer feeds which, and the primitive-op
 computation graphs (CGs) of NAS performance predictors (GENNAPE, AIO-P; see ``computation.py``)."""
 
-from framework.graph.computation import (
+from litzoo.framework.graph.computation import (
     NUM_NODE_FEATURES,
     NUMERIC_FEATURES,
     OP_TYPES,
@@ -13,7 +13,7 @@ from framework.graph.computation import (
     load_graphs_jsonl,
     save_graphs_jsonl,
 )
-from framework.graph.patterns import conv_bn_pairs
+from litzoo.framework.graph.patterns import conv_bn_pairs
 
 __all__ = [
     "CGNode", "CGTracer", "ComputationGraph", "FeatureExtractor", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",

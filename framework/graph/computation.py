@@ -62,7 +62,7 @@ from torch import Tensor, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 #: The operator vocabulary; a node's one-hot index is its position here.
 OP_TYPES: tuple[str, ...] = (
@@ -288,7 +288,7 @@ def _node_from_dict(raw: Any, position: int, fail) -> CGNode:
     if not isinstance(raw["name"], str):
         raise fail(f"node {position} 'name' must be a string")
     if raw["op"] not in _OP_INDEX:
-        raise fail(f"node {position} has unknown op {raw['op']!r} (see framework.graph.OP_TYPES)")
+        raise fail(f"node {position} has unknown op {raw['op']!r} (see litzoo.framework.graph.OP_TYPES)")
     if not (isinstance(raw["input_shapes"], list) and all(_int_list(s) for s in raw["input_shapes"])):
         raise fail(f"node {position} 'input_shapes' must be a list of lists of ints")
     if not _int_list(raw["output_shape"]):
@@ -715,7 +715,7 @@ def computation_graph(
 ) -> ComputationGraph:
     """The CG of ``model`` run on ``example_input`` (a tuple = several forward arguments), in eval
     mode without gradients; ``label`` / ``family`` are stored with it for predictor training."""
-    from framework.profiling import eval_mode
+    from litzoo.framework.profiling import eval_mode
 
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
     with eval_mode(model), torch.no_grad():

@@ -11,7 +11,7 @@ whose positive is its partner view and whose negatives are the other ``2B − 2`
     ℓ(i, j) = −log  exp(sim(z_i, z_j)/τ) / Σ_{k ≠ i} exp(sim(z_i, z_k)/τ),   sim = cosine,
 
 and the loss is the mean of ℓ over all ``2B`` queries. With ``gather_distributed`` the negatives come
-from every rank's batch (all-gather with gradient, :func:`framework.losses.contrastive.gather_with_grad`);
+from every rank's batch (all-gather with gradient, :func:`litzoo.framework.losses.contrastive.gather_with_grad`);
 each rank's loss is over its own queries, so DDP's gradient mean equals the full-batch gradient.
 """
 
@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.losses.contrastive import gather_with_grad
+from litzoo.framework.losses.contrastive import gather_with_grad
 
 
 class NTXentLoss(nn.Module):

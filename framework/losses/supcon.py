@@ -3,7 +3,7 @@
 Khosla et al., "Supervised Contrastive Learning" (NeurIPS 2020), eq. (2). Reference implementations:
 HobbitLong/SupContrast ``losses.py`` (``SupConLoss``) and lightly ``lightly/loss/supcon_loss.py``.
 The transferable CG predictor of Han et al. (SDM 2023, arXiv 2302.10835) pretrains its encoder with a
-semi-supervised contrastive objective; :mod:`modules.transferable_predictor` expresses it as SupCon over
+semi-supervised contrastive objective; :mod:`litzoo.modules.transferable_predictor` expresses it as SupCon over
 group labels (see there for how the groups are formed).
 
 For ``N`` embeddings ``z`` with integer ``labels``, every embedding ``i`` is a query; its positives
@@ -13,8 +13,8 @@ For ``N`` embeddings ``z`` with integer ``labels``, every embedding ``i`` is a q
 
 and the loss is the mean of ℓ_i over the queries with at least one positive (a query alone in its group
 has no term, as in lightly). When every label occurs exactly twice (two views of each item), SupCon is
-SimCLR's NT-Xent (:class:`framework.losses.NTXentLoss`). With ``gather_distributed`` the keys (and their
-labels) come from every rank (all-gather with gradient, :func:`framework.losses.contrastive.gather_with_grad`);
+SimCLR's NT-Xent (:class:`litzoo.framework.losses.NTXentLoss`). With ``gather_distributed`` the keys (and their
+labels) come from every rank (all-gather with gradient, :func:`litzoo.framework.losses.contrastive.gather_with_grad`);
 each rank's loss is over its own queries.
 """
 
@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.losses.contrastive import gather_with_grad
+from litzoo.framework.losses.contrastive import gather_with_grad
 
 
 class SupConLoss(nn.Module):

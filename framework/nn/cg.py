@@ -3,7 +3,7 @@ AAAI 2023), the transferable predictor (Han et al., SDM 2023) and AIO-P (Mills e
 share it. Reference: Ascend-Research/GENNAPE ``model_src/model_components.py``
 (``PreEmbeddedGraphEncoder``) and ``model_src/comp_graph/tf_comp_graph_models.py`` (``CGRegressor``).
 
-Graphs come from :func:`framework.graph.computation_graph` as torch_geometric batches (``x`` node
+Graphs come from :func:`litzoo.framework.graph.computation_graph` as torch_geometric batches (``x`` node
 features, ``edge_index`` dataflow edges, ``batch`` graph ids).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.graph.computation import NUM_NODE_FEATURES
 
 
 def laplacian_eigenvectors(edge_index: Tensor, num_nodes: int, k: int) -> Tensor:

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from framework.nn.pos_embed import sincos_pos_embed_1d
+from litzoo.framework.nn.pos_embed import sincos_pos_embed_1d
 
 
 def cosine_alphas_cumprod(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:

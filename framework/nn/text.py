@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from framework.nn.vit import Block, init_vit_weights
+from litzoo.framework.nn.vit import Block, init_vit_weights
 
 
 class TextTransformer(nn.Module):

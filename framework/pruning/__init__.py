@@ -1,9 +1,9 @@
 """Structured pruning shared by the pruning callbacks: channel groups, compactors, FLOPs, removal."""
 
-from framework.pruning.channel_groups import ChannelGroup, GroupReport, find_channel_groups
-from framework.pruning.compactor import Compacted, Compactor, fold_compactor, insert_compactors
-from framework.pruning.flops import ChannelFlops
-from framework.pruning.removal import (
+from litzoo.framework.pruning.channel_groups import ChannelGroup, GroupReport, find_channel_groups
+from litzoo.framework.pruning.compactor import Compacted, Compactor, fold_compactor, insert_compactors
+from litzoo.framework.pruning.flops import ChannelFlops
+from litzoo.framework.pruning.removal import (
     PRUNED_SHAPES_KEY,
     apply_layer_shapes,
     compacted_layers,

@@ -28,10 +28,10 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from framework.graph import conv_bn_pairs
-from framework.pruning.compactor import is_block_producer
-from framework.reparam.fuse_model import fuse_model
-from framework.reparam.verify import detached_copy, randomize_batchnorm
+from litzoo.framework.graph import conv_bn_pairs
+from litzoo.framework.pruning.compactor import is_block_producer
+from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.verify import detached_copy, randomize_batchnorm
 
 
 @dataclass
@@ -184,7 +184,7 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
     """The prunable output-channel groups of ``model`` (which is not changed: a copy is analysed).
 
     The analysis runs on the deploy form of the model (re-parameterizable blocks fused, see
-    :func:`framework.reparam.fuse_model`): a RepVGG block's identity branch ties its output to its
+    :func:`litzoo.framework.reparam.fuse_model`): a RepVGG block's identity branch ties its output to its
     input channels only while training; fused, the block is a plain conv whose output channels
     are as free as any. Its compactor then sits before the block's nonlinearity.
 

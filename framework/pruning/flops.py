@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from framework.pruning.channel_groups import ChannelGroup, _is_depthwise
-from framework.reparam.fuse_model import fuse_model
-from framework.reparam.verify import detached_copy
+from litzoo.framework.pruning.channel_groups import ChannelGroup, _is_depthwise
+from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.verify import detached_copy
 
 
 class ChannelFlops:

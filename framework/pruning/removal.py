@@ -21,11 +21,11 @@ import torch
 import torch_pruning as tp
 from torch import Tensor, nn
 
-from framework.graph import conv_bn_pairs
-from framework.pruning.channel_groups import capture_inputs, dependency_graph
-from framework.pruning.compactor import Compacted, Compactor, fold_compactor
-from framework.reparam.fuse_model import fuse_model
-from framework.reparam.fusion import fuse_conv_bn
+from litzoo.framework.graph import conv_bn_pairs
+from litzoo.framework.pruning.channel_groups import capture_inputs, dependency_graph
+from litzoo.framework.pruning.compactor import Compacted, Compactor, fold_compactor
+from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.fusion import fuse_conv_bn
 
 
 def compacted_layers(model: nn.Module) -> dict[str, Compacted]:
@@ -47,7 +47,7 @@ def fold_compactors(model: nn.Module) -> dict[str, list[int]]:
     A conv with a compacted BatchNorm (or a compacted conv) becomes an ``nn.Conv2d`` with a bias
     and the same geometry, the BatchNorm ``nn.Identity``; a re-parameterizable block with a
     compactor before its nonlinearity becomes its deploy form with the compactor folded in. Any
-    other re-parameterizable block is then fused too (:func:`framework.reparam.fuse_model`), so the
+    other re-parameterizable block is then fused too (:func:`litzoo.framework.reparam.fuse_model`), so the
     channel removal sees the plain deploy model. Returns ``{conv name: output channels whose
     compactor row is masked}``.
     """

@@ -1,10 +1,10 @@
 """Structural re-parameterization: fusion math, training-time blocks, converters and the deploy walker."""
 
-from framework.reparam.acb import ACBlock
-from framework.reparam.conv_bn import ConvBN
-from framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
-from framework.reparam.fuse_model import DEPLOY_KEY, fuse_model, is_fusable, is_fused_checkpoint
-from framework.reparam.fusion import (
+from litzoo.framework.reparam.acb import ACBlock
+from litzoo.framework.reparam.conv_bn import ConvBN
+from litzoo.framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
+from litzoo.framework.reparam.fuse_model import DEPLOY_KEY, fuse_model, is_fusable, is_fused_checkpoint
+from litzoo.framework.reparam.fusion import (
     add_branches,
     avgpool_kernel,
     concat_branches,
@@ -14,9 +14,9 @@ from framework.reparam.fusion import (
     merge_1x1_kxk,
     pad_kernel,
 )
-from framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
-from framework.reparam.repvgg_block import RepVGGBlock
-from framework.reparam.verify import fusion_error, randomize_batchnorm
+from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
+from litzoo.framework.reparam.repvgg_block import RepVGGBlock
+from litzoo.framework.reparam.verify import fusion_error, randomize_batchnorm
 
 __all__ = [
     "ACBlock",

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN, check_conv_arguments
-from framework.reparam.fusion import add_branches, conv_with_kernel, pad_kernel
+from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
+from litzoo.framework.reparam.fusion import add_branches, conv_with_kernel, pad_kernel
 
 __all__ = ["ACBlock"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from framework.reparam.fusion import conv_with_kernel, fuse_conv_bn
+from litzoo.framework.reparam.fusion import conv_with_kernel, fuse_conv_bn
 
 
 def check_conv_arguments(

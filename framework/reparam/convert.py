@@ -3,7 +3,7 @@
 ACNet and DBB are meant as "a drop-in replacement for regular conv layers of any architecture"
 (DBB, CVPR 2021): every conv followed by a BatchNorm becomes a multi-branch block for training, and
 after training each block collapses to one conv again. :func:`convert_to_branches` does the first
-half on a user's model (found through its traced graph, :func:`framework.graph.conv_bn_pairs`),
+half on a user's model (found through its traced graph, :func:`litzoo.framework.graph.conv_bn_pairs`),
 :func:`fuse_branches` the second half, restoring the *original* layers: a ``Conv2d`` with the
 original geometry and bias setting and a ``BatchNorm2d`` in its original place, so the deploy model
 has the user's architecture, parameter count and state-dict keys.
@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from framework.graph import conv_bn_pairs
-from framework.reparam.acb import ACBlock
-from framework.reparam.dbb import DiverseBranchBlock
-from framework.reparam.repvgg_block import RepVGGBlock
+from litzoo.framework.graph import conv_bn_pairs
+from litzoo.framework.reparam.acb import ACBlock
+from litzoo.framework.reparam.dbb import DiverseBranchBlock
+from litzoo.framework.reparam.repvgg_block import RepVGGBlock
 
 BLOCKS = ("acb", "dbb", "repvgg")
 INITS = ("paper", "preserve")

@@ -10,7 +10,7 @@ nonlinearity)::
     branch_1x1_kxk  1x1 conv - BNAndPad - kxk conv - BN
 
 Deploy time: one kxk conv with bias, obtained with the six transforms of
-:mod:`framework.reparam.fusion` (I conv-BN, II branch sum, III 1x1-kxk, IV depth concat inside
+:mod:`litzoo.framework.reparam.fusion` (I conv-BN, II branch sum, III 1x1-kxk, IV depth concat inside
 the grouped III, V avgpool, VI kernel padding).
 Reference implementation: DingXiaoH/DiverseBranchBlock ``diversebranchblock.py`` (``DiverseBranchBlock``,
 ``BNAndPadLayer``, ``IdentityBasedConv1x1``) and ``dbb_transforms.py``.
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN, check_conv_arguments
-from framework.reparam.fusion import (
+from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
+from litzoo.framework.reparam.fusion import (
     add_branches,
     avgpool_kernel,
     conv_with_kernel,
@@ -89,7 +89,7 @@ class BNAndPad(nn.Module):
 class IdentityBasedConv1x1(nn.Conv2d):
     """A 1x1 conv (``channels -> channels``, no bias) whose kernel is ``weight + I``, ``weight`` initialised to 0.
 
-    The identity ``I`` (groups aware, :func:`~framework.reparam.fusion.identity_kernel`) is a fixed,
+    The identity ``I`` (groups aware, :func:`~litzoo.framework.reparam.fusion.identity_kernel`) is a fixed,
     non-persistent buffer ``id_tensor``: it follows ``.to()`` but stays out of the state dict, as in the
     reference, so checkpoints hold only the learned residual ``weight``. The block starts as the
     identity, which lets the 1x1-kxk branch of DBB begin as a plain kxk conv.

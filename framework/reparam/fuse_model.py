@@ -50,7 +50,7 @@ def _convert(module: nn.Module) -> nn.Module:
         if getattr(getattr(module, "nonlinearity", None), "compactor", None) is not None:
             # fuse() would build a fresh nonlinearity and silently drop ResRep's compactor
             raise ValueError(
-                f"{type(module).__name__} carries a ResRep compactor: fold it with framework.pruning.fold_compactors "
+                f"{type(module).__name__} carries a ResRep compactor: fold it with litzoo.framework.pruning.fold_compactors "
                 "(ResRepPruning does at the end of fit) before fusing the model"
             )
         replacement = fuse()

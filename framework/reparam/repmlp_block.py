@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN
-from framework.reparam.fusion import add_branches, fuse_conv_bn, pad_kernel
+from litzoo.framework.reparam.conv_bn import ConvBN
+from litzoo.framework.reparam.fusion import add_branches, fuse_conv_bn, pad_kernel
 
 __all__ = ["GlobalPerceptron", "RepMLPBlock", "RepMLPBlockDeploy", "conv_to_fc"]
 

@@ -11,8 +11,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-from framework.reparam.conv_bn import ConvBN, check_conv_arguments
-from framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
+from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
+from litzoo.framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
 
 
 class RepVGGBlock(nn.Module):
@@ -24,7 +24,7 @@ class RepVGGBlock(nn.Module):
         stride: stride of both convs (1 or 2 in the paper); the identity branch needs stride 1.
         groups: groups of both convs (RepVGG-g2/g4 use 2 or 4 on every other layer).
         use_nonlinearity: end with the ReLU (the paper's block). ``False`` gives the linear
-            three-branch conv that :class:`callbacks.structural_reparam.StructuralReparam` puts in
+            three-branch conv that :class:`litzoo.callbacks.structural_reparam.StructuralReparam` puts in
             place of a user's 3x3 conv-BN; it fuses to a bare ``nn.Conv2d``.
     """
 

@@ -68,7 +68,7 @@ def fusion_error(
     """
     from torch.utils._pytree import tree_leaves
 
-    from framework.reparam.fuse_model import fuse_model
+    from litzoo.framework.reparam.fuse_model import fuse_model
 
     reference = detached_copy(model).to(dtype).eval()
     if randomize_bn:

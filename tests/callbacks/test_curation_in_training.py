@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from callbacks.curation_in_training import CurationInTraining
-from framework.errors import LitzooError
+from litzoo.callbacks.curation_in_training import CurationInTraining
+from litzoo.framework.errors import LitzooError
 
 DIM = 4
 
@@ -156,8 +156,8 @@ def test_arguments_and_protocols_are_checked():
 
 @pytest.mark.slow
 def test_fit_trains_on_curated_rounds_and_restores_the_datamodule(tmp_path_factory):
-    from datamodules.image_text import DigitsCaptionsDataModule
-    from modules.clip import CLIPModule
+    from litzoo.datamodules.image_text import DigitsCaptionsDataModule
+    from litzoo.modules.clip import CLIPModule
 
     root = tmp_path_factory.mktemp("digits_captions")
     datamodule = DigitsCaptionsDataModule(root=str(root), shares=(0.2, 0.05, 0.25, 0.3, 0.2), batch_size=16)

@@ -11,8 +11,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.fastclip import ConvBN, FastClip, clamp_batchnorm
-from framework.spectral import conv_spectral_norm, explicit_operator, power_qr
+from litzoo.callbacks.fastclip import ConvBN, FastClip, clamp_batchnorm
+from litzoo.framework.spectral import conv_spectral_norm, explicit_operator, power_qr
 
 
 def exact_sigma(layer: nn.Module, shape) -> float:
@@ -159,7 +159,7 @@ def test_no_target_and_bad_arguments():
         FastClip(batchnorm="fold")
     with pytest.raises(ValueError, match="deflate_iter"):
         FastClip(deflate_iter=0)
-    from framework.errors import LitzooError
+    from litzoo.framework.errors import LitzooError
 
     with pytest.raises(LitzooError, match="no layer"):
         FastClip(include=["Conv3d"]).targets(TinyCNN())
@@ -341,7 +341,7 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from user_models import UserClassifier, loader
-from callbacks.fastclip import FastClip
+from litzoo.callbacks.fastclip import FastClip
 
 class SaveRankWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module):

@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from user_models import UserModule
 
-from callbacks.gsm import GlobalSparseMomentum
-from framework.errors import LitzooError
+from litzoo.callbacks.gsm import GlobalSparseMomentum
+from litzoo.framework.errors import LitzooError
 
 # the tests run a few steps on purpose; the budget warning is checked in its own test
 pytestmark = pytest.mark.filterwarnings("ignore:GlobalSparseMomentum.*decay budget:UserWarning")

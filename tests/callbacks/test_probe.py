@@ -17,9 +17,9 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.probe import KNNProbe, LinearProbe, accuracy, knn_classify, linear_probe_head, train_linear_probe
-from datamodules.digits import DigitsDataModule
-from framework.errors import LitzooError
+from litzoo.callbacks.probe import KNNProbe, LinearProbe, accuracy, knn_classify, linear_probe_head, train_linear_probe
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.errors import LitzooError
 
 # ------------------------------------------------------------------------------------------ kNN
 
@@ -312,8 +312,8 @@ def test_falls_back_to_the_test_split_and_infers_the_number_of_classes():
 
 DDP_SCRIPT = """
 import importlib.util, torch, lightning as L
-from callbacks.probe import KNNProbe, LinearProbe
-from datamodules.digits import DigitsDataModule
+from litzoo.callbacks.probe import KNNProbe, LinearProbe
+from litzoo.datamodules.digits import DigitsDataModule
 
 spec = importlib.util.spec_from_file_location("test_probe_models", "{test_file}")
 models = importlib.util.module_from_spec(spec)

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from user_models import UserClassifier, loader
 
-from callbacks.quantization import Quantization
-from callbacks.reparam_fusion import ReparamFusion
-from callbacks.structural_reparam import StructuralReparam
-from framework.errors import LitzooError
-from framework.quantization import FakeQuantizedNetwork, load_int8, quantization_config, quantize_ptq, weight_statistics
+from litzoo.callbacks.quantization import Quantization
+from litzoo.callbacks.reparam_fusion import ReparamFusion
+from litzoo.callbacks.structural_reparam import StructuralReparam
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.quantization import FakeQuantizedNetwork, load_int8, quantization_config, quantize_ptq, weight_statistics
 
 
 def trainer(tmp_path, callbacks, steps=6, **kwargs):
@@ -247,8 +247,8 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from user_models import UserClassifier, loader
-from callbacks.quantization import Quantization
-from callbacks.reparam_fusion import ReparamFusion
+from litzoo.callbacks.quantization import Quantization
+from litzoo.callbacks.reparam_fusion import ReparamFusion
 
 class SaveRank(L.Callback):
     def on_fit_end(self, trainer, pl_module):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization
-from framework.errors import LitzooError
+from litzoo.callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization
+from litzoo.framework.errors import LitzooError
 
 C = 6
 

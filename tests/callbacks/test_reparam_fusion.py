@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.reparam_fusion import ReparamFusion, batch_inputs
-from framework.errors import LitzooError
-from framework.reparam import ConvBN, RepVGGBlock, is_fused_checkpoint
+from litzoo.callbacks.reparam_fusion import ReparamFusion, batch_inputs
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.reparam import ConvBN, RepVGGBlock, is_fused_checkpoint
 
 
 class UserNet(L.LightningModule):
@@ -66,7 +66,7 @@ def test_fuses_a_user_model_and_writes_a_deploy_checkpoint(tmp_path):
     assert is_fused_checkpoint(checkpoint)
     # the deploy weights reproduce the fused model's outputs
     rebuilt = UserNet()
-    from framework.reparam import fuse_model
+    from litzoo.framework.reparam import fuse_model
 
     fuse_model(rebuilt, inplace=True)
     rebuilt.load_state_dict(checkpoint["state_dict"])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from user_models import UserClassifier, loader
 
-from callbacks.resrep import ResRepPruning
-from framework.errors import LitzooError
-from framework.export import load_lightning_module
-from framework.profiling import count_flops
-from framework.pruning import compacted_layers
-from framework.reparam import fuse_model
+from litzoo.callbacks.resrep import ResRepPruning
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.export import load_lightning_module
+from litzoo.framework.profiling import count_flops
+from litzoo.framework.pruning import compacted_layers
+from litzoo.framework.reparam import fuse_model
 
 
 def trainer(tmp_path, callback, **kwargs) -> L.Trainer:
@@ -160,7 +160,7 @@ def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_
     assert callback.deploy_path is not None and callback.deploy_path.exists()
     loaded = UserClassifier("mobilenetv2")
     checkpoint = torch.load(callback.deploy_path, weights_only=True)
-    from framework.pruning import apply_layer_shapes
+    from litzoo.framework.pruning import apply_layer_shapes
 
     apply_layer_shapes(loaded, checkpoint["litzoo"]["pruned_shapes"])
     loaded.load_state_dict(checkpoint["state_dict"])
@@ -184,7 +184,7 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from user_models import UserClassifier, loader
-from callbacks.resrep import ResRepPruning
+from litzoo.callbacks.resrep import ResRepPruning
 
 class SaveRankWeights(L.Callback):
     def on_fit_end(self, trainer, pl_module):  # runs after ResRepPruning's: the pruned weights
@@ -222,7 +222,7 @@ def test_two_process_ddp_prunes_identically_on_both_ranks(tmp_path):
 
 def test_export_of_a_compactor_checkpoint_prunes_before_fusing(tmp_path):
     """RepVGG + ResRep: fusing first would drop the compactors; export folds them, fuses, prunes."""
-    from framework.export import export_checkpoint
+    from litzoo.framework.export import export_checkpoint
 
     module = UserClassifier("repvgg")
     module.hparams["_class_path"] = "user_models.UserClassifier"

@@ -13,8 +13,8 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.spatial_gradient_scaling import SpatialGradientScaling, feature_map_dependence, normalized_mutual_information
-from framework.errors import LitzooError
+from litzoo.callbacks.spatial_gradient_scaling import SpatialGradientScaling, feature_map_dependence, normalized_mutual_information
+from litzoo.framework.errors import LitzooError
 
 
 # ---------------------------------------------------------------- 1. the defining equivalence
@@ -354,7 +354,7 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 sys.path.insert(0, {tests!r})
 from test_spatial_gradient_scaling import UserModule, smooth_loader
-from callbacks.spatial_gradient_scaling import SpatialGradientScaling
+from litzoo.callbacks.spatial_gradient_scaling import SpatialGradientScaling
 
 class SaveRank(L.Callback):
     def on_fit_end(self, trainer, pl_module):

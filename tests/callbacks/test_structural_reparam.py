@@ -12,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from user_models import UserModule
 
-from callbacks.structural_reparam import StructuralReparam
-from framework.errors import LitzooError
-from framework.export import export_model
-from framework.reparam import randomize_batchnorm
-from framework.reparam.convert import convert_to_branches, fuse_branches
+from litzoo.callbacks.structural_reparam import StructuralReparam
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.export import export_model
+from litzoo.framework.reparam import randomize_batchnorm
+from litzoo.framework.reparam.convert import convert_to_branches, fuse_branches
 
 BLOCKS = ["acb", "dbb", "repvgg"]
 

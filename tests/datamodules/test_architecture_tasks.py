@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.architecture_tasks import (
+from litzoo.datamodules.architecture_tasks import (
     MultiTaskArchitectureDataModule,
     TaskNormalizer,
     generate_task_labels,
@@ -18,8 +18,8 @@ from datamodules.architecture_tasks import (
     synthetic_task_benchmark,
     tasks_path,
 )
-from datamodules.architectures import generate_architecture_benchmark
-from framework.errors import LitzooError
+from litzoo.datamodules.architectures import generate_architecture_benchmark
+from litzoo.framework.errors import LitzooError
 
 
 def _one_line(error: pytest.ExceptionInfo) -> str:
@@ -103,7 +103,7 @@ def test_datamodule_errors_are_one_line(synthetic, tmp_path):
     lonely.write_text(synthetic.read_text())
     with pytest.raises(LitzooError) as error:
         MultiTaskArchitectureDataModule(str(lonely)).setup()
-    assert "datamodules.architecture_tasks" in _one_line(error)
+    assert "litzoo.datamodules.architecture_tasks" in _one_line(error)
 
 
 # ---------------------------------------------------------------------------------------------- labelling

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules.architectures import (
+from litzoo.datamodules.architectures import (
     ArchitectureDataModule,
     SyntheticArchitectureDataModule,
     architectures_command,
@@ -21,10 +21,10 @@ from datamodules.architectures import (
     specs_path,
     synthetic_accuracy,
 )
-from framework.errors import LitzooError
-from framework.graph import load_graphs_jsonl
-from framework.nas_spaces import FAMILIES, MAX_PARAMS, InceptionBlock, RepVGGTrainBlock, build_network, sample_spec, spec_from_dict
-from framework.profiling import count_flops, count_parameters
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.graph import load_graphs_jsonl
+from litzoo.framework.nas_spaces import FAMILIES, MAX_PARAMS, InceptionBlock, RepVGGTrainBlock, build_network, sample_spec, spec_from_dict
+from litzoo.framework.profiling import count_flops, count_parameters
 
 # the tiny generation every benchmark test shares: 2 networks per family, 1 epoch on 128 training digits
 TINY = {"seed": 0, "epochs": 1, "train_subset": 128, "latency_repeats": 2, "progress": False}

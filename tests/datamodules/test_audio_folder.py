@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from callbacks.reparam_fusion import batch_inputs
-from datamodules.audio_folder import AudioFolderDataModule, SyntheticAudioDataModule
-from datamodules.synthetic import synthetic_audio_classes
-from framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
-from framework.errors import LitzooError
+from litzoo.callbacks.reparam_fusion import batch_inputs
+from litzoo.datamodules.audio_folder import AudioFolderDataModule, SyntheticAudioDataModule
+from litzoo.datamodules.synthetic import synthetic_audio_classes
+from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
+from litzoo.framework.errors import LitzooError
 
 
 def _tree(root, rate=16000, n=2400, splits=("train", "val")):

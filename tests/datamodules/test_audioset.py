@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.audioset import AudioSetDataModule, SyntheticAudioSetDataModule, read_class_labels
-from framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
-from framework.errors import LitzooError
+from litzoo.datamodules.audioset import AudioSetDataModule, SyntheticAudioSetDataModule, read_class_labels
+from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
+from litzoo.framework.errors import LitzooError
 
 CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/0ytgt,"Child speech"\n'
 

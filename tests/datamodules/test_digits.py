@@ -9,7 +9,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from datamodules.digits import DigitsDataModule
+from litzoo.datamodules.digits import DigitsDataModule
 
 DIGITS = load_digits()
 TOTAL_PER_CLASS = np.bincount(DIGITS.target, minlength=10)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.image_folder import ImageFolderDataModule
-from framework.errors import LitzooError, one_line
+from litzoo.datamodules.image_folder import ImageFolderDataModule
+from litzoo.framework.errors import LitzooError, one_line
 
 
 def write_image(path: Path, value=(128, 128, 128), size=(12, 10), mode="RGB", fmt=None) -> Path:

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.image_text import DigitsCaptionsDataModule, ImageTextDataModule, read_manifest
-from datamodules.synthetic import CLASS_TEMPLATES, DIGIT_WORDS
-from framework.data.tokenization import TextTokenizer
-from framework.errors import LitzooError
+from litzoo.datamodules.image_text import DigitsCaptionsDataModule, ImageTextDataModule, read_manifest
+from litzoo.datamodules.synthetic import CLASS_TEMPLATES, DIGIT_WORDS
+from litzoo.framework.data.tokenization import TextTokenizer
+from litzoo.framework.errors import LitzooError
 
 GREY = np.array([[0, 51, 102, 153], [204, 255, 10, 20], [30, 40, 50, 60], [70, 80, 90, 100]], dtype=np.uint8)
 RGB = np.stack([GREY, 255 - GREY, np.full((4, 4), 128, dtype=np.uint8)], axis=-1)

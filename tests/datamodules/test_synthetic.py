@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from datamodules.synthetic import DIGIT_WORDS, KINDS, digits_caption_pool
-from framework.cli import main
-from framework.curation import match_metadata, spacing
+from litzoo.cli import main
+from litzoo.datamodules.synthetic import DIGIT_WORDS, KINDS, digits_caption_pool
+from litzoo.framework.curation import match_metadata, spacing
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from datamodules.synthetic import text_quality_corpus
-from datamodules.text_corpus import TextCorpusDataModule, read_jsonl_texts
-from framework.errors import LitzooError
+from litzoo.datamodules.synthetic import text_quality_corpus
+from litzoo.datamodules.text_corpus import TextCorpusDataModule, read_jsonl_texts
+from litzoo.framework.errors import LitzooError
 
 CLEAN = [
     "The old farmer carried the basket to the market with his son.",

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from framework.reparam.acb import ACBlock
-from framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.acb import ACBlock
+from litzoo.framework.reparam.fuse_model import fuse_model
 
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from framework.data.audio import (
+from litzoo.framework.data.audio import (
     kaldi_fbank,
     mask_along_axis,
     mel_filterbank,
@@ -20,7 +20,7 @@ from framework.data.audio import (
     spec_augment,
     write_wav,
 )
-from framework.errors import LitzooError
+from litzoo.framework.errors import LitzooError
 
 
 def reference_fbank(x: np.ndarray, sr: int = 16000, bins: int = 128, window: str = "hanning") -> np.ndarray:

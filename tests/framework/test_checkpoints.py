@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.checkpoints import load_checkpoint, state_dict_from
-from framework.errors import LitzooError, one_line
+from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.errors import LitzooError, one_line
 
 
 class NotAllowed:

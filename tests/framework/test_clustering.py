@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.clustering import fcm_objective, fuzzy_c_means, fuzzy_memberships
+from litzoo.framework.clustering import fcm_objective, fuzzy_c_means, fuzzy_memberships
 
 
 def test_memberships_match_the_formula_by_hand():

@@ -1,4 +1,4 @@
-"""Computation graphs (framework.graph.computation): op vocabulary, dataflow edges, shapes, FLOPs,
+"""Computation graphs (litzoo.framework.graph.computation): op vocabulary, dataflow edges, shapes, FLOPs,
 serialisation, GNN tensors, every litzoo model, and ``litzoo graph``."""
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from framework.cli import config_network, main
-from framework.errors import LitzooError
-from framework.graph import (
+from litzoo.cli import main
+from litzoo.cli.graph import config_network
+from litzoo.cli.registry import discover
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.graph import (
     NUM_NODE_FEATURES,
     NUMERIC_FEATURES,
     OP_TYPES,
@@ -28,8 +30,7 @@ from framework.graph import (
     load_graphs_jsonl,
     save_graphs_jsonl,
 )
-from framework.profiling import count_flops, count_parameters
-from framework.registry import discover
+from litzoo.framework.profiling import count_flops, count_parameters
 from tests.user_models import UserMobileNetV2, UserRepVGG, UserResNet
 
 X12 = torch.randn(1, 1, 12, 12)
@@ -418,7 +419,7 @@ GRAPH_INPUT = {"GENNAPEModule", "TransferablePredictorModule", "AIOPModule"}
 
 
 def test_every_litzoo_model_has_a_computation_graph():
-    modules = discover("modules", L.LightningModule)
+    modules = discover("litzoo.modules", L.LightningModule)
     assert KNOWN <= set(modules)
     configs = _config_of_each_module()
     built, failed, unknown = {}, {}, {}

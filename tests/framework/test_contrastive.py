@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.losses import ClipLoss, gather_with_grad
+from litzoo.framework.losses import ClipLoss, gather_with_grad
 
 REPO_ROOT = Path(__file__).parents[2]
 WORLD_SIZE = 2
@@ -130,7 +130,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from framework.losses import ClipLoss, gather_with_grad
+from litzoo.framework.losses import ClipLoss, gather_with_grad
 
 rank, world_size, port, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.set_num_threads(1)

@@ -10,8 +10,8 @@ import random
 import numpy as np
 import pytest
 
-from framework.cli import main
-from framework.curation import (
+from litzoo.cli import main
+from litzoo.framework.curation import (
     MetadataIndex,
     balance,
     entropy,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
-from framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
+from litzoo.framework.reparam.fuse_model import fuse_model
 
 TOLERANCES = {torch.float64: 1e-10, torch.float32: 1e-5}
 

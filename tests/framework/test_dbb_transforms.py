@@ -1,4 +1,4 @@
-"""Transforms III (1x1 -> kxk), IV (depth concat) and V (avgpool) of ``framework.reparam.fusion``.
+"""Transforms III (1x1 -> kxk), IV (depth concat) and V (avgpool) of ``litzoo.framework.reparam.fusion``.
 
 Each is checked against an independent computation: the two convs run in sequence on a map padded
 with the 1x1 branch's bias, ``torch.cat`` of conv outputs, ``F.avg_pool2d``; plus negative controls
@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.reparam.dbb import BNAndPad
-from framework.reparam.fusion import avgpool_kernel, concat_branches, fuse_conv_bn, merge_1x1_kxk
-from framework.reparam.verify import randomize_batchnorm
+from litzoo.framework.reparam.dbb import BNAndPad
+from litzoo.framework.reparam.fusion import avgpool_kernel, concat_branches, fuse_conv_bn, merge_1x1_kxk
+from litzoo.framework.reparam.verify import randomize_batchnorm
 
 DTYPE = torch.float64
 ATOL = 1e-12

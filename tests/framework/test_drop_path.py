@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framework.nn.drop import DropPath
+from litzoo.framework.nn.drop import DropPath
 
 
 def test_drop_path_zeroes_whole_samples_and_rescales_survivors():

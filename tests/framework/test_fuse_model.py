@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from framework.reparam import ConvBN, randomize_batchnorm
-from framework.reparam.fuse_model import fuse_model, is_fusable
-from framework.reparam.repvgg_block import RepVGGBlock
+from litzoo.framework.reparam import ConvBN, randomize_batchnorm
+from litzoo.framework.reparam.fuse_model import fuse_model, is_fusable
+from litzoo.framework.reparam.repvgg_block import RepVGGBlock
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -327,7 +327,7 @@ import importlib, sys, traceback
 import torch  # loaded once; only litzoo's own modules are dropped between attempts
 failed = []
 for name in {names!r}:
-    for key in [k for k in sys.modules if k.split(".")[0] in ("framework", "modules", "callbacks", "datamodules")]:
+    for key in [k for k in sys.modules if k.split(".")[0] == "litzoo"]:
         del sys.modules[key]
     try:
         importlib.import_module(name)
@@ -341,10 +341,10 @@ sys.exit(1 if failed else 0)
 def test_public_packages_import_first_in_a_fresh_interpreter():
     """Each package must import on its own as the first litzoo import (no import cycle).
 
-    ``from framework.reparam import ConvBN`` as a user's first import is the common case.
+    ``from litzoo.framework.reparam import ConvBN`` as a user's first import is the common case.
     """
-    names = ["framework.reparam.conv_bn", "framework.reparam.repvgg_block", "framework.reparam", "framework.reparam.fusion",
-             "framework.cli", "modules", "callbacks", "datamodules"]
+    names = ["litzoo.framework.reparam.conv_bn", "litzoo.framework.reparam.repvgg_block", "litzoo.framework.reparam", "litzoo.framework.reparam.fusion",
+             "litzoo.cli", "litzoo.modules", "litzoo.callbacks", "litzoo.datamodules"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(
         [sys.executable, "-c", _IMPORT_CHECK.format(names=names)],

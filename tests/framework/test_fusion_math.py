@@ -1,4 +1,4 @@
-"""Tests of the pure fusion transforms in ``framework.reparam.fusion``.
+"""Tests of the pure fusion transforms in ``litzoo.framework.reparam.fusion``.
 
 Every transform is checked against an independent reference: running the un-fused modules
 (conv then eval-mode BN, small conv with adjusted padding, the input itself) or numbers computed
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
+from litzoo.framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
 
 DTYPE = torch.float64
 ATOL = 1e-12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framework.graph import conv_bn_pairs
+from litzoo.framework.graph import conv_bn_pairs
 
 
 class Misleading(nn.Module):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from framework.nn import (
+from litzoo.framework.nn import (
     denormalize_patches,
     gather_tokens,
     normalized_pixel_target,

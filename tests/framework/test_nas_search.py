@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from datamodules.architectures import SyntheticArchitectureDataModule, network_graph
-from framework.errors import LitzooError
-from framework.nas_search import (
+from litzoo.datamodules.architectures import SyntheticArchitectureDataModule, network_graph
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas_search import (
     evolutionary_search,
     load_gennape_predictor,
     nas_search_command,
@@ -24,7 +24,7 @@ from framework.nas_search import (
     spec_flops,
     spec_graph,
 )
-from framework.nas_spaces import (
+from litzoo.framework.nas_spaces import (
     FAMILIES,
     MAX_PARAMS,
     MobileNetSpec,
@@ -34,8 +34,8 @@ from framework.nas_spaces import (
     sample_spec,
     spec_from_dict,
 )
-from framework.profiling import count_flops
-from modules.gennape import GENNAPEModule
+from litzoo.framework.profiling import count_flops
+from litzoo.modules.gennape import GENNAPEModule
 
 
 def _changed_fields(parent, child) -> list[str]:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.nn import Attention, Block, Mlp, PatchEmbed, TextTransformer, VisionTransformer, init_vit_weights
+from litzoo.framework.nn import Attention, Block, Mlp, PatchEmbed, TextTransformer, VisionTransformer, init_vit_weights
 
 
 def _reference_mha(attention: Attention) -> nn.MultiheadAttention:

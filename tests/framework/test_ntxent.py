@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from framework.losses import NTXentLoss
+from litzoo.framework.losses import NTXentLoss
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ import sys
 import torch
 import torch.distributed as dist
 from torch import nn
-from framework.losses import NTXentLoss
+from litzoo.framework.losses import NTXentLoss
 
 rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 torch.set_num_threads(1)

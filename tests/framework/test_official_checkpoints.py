@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from framework.checkpoints import convert_official_state_dict, load_official_weights, unwrap_state_dict
-from framework.errors import LitzooError
-from framework.reparam import fuse_conv_bn, fuse_model, identity_kernel, pad_kernel, randomize_batchnorm
-from modules.repvgg import RepVGG, RepVGGClassifier
+from litzoo.framework.checkpoints import convert_official_state_dict, load_official_weights, unwrap_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.reparam import fuse_conv_bn, fuse_model, identity_kernel, pad_kernel, randomize_batchnorm
+from litzoo.modules.repvgg import RepVGG, RepVGGClassifier
 
 
 def official_conv_bn(cin, cout, k, stride, padding, groups):
@@ -217,7 +217,7 @@ class OfficialACBlock(nn.Module):
 
 @pytest.mark.parametrize("k, padding", [(3, 1), (5, 2), (5, 1), (3, 0)])
 def test_official_acb_weights_give_the_same_function(k, padding):
-    from framework.reparam import ACBlock
+    from litzoo.framework.reparam import ACBlock
 
     official = randomize_batchnorm(OfficialACBlock(4, 6, k, padding), seed=k + padding).eval()
     ours = ACBlock(4, 6, k, padding=padding).eval()
@@ -244,7 +244,7 @@ def official_dbb_keys(depthwise: bool, internal_equals_in: bool) -> set[str]:
 
 @pytest.mark.parametrize("cin, cout, groups, depthwise, internal_equals_in", [(4, 6, 1, False, True), (4, 4, 2, False, True), (4, 4, 4, True, False)])
 def test_official_dbb_keys_map_one_to_one_onto_ours(cin, cout, groups, depthwise, internal_equals_in):
-    from framework.reparam import DiverseBranchBlock
+    from litzoo.framework.reparam import DiverseBranchBlock
 
     ours = DiverseBranchBlock(cin, cout, 3, groups=groups)
     mapped = convert_official_state_dict("dbb", {k: torch.zeros(1) for k in official_dbb_keys(depthwise, internal_equals_in)})

@@ -1,4 +1,4 @@
-"""Channel groups, compactor folding, the FLOPs model and exact channel removal (framework.pruning)."""
+"""Channel groups, compactor folding, the FLOPs model and exact channel removal (litzoo.framework.pruning)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 from user_models import UserMobileNetV2, UserRepVGG, UserResNet
 
-from framework.profiling import count_flops
-from framework.pruning import (
+from litzoo.framework.profiling import count_flops
+from litzoo.framework.pruning import (
     ChannelFlops,
     apply_layer_shapes,
     find_channel_groups,
@@ -20,7 +20,7 @@ from framework.pruning import (
     remove_channels,
     zero_masked_rows,
 )
-from framework.pruning import removal as removal_module
+from litzoo.framework.pruning import removal as removal_module
 
 X = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(3))
 

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from framework.reparam import fuse_model, randomize_batchnorm
-from framework.reparam.fuse_model import is_fusable
-from framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
+from litzoo.framework.reparam import fuse_model, randomize_batchnorm
+from litzoo.framework.reparam.fuse_model import is_fusable
+from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
 
 
 def _partitions(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from framework.reparam import randomize_batchnorm
-from framework.reparam.repvgg_block import RepVGGBlock
+from litzoo.framework.reparam import randomize_batchnorm
+from litzoo.framework.reparam.repvgg_block import RepVGGBlock
 
 
 def _randomize(block: nn.Module, seed: int) -> nn.Module:

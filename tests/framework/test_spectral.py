@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from framework.spectral import conv_spectral_norm, explicit_operator, power_qr
+from litzoo.framework.spectral import conv_spectral_norm, explicit_operator, power_qr
 
 
 def exact_sigma(layer: nn.Module, shape: tuple[int, ...]) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from framework.data.staging import generate_folder_atomically
+from litzoo.framework.data.staging import generate_folder_atomically
 
 
 def _write(text: str):

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from datamodules.synthetic import TQ_JUNK_KINDS, text_quality_corpus
-from framework.cli import main
-from framework.text_quality import (
+from litzoo.cli import main
+from litzoo.datamodules.synthetic import TQ_JUNK_KINDS, text_quality_corpus
+from litzoo.framework.text_quality import (
     FILTERS,
     PAPER_FILTERS,
     BigramLM,

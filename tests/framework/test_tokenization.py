@@ -8,8 +8,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from framework.data.tokenization import TextTokenizer
-from framework.errors import LitzooError
+from litzoo.framework.data.tokenization import TextTokenizer
+from litzoo.framework.errors import LitzooError
 
 CORPUS = [
     "a photo of the number seven",

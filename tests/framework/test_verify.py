@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from framework.reparam import ConvBN, RepVGGBlock
-from framework.reparam.verify import fusion_error
+from litzoo.framework.reparam import ConvBN, RepVGGBlock
+from litzoo.framework.reparam.verify import fusion_error
 
 
 class ForgetsTheBias(ConvBN):

@@ -7,9 +7,9 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.architecture_tasks import MultiTaskArchitectureDataModule, synthetic_task_benchmark
-from framework.errors import LitzooError
-from modules.aio_p import AIOPModule, inverse
+from litzoo.datamodules.architecture_tasks import MultiTaskArchitectureDataModule, synthetic_task_benchmark
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.aio_p import AIOPModule, inverse
 
 TINY = {"embed_dim": 8, "hidden_dim": 8, "num_layers": 2}
 

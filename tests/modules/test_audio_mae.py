@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from framework.checkpoints import convert_official_audio_mae_state_dict, convert_official_state_dict
-from framework.errors import LitzooError
-from modules.audio_mae import (
+from litzoo.framework.checkpoints import convert_official_audio_mae_state_dict, convert_official_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.audio_mae import (
     AudioMAEClassifier,
     AudioMAEModule,
     AudioMaskedAutoencoderViT,
@@ -93,7 +93,7 @@ def test_unshifted_windows_do_not_interact_and_shifted_windows_connect_neighbour
 def test_window_covering_the_grid_equals_global_attention():
     torch.manual_seed(0)
     window = SwinWindowBlock(16, 2, (8, 4), (8, 4), (0, 0)).eval()
-    from framework.nn import Block
+    from litzoo.framework.nn import Block
 
     block = Block(16, 2).eval()
     block.load_state_dict(window.state_dict())

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.image_text import DigitsCaptionsDataModule
-from framework.errors import LitzooError
-from modules.clip import CLIP, CLIPModule, load_clip_weights, retrieval_recalls, zero_shot_weights
+from litzoo.datamodules.image_text import DigitsCaptionsDataModule
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.clip import CLIP, CLIPModule, load_clip_weights, retrieval_recalls, zero_shot_weights
 
 TINY = dict(vocab_size=64, embed_dim=8, image_size=8, patch_size=4, in_chans=1, vision_width=16, vision_depth=1, vision_heads=2,
             context_length=8, text_width=16, text_depth=1, text_heads=2)  # fmt: skip

@@ -11,10 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from datamodules.digits import DigitsDataModule
-from framework.nn import gather_tokens, random_token_mask
-from framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding, cosine_alphas_cumprod
-from modules.diffmae import DiffMAEModule, DiffMAEViT
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.nn import gather_tokens, random_token_mask
+from litzoo.framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding, cosine_alphas_cumprod
+from litzoo.modules.diffmae import DiffMAEModule, DiffMAEViT
 
 TINY = dict(img_size=8, patch_size=2, in_chans=2, embed_dim=16, depth=2, num_heads=2,
             decoder_embed_dim=12, decoder_depth=3, decoder_num_heads=3, mlp_ratio=2.0, timesteps=1000)  # fmt: skip

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from datamodules.architectures import SyntheticArchitectureDataModule
-from framework.graph.computation import NUM_NODE_FEATURES
-from framework.nn.cg import CGEncoder, batch_laplacian_eigenvectors, laplacian_eigenvectors
-from modules.gennape import FuzzyHeadEnsemble, GENNAPEModule
+from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
+from litzoo.framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.nn.cg import CGEncoder, batch_laplacian_eigenvectors, laplacian_eigenvectors
+from litzoo.modules.gennape import FuzzyHeadEnsemble, GENNAPEModule
 
 
 def _normalized_laplacian(edges: list[tuple[int, int]], n: int) -> torch.Tensor:

@@ -8,9 +8,9 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.text_corpus import TextCorpusDataModule
-from framework.errors import LitzooError
-from modules.gpt import GPT, GPTLanguageModel
+from litzoo.datamodules.text_corpus import TextCorpusDataModule
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.gpt import GPT, GPTLanguageModel
 
 
 def test_later_tokens_do_not_change_earlier_logits():

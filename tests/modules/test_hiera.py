@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.digits import DigitsDataModule
-from framework.checkpoints import convert_official_state_dict
-from framework.errors import LitzooError
-from modules.hiera import Hiera, HieraClassifier, HieraMAEModule, MaskedAutoencoderHiera, MaskUnitAttention, q_pool, reroll, unroll
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.checkpoints import convert_official_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.hiera import Hiera, HieraClassifier, HieraMAEModule, MaskedAutoencoderHiera, MaskUnitAttention, q_pool, reroll, unroll
 
 # 32x32 images, 8x8 tokens, mask units 4x4 tokens (16x16 px): 4 units; widths 8-16-32
 TINY = dict(img_size=32, in_chans=2, embed_dim=8, num_heads=1, stages=(1, 2, 1), q_pool=2, q_stride=2,

@@ -10,10 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from datamodules.digits import DigitsDataModule
-from framework.checkpoints import convert_official_state_dict
-from framework.errors import LitzooError
-from modules.mae import MAEModule, MaskedAutoencoderViT
+from litzoo.datamodules.digits import DigitsDataModule
+from litzoo.framework.checkpoints import convert_official_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.mae import MAEModule, MaskedAutoencoderViT
 
 TINY = dict(img_size=8, patch_size=2, in_chans=2, embed_dim=16, depth=2, num_heads=2,
             decoder_embed_dim=12, decoder_depth=1, decoder_num_heads=3, mlp_ratio=2.0)  # fmt: skip

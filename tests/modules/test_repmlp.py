@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from framework.errors import LitzooError
-from framework.profiling import count_parameters
-from framework.reparam import fuse_model
-from framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy
-from modules.repmlp import VARIANTS, RepMLPNet, RepMLPNetClassifier, variant_config
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.profiling import count_parameters
+from litzoo.framework.reparam import fuse_model
+from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy
+from litzoo.modules.repmlp import VARIANTS, RepMLPNet, RepMLPNetClassifier, variant_config
 
 # Parameters in millions, official README table (DingXiaoH/RepMLP, "Pre-trained models").
 README_PARAMS_M = {"T224": 38.3, "B224": 68.2, "T256": 58.7, "B256": 96.5, "D256": 86.9, "L256": 117.7}

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from framework.errors import LitzooError
-from modules.repopt_vgg import LinearAddBlock, PlainVGGBlock, RepOptVGGClassifier
+from litzoo.framework.errors import LitzooError
+from litzoo.modules.repopt_vgg import LinearAddBlock, PlainVGGBlock, RepOptVGGClassifier
 
 ARCH = dict(num_blocks=[1, 2, 1, 1], width_multiplier=[0.125, 0.125, 0.125, 0.0625], num_classes=3, in_channels=1, stage_strides=[1, 1, 2, 2, 1])
 

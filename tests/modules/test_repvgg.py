@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from framework.profiling import count_flops, count_parameters
-from framework.reparam import RepVGGBlock, fuse_model
-from modules.repvgg import G4_MAP, RepVGG, RepVGGClassifier, variant_config
+from litzoo.framework.profiling import count_flops, count_parameters
+from litzoo.framework.reparam import RepVGGBlock, fuse_model
+from litzoo.modules.repvgg import G4_MAP, RepVGG, RepVGGClassifier, variant_config
 
 # Deploy-time parameters in millions, RepVGG paper Table 4 (ImageNet, 1000 classes).
 PAPER_PARAMS_M = {"A0": 8.30, "A1": 12.78, "A2": 25.49, "B0": 14.33}

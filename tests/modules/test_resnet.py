@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from framework.profiling import count_parameters
-from modules.resnet import DEPTHS, BasicBlock, Bottleneck, ResNet, ResNetClassifier
+from litzoo.framework.profiling import count_parameters
+from litzoo.modules.resnet import DEPTHS, BasicBlock, Bottleneck, ResNet, ResNetClassifier
 
 # torchvision's ResNet parameter counts (ImageNet stem, 1000 classes): the paper's architectures.
 PARAMS = {18: 11_689_512, 34: 21_797_672, 50: 25_557_032, 101: 44_549_160}

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from datamodules.architectures import SyntheticArchitectureDataModule
-from framework.graph.computation import NUM_NODE_FEATURES
-from framework.losses import NTXentLoss
-from framework.losses.supcon import SupConLoss
-from modules.transferable_predictor import TransferablePredictorModule, contrastive_groups, family_ids
+from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
+from litzoo.framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.losses import NTXentLoss
+from litzoo.framework.losses.supcon import SupConLoss
+from litzoo.modules.transferable_predictor import TransferablePredictorModule, contrastive_groups, family_ids
 
 # ---------------------------------------------------------------------------------------- SupCon
 

@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from lightning.pytorch.utilities import rank_zero_info
 
-from framework.profiling import count_flops, count_parameters, format_count
+from litzoo.framework.profiling import count_flops, count_parameters, format_count
 
 
 def example_input(pl_module: L.LightningModule, trainer: L.Trainer | None = None) -> torch.Tensor | tuple | None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from framework.cli import find_checkpoint, main, run_name
-from framework.export import load_lightning_module
-from framework.reparam import RepVGGBlock, is_fused_checkpoint
+from litzoo.cli import find_checkpoint, main, run_name
+from litzoo.framework.export import load_lightning_module
+from litzoo.framework.reparam import RepVGGBlock, is_fused_checkpoint
 
 CONFIG = "configs/repvgg/digits.yaml"
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -89,8 +89,8 @@ def test_int8_export_runs_and_matches_the_float_model(trained_run, tmp_path, cap
     """`litzoo export --format int8` of a training-time RepVGG checkpoint: fused, calibrated on 4 training
     batches, written as a torch.export program; on real test images it agrees with the float model
     (max difference <= 0.1 max|y|, checked by the command; top-1 agreement checked here)."""
-    from framework.export import sample_batch
-    from framework.quantization import load_int8
+    from litzoo.framework.export import sample_batch
+    from litzoo.framework.quantization import load_int8
 
     path = find_checkpoint(trained_run / "repvgg" / "digits", "last")
     output = tmp_path / "m.int8.pt2"

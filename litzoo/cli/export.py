@@ -1,0 +1,27 @@
+"""``litzoo export``: the deploy model of a ``litzoo fit`` checkpoint as ONNX, TorchScript or int8, verified."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from jsonargparse import ArgumentParser
+
+
+def export_command(argv: Sequence[str]) -> None:
+    from litzoo.framework.export import FORMATS, export_checkpoint
+
+    parser = ArgumentParser(prog="litzoo export", description="Export the deploy (fused) model of a `litzoo fit` checkpoint and verify it against torch.")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `litzoo fit` (best, last or deploy)")
+    parser.add_argument(
+        "--format", type=str, default="onnx", choices=FORMATS,
+        help="onnx (checked with onnxruntime), torchscript, or int8 (post-training quantized torch.export program, calibrated on the training data)",
+    )  # fmt: skip
+    parser.add_argument("--output", type=str, default=None, help="output file (default: next to the checkpoint)")
+    parser.add_argument("--batch_size", type=int, default=8, help="images in the verification batch")
+    parser.add_argument("--input_shape", type=list[int], default=None, help="C,H,W of random inputs, instead of the checkpoint's datamodule")
+    parser.add_argument("--atol", type=float, default=None, help="allowed max abs difference, relative to max(1, max|y|) (default 1e-4; int8 0.1)")
+    parser.add_argument("--calibration_batches", type=int, default=32, help="int8: training batches that calibrate the activation ranges")
+    args = parser.parse_args(list(argv))
+    shape = tuple(args.input_shape) if args.input_shape else None
+    output, error = export_checkpoint(args.ckpt_path, args.format, args.output, args.batch_size, shape, args.atol, args.calibration_batches)
+    print(f"exported {args.format} to {output}; max |exported - torch| = {error:.3g} on {args.batch_size} images")
