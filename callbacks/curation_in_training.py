@@ -39,6 +39,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
+from typing_extensions import override
 
 from litzoo.framework.errors import LitzooError
 
@@ -105,6 +106,7 @@ class CurationInTraining(L.Callback):
         self.last_round: dict[str, float] = {}
 
     # ------------------------------------------------------------------------------ set-up
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -134,6 +136,7 @@ class CurationInTraining(L.Callback):
         # the curated stream is this fit's training data; the DataModule's own loader is restored at teardown
         datamodule.train_dataloader = lambda: DataLoader(stream, batch_size=self.batch_size)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         if stage == "fit" and datamodule is not None and "train_dataloader" in vars(datamodule):
@@ -214,8 +217,10 @@ class CurationInTraining(L.Callback):
         return selected
 
     # ---------------------------------------------------------------------------- resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"pass_index": self.pass_index, "offset": self.offset, "rounds": self.rounds}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pass_index, self.offset, self.rounds = state_dict["pass_index"], state_dict["offset"], state_dict["rounds"]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from typing_extensions import override
 
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
@@ -567,6 +568,7 @@ class FastClip(L.Callback):
         self._reset_batch()
 
     # ---------------------------------------------------------------- fit
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._module = pl_module
         self._targets = self.targets(pl_module)
@@ -577,6 +579,7 @@ class FastClip(L.Callback):
             f"after {self.warmup_steps} (batchnorm={self.batchnorm!r}, {len(self._batchnorms)} BN layers)"
         )
 
+    @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._reset_batch()
 
@@ -601,6 +604,7 @@ class FastClip(L.Callback):
             out[n] = (stats[0], stats[1])
         return out
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._finish_batch()
         step = trainer.global_step
@@ -616,9 +620,11 @@ class FastClip(L.Callback):
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._remove_hooks()
 
@@ -629,6 +635,7 @@ class FastClip(L.Callback):
         self._reset_batch()
 
     # ---------------------------------------------------------------- checkpoints
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "clip": self.clip,
@@ -641,6 +648,7 @@ class FastClip(L.Callback):
             "last_step": self.last_step,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.vectors = {name: v.clone() for name, v in state_dict.get("vectors", {}).items()}
         self.sigmas = {name: float(s) for name, s in state_dict.get("sigmas", {}).items()}

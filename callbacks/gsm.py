@@ -26,16 +26,18 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils._pytree import tree_leaves
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.callbacks.base import EvaluateDeployModel
 from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.data.batches import reference_batch
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
 Targets = list[tuple[str, nn.Parameter]]
 
 
-class GlobalSparseMomentum(EvaluatesFused):
+class GlobalSparseMomentum(EvaluateDeployModel):
     """Global Sparse Momentum SGD (Ding et al., NeurIPS 2019): unstructured global pruning by gradient selection.
 
     Targets are all parameters of dimension 2 or 4 that require grad (linear / embedding and conv
@@ -227,6 +229,7 @@ class GlobalSparseMomentum(EvaluatesFused):
         return (magnitude < self.negligible * weakest_kept).float().mean().item()
 
     # ---------------------------------------------------------------- fit: checks
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._targets = self.targets(pl_module)
         self._groups = self._check_optimizer(trainer.optimizers)
@@ -283,6 +286,7 @@ class GlobalSparseMomentum(EvaluatesFused):
             rates[index] = float(group["lr"]) * decay * (1.0 - group.get("dampening", 0.0)) / (1.0 - group["momentum"])
         return rates
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         steps = trainer.estimated_stepping_batches
         if trainer.fast_dev_run or not math.isfinite(steps):
@@ -305,6 +309,7 @@ class GlobalSparseMomentum(EvaluatesFused):
             rank_zero_info(message)
 
     # ---------------------------------------------------------------- fit: every optimizer step
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if not self._targets:  # on_fit_start not run (a manual call path): find them now
             self._targets = self.targets(pl_module)
@@ -328,9 +333,10 @@ class GlobalSparseMomentum(EvaluatesFused):
                 logger.log_metrics(metrics, step=trainer.global_step)
 
     # ---------------------------------------------------------------- fit end: the final mask
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         targets = self._targets or self.targets(pl_module)
-        inputs = batch_inputs(next(iter(reference_loader(trainer, "GlobalSparseMomentum")))).to(pl_module.device)
+        inputs = reference_batch(trainer, pl_module, "GlobalSparseMomentum")
         with eval_mode(pl_module), torch.no_grad():
             reference = [t.clone() for t in tree_leaves(pl_module(inputs)) if isinstance(t, torch.Tensor)]
         negligible = self.negligible_fraction(targets)
@@ -375,9 +381,10 @@ class GlobalSparseMomentum(EvaluatesFused):
         self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "GlobalSparseMomentum")
 
     # ---------------------------------------------------------------- validation during fit: the sparse model
+    @override
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn != TrainerFn.FITTING:
-            self._fuse_for_evaluation(trainer, pl_module)
+            self._to_deploy_for_evaluation(trainer, pl_module)
             return
         # validate what would be deployed: the final mask applied to the current weights. The dense
         # weights come back in on_validation_end, before ModelCheckpoint (always the last callback)
@@ -386,6 +393,7 @@ class GlobalSparseMomentum(EvaluatesFused):
         self._dense_weights = [p.detach().clone() for _, p in targets]
         self.final_mask(targets)
 
+    @override
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._dense_weights is None:
             return
@@ -396,7 +404,8 @@ class GlobalSparseMomentum(EvaluatesFused):
         self._dense_weights = None
 
     # ---------------------------------------------------------------- evaluation outside fit
-    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def _to_deploy_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING:
             return
         targets = self.targets(pl_module)
@@ -409,6 +418,7 @@ class GlobalSparseMomentum(EvaluatesFused):
             rank_zero_info(f"GlobalSparseMomentum: evaluating the sparse model ({zeros:,} of {total:,} target weights zero, {zeros / total:.2%})")
 
     # ---------------------------------------------------------------- resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "sparsity": self.sparsity,
@@ -418,6 +428,7 @@ class GlobalSparseMomentum(EvaluatesFused):
             "mask_applied": self.mask_applied,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("sparsity", self.sparsity) != self.sparsity:
             rank_zero_warn(

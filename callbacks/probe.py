@@ -54,8 +54,9 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import batch_inputs, batch_labels
+from litzoo.framework.data.batches import batch_inputs, batch_labels
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
@@ -162,11 +163,13 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
         return f"probe/{self.name}/acc"
 
     @property
+    @override
     def state_key(self) -> str:
         # several probes of one class in one Trainer keep separate checkpoint states
         return self._generate_state_key(name=self.name)
 
     # ------------------------------------------------------------------------------ set-up
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -289,6 +292,7 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
     def _predict(self, train_features: Tensor, train_labels: Tensor, eval_features: Tensor, num_classes: int) -> Tensor:
         """Class predictions for ``eval_features`` from the labelled ``train_features`` (the probe itself)."""
 
+    @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every_n_epochs != 0:
@@ -300,9 +304,11 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
         rank_zero_info(f"{type(self).__name__}: epoch {epoch} {self.metric_key} = {float(value):.4f}")
 
     # ------------------------------------------------------------------------------ resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": dict(self.history)}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = {int(k): float(v) for k, v in state_dict.get("history", {}).items()}
 
@@ -342,6 +348,7 @@ class LinearProbe(_FrozenFeatureProbe):
             raise ValueError(f"batch_size must be at least 2 (the head's BatchNorm needs two samples), got {batch_size}")
         self.epochs, self.lr, self.weight_decay, self.batch_size = epochs, lr, weight_decay, batch_size
 
+    @override
     def _predict(self, train_features: Tensor, train_labels: Tensor, eval_features: Tensor, num_classes: int) -> Tensor:
         head = train_linear_probe(
             train_features, train_labels, num_classes, self.epochs, self.lr, self.weight_decay, self.batch_size, self.seed
@@ -377,6 +384,7 @@ class KNNProbe(_FrozenFeatureProbe):
         self.k, self.temperature = k, temperature
         self._warned_k = False
 
+    @override
     def _predict(self, train_features: Tensor, train_labels: Tensor, eval_features: Tensor, num_classes: int) -> Tensor:
         if self.k > len(train_features) and not self._warned_k:
             rank_zero_warn(f"KNNProbe({self.name!r}): k={self.k} exceeds the {len(train_features)} training samples; using all of them")

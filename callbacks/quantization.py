@@ -29,8 +29,9 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import batch_inputs, batch_labels, reference_loader, sample_training_batches
+from litzoo.framework.data.batches import batch_inputs, batch_labels, reference_loader, sample_training_batches, setup_loader
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 from litzoo.framework.pruning import compacted_layers, prune_compacted
@@ -190,6 +191,7 @@ class Quantization(Callback):
         return captured
 
     # ---------------------------------------------------------------- QAT: prepare at setup
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         name = self.target_name(pl_module)
         if self.mode != "qat":
@@ -225,11 +227,7 @@ class Quantization(Callback):
         elif stage == "fit":
             batches = sample_training_batches(trainer, 1, self.seed, "Quantization(mode='qat') at setup")
         else:  # test / validate / predict of a QAT checkpoint: the graph is rebuilt before its weights load
-            loop = {"test": trainer.test_loop, "validate": trainer.validate_loop, "predict": trainer.predict_loop}[stage]
-            source = getattr(loop, "_data_source", None)
-            if source is None or not source.is_defined():
-                raise LitzooError(f"Quantization(mode='qat') needs a {stage} dataloader or pl_module.example_input_array to rebuild its graph")
-            batches = [next(iter(source.dataloader()))]
+            batches = [next(iter(setup_loader(trainer, stage, "Quantization(mode='qat') (rebuilding its graph)")))]
         (inputs,) = self._target_inputs(pl_module, name, batches[:1])
         if inputs.shape[0] < 2:  # torch.export would specialise a batch of 1
             inputs = inputs.expand(2, *inputs.shape[1:]).clone()
@@ -240,11 +238,13 @@ class Quantization(Callback):
         return f"W{o['weight_bits']} {o['weight_granularity'].replace('_', '-')} symmetric, A{o['activation_bits']} per-tensor affine"
 
     # ---------------------------------------------------------------- PTQ / convert at fit end
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the trained, not yet fused weights: a fusion callback may fuse in place in on_fit_end before us
         if self.mode == "ptq":
             self.weight_stats = {"before_fusion": weight_statistics(pl_module.get_submodule(self.target_name(pl_module)))}
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         name = self.target_name(pl_module)
         self._synchronise_buffers(trainer, pl_module.get_submodule(name))

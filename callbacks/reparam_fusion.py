@@ -8,118 +8,25 @@ plain one. This callback does the switch for any LightningModule whose blocks im
 
 from __future__ import annotations
 
-import abc
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils._pytree import tree_leaves
-from torch.utils.data import DataLoader, IterableDataset, RandomSampler
+from typing_extensions import override
 
+from litzoo.callbacks.base import EvaluateDeployModel
 from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.data.batches import reference_batch
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
 from litzoo.framework.reparam import fuse_model, is_fusable
 from litzoo.framework.reparam.verify import fusion_error
 
-#: the stable batch keys of litzoo's DataModules that hold a model's input, in order of preference
-INPUT_KEYS = ("image", "audio")
 
-
-def batch_inputs(batch: Any) -> torch.Tensor:
-    """The model input of a batch: the ``image`` (or ``audio``) entry of a dict batch, else the first tensor."""
-    if isinstance(batch, dict):
-        for key in INPUT_KEYS:
-            if key in batch:
-                return batch[key]
-        batch = list(batch.values())
-    if isinstance(batch, (list, tuple)):
-        batch = batch[0]
-    if not isinstance(batch, torch.Tensor):
-        raise TypeError(f"cannot find the input tensor in a batch of type {type(batch).__name__}")
-    return batch
-
-
-def batch_labels(batch: Any) -> torch.Tensor | None:
-    """The class labels of a batch, if it has them: the ``label`` entry of a dict, else the second tensor."""
-    if isinstance(batch, dict):
-        label = batch.get("label")
-        return label if isinstance(label, torch.Tensor) else None
-    if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], torch.Tensor):
-        return batch[1]
-    return None
-
-
-def reference_loader(trainer: L.Trainer, who: str, stages: tuple[str, ...] = ("val", "train")):
-    """The first loader of the first of ``stages`` that has one (``"test"``, ``"predict"``, ``"val"``,
-    ``"train"``): by default the first validation loader, else the training one."""
-    attributes = {"test": "test_dataloaders", "predict": "predict_dataloaders", "val": "val_dataloaders", "train": "train_dataloader"}
-    for stage in stages:
-        loaders = getattr(trainer, attributes[stage])
-        if isinstance(loaders, dict):
-            loaders = list(loaders.values())
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if loaders else None
-        if loaders is not None:
-            return loaders
-    raise LitzooError(f"{who} needs a {' or '.join(stages)} dataloader for a reference batch")
-
-
-def sample_training_batches(trainer: L.Trainer, num_batches: int, seed: int, who: str) -> list[Any]:
-    """``num_batches`` batches drawn at random from the training set, leaving the run's RNG streams alone.
-
-    The batches come from a loader of their own (iterating the training loader would shift its
-    shuffling or reset persistent workers) with a generator seeded by ``seed``, under a forked RNG
-    (dataset augmentations draw from the global one), so a run with the caller draws the same
-    training batches, dropout and augmentations as a run without it, and a resumed run the same
-    samples. Batches are returned as collated, on the CPU.
-    """
-    loader = trainer.train_dataloader
-    if loader is None:  # before the fit loop has built it (e.g. in setup): the loader fit was given
-        source = getattr(trainer.fit_loop, "_data_source", None)
-        if source is not None and source.is_defined():
-            loader = source.dataloader()
-    while isinstance(loader, (dict, list, tuple)):
-        loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
-    if not isinstance(loader, DataLoader):
-        raise LitzooError(f"{who} needs a torch DataLoader for training, got {type(loader).__name__}")
-    dataset = loader.dataset
-    generator = torch.Generator().manual_seed(seed)
-    sampler = None if isinstance(dataset, IterableDataset) else RandomSampler(dataset, generator=generator)
-    extra = DataLoader(dataset, batch_size=loader.batch_size or 1, sampler=sampler, collate_fn=loader.collate_fn, num_workers=0)
-    batches = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for batch in extra:
-            batches.append(batch)
-            if len(batches) == num_batches:
-                break
-    return batches
-
-
-class EvaluatesFused(Callback, abc.ABC):
-    """``validate``/``test``/``predict`` outside fit run on the deploy model: the loaded training-time
-    weights are fused first, by the subclass's :meth:`_fuse_for_evaluation`."""
-
-    @abc.abstractmethod
-    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Fuse ``pl_module`` in place unless fitting or already fused."""
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fuse_for_evaluation(trainer, pl_module)
-
-
-class ReparamFusion(EvaluatesFused):
+class ReparamFusion(EvaluateDeployModel):
     """Fuse every re-parameterizable block at the end of ``fit`` and before ``test``/``predict``.
 
     At the end of fit it (1) runs one real batch through the model in eval mode, (2) fuses the
@@ -165,11 +72,12 @@ class ReparamFusion(EvaluatesFused):
         self.deploy_path: Path | None = None
 
     # ---------------------------------------------------------------- fit end
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not any(is_fusable(m) for m in pl_module.modules()):
             rank_zero_warn("ReparamFusion: the model has no block with fuse(), reparameterize() or switch_to_deploy(); nothing to fuse")
             return
-        inputs = batch_inputs(next(iter(reference_loader(trainer, 'ReparamFusion')))).to(pl_module.device)
+        inputs = reference_batch(trainer, pl_module, "ReparamFusion")
         before = self._measure(pl_module, inputs)
         float64_error = fusion_error(pl_module, inputs[:8], relative=True) if self.verify_float64 else None
         with eval_mode(pl_module), torch.no_grad():
@@ -224,7 +132,8 @@ class ReparamFusion(EvaluatesFused):
         self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ReparamFusion", {"fused": True})
 
     # ---------------------------------------------------- evaluation outside fit
-    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def _to_deploy_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING or not any(is_fusable(m) for m in pl_module.modules()):
             return
         fuse_model(pl_module, inplace=True)

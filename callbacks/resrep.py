@@ -50,9 +50,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.callbacks.base import EvaluateDeployModel
 from litzoo.framework.checkpoints import save_deploy_checkpoint
+from litzoo.framework.data.batches import batch_inputs, reference_batch, setup_loader
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count
 from litzoo.framework.pruning import (
@@ -78,13 +80,11 @@ def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
     example = getattr(pl_module, "example_input_array", None)
     if isinstance(example, Tensor):
         return example
-    source = trainer.fit_loop._data_source  # the train loader is not built yet when ``setup`` runs
-    if not source.is_defined():
-        raise LitzooError("ResRepPruning needs a training dataloader (or the module's example_input_array) to trace the model")
-    return batch_inputs(next(iter(source.dataloader())))
+    # the train loader is not built yet when ``setup`` runs: the DataModule's or the module's own
+    return batch_inputs(next(iter(setup_loader(trainer, "fit", "ResRepPruning (tracing the model in setup)"))))
 
 
-class ResRepPruning(EvaluatesFused):
+class ResRepPruning(EvaluateDeployModel):
     """Channel pruning by ResRep on any LightningModule with conv-BN layers.
 
     Args:
@@ -237,6 +237,7 @@ class ResRepPruning(EvaluatesFused):
         self.mask_updates += 1
 
     # ---------------------------------------------------------------- fit
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING:
             if not compacted_layers(pl_module):
@@ -255,11 +256,13 @@ class ResRepPruning(EvaluatesFused):
         if placements and not compacted_layers(module):
             insert_compactors(module, placements)
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The compactors follow the paper's own SGD (momentum 0.99, no weight decay), applied in
         # on_before_optimizer_step; the user's optimizer must not update them a second time.
@@ -272,11 +275,13 @@ class ResRepPruning(EvaluatesFused):
                 group["params"] = [p for p in group["params"] if id(p) not in own]
         self.momentum = {name: buffer.to(pl_module.device) for name, buffer in self.momentum.items()}
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batches = trainer.num_training_batches
         steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else 1
         self._warmup_steps = round(self.warmup_epochs * steps_per_epoch)
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if optimizer is not trainer.optimizers[0]:
             return  # once per training step
@@ -315,11 +320,12 @@ class ResRepPruning(EvaluatesFused):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_compactors = {}  # removed or folded from here on
         if not self.prune_at_end or not compacted_layers(pl_module):
             return
-        inputs = batch_inputs(next(iter(reference_loader(trainer, "ResRepPruning")))).to(pl_module.device)
+        inputs = reference_batch(trainer, pl_module, "ResRepPruning")
         self.report = self.prune(pl_module, inputs)
         r = self.report
         rank_zero_info(
@@ -380,10 +386,11 @@ class ResRepPruning(EvaluatesFused):
         self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ResRepPruning", marker)
 
     # ---------------------------------------------------------------- evaluation outside fit
-    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def _to_deploy_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING or not compacted_layers(pl_module):
             return
-        inputs = batch_inputs(next(iter(reference_loader(trainer, "ResRepPruning", ("test", "predict", "val", "train"))))).to(pl_module.device)
+        inputs = reference_batch(trainer, pl_module, "ResRepPruning", ("test", "predict", "val", "train"))
         self.report = self.prune(pl_module, inputs)
         rank_zero_info(
             f"ResRepPruning: evaluating the pruned model ({self.report['removed_channels']} channels removed, "
@@ -391,6 +398,7 @@ class ResRepPruning(EvaluatesFused):
         )
 
     # ---------------------------------------------------------------- resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "groups": [g.to_dict() for g in self.groups],
@@ -399,6 +407,7 @@ class ResRepPruning(EvaluatesFused):
             "pruned": self.pruned,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = [g["leader"] for g in state_dict.get("groups", [])]
         if self.groups and saved != [g.leader for g in self.groups]:

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import batch_inputs, sample_training_batches
+from litzoo.framework.data.batches import batch_inputs, sample_training_batches
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
@@ -324,6 +325,7 @@ class SpatialGradientScaling(Callback):
         return (centre / ((s.sum() - centre) / (s.numel() - 1))).item()
 
     # ---------------------------------------------------------------- fit
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         targets = self.resolve(pl_module)
         if trainer.gradient_clip_val:
@@ -351,6 +353,7 @@ class SpatialGradientScaling(Callback):
         """Whether the start of ``epoch`` recomputes ``S`` (never with fixed scalings)."""
         return not self.static and epoch >= self.warmup_epochs and (epoch - self.warmup_epochs) % self.update_every_epochs == 0
 
+    @override
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         # a run resumed mid-epoch starts this epoch again: its S was already computed (and restored)
@@ -387,12 +390,14 @@ class SpatialGradientScaling(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
         if not self._targets:  # on_fit_start not run (a manual call path)
             self.resolve(pl_module)
         self.scale_gradients()
 
     # ---------------------------------------------------------------- resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "scalings": {name: s.clone() for name, s in self.scalings.items()},
@@ -401,6 +406,7 @@ class SpatialGradientScaling(Callback):
             "updates": self.updates,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not self.static:  # fixed scalings given to this run win over the checkpoint's
             self.scalings = {name: s.clone() for name, s in state_dict.get("scalings", {}).items()}

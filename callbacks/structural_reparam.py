@@ -20,8 +20,10 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
+from typing_extensions import override
 
-from litzoo.callbacks.reparam_fusion import EvaluatesFused, batch_inputs, reference_loader
+from litzoo.callbacks.base import EvaluateDeployModel
+from litzoo.framework.data.batches import reference_batch
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_parameters, eval_mode
 from litzoo.framework.reparam.convert import (
@@ -37,7 +39,7 @@ from litzoo.framework.reparam.convert import (
 from litzoo.framework.reparam.verify import fusion_error
 
 
-class StructuralReparam(EvaluatesFused):
+class StructuralReparam(EvaluateDeployModel):
     """Convert a model's conv-BN pairs to ``block`` for training; fuse them back when fit ends.
 
     What is converted is explicit: a ``nn.Conv2d`` whose output only a ``BatchNorm2d`` consumes,
@@ -96,6 +98,7 @@ class StructuralReparam(EvaluatesFused):
         return self.block
 
     @property
+    @override
     def state_key(self) -> str:
         return f"StructuralReparam[block={self.block}]"
 
@@ -122,6 +125,7 @@ class StructuralReparam(EvaluatesFused):
         return module
 
     # ---------------------------------------------------------------- fit
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING:
             if not self.layers:
@@ -141,15 +145,17 @@ class StructuralReparam(EvaluatesFused):
             reconvert(module, layers)
             self.layers = layers
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
 
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fuse_at_end or not self.layers:
             return
-        inputs = batch_inputs(next(iter(reference_loader(trainer, 'StructuralReparam')))).to(pl_module.device)
+        inputs = reference_batch(trainer, pl_module, "StructuralReparam")
         # the fusion itself, on a float64 copy with random BN statistics (independent of the trained values)
         float64_error = fusion_error(pl_module, inputs[:8], relative=True, fuse=lambda model: fuse_branches(model, self.layers))
         params_trained = count_parameters(pl_module)
@@ -178,16 +184,19 @@ class StructuralReparam(EvaluatesFused):
             )
 
     # ---------------------------------------------------------------- evaluation outside fit
-    def _fuse_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    @override
+    def _to_deploy_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.FITTING or not self.layers:
             return
         self.fuse(pl_module)
         rank_zero_info(f"StructuralReparam({self.block}): evaluating the fused model ({count_parameters(pl_module):,} parameters)")
 
     # ---------------------------------------------------------------- resuming
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"block": self.block, "layers": [layer.to_dict() for layer in self.layers]}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = [ConvertedLayer.from_dict(values) for values in state_dict.get("layers", [])]
         if self.layers and [layer.conv for layer in saved] != [layer.conv for layer in self.layers]:

@@ -11,9 +11,11 @@ Two stages, two modes of the same network:
   per-channel scales, trained on a search set. The scales it learns are what the next stage uses.
 * ``mode="target"``: every block is a plain ``conv3x3 -> BN -> ReLU``. With the searched scales
   (``scales=`` an HS checkpoint) its kernels start from the CSLA block's equivalent kernel (rule of
-  initialization) and :class:`litzoo.callbacks.rep_optimizer.RepOptimizer` multiplies each kernel's
-  gradient (rule of iteration), so it trains exactly like the CSLA model with those scales frozen,
-  at the cost of a plain VGG. Training and deploy architectures are the same: nothing to fuse.
+  initialization) and the model multiplies each kernel's gradient before every optimizer step (rule
+  of iteration, :class:`litzoo.framework.reparam.csla.GradientMultipliers`, the object the
+  ``RepOptimizer`` callback applies to other models), so it trains exactly like the CSLA model with
+  those scales frozen, at the cost of a plain VGG. Training and deploy architectures are the same:
+  nothing to fuse.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
+from typing_extensions import override
 
-from litzoo.callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization, optimizer_rule
 from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
 from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.optim import sgd_momentum
-from litzoo.modules.repvgg import stage_widths
+from litzoo.framework.reparam.csla import GradientMultipliers, csla_grad_multiplier, csla_initialization, optimizer_rule
+from litzoo.framework.reparam.repvgg_block import stage_widths
 
 MODES = ("target", "hs")
 
@@ -146,7 +149,8 @@ class RepOptVGGClassifier(ImageClassifier):
 
     Args:
         mode: ``"hs"`` trains the linear-add model with trainable scales on a search set;
-            ``"target"`` trains the plain VGG with the RepOptimizer.
+            ``"target"`` trains the plain VGG with the RepOptimizer's rule of iteration, applied by
+            the model itself (no callback needed; a ``RepOptimizer`` callback on it is refused).
         scales: (target) the Hyper-Search checkpoint whose scales define the initialization and
             the gradient multipliers; ``None`` uses the HS initial scales (no search).
         num_blocks, width_multiplier, in_channels, stage_strides, num_classes: the architecture
@@ -176,10 +180,11 @@ class RepOptVGGClassifier(ImageClassifier):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # per target conv weight: (s_conv, s_1x1, has identity), from which each update rule's multipliers follow
         self.csla_scales: dict[str, tuple[Tensor, Tensor, bool]] = {}
-        self.rep_optimizer: RepOptimizer | None = None
+        # the rule of iteration (None for the Hyper-Search model, which trains its branches)
+        self.rep_optimizer: GradientMultipliers | None = None
         if mode == "target":
             self._apply_scales(scales)
-            self.rep_optimizer = RepOptimizer(self.grad_multipliers("sgd"), rule="sgd")
+            self.rep_optimizer = GradientMultipliers(self.grad_multipliers("sgd"), rule="sgd")
 
     def _apply_scales(self, path: str | None) -> None:
         blocks = self.net.blocks()
@@ -212,15 +217,35 @@ class RepOptVGGClassifier(ImageClassifier):
             for key, (s_conv, s_1x1, identity) in self.csla_scales.items()
         }
 
+    @override
     def configure_optimizers(self) -> Any:
         config = super().configure_optimizers()
         if self.rep_optimizer is not None:
             # the multipliers follow the optimizer (the official RepOptimizerSGD / RepOptimizerAdamW);
-            # any other optimizer is refused by RepOptimizer.on_fit_start
+            # any other optimizer is refused when fit starts
             rule = optimizer_rule(config["optimizer"]) or "sgd"
             self.rep_optimizer.set_multipliers(self.grad_multipliers(rule), rule)
         return config
 
-    def configure_callbacks(self) -> list:
-        # the rule of iteration travels with the model: `litzoo fit` needs no callback in the config
-        return [self.rep_optimizer] if self.rep_optimizer is not None else []
+    # The rule of iteration travels with the model (`litzoo fit` needs no callback in the config): the
+    # same hooks, at the same points of the step, as the RepOptimizer callback. Lightning calls
+    # on_before_optimizer_step after every callback's, once the gradients are synchronised, unscaled
+    # and accumulated, and before clipping (refused) and the update. The multipliers are recomputed
+    # from the scales in configure_optimizers at every fit, so checkpoints need not hold them.
+    @override
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.rep_optimizer is not None:
+            self.rep_optimizer.bind(self, self.trainer.optimizers, self.trainer.gradient_clip_val, who=type(self).__name__)
+
+    @override
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        if self.rep_optimizer is not None:
+            self.rep_optimizer.multiply_gradients()
+
+    @override
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if self.rep_optimizer is not None:
+            self.rep_optimizer.release()

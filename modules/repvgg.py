@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from litzoo.framework.checkpoints import load_official_weights
 from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.optim import sgd_momentum
-from litzoo.framework.reparam import RepVGGBlock
+from litzoo.framework.reparam import RepVGGBlock, stage_widths
 
 # Layers with groups in the -g2 / -g4 variants (paper Sec. 3.4: "every other layer").
 GROUPWISE_LAYERS = tuple(range(2, 27, 2))
@@ -46,20 +46,6 @@ VARIANTS: dict[str, dict] = {
     "B3g2": dict(num_blocks=_B_BLOCKS, width_multiplier=(3, 3, 3, 5), override_groups_map=G2_MAP),
     "B3g4": dict(num_blocks=_B_BLOCKS, width_multiplier=(3, 3, 3, 5), override_groups_map=G4_MAP),
 }
-
-
-def stage_widths(num_blocks: Sequence[int], width_multiplier: Sequence[float], stage_strides: Sequence[int]) -> list[int]:
-    """Check RepVGG's layout arguments and return the widths of stages 1-4 (``64/128/256/512 x multiplier``)."""
-    if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
-        raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
-    if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
-        raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
-    if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
-        raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
-    widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
-    if any(w < 1 for w in widths):
-        raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
-    return widths
 
 
 class RepVGG(nn.Module):

@@ -2,6 +2,7 @@
 
 from litzoo.framework.reparam.acb import ACBlock
 from litzoo.framework.reparam.conv_bn import ConvBN
+from litzoo.framework.reparam.csla import GradientMultipliers, csla_grad_multiplier, csla_initialization, optimizer_rule
 from litzoo.framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
 from litzoo.framework.reparam.fuse_model import DEPLOY_KEY, fuse_model, is_fusable, is_fused_checkpoint
 from litzoo.framework.reparam.fusion import (
@@ -15,7 +16,7 @@ from litzoo.framework.reparam.fusion import (
     pad_kernel,
 )
 from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy, conv_to_fc
-from litzoo.framework.reparam.repvgg_block import RepVGGBlock
+from litzoo.framework.reparam.repvgg_block import RepVGGBlock, stage_widths
 from litzoo.framework.reparam.verify import fusion_error, randomize_batchnorm
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ConvBN",
     "DEPLOY_KEY",
     "DiverseBranchBlock",
+    "GradientMultipliers",
     "IdentityBasedConv1x1",
     "RepMLPBlock",
     "RepMLPBlockDeploy",
@@ -33,6 +35,8 @@ __all__ = [
     "concat_branches",
     "conv_to_fc",
     "conv_with_kernel",
+    "csla_grad_multiplier",
+    "csla_initialization",
     "fuse_conv_bn",
     "fuse_model",
     "fusion_error",
@@ -40,6 +44,8 @@ __all__ = [
     "is_fusable",
     "is_fused_checkpoint",
     "merge_1x1_kxk",
+    "optimizer_rule",
     "pad_kernel",
     "randomize_batchnorm",
+    "stage_widths",
 ]

@@ -1,13 +1,16 @@
-"""The RepVGG block (Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021).
+"""The RepVGG block and RepVGG's stage layout (Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021).
 
 Training time: ``ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))``, the identity branch present only
 when ``in_channels == out_channels`` and ``stride == 1``. Deploy time: ``ReLU(conv3x3(x) + b)``.
-Reference implementation: DingXiaoH/RepVGG ``repvgg.py`` (``RepVGGBlock``).
+Reference implementation: DingXiaoH/RepVGG ``repvgg.py`` (``RepVGGBlock``). The layout
+(:func:`stage_widths`) is shared by RepVGG and RepOpt-VGG, which trains the same plain stack with
+RepOptimizer's gradient rule instead of branches.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -70,3 +73,16 @@ class RepVGGBlock(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, groups={self.groups}"
 
+
+def stage_widths(num_blocks: Sequence[int], width_multiplier: Sequence[float], stage_strides: Sequence[int]) -> list[int]:
+    """Check RepVGG's layout arguments and return the widths of stages 1-4 (``64/128/256/512 x multiplier``)."""
+    if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
+        raise ValueError(f"num_blocks must be 4 positive integers (stages 1-4), got {list(num_blocks)}")
+    if len(width_multiplier) != 4 or any(w <= 0 for w in width_multiplier):
+        raise ValueError(f"width_multiplier must be 4 positive numbers, got {list(width_multiplier)}")
+    if len(stage_strides) != 5 or any(s not in (1, 2) for s in stage_strides):
+        raise ValueError(f"stage_strides must be 5 values in {{1, 2}} (stages 0-4), got {list(stage_strides)}")
+    widths = [int(base * w) for base, w in zip((64, 128, 256, 512), width_multiplier, strict=True)]
+    if any(w < 1 for w in widths):
+        raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
+    return widths

@@ -15,6 +15,9 @@ from litzoo.callbacks.structural_reparam import StructuralReparam
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.quantization import FakeQuantizedNetwork, load_int8, quantization_config, quantize_ptq, weight_statistics
 
+#: QAT exports the network in setup, where loaders passed straight to trainer.fit / test are not built yet
+INPUT = torch.zeros(2, 1, 12, 12)
+
 
 def trainer(tmp_path, callbacks, steps=6, **kwargs):
     return L.Trainer(
@@ -173,6 +176,7 @@ def test_load_int8_names_the_bad_file(tmp_path):
 def test_qat_trains_the_fake_quantized_graph_and_converts_to_int8(tmp_path):
     torch.manual_seed(0)
     module = UserClassifier("resnet", lr=0.02)
+    module.example_input_array = INPUT
     callback = Quantization(mode="qat", filename=None)
     seen = {}
 
@@ -208,6 +212,7 @@ def test_a_qat_checkpoint_resumes_and_tests_with_the_rebuilt_graph(tmp_path):
     weights and ranges, and test evaluates the graph (strict state-dict load in both)."""
     torch.manual_seed(0)
     first = UserClassifier("resnet", lr=0.02)
+    first.example_input_array = INPUT
     fit = trainer(tmp_path / "a", [Quantization(mode="qat", filename=None)], steps=3, enable_checkpointing=True)
     fit.fit(first, loader(), loader(seed=1))
     path = tmp_path / "qat.ckpt"
@@ -216,14 +221,25 @@ def test_a_qat_checkpoint_resumes_and_tests_with_the_rebuilt_graph(tmp_path):
     assert any("activation_post_process" in key for key in saved)
 
     resumed, callback = UserClassifier("resnet", lr=0.02), Quantization(mode="qat", filename=None)
+    resumed.example_input_array = INPUT
     trainer(tmp_path / "b", [callback], steps=3).fit(resumed, loader(), loader(seed=1), ckpt_path=path)
     assert isinstance(resumed.net, FakeQuantizedNetwork) and resumed.trainer.global_step == 3  # nothing left to train
 
     tested = UserClassifier("resnet")
+    tested.example_input_array = INPUT
     trainer(tmp_path / "c", [Quantization(mode="qat", filename=None)]).test(tested, loader(seed=2), ckpt_path=path)
     for key, value in tested.state_dict().items():
         if not key.endswith("num_batches_tracked"):  # torchao's inference form keeps the counter's add_
             torch.testing.assert_close(value, saved[key], rtol=0, atol=0, msg=key)
+
+
+def test_qat_with_loaders_passed_straight_to_fit_or_test_says_what_to_pass(tmp_path):
+    """The network is exported in setup, where Lightning's public API has no loader passed straight to
+    trainer.fit / trainer.test: one clear error naming the routes that work."""
+    with pytest.raises(LitzooError, match=r"Quantization\(mode='qat'\).*datamodule=.*example_input_array"):
+        trainer(tmp_path, [Quantization(mode="qat", filename=None)], steps=1).fit(UserClassifier("resnet"), loader())
+    with pytest.raises(LitzooError, match=r"trainer\.test\(model, datamodule=.*example_input_array"):
+        trainer(tmp_path, [Quantization(mode="qat", filename=None)]).test(UserClassifier("resnet"), loader())
 
 
 def test_qat_refuses_callbacks_that_rebuild_the_network(tmp_path):
@@ -265,7 +281,9 @@ L.seed_everything(0)
 callbacks = {{{mode!r}: Quantization(mode={mode!r}, calibration_batches=2)}}
 trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_steps=4, default_root_dir={out_dir!r}, logger=False,
                     enable_progress_bar=False, enable_model_summary=False, callbacks=[*callbacks.values(), SaveRank()])
-trainer.fit(UserClassifier("resnet", lr=0.02), loader(n=64), loader(n=32, seed=1))
+module = UserClassifier("resnet", lr=0.02)
+module.example_input_array = torch.zeros(2, 1, 12, 12)  # QAT exports the network in setup, before the loaders are built
+trainer.fit(module, loader(n=64), loader(n=32, seed=1))
 """
 
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from litzoo.callbacks.rep_optimizer import RepOptimizer, csla_grad_multiplier, csla_initialization
+from litzoo.callbacks.rep_optimizer import RepOptimizer
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.reparam.csla import csla_grad_multiplier, csla_initialization
 
 C = 6
 

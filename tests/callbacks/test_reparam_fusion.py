@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from litzoo.callbacks.reparam_fusion import ReparamFusion, batch_inputs
+from litzoo.callbacks.reparam_fusion import ReparamFusion
+from litzoo.framework.data.batches import batch_inputs
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.reparam import ConvBN, RepVGGBlock, is_fused_checkpoint
 

@@ -16,6 +16,9 @@ from litzoo.framework.profiling import count_flops
 from litzoo.framework.pruning import compacted_layers
 from litzoo.framework.reparam import fuse_model
 
+#: the input shape ResRep traces in setup, where loaders passed straight to trainer.fit are not built yet
+INPUT = torch.zeros(2, 1, 12, 12)
+
 
 def trainer(tmp_path, callback, **kwargs) -> L.Trainer:
     options = dict(max_epochs=6, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, deterministic=True)
@@ -104,9 +107,17 @@ def test_gradient_resetting_and_compactor_sgd_by_hand(tmp_path):
     assert compactor.weight.grad is None
 
 
+def test_loaders_passed_straight_to_fit_are_refused_with_what_to_pass(tmp_path):
+    """ResRep traces the model in setup; Lightning's public API has no loader there when the loaders go
+    straight to trainer.fit: one clear error naming the routes that work (a DataModule, example_input_array)."""
+    with pytest.raises(LitzooError, match=r"ResRepPruning.*datamodule=.*example_input_array"):
+        trainer(tmp_path, fast_resrep(), max_steps=1).fit(UserClassifier("resnet"), loader())
+
+
 @pytest.mark.parametrize("net", ["resnet", "mobilenetv2", "repvgg"])
 def test_fit_meets_the_flops_target_and_removes_the_channels(tmp_path, net):
     module = UserClassifier(net)
+    module.example_input_array = INPUT  # ResRep traces the model in setup, before the loaders passed to fit are built
     original_flops = count_flops(fuse_model(UserClassifier(net).net), torch.randn(1, 1, 12, 12))  # deploy form
     callback = fast_resrep()
     trainer(tmp_path, callback, enable_checkpointing=False).fit(module, loader(), loader(seed=1))
@@ -124,6 +135,7 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
     def run(max_epochs, ckpt_path=None, root="a"):
         L.seed_everything(0)
         module = UserClassifier("resnet", weight_decay=1e-3)
+        module.example_input_array = INPUT
         callback = fast_resrep(prune_at_end=False)
         t = trainer(tmp_path / root, callback, max_epochs=max_epochs, num_sanity_val_steps=0)
         t.fit(module, loader(), ckpt_path=ckpt_path)
@@ -142,6 +154,7 @@ def test_resume_continues_the_schedule_exactly(tmp_path):
 
 def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_path):
     module = UserClassifier("mobilenetv2")
+    module.example_input_array = INPUT
     callback = fast_resrep()
     t = trainer(tmp_path, callback, num_sanity_val_steps=0)
     t.fit(module, loader(), loader(seed=1))
@@ -171,6 +184,7 @@ def test_evaluation_prunes_a_compactor_checkpoint_and_the_pruned_file_loads(tmp_
 @pytest.mark.parametrize("net", ["resnet", "repvgg"])
 def test_litzoo_loader_reads_the_pruned_checkpoint(tmp_path, net):
     module = UserClassifier(net)
+    module.example_input_array = INPUT
     module.hparams["_class_path"] = "user_models.UserClassifier"  # what `litzoo fit` records
     callback = fast_resrep()
     trainer(tmp_path, callback, num_sanity_val_steps=0).fit(module, loader(), loader(seed=1))
@@ -196,7 +210,9 @@ resrep = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, w
 trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False, callbacks=[resrep, SaveRankWeights()])
 # each rank sees different batches: the masks must still be decided identically (from synchronised gradients)
-trainer.fit(UserClassifier("mobilenetv2"), loader(n=96), loader(seed=1))
+module = UserClassifier("mobilenetv2")
+module.example_input_array = torch.zeros(2, 1, 12, 12)  # traced in setup, before the loaders passed to fit are built
+trainer.fit(module, loader(n=96), loader(seed=1))
 """
 
 
@@ -225,6 +241,7 @@ def test_export_of_a_compactor_checkpoint_prunes_before_fusing(tmp_path):
     from litzoo.framework.export import export_checkpoint
 
     module = UserClassifier("repvgg")
+    module.example_input_array = INPUT
     module.hparams["_class_path"] = "user_models.UserClassifier"
     callback = fast_resrep(prune_at_end=False)
     t = trainer(tmp_path, callback, num_sanity_val_steps=0)

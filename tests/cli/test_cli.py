@@ -135,7 +135,7 @@ def test_list_names_everything(capsys):
     for name in ("RepVGGClassifier", "DigitsDataModule", "ImageFolderDataModule", "ReparamFusion", "StructuralReparam", "configs/repvgg/digits.yaml"):
         assert name in out
     assert "RepVGG image classifier" in out  # first docstring line
-    assert "EvaluatesFused" not in out  # an abstract base, not something a config can use
+    assert "EvaluateDeployModel" not in out  # an abstract base, not something a config can use
 
 
 def test_missing_best_checkpoint_is_one_clear_line(tmp_path, capsys):

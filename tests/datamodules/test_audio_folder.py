@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from litzoo.callbacks.reparam_fusion import batch_inputs
 from litzoo.datamodules.audio_folder import AudioFolderDataModule, SyntheticAudioDataModule
 from litzoo.datamodules.synthetic import synthetic_audio_classes
 from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
+from litzoo.framework.data.batches import batch_inputs
 from litzoo.framework.errors import LitzooError
 
 

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from litzoo.callbacks.rep_optimizer import RepOptimizer
+from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.errors import LitzooError
-from litzoo.modules.repopt_vgg import LinearAddBlock, PlainVGGBlock, RepOptVGGClassifier
+from litzoo.modules.repopt_vgg import LinearAddBlock, PlainVGGBlock, RepOptVGG, RepOptVGGClassifier
 
 ARCH = dict(num_blocks=[1, 2, 1, 1], width_multiplier=[0.125, 0.125, 0.125, 0.0625], num_classes=3, in_channels=1, stage_strides=[1, 1, 2, 2, 1])
 
@@ -102,3 +104,36 @@ def test_scales_file_errors_name_the_file(tmp_path):
         RepOptVGGClassifier(mode="target", scales=str(tmp_path / "other.ckpt"), **ARCH)
     with pytest.raises(ValueError, match="learns them"):
         RepOptVGGClassifier(mode="hs", scales="x.ckpt", **ARCH)
+
+
+# ---------------------------------------------------------------- the rule of iteration travels with the model
+@pytest.mark.parametrize(("optimizer", "rule"), [(sgd, "sgd"), (adamw, "adamw")])
+def test_the_model_alone_trains_like_a_plain_classifier_with_the_repoptimizer_callback(optimizer, rule):
+    """RepOpt-VGG applies the rule from its own hooks: 8 steps of the target model alone and of the same
+    plain VGG in an ordinary ImageClassifier with the RepOptimizer callback give bit-identical weights."""
+    torch.manual_seed(0)
+    target = RepOptVGGClassifier(mode="target", optimizer=optimizer, **ARCH)
+    arch = {k: v for k, v in ARCH.items() if k != "num_classes"}
+    plain = ImageClassifier(RepOptVGG(num_classes=ARCH["num_classes"], mode="target", **arch), ARCH["num_classes"], optimizer=optimizer)
+    plain.net.load_state_dict(target.net.state_dict())
+    callback = RepOptimizer(target.grad_multipliers(rule), rule=rule)
+    start = target.net.stage0.conv.weight.detach().clone()
+    for module, callbacks in ((target, []), (plain, [callback])):
+        trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, callbacks=callbacks)
+        trainer.fit(module, DataLoader(Images(), batch_size=8))
+    assert target.rep_optimizer.rule == callback.rule == rule
+    trained, reference = target.state_dict(), plain.state_dict()
+    assert trained.keys() == reference.keys()
+    for key, value in trained.items():
+        assert torch.equal(value, reference[key]), key
+    assert (target.net.stage0.conv.weight.detach() - start).abs().max() > 1e-3  # they did train
+
+
+def test_a_repoptimizer_callback_on_the_model_is_refused():
+    """The model already multiplies its gradients: a RepOptimizer callback on the same weights would do it twice."""
+    target = RepOptVGGClassifier(mode="target", optimizer=sgd, **ARCH)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[RepOptimizer(target.grad_multipliers("sgd"))])
+    with pytest.raises(LitzooError, match="apply twice"):
+        trainer.fit(target, DataLoader(Images(), batch_size=8))
