@@ -47,6 +47,8 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 
 from litzoo.framework.checkpoints import convert_official_audio_mae_state_dict, load_checkpoint, unwrap_state_dict
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.masked_modelling import BlrWarmupCosine, MaskedModellingModule
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn import (
     Attention,
     Block,
@@ -55,16 +57,12 @@ from litzoo.framework.nn import (
     gather_tokens,
     init_vit_weights,
     normalized_pixel_target,
-    num_kept,
     patchify,
     random_token_mask,
     restore_tokens,
     sincos_pos_embed_2d,
     unpatchify,
 )
-from litzoo.framework.nn.patches import blank_removed_patches, denormalize_patches
-from litzoo.framework.optim import blr_warmup_cosine
-from litzoo.framework.visualization import log_image
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -185,7 +183,10 @@ class AudioViTEncoder(nn.Module):
         input_size: ``(frames, mel_bins)`` of the input spectrograms (AudioSet: 1024 × 128).
         patch_size: patch side (16).
         in_chans: input channels (1).
-        embed_dim, depth, num_heads, mlp_ratio: the ViT (default ViT-B).
+        embed_dim: encoder width (ViT-B: 768).
+        depth: encoder blocks (12).
+        num_heads: encoder attention heads (12).
+        mlp_ratio: MLP hidden width over the token width (4).
     """
 
     def __init__(self, input_size: tuple[int, int] = (1024, 128), patch_size: int = 16, in_chans: int = 1,
@@ -432,55 +433,31 @@ def adamw_audio_mae(params: Any, lr: float = 2e-4, betas: tuple[float, float] = 
     return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-class _BlrScheduleMixin:
-    """``lr = blr · effective_batch / 256`` and per-step warm-up + cosine (MAE family)."""
-
-    def no_weight_decay(self) -> set[str]:
-        tokens = ("cls_token", "mask_token", "pos_embed")
-        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
-
-    def configure_optimizers(self) -> Any:
-        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, self.hparams.blr, self.hparams.warmup_epochs)
-
-
-class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
+class AudioMAEModule(MaskedModellingModule):
     """Audio-MAE pretraining on ``{"audio": (B, 1, T, F)}`` batches.
 
-    Logs ``train/loss``, ``val/loss`` (fixed masks: noise of batch ``i`` from seed ``val_seed + i``)
-    and ``val/mean_baseline_loss`` (the best constant prediction of the removed patches); a TensorBoard
-    image ``val/reconstruction`` (rows: spectrograms, masked input, reconstruction; time runs down).
-    :meth:`forward_features` gives mean-pooled encoder tokens of the unmasked spectrogram (for probes).
+    The Lightning side is :class:`litzoo.framework.masked_modelling.MaskedModellingModule`: logs ``train/loss``,
+    ``val/loss`` (fixed masks: noise of batch ``i`` from seed ``val_seed + i``) and ``val/mean_baseline_loss``
+    (the best constant prediction of the removed patches); a TensorBoard image ``val/reconstruction`` (rows:
+    spectrograms, masked input, reconstruction; time runs down). :meth:`forward_features` gives mean-pooled
+    encoder tokens of the unmasked spectrogram (for probes).
 
     Args:
-        input_size … norm_pix_loss: :class:`AudioMaskedAutoencoderViT` (defaults: ViT-B/16 on 1024 × 128,
-            16 Swin decoder blocks 512-d × 16 heads, window (4, 4), shift (2, 0)).
         mask_ratio: fraction of patches removed (0.8).
         blr: base lr (2e-4); lr = blr · effective_batch / 256. ``None`` keeps the optimizer's lr.
         warmup_epochs: linear warm-up (3), then cosine to 0, per step.
         val_seed: seed of the validation masks.
         num_images: spectrograms in the reconstruction image.
-        optimizer, lr_scheduler: injected; default AdamW(β (0.9, 0.95), wd 1e-4), warm-up + cosine.
+        optimizer: called with parameter groups; default AdamW(β (0.9, 0.95), wd 1e-4).
+        lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine.
+        **net_kwargs: the :class:`AudioMaskedAutoencoderViT`'s arguments, ``input_size`` … ``norm_pix_loss``
+            (defaults: ViT-B/16 on 1024 × 128, 16 Swin decoder blocks 512-d × 16 heads, window (4, 4), shift (2, 0)).
     """
 
-    monitor = "val/loss"
-    monitor_mode = "min"
+    input_key = "audio"
 
     def __init__(
         self,
-        input_size: tuple[int, int] = (1024, 128),
-        patch_size: int = 16,
-        in_chans: int = 1,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 16,
-        decoder_num_heads: int = 16,
-        decoder_window_size: tuple[int, int] = (4, 4),
-        decoder_shift_size: tuple[int, int] = (2, 0),
-        decoder_mode: str = "swin",
-        norm_pix_loss: bool = True,
         mask_ratio: float = 0.8,
         blr: float | None = 2e-4,
         warmup_epochs: float = 3.0,
@@ -488,23 +465,13 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
         num_images: int = 4,
         optimizer: OptimizerCallable = adamw_audio_mae,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
-        super().__init__()
-        size = _pair(input_size)
-        num_kept((size[0] // max(patch_size, 1)) * (size[1] // max(patch_size, 1)), mask_ratio)  # validates mask_ratio
-        if blr is not None and blr <= 0:
-            raise ValueError(f"blr must be positive (or null to keep the optimizer's lr), got {blr}")
-        if warmup_epochs < 0 or num_images < 0:
-            raise ValueError(f"warmup_epochs and num_images must be >= 0, got {warmup_epochs} and {num_images}")
+        check_network_kwargs(AudioMaskedAutoencoderViT, net_kwargs, type(self).__name__)
+        net = AudioMaskedAutoencoderViT(**net_kwargs)
+        super().__init__(net, mask_ratio, blr, warmup_epochs, val_seed, num_images, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = AudioMaskedAutoencoderViT(
-            size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio, decoder_embed_dim, decoder_depth,
-            decoder_num_heads, _pair(decoder_window_size), _pair(decoder_shift_size), decoder_mode, norm_pix_loss,
-        )  # fmt: skip
-        self.mask_ratio = mask_ratio
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
-        self.example_input_array = torch.zeros(2, in_chans, *size)
-        self._grid: Tensor | None = None
+        self.example_input_array = torch.zeros(2, net.in_chans, *net.patch_embed.input_hw)
 
     @classmethod
     def from_official_checkpoint(cls, path: str, **kwargs: Any) -> AudioMAEModule:
@@ -516,60 +483,16 @@ class AudioMAEModule(_BlrScheduleMixin, L.LightningModule):
         load_audio_mae_weights(module.model, path)
         return module
 
-    def forward(self, spec: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model(spec, self.mask_ratio, noise)
-
-    def forward_features(self, spec: Tensor) -> Tensor:
-        """``(B, D)`` mean-pooled encoder tokens, no masking."""
-        return self.model.forward_features(spec)
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self(batch["audio"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["audio"]))
-        return loss
-
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        spec = batch["audio"]
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        noise = torch.rand(len(spec), self.model.patch_embed.num_patches, generator=generator).to(spec.device)
-        loss, pred, mask = self(spec, noise)
-        target = self.model.target(spec)
-        constant = target[mask.bool()].mean()
-        baseline = ((target - constant).pow(2).mean(dim=-1) * mask).sum() / mask.sum()
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(spec))
-        self.log(f"{stage}/mean_baseline_loss", baseline, sync_dist=True, batch_size=len(spec))
-        if stage == "val" and batch_idx == 0 and self.hparams.num_images:
-            k = self.hparams.num_images
-            patches = self.model.patchify(spec[:k])
-            # back to spectrogram values with each true patch's statistics
-            pixels = denormalize_patches(pred[:k], patches) if self.model.norm_pix_loss else pred[:k]
-            m = mask[:k, :, None]
-            rows = [patches, blank_removed_patches(patches, mask[:k]), pixels * m + patches * (1 - m)]
-            self._grid = torch.stack([self.model.unpatchify(r) for r in rows])
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        grid, self._grid = self._grid, None
-        if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        rows = []
-        for specs in grid.detach().float().cpu():  # (K, 1, T, F) each
-            low = grid[0].flatten(1).min(dim=1).values.cpu()[:, None, None, None]
-            high = grid[0].flatten(1).max(dim=1).values.cpu()[:, None, None, None]
-            specs = ((specs - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)
-            rows.append(torch.cat(list(specs), dim=2))  # (1, T, K·F)
-        log_image(self, "val/reconstruction", torch.cat(rows, dim=2).expand(3, -1, -1))
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self.forward_features(batch["audio"])
+    def grid_image(self, rows: list[Tensor]) -> Tensor:
+        """The rows side by side in one strip, each spectrogram ``(1, T, F)`` with time running down, scaled
+        by the min / max of its original."""
+        low = rows[0].flatten(1).min(dim=1).values[:, None, None, None]
+        high = rows[0].flatten(1).max(dim=1).values[:, None, None, None]
+        strips = [torch.cat(list(((specs - low) / (high - low).clamp(min=1e-8)).clamp(0, 1)), dim=2) for specs in rows]  # (1, T, K·F)
+        return torch.cat(strips, dim=2).expand(3, -1, -1)
 
 
-class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
+class AudioMAEClassifier(BlrWarmupCosine, L.LightningModule):
     """Audio-MAE fine-tuning: :class:`AudioViTClassifier` on ``{"audio", "label"}`` batches, 2-D
     time/frequency patch masking as training augmentation.
 
@@ -584,14 +507,18 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
 
     Args:
         num_classes: classes (AudioSet: 527).
-        input_size … mlp_ratio: the encoder (must match the pretrained one).
         pretrained: a checkpoint whose encoder initialises this one: an :class:`AudioMAEModule` ``.ckpt``
             or an official AudioMAE release (pretrained or fine-tuned ``.pth``), see
             :func:`load_audio_mae_weights`; ``None`` trains from scratch.
         multilabel: BCE + mAP instead of cross-entropy + accuracy.
-        mask_t_prob, mask_f_prob: fraction of time rows / frequency columns of patches dropped in
-            training (AS-20K fine-tuning: 0.2 / 0.2).
-        blr, warmup_epochs: lr = blr · effective_batch / 256 (fine-tuning blr 1e-3), warm-up then cosine.
+        mask_t_prob: fraction of time rows of patches dropped in training (AS-20K fine-tuning: 0.2).
+        mask_f_prob: fraction of frequency columns of patches dropped in training (AS-20K fine-tuning: 0.2).
+        blr: base lr, lr = blr · effective_batch / 256 (fine-tuning: 1e-3). ``None`` keeps the optimizer's lr.
+        warmup_epochs: linear warm-up, then cosine to 0, per step.
+        optimizer: called with parameter groups; default AdamW(β (0.9, 0.95), wd 1e-4).
+        lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine.
+        **net_kwargs: the :class:`AudioViTClassifier`'s encoder arguments, ``input_size`` … ``mlp_ratio``
+            (must match the pretrained encoder; default ViT-B/16 on 1024 × 128).
     """
 
     monitor = "val/acc"
@@ -600,13 +527,6 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        input_size: tuple[int, int] = (1024, 128),
-        patch_size: int = 16,
-        in_chans: int = 1,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
         pretrained: str | None = None,
         multilabel: bool = False,
         mask_t_prob: float = 0.2,
@@ -615,17 +535,20 @@ class AudioMAEClassifier(_BlrScheduleMixin, L.LightningModule):
         warmup_epochs: float = 4.0,
         optimizer: OptimizerCallable = adamw_audio_mae,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         if not (0 <= mask_t_prob < 1 and 0 <= mask_f_prob < 1):
             raise ValueError(f"mask_t_prob and mask_f_prob must be in [0, 1), got {mask_t_prob} and {mask_f_prob}")
+        check_network_kwargs(AudioViTClassifier, net_kwargs, type(self).__name__)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = AudioViTClassifier(num_classes, _pair(input_size), patch_size, in_chans, embed_dim, depth, num_heads, mlp_ratio)
+        self.model = AudioViTClassifier(num_classes=num_classes, **net_kwargs)
         if pretrained is not None:
             self.load_pretrained(pretrained)
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
+        self.blr, self.warmup_epochs = blr, warmup_epochs
         self.multilabel = multilabel
         if multilabel:
             self.monitor = "val/mAP"

@@ -39,13 +39,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import AdamW
 
+from litzoo.framework.masked_modelling import MaskedModellingModule
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn import (
     Block,
     Mlp,
@@ -59,9 +60,6 @@ from litzoo.framework.nn import (
     unpatchify,
 )
 from litzoo.framework.nn.diffusion import GaussianDiffusion, TimestepEmbedding
-from litzoo.framework.nn.patches import blank_removed_patches
-from litzoo.framework.optim import blr_warmup_cosine
-from litzoo.framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- blocks
 
@@ -320,15 +318,14 @@ def adamw_diffmae(params: Any, lr: float = 1.5e-4, betas: tuple[float, float] = 
     return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-
-
 # ------------------------------------------------------------------------------ the LightningModule
 
 
-class DiffMAEModule(L.LightningModule):
+class DiffMAEModule(MaskedModellingModule):
     """DiffMAE pretraining of :class:`DiffMAEViT` on ``{"image": ...}`` batches.
 
-    Logs ``train/loss``; on validation / test, with the mask, ``t`` and ``ε`` of batch ``i`` drawn from
+    The Lightning side is :class:`litzoo.framework.masked_modelling.MaskedModellingModule`. Logs ``train/loss``;
+    on validation / test, with the mask, ``t`` and ``ε`` of batch ``i`` drawn from
     ``torch.Generator().manual_seed(val_seed + i)`` (comparable across epochs): ``val/loss`` (one-step
     ``x̂_0`` masked-patch MSE at random ``t``), ``val/loss_mid_t`` (the same at ``t = T/2``),
     ``val/mean_baseline_loss`` (every removed pixel predicted as the batch's mean removed pixel), and,
@@ -336,7 +333,6 @@ class DiffMAEModule(L.LightningModule):
     ``num_images`` images go to TensorBoard each validation epoch as rows original / masked / inpainted.
 
     Args:
-        img_size … timesteps, decoder: see :class:`DiffMAEViT`.
         mask_ratio: fraction of patches removed (paper: 0.75 for images).
         sample_steps: DDIM steps for inpainting (validation images, :meth:`inpaint`).
         eta: DDIM η for inpainting (0 deterministic, 1 DDPM-like).
@@ -347,25 +343,13 @@ class DiffMAEModule(L.LightningModule):
         optimizer: called with parameter groups; default AdamW(β (0.9, 0.95), wd 0.05), no weight decay
             on 1-D parameters nor on the class token and position embeddings.
         lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine to 0, per step.
+        **net_kwargs: the :class:`DiffMAEViT`'s arguments, ``img_size`` … ``timesteps``, ``decoder``.
     """
 
-    monitor = "val/loss"
-    monitor_mode = "min"
+    grid_tag = "val/inpainting"
 
     def __init__(
         self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        timesteps: int = 1000,
-        decoder: str = "cross_self",
         mask_ratio: float = 0.75,
         sample_steps: int = 50,
         eta: float = 0.0,
@@ -375,105 +359,55 @@ class DiffMAEModule(L.LightningModule):
         num_images: int = 8,
         optimizer: OptimizerCallable = adamw_diffmae,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
-        super().__init__()
-        num_kept((img_size // max(patch_size, 1)) ** 2, mask_ratio)  # validates mask_ratio
+        check_network_kwargs(DiffMAEViT, net_kwargs, type(self).__name__)
+        net = DiffMAEViT(**net_kwargs)
+        super().__init__(net, mask_ratio, blr, warmup_epochs, val_seed, num_images, optimizer, lr_scheduler)
         if mask_ratio <= 0:
             raise ValueError(f"mask_ratio must be positive (DiffMAE needs removed patches to diffuse), got {mask_ratio}")
-        if timesteps < 1 or not 1 <= sample_steps <= timesteps:
-            raise ValueError(f"need timesteps >= 1 and 1 <= sample_steps <= timesteps, got {timesteps} and {sample_steps}")
+        if not 1 <= sample_steps <= net.diffusion.timesteps:
+            raise ValueError(f"sample_steps must be in [1, timesteps = {net.diffusion.timesteps}], got {sample_steps}")
         if not 0.0 <= eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {eta}")
-        if blr is not None and blr <= 0:
-            raise ValueError(f"blr must be positive (or null to keep the optimizer's lr), got {blr}")
-        if warmup_epochs < 0 or num_images < 0:
-            raise ValueError(f"warmup_epochs and num_images must be >= 0, got {warmup_epochs} and {num_images}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = DiffMAEViT(
-            img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, timesteps, decoder,
-        )  # fmt: skip
-        self.mask_ratio = mask_ratio
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self._grid_images: Tensor | None = None
 
     def forward(
         self, imgs: Tensor, mask_noise: Tensor | None = None, t: Tensor | None = None, noise: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         return self.model(imgs, self.mask_ratio, mask_noise, t, noise)
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        """``(B, D)`` pooled encoder features (class token, all patches visible, no masking)."""
-        return self.model.forward_features(images)
+    def target(self, inputs: Tensor) -> Tensor:
+        """Raw pixel patches: the diffusion samples pixels (no per-patch normalisation)."""
+        return self.model.patchify(inputs)
 
     def inpaint(self, images: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``images`` with the removed patches (``mask`` ``(B, L)``, True = removed) sampled by DDIM."""
         return self.model.inpaint(images, mask, self.hparams.sample_steps, self.hparams.eta, generator)
 
-    # ------------------------------------------------------------------------------- steps
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self(batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
+    # ------------------------------------------------------------------------------- evaluation
     def fixed_draws(self, images: Tensor, batch_idx: int) -> tuple[torch.Generator, Tensor, Tensor, Tensor]:
-        """The generator and the mask noise ``(B, L)``, times ``(B,)`` and ``ε`` of evaluation batch ``batch_idx``."""
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        length = self.model.patch_embed.num_patches
-        mask_noise = torch.rand(len(images), length, generator=generator).to(images.device)
+        """The generator and the mask noise ``(B, L)``, times ``(B,)`` and ``ε`` of evaluation batch ``batch_idx``,
+        drawn in that order from :meth:`fixed_generator` (the generator then serves the inpainting)."""
+        generator = self.fixed_generator(batch_idx)
+        mask_noise = self._fixed_noise(images, batch_idx, generator)
         t = self.model.diffusion.sample_timesteps(len(images), images.device, generator)
-        removed = length - num_kept(length, self.mask_ratio)
+        removed = self.num_mask_units - num_kept(self.num_mask_units, self.mask_ratio)
         noise = torch.randn(len(images), removed, self.model.patchify(images[:1]).shape[-1], generator=generator).to(
             images.device, images.dtype
         )
         return generator, mask_noise, t, noise
 
     def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        images = batch["image"]
+        images = self.inputs(batch)
         generator, mask_noise, t, noise = self.fixed_draws(images, batch_idx)
         loss, _, mask = self(images, mask_noise, t, noise)
+        self.log_losses(stage, images, loss, mask)
         mid_loss, _, _ = self(images, mask_noise, torch.full_like(t, self.model.diffusion.timesteps // 2), noise)
-        target = self.model.patchify(images)
-        constant = target[mask.bool()].mean()
-        baseline = ((target - constant).pow(2).mean(dim=-1) * mask).sum() / mask.sum()
-        size = len(images)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=size)
-        self.log(f"{stage}/loss_mid_t", mid_loss, sync_dist=True, batch_size=size)
-        self.log(f"{stage}/mean_baseline_loss", baseline, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/loss_mid_t", mid_loss, sync_dist=True, batch_size=len(images))
         if batch_idx == 0:
             inpainted = self.inpaint(images, mask, generator)
-            inpaint_loss = self.model.forward_loss(inpainted, target, mask)
-            self.log(f"{stage}/inpaint_mse", inpaint_loss, sync_dist=True, batch_size=size)
-            if stage == "val" and self.hparams.num_images:
-                count = self.hparams.num_images
-                self._grid_images = torch.stack([images[:count], self.masked_input(images[:count], mask[:count]), inpainted[:count]])
-
-    def masked_input(self, images: Tensor, mask: Tensor) -> Tensor:
-        """The encoder's view: removed patches set to each image's minimum value."""
-        return self.model.unpatchify(blank_removed_patches(self.model.patchify(images), mask))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        grid, self._grid_images = self._grid_images, None
-        if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        log_image(self, "val/inpainting", image_grid(list(grid.detach().float().cpu())))
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """``(B, D)`` encoder features of the batch's images (see :meth:`forward_features`)."""
-        return self.forward_features(batch["image"])
-
-    # ------------------------------------------------------------------------- optimizers
-    def no_weight_decay(self) -> set[str]:
-        """1-D parameters (biases, norm gains), the class token and the position embeddings."""
-        tokens = ("cls_token", "pos_embed")
-        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
-
-    def configure_optimizers(self) -> Any:
-        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, self.hparams.blr, self.hparams.warmup_epochs)
+            inpaint_loss = self.model.forward_loss(inpainted, self.target(images), mask)
+            self.log(f"{stage}/inpaint_mse", inpaint_loss, sync_dist=True, batch_size=len(images))
+            if self.keeps_grid(stage, batch_idx):
+                self.keep_grid(images, mask, inpainted)

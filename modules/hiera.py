@@ -38,7 +38,6 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -48,9 +47,10 @@ from torch.optim import AdamW
 from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint
 from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.nn import Mlp, num_kept, random_token_mask
+from litzoo.framework.masked_modelling import MaskedModellingModule
+from litzoo.framework.network_args import check_network_kwargs
+from litzoo.framework.nn import Mlp, random_token_mask
 from litzoo.framework.nn.drop import DropPath
-from litzoo.framework.optim import blr_warmup_cosine
 
 # -------------------------------------------------------------------------- unroll / reroll
 
@@ -252,8 +252,11 @@ class Hiera(nn.Module):
         mask_unit_attn: per stage, mask-unit (True) or global attention. As in the official code the
             first block of a stage still uses the previous stage's setting (it pools, then the new
             stage's attention starts at the lower resolution).
-        dim_mul, head_mul: width and head multipliers at each stage transition.
-        patch_kernel, patch_stride, patch_padding: the patch-embedding convolution.
+        dim_mul: width multiplier at each stage transition.
+        head_mul: heads multiplier at each stage transition.
+        patch_kernel: kernel of the patch-embedding convolution.
+        patch_stride: stride of the patch-embedding convolution (pixels per token side).
+        patch_padding: padding of the patch-embedding convolution.
         mlp_ratio: MLP hidden width over the token width.
         drop_path_rate: stochastic depth, linearly increasing to this value over the blocks.
         head_dropout: dropout before the classifier.
@@ -295,6 +298,7 @@ class Hiera(nn.Module):
                              "the unrolled token order puts mask units on the last axis only then")  # fmt: skip
         if img_size % patch_stride or (img_size // patch_stride) % mask_unit_size:
             raise ValueError(f"img_size ({img_size}) / patch_stride ({patch_stride}) must be a multiple of mask_unit_size ({mask_unit_size})")
+        self.img_size, self.in_chans, self.patch_stride, self.mlp_ratio = img_size, in_chans, patch_stride, mlp_ratio
         self.grid = img_size // patch_stride  # tokens per side
         self.q_pool, self.q_stride, self.mask_unit_size = q_pool, q_stride, mask_unit_size
         self.mask_grid = self.grid // mask_unit_size  # mask units per side
@@ -434,40 +438,31 @@ class MaskedAutoencoderHiera(Hiera):
     (``C, py, px``) like the official ``get_pixel_label_2d``.
 
     Args:
-        img_size … mlp_ratio, drop_path_rate: the encoder (see :class:`Hiera`; no classifier).
-        decoder_embed_dim, decoder_depth, decoder_num_heads: the decoder.
+        q_pool: stage transitions that pool (2 for MAE pretraining; :class:`Hiera`'s default is 3).
+        decoder_embed_dim: decoder width.
+        decoder_depth: decoder blocks.
+        decoder_num_heads: decoder attention heads.
         norm_pix_loss: regress per-patch normalised pixels (mean, unbiased variance + 1e-6).
+        **kwargs: the encoder's other arguments, ``img_size`` … ``drop_path_rate`` (see :class:`Hiera`;
+            no classifier, so none of the head's).
     """
 
     def __init__(
         self,
-        img_size: int = 224,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        num_heads: int = 1,
-        stages: Sequence[int] = (1, 2, 7, 2),
         q_pool: int = 2,
-        q_stride: int = 2,
-        mask_unit_size: int = 8,
-        mask_unit_attn: Sequence[bool] = (True, True, False, False),
-        dim_mul: float = 2.0,
-        head_mul: float = 2.0,
-        patch_kernel: int = 7,
-        patch_stride: int = 4,
-        patch_padding: int = 3,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
         decoder_embed_dim: int = 512,
         decoder_depth: int = 8,
         decoder_num_heads: int = 16,
         norm_pix_loss: bool = True,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(img_size, in_chans, embed_dim, num_heads, 2, stages, q_pool, q_stride, mask_unit_size, mask_unit_attn,
-                         dim_mul, head_mul, patch_kernel, patch_stride, patch_padding, mlp_ratio, drop_path_rate)  # fmt: skip
+        # Hiera builds a classifier head, deleted below: its arguments are not the MAE model's
+        super().__init__(num_classes=2, q_pool=q_pool, head_dropout=0.0, head_init_scale=0.001, **kwargs)
         if decoder_depth < 1:
             raise ValueError(f"decoder_depth must be at least 1, got {decoder_depth}")
         del self.norm, self.head
-        self.in_chans, self.norm_pix_loss = in_chans, norm_pix_loss
+        self.norm_pix_loss = norm_pix_loss
+        q_stride, mask_unit_size = self.q_stride, self.mask_unit_size
         dim_out = self.dim
         self.encoder_norm = nn.LayerNorm(dim_out, eps=1e-6)
         self.unit_final = mask_unit_size // q_stride**q_pool  # a mask unit's side after pooling
@@ -480,10 +475,11 @@ class MaskedAutoencoderHiera(Hiera):
         self.decoder_embed = nn.Linear(dim_out, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, self.grid_final**2, decoder_embed_dim))
-        self.decoder_blocks = nn.ModuleList(HieraBlock(decoder_embed_dim, decoder_embed_dim, decoder_num_heads, mlp_ratio) for _ in range(decoder_depth))
+        self.decoder_blocks = nn.ModuleList(HieraBlock(decoder_embed_dim, decoder_embed_dim, decoder_num_heads, self.mlp_ratio)
+                                            for _ in range(decoder_depth))  # fmt: skip
         self.decoder_norm = nn.LayerNorm(decoder_embed_dim, eps=1e-6)
-        self.pred_stride = patch_stride * q_stride**q_pool
-        self.decoder_pred = nn.Linear(decoder_embed_dim, self.pred_stride**2 * in_chans)
+        self.pred_stride = self.patch_stride * q_stride**q_pool
+        self.decoder_pred = nn.Linear(decoder_embed_dim, self.pred_stride**2 * self.in_chans)
         self._mae_init()
 
     def _mae_init(self) -> None:
@@ -601,41 +597,32 @@ def adamw_hiera_mae(params: Any, lr: float = 8e-4, betas: tuple[float, float] = 
 
 
 class HieraClassifier(ImageClassifier):
-    """Supervised Hiera image classifier on ``{"image", "label"}`` batches (arguments: :class:`Hiera`).
+    """Supervised Hiera image classifier on ``{"image", "label"}`` batches.
 
     ``pos_embed``, biases and norms are not weight-decayed. :meth:`forward_features` gives the pooled,
     normalised features (for probes).
+
+    Args:
+        num_classes: classifier outputs (1000).
+        optimizer: called with parameter groups; default :func:`adamw_hiera`.
+        lr_scheduler: called with the optimizer; ``None`` = cosine decay to 0, per step.
+        label_smoothing: cross-entropy label smoothing.
+        **net_kwargs: the :class:`Hiera`'s other arguments, ``img_size`` … ``head_init_scale`` (default Hiera-T/224).
     """
 
     def __init__(
         self,
-        img_size: int = 224,
-        in_chans: int = 3,
         num_classes: int = 1000,
-        embed_dim: int = 96,
-        num_heads: int = 1,
-        stages: Sequence[int] = (1, 2, 7, 2),
-        q_pool: int = 3,
-        q_stride: int = 2,
-        mask_unit_size: int = 8,
-        mask_unit_attn: Sequence[bool] = (True, True, False, False),
-        patch_kernel: int = 7,
-        patch_stride: int = 4,
-        patch_padding: int = 3,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
-        head_dropout: float = 0.0,
         optimizer: OptimizerCallable = adamw_hiera,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        **net_kwargs: Any,
     ) -> None:
-        net = Hiera(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads, num_classes=num_classes,
-                    stages=stages, q_pool=q_pool, q_stride=q_stride, mask_unit_size=mask_unit_size, mask_unit_attn=mask_unit_attn,
-                    patch_kernel=patch_kernel, patch_stride=patch_stride, patch_padding=patch_padding, mlp_ratio=mlp_ratio,
-                    drop_path_rate=drop_path_rate, head_dropout=head_dropout)  # fmt: skip
+        check_network_kwargs(Hiera, net_kwargs, type(self).__name__)
+        net = Hiera(num_classes=num_classes, **net_kwargs)
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.example_input_array = torch.zeros(2, in_chans, img_size, img_size)
+        self.example_input_array = torch.zeros(2, net.in_chans, net.img_size, net.img_size)
 
     def forward_features(self, images: Tensor) -> Tensor:
         return self.net.forward_features(images)
@@ -644,93 +631,48 @@ class HieraClassifier(ImageClassifier):
         return super().no_weight_decay() | {"net.pos_embed"}
 
 
-class HieraMAEModule(L.LightningModule):
+class HieraMAEModule(MaskedModellingModule):
     """MAE pretraining of :class:`MaskedAutoencoderHiera` on ``{"image": ...}`` batches.
 
-    Logs ``train/loss``, and ``val/loss`` with fixed masks (noise of batch ``i`` from
-    ``Generator().manual_seed(val_seed + i)``). :meth:`forward_features` is the pooled encoder output
-    on unmasked images (for the probes in ``callbacks/probe.py``).
+    The Lightning side is :class:`litzoo.framework.masked_modelling.MaskedModellingModule`: logs ``train/loss``,
+    ``val/loss`` with fixed masks (noise of batch ``i`` from ``Generator().manual_seed(val_seed + i)``) and
+    ``val/mean_baseline_loss``, and every validation epoch a TensorBoard image ``val/reconstruction`` (rows:
+    originals, masked inputs, reconstructions; removed mask units at the image's minimum).
+    :meth:`forward_features` is the pooled encoder output on unmasked images (for the probes in
+    ``callbacks/probe.py``).
 
     Args:
-        img_size … norm_pix_loss: the :class:`MaskedAutoencoderHiera` (defaults MAE-Hiera-T/224).
         mask_ratio: fraction of mask units removed (0.6 for images).
         warmup_epochs: linear warm-up of the default schedule (then cosine to 0), per step.
         val_seed: seed of the fixed validation masks.
-        optimizer: default :func:`adamw_hiera_mae`; no weight decay on 1-D parameters, positions, mask token.
+        num_images: images in the TensorBoard reconstruction grid (0 = none).
+        optimizer: default :func:`adamw_hiera_mae` (its lr is used as is: no ``blr`` scaling, the Hiera
+            repository gives no recipe); no weight decay on 1-D parameters, positions, mask token.
         lr_scheduler: ``None`` = warm-up then cosine.
+        **net_kwargs: the :class:`MaskedAutoencoderHiera`'s arguments, ``img_size`` … ``norm_pix_loss``
+            (defaults MAE-Hiera-T/224).
     """
-
-    monitor = "val/loss"
-    monitor_mode = "min"
 
     def __init__(
         self,
-        img_size: int = 224,
-        in_chans: int = 3,
-        embed_dim: int = 96,
-        num_heads: int = 1,
-        stages: Sequence[int] = (1, 2, 7, 2),
-        q_pool: int = 2,
-        q_stride: int = 2,
-        mask_unit_size: int = 8,
-        mask_unit_attn: Sequence[bool] = (True, True, False, False),
-        patch_kernel: int = 7,
-        patch_stride: int = 4,
-        patch_padding: int = 3,
-        mlp_ratio: float = 4.0,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        norm_pix_loss: bool = True,
         mask_ratio: float = 0.6,
         warmup_epochs: float = 40.0,
         val_seed: int = 0,
+        num_images: int = 8,
         optimizer: OptimizerCallable = adamw_hiera_mae,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
-        super().__init__()
-        if warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        check_network_kwargs(MaskedAutoencoderHiera, net_kwargs, type(self).__name__)
+        net = MaskedAutoencoderHiera(**net_kwargs)
+        super().__init__(net, mask_ratio, None, warmup_epochs, val_seed, num_images, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = MaskedAutoencoderHiera(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim, num_heads=num_heads, stages=stages,
-                                            q_pool=q_pool, q_stride=q_stride, mask_unit_size=mask_unit_size, mask_unit_attn=mask_unit_attn,
-                                            patch_kernel=patch_kernel, patch_stride=patch_stride, patch_padding=patch_padding,
-                                            mlp_ratio=mlp_ratio, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
-                                            decoder_num_heads=decoder_num_heads, norm_pix_loss=norm_pix_loss)  # fmt: skip
-        num_kept(self.model.mask_grid**2, mask_ratio)  # validates mask_ratio against the number of units
-        self.mask_ratio = mask_ratio
-        self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
 
-    def forward(self, images: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model(images, self.mask_ratio, noise=noise)
+    @property
+    def num_mask_units(self) -> int:
+        """Hiera masks whole mask units, not patches."""
+        return self.model.mask_grid**2
 
-    def forward_features(self, images: Tensor) -> Tensor:
-        return self.model.forward_features(images)
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self(batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        images = batch["image"]
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        noise = torch.rand(len(images), self.model.mask_grid**2, generator=generator).to(images.device)
-        loss, _, _ = self(images, noise=noise)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self.forward_features(batch["image"])
-
-    def no_weight_decay(self) -> set[str]:
-        named = {f"model.{n}" for n in self.model.no_weight_decay()}
-        return {name for name, p in self.named_parameters() if p.ndim < 2 or name in named}
-
-    def configure_optimizers(self) -> Any:
-        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, None, self.hparams.warmup_epochs)
+    def removed_patches(self, mask: Tensor) -> Tensor:
+        """The network's ``keep`` ``(B, #units)`` (True = visible) as ``(B, h·w)`` removed prediction patches."""
+        return ~self.model.token_keep(mask)

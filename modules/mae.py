@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
@@ -26,6 +25,8 @@ from torch.optim import AdamW
 
 from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint, unwrap_state_dict
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.masked_modelling import MaskedModellingModule
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn import (
     Block,
     PatchEmbed,
@@ -33,16 +34,12 @@ from litzoo.framework.nn import (
     gather_tokens,
     init_vit_weights,
     normalized_pixel_target,
-    num_kept,
     patchify,
     random_token_mask,
     restore_tokens,
     sincos_pos_embed_2d,
     unpatchify,
 )
-from litzoo.framework.nn.patches import blank_removed_patches
-from litzoo.framework.optim import blr_warmup_cosine
-from litzoo.framework.visualization import image_grid, log_image
 
 # ---------------------------------------------------------------------------------------- the model
 
@@ -223,27 +220,21 @@ def adamw_mae(params: Any, lr: float = 1.5e-4, betas: tuple[float, float] = (0.9
     return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
 
 
-
-
 # ------------------------------------------------------------------------------ the LightningModule
 
 
-class MAEModule(L.LightningModule):
+class MAEModule(MaskedModellingModule):
     """Masked-autoencoder pretraining of :class:`MaskedAutoencoderViT` on ``{"image": ...}`` batches.
 
-    Logs ``train/loss``; on validation ``val/loss`` (masked-patch loss on held-out images with a
-    fixed mask: the noise of batch ``i`` is drawn from ``torch.Generator().manual_seed(val_seed + i)``,
-    so epochs are comparable) and ``val/mean_baseline_loss``, the same loss for the best constant
-    predictor: every removed patch predicted as the mean target value over the batch's removed
-    patches (0 for norm-pix targets, whose patches each have mean 0; the mean pixel otherwise).
-    Every validation epoch a TensorBoard image ``val/reconstruction`` shows rows of originals, masked
-    inputs (removed patches at the image's minimum) and reconstructions in pixel space.
-
-    :meth:`forward_features` gives the class token of the encoder run on all patches (what linear /
-    k-NN probes read).
+    The Lightning side is :class:`litzoo.framework.masked_modelling.MaskedModellingModule`: logs ``train/loss``;
+    on validation ``val/loss`` (masked-patch loss on held-out images with a fixed mask: the noise of batch
+    ``i`` is drawn from ``torch.Generator().manual_seed(val_seed + i)``, so epochs are comparable) and
+    ``val/mean_baseline_loss``, the same loss for the best constant predictor (0 for norm-pix targets, the
+    mean pixel otherwise). Every validation epoch a TensorBoard image ``val/reconstruction`` shows rows of
+    originals, masked inputs (removed patches at the image's minimum) and reconstructions in pixel space.
+    :meth:`forward_features` gives the class token of the encoder run on all patches (what probes read).
 
     Args:
-        img_size … norm_pix_loss: the :class:`MaskedAutoencoderViT` (defaults: ViT-B/16, decoder 512-d × 8).
         mask_ratio: fraction of patches removed (0.75).
         blr: base learning rate; the optimizer's lr becomes ``blr · effective_batch / 256`` with
             ``effective_batch = DataModule.batch_size × devices × nodes × accumulate_grad_batches``.
@@ -256,24 +247,12 @@ class MAEModule(L.LightningModule):
             (timm's ``no_weight_decay`` list; the official pretraining script, through timm 0.3.2's
             ``add_weight_decay``, decays the two 3-D tokens — a negligible difference).
         lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine to 0, per step.
+        **net_kwargs: the :class:`MaskedAutoencoderViT`'s arguments, ``img_size`` … ``norm_pix_loss``
+            (defaults: ViT-B/16, decoder 512-d × 8, norm-pix targets).
     """
-
-    monitor = "val/loss"
-    monitor_mode = "min"
 
     def __init__(
         self,
-        img_size: int = 224,
-        patch_size: int = 16,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        decoder_embed_dim: int = 512,
-        decoder_depth: int = 8,
-        decoder_num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        norm_pix_loss: bool = True,
         mask_ratio: float = 0.75,
         blr: float | None = 1.5e-4,
         warmup_epochs: float = 40.0,
@@ -281,80 +260,10 @@ class MAEModule(L.LightningModule):
         num_images: int = 8,
         optimizer: OptimizerCallable = adamw_mae,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
-        super().__init__()
-        num_kept((img_size // max(patch_size, 1)) ** 2, mask_ratio)  # validates mask_ratio
-        if blr is not None and blr <= 0:
-            raise ValueError(f"blr must be positive (or null to keep the optimizer's lr), got {blr}")
-        if warmup_epochs < 0 or num_images < 0:
-            raise ValueError(f"warmup_epochs and num_images must be >= 0, got {warmup_epochs} and {num_images}")
+        check_network_kwargs(MaskedAutoencoderViT, net_kwargs, type(self).__name__)
+        net = MaskedAutoencoderViT(**net_kwargs)
+        super().__init__(net, mask_ratio, blr, warmup_epochs, val_seed, num_images, optimizer, lr_scheduler)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = MaskedAutoencoderViT(
-            img_size, patch_size, in_chans, embed_dim, depth, num_heads,
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, norm_pix_loss,
-        )  # fmt: skip
-        self.mask_ratio = mask_ratio
-        self.optimizer = optimizer
-        self.lr_scheduler = lr_scheduler
-        self.example_input_array = torch.zeros(2, in_chans, img_size, img_size)
-        self._grid_images: Tensor | None = None
-
-    def forward(self, imgs: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        return self.model(imgs, self.mask_ratio, noise)
-
-    def forward_features(self, images: Tensor) -> Tensor:
-        """``(B, D)`` pooled encoder features (class token, all patches visible, no masking)."""
-        return self.model.forward_features(images)
-
-    # ------------------------------------------------------------------------------- steps
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, _, _ = self(batch["image"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
-        return loss
-
-    def _fixed_noise(self, images: Tensor, batch_idx: int) -> Tensor:
-        generator = torch.Generator().manual_seed(self.hparams.val_seed + batch_idx)
-        return torch.rand(len(images), self.model.patch_embed.num_patches, generator=generator).to(images.device)
-
-    def _evaluate(self, batch: dict[str, Tensor], batch_idx: int, stage: str) -> None:
-        images = batch["image"]
-        loss, pred, mask = self(images, noise=self._fixed_noise(images, batch_idx))
-        target = self.model.target(images)
-        removed = mask.bool()
-        constant = target[removed].mean()  # 0 for norm-pix targets
-        baseline = ((target - constant).pow(2).mean(dim=-1) * mask).sum() / mask.sum()
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(images))
-        self.log(f"{stage}/mean_baseline_loss", baseline, sync_dist=True, batch_size=len(images))
-        if stage == "val" and batch_idx == 0 and self.hparams.num_images:
-            count = self.hparams.num_images
-            self._grid_images = torch.stack([images[:count], self.masked_input(images[:count], mask[:count]),
-                                             self.model.reconstruct(images[:count], pred[:count], mask[:count])])  # fmt: skip
-
-    def masked_input(self, images: Tensor, mask: Tensor) -> Tensor:
-        """The encoder's view: removed patches set to each image's minimum value."""
-        return self.model.unpatchify(blank_removed_patches(self.model.patchify(images), mask))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
-
-    def on_validation_epoch_end(self) -> None:
-        grid, self._grid_images = self._grid_images, None
-        if grid is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
-            return
-        log_image(self, "val/reconstruction", image_grid(list(grid.detach().float().cpu())))
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """``(B, D)`` encoder features of the batch's images (see :meth:`forward_features`)."""
-        return self.forward_features(batch["image"])
-
-    # ------------------------------------------------------------------------- optimizers
-    def no_weight_decay(self) -> set[str]:
-        """1-D parameters (biases, norm gains) and the class / mask tokens and position embeddings."""
-        tokens = ("cls_token", "mask_token", "pos_embed")
-        return {name for name, p in self.named_parameters() if p.ndim < 2 or name.endswith(tokens)}
-
-    def configure_optimizers(self) -> Any:
-        return blr_warmup_cosine(self, self.optimizer, self.lr_scheduler, self.hparams.blr, self.hparams.warmup_epochs)
+        self.example_input_array = torch.zeros(2, net.in_chans, *net.patch_embed.input_hw)

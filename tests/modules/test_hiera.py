@@ -7,10 +7,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
 
 from litzoo.datamodules.digits import DigitsDataModule
 from litzoo.framework.checkpoints import convert_official_state_dict
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.visualization import image_grid
 from litzoo.modules.hiera import Hiera, HieraClassifier, HieraMAEModule, MaskedAutoencoderHiera, MaskUnitAttention, q_pool, reroll, unroll
 
 # 32x32 images, 8x8 tokens, mask units 4x4 tokens (16x16 px): 4 units; widths 8-16-32
@@ -296,3 +299,76 @@ def test_classifier_module_features_and_weight_decay_groups():
     assert module(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     assert module.forward_features(torch.randn(2, 1, 32, 32)).shape == (2, 32)
     assert "net.pos_embed" in module.no_weight_decay() and "net.blocks.0.attn.qkv.weight" not in module.no_weight_decay()
+
+
+def test_mae_module_logs_reconstructions_of_its_fixed_masks(tmp_path, monkeypatch):
+    """Rows original / masked / reconstruction of the first validation batch, with the mask of
+    ``Generator().manual_seed(val_seed)``; q_pool 1 makes each mask unit 2x2 predicted patches of 8x8 px."""
+    torch.manual_seed(0)
+    module = HieraMAEModule(**dict(TINY, in_chans=1, q_pool=1), decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2,
+                            mask_ratio=0.5, num_images=2, val_seed=3)  # fmt: skip
+    assert module.model.pred_stride == 8 and module.model.unit_final == 2
+    images = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    logger = TensorBoardLogger(tmp_path)
+    logged = []
+    monkeypatch.setattr(logger.experiment, "add_image", lambda tag, image, step: logged.append((tag, image)))
+    trainer = L.Trainer(accelerator="cpu", logger=logger, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(module, DataLoader([{"image": images}], batch_size=None), verbose=False)[0]
+    assert [tag for tag, _ in logged] == ["val/reconstruction"] and 0 < metrics["val/mean_baseline_loss"]
+    grid = logged[0][1]
+    assert grid.shape == (3, 3 * 32, 2 * 32)
+    model = module.model.eval()
+    keep = model.random_keep(3, 0.5, noise=torch.rand(3, 4, generator=torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        loss, pred, _ = model(images, keep=keep)
+    assert metrics["val/loss"] == pytest.approx(float(loss), rel=1e-6)
+    kept_pixels = F.interpolate(keep.reshape(3, 1, 2, 2).float(), size=(32, 32)).bool()
+    masked = torch.where(kept_pixels, images, images.flatten(1).min(dim=1).values[:, None, None, None])
+    reconstruction = model.reconstruct(images, pred, keep)  # the network's own: visible pixels kept exactly
+    assert not torch.allclose(reconstruction[~kept_pixels], images[~kept_pixels])
+    torch.testing.assert_close(grid, image_grid([images[:2], masked[:2], reconstruction[:2]]))
+
+
+def test_network_arguments_are_forwarded_and_saved_flat():
+    clf = HieraClassifier(num_classes=10, **dict(TINY, in_chans=1), dim_mul=1.0, head_mul=1.0, head_init_scale=0.0)
+    assert clf.net.dim == 8 and clf.net.blocks[-1].attn.heads == 1  # dim_mul / head_mul reach the network
+    assert not clf.net.head.projection.weight.any()  # head_init_scale 0
+    hparams = dict(clf.hparams)
+    assert {"num_classes": 10, "embed_dim": 8, "stages": (1, 2, 1), "dim_mul": 1.0, "head_init_scale": 0.0}.items() <= hparams.items()
+    assert not any(isinstance(v, dict) for v in hparams.values())  # flat: no nested net_kwargs
+    rebuilt = HieraClassifier(**hparams)  # how a checkpoint rebuilds the module
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in clf.state_dict().items()}
+    mae = HieraMAEModule(**dict(TINY, in_chans=1), decoder_embed_dim=8, decoder_depth=1, decoder_num_heads=2, mask_ratio=0.5)
+    hparams = dict(mae.hparams)
+    assert {"mask_ratio": 0.5, "q_pool": 2, "decoder_embed_dim": 8, "mask_unit_size": 4, "in_chans": 1}.items() <= hparams.items()
+    assert not any(isinstance(v, dict) for v in hparams.values())
+    assert set(HieraMAEModule(**hparams).state_dict()) == set(mae.state_dict())
+
+
+def test_unknown_network_arguments_are_named():
+    with pytest.raises(ValueError, match=r"HieraClassifier: unknown network argument 'embed_dims' \(did you mean 'embed_dim'\?\) for Hiera"):
+        HieraClassifier(num_classes=10, embed_dims=8)
+    with pytest.raises(ValueError, match=r"HieraMAEModule: unknown network argument 'decoder_dim'.* for MaskedAutoencoderHiera"):
+        HieraMAEModule(decoder_dim=8)
+    with pytest.raises(TypeError, match="nonsense"):  # the plain models: Python's own error names it
+        MaskedAutoencoderHiera(nonsense=1)
+
+
+@pytest.mark.parametrize("class_path", ["litzoo.modules.hiera.HieraClassifier", "litzoo.modules.hiera.HieraMAEModule"])
+def test_cli_help_lists_the_network_arguments_with_types(class_path, capsys):
+    from litzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.help", class_path])
+    text = " ".join(capsys.readouterr().out.split())
+    sections: dict[str, str] = {}  # argument name -> its help ("--model.stages [ITEM,...], --model.stages+ [ITEM,...] ...")
+    for part in text.split("--model.")[1:]:
+        name = part.split()[0].rstrip("+")
+        sections[name] = sections.get(name, "") + part
+    for argument, kind in (("embed_dim", "int"), ("stages", "Sequence[int]"), ("mask_unit_attn", "Sequence[bool]"), ("dim_mul", "float")):
+        assert f"(type: {kind}, default:" in sections[argument], argument
+    if class_path.endswith("HieraMAEModule"):  # the encoder's arguments through MaskedAutoencoderHiera's **kwargs, not the head's
+        assert "(type: int, default: 8)" in sections["decoder_depth"] and "(type: int, default: 2)" in sections["q_pool"]
+        assert not {"num_classes", "head_dropout", "head_init_scale"} & set(sections)
+    else:
+        assert "(type: float, default: 0.001)" in sections["head_init_scale"] and "decoder_depth" not in sections
