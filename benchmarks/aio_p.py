@@ -7,7 +7,7 @@ Data: the first 200 networks of ``data/architectures/digits_v1.jsonl`` (50 per f
 classification accuracy, noisy-digits accuracy and digit-value regression (metric −RMSE in digit units,
 another scale and meaning). Two settings: sources classification + noisy digits → target digit value, and
 sources classification + digit value → target noisy digits. Missing task labels are generated
-(``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``:
+(``litzoo architecture-tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``:
 400 trainings, 16 minutes on one core of a busy 2-core machine); a missing benchmark too (about 8 minutes).
 
 30% of the architectures are held out (never seen in training on any task); 20 of them are the few-shot
@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 
 from litzoo.datamodules.architecture_tasks import MultiTaskArchitectureDataModule, generate_task_labels, load_task_labels, tasks_path  # noqa: E402
-from litzoo.datamodules.architectures import generate_architecture_benchmark  # noqa: E402
-from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.datamodules.architectures import DigitsSplits  # noqa: E402
+from litzoo.framework.nas import FAMILIES, generate_architecture_benchmark  # noqa: E402
 from litzoo.modules.aio_p import AIOPModule  # noqa: E402
 
 DATA = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
@@ -69,7 +69,7 @@ def ensure_data() -> tuple[Path, dict[str, float]]:
     if not DATA.is_file() or sum(1 for _ in DATA.open()) < RECORDS:
         print(f"  generating {DATA} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        generate_architecture_benchmark(DATA, RECORDS // len(FAMILIES), FAMILIES, seed=0, epochs=3, progress=False)
+        generate_architecture_benchmark(DATA, DigitsSplits(), RECORDS // len(FAMILIES), FAMILIES, seed=0, epochs=3, progress=False)
         spent["benchmark_s"] = time.perf_counter() - start
     labels = load_task_labels(DATA) if tasks_path(DATA).is_file() else {}
     if sum(1 for i, v in labels.items() if i < RECORDS and len(v) == 3) < RECORDS:

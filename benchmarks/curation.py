@@ -256,7 +256,7 @@ def format_section(results: dict) -> str:
     m = meta
     lines += [
         "",
-        f"MetaCLIP balancing (`framework/curation.py`) of a synthetic Zipf pool: {m['texts']:,} captions matching 1–3 of "
+        f"MetaCLIP balancing (`framework/curation/metaclip.py`) of a synthetic Zipf pool: {m['texts']:,} captions matching 1–3 of "
         f"{m['entries']:,} entries, t = {m['t']}.",
         "",
         "| statement | measured |",

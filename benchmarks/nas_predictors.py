@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
-from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
-from litzoo.framework.ranking import top_k_precision  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, DigitsSplits  # noqa: E402
+from litzoo.framework.nas import FAMILIES, generate_architecture_benchmark, top_k_precision  # noqa: E402
 from litzoo.modules.gennape import GENNAPEModule  # noqa: E402
 
 DATA = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
@@ -53,7 +52,7 @@ VARIANTS = {
 def ensure_benchmark() -> Path:
     if not DATA.is_file() or sum(1 for _ in DATA.open()) < PER_FAMILY * len(FAMILIES):
         print(f"  generating {DATA} ({PER_FAMILY} networks per family) ...", file=sys.stderr, flush=True)
-        generate_architecture_benchmark(DATA, PER_FAMILY, FAMILIES, seed=0, epochs=3, progress=False)
+        generate_architecture_benchmark(DATA, DigitsSplits(), PER_FAMILY, FAMILIES, seed=0, epochs=3, progress=False)
     return DATA
 
 

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
-from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, DigitsSplits  # noqa: E402
+from litzoo.framework.nas import FAMILIES, generate_architecture_benchmark  # noqa: E402
 from litzoo.framework.nn.cg import laplacian_eigenvectors  # noqa: E402
 from litzoo.modules.transferable_predictor import TransferablePredictorModule  # noqa: E402
 
@@ -99,7 +99,7 @@ def main() -> dict:
     common.quiet_lightning()
     start = time.perf_counter()
     if not DATA.is_file():
-        generate_architecture_benchmark(DATA, per_family=50)
+        generate_architecture_benchmark(DATA, DigitsSplits(), per_family=50)
     results: dict = {"families": {}, "seeds": list(SEEDS)}
     for family in HELD_OUT:
         rows = {"none": [], "pretrained": [], "params": [], "flops": []}

@@ -22,11 +22,11 @@ Setup (all on the CPU, digits 8x8):
   phase, one head (``contrastive_epochs=0, num_clusters=1``, the "plain k-GNN" ablation of the module),
   Adam lr 1e-3 (not the demo's 1e-4, which needs many more epochs), ``PREDICTOR_EPOCHS`` epochs; trained
   once (seed 0) and shared by the seeds below. Its zero-shot SRCC on the target family is reported.
-- search: :func:`litzoo.framework.nas_search.evolutionary_search` (regularized evolution, population 50,
+- search: :func:`litzoo.framework.nas.evolutionary_search` (regularized evolution, population 50,
   tournament 10, 25 children per generation, ``GENERATIONS`` = 12 generations: 350 candidates, fewer
   predictor calls as repeats reuse their score), scored by the predictor; the top
   N distinct predicted candidates are trained (3 epochs, as the benchmark labels).
-- baseline: :func:`litzoo.framework.nas_search.random_search`, N random networks within the limit, trained the same way.
+- baseline: :func:`litzoo.framework.nas.random_search`, N random networks within the limit, trained the same way.
 - seeds 0, 1, 2 (search / random draws and training seeds); the same training seed for both arms.
 """
 
@@ -46,10 +46,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 
-from litzoo.datamodules.architectures import ArchitectureDataModule, generate_architecture_benchmark  # noqa: E402
+from litzoo.datamodules.architectures import ArchitectureDataModule, DigitsSplits  # noqa: E402
 from litzoo.framework.graph import load_graphs_jsonl  # noqa: E402
-from litzoo.framework.nas_search import evaluate_candidates, evolutionary_search, predictor_score_fn, random_search  # noqa: E402
-from litzoo.framework.nas_spaces import FAMILIES  # noqa: E402
+from litzoo.framework.nas import (  # noqa: E402
+    FAMILIES,
+    evaluate_candidates,
+    evolutionary_search,
+    generate_architecture_benchmark,
+    predictor_score_fn,
+    random_search,
+)
 from litzoo.modules.gennape import GENNAPEModule  # noqa: E402
 
 BENCHMARK = common.ROOT / "data" / "architectures" / "digits_v1.jsonl"
@@ -68,7 +74,7 @@ def labelled_benchmark() -> tuple[Path, float]:
     if BENCHMARK.is_file():
         return BENCHMARK, 0.0
     start = time.perf_counter()
-    path = generate_architecture_benchmark(GENERATED, per_family=GENERATE_PER_FAMILY, epochs=TRAIN_EPOCHS, progress=False)
+    path = generate_architecture_benchmark(GENERATED, DigitsSplits(), per_family=GENERATE_PER_FAMILY, epochs=TRAIN_EPOCHS, progress=False)
     return path, time.perf_counter() - start
 
 
@@ -105,9 +111,10 @@ def search_and_evaluate(predictor: GENNAPEModule, target: str, limit: float, see
     evo = evolutionary_search(target, predictor_score_fn(predictor), limit, population=POPULATION, generations=GENERATIONS,
                               sample_size=SAMPLE_SIZE, children=CHILDREN, top_k=N_EVALUATIONS, seed=seed)  # fmt: skip
     search_seconds = time.perf_counter() - start
-    guided = evaluate_candidates(evo.best, TRAIN_EPOCHS, seed)
+    digits = DigitsSplits()
+    guided = evaluate_candidates(evo.best, digits, TRAIN_EPOCHS, seed)
     rand = random_search(target, N_EVALUATIONS, limit, seed=seed)
-    random_records = evaluate_candidates(rand.best, TRAIN_EPOCHS, seed)
+    random_records = evaluate_candidates(rand.best, digits, TRAIN_EPOCHS, seed)
     return {"seed": seed, "search_seconds": search_seconds, "predictor_calls": evo.score_calls, "guided": _summary(guided),
             "random": _summary(random_records), "guided_records": guided, "random_records": random_records}  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Text quality-based pruning (Sharma et al., arXiv:2405.01582): a tiny GPT trained on the full vs the pruned corpus.
 
 The synthetic corpus of ``litzoo.datamodules.synthetic.text_quality_corpus`` (SYNTHETIC: clean grammar
-sentences; 40% of the documents carry 1-4 web-junk lines) is scored with ``litzoo.framework.text_quality``
+sentences; 40% of the documents carry 1-4 web-junk lines) is scored with ``litzoo.framework.curation.text_quality``
 (12 line filters, weights from a bigram LM fitted on the training lines) and the top 60% of the
 training documents are kept, as the paper does on OpenWebText. The GPT of ``configs/text_quality``
 is trained on each training set for the *same number of tokens* (``token_budget`` per epoch: the
@@ -36,8 +36,8 @@ from torchmetrics.functional.classification import binary_auroc
 
 from litzoo.datamodules.synthetic import text_quality_corpus
 from litzoo.datamodules.text_corpus import TextCorpusDataModule, read_jsonl_texts
+from litzoo.framework.curation import prune
 from litzoo.framework.data.tokenization import TextTokenizer
-from litzoo.framework.text_quality import prune
 from litzoo.modules.gpt import GPTLanguageModel
 
 CONFIG = ROOT / "configs" / "text_quality" / "corpus_pruned.yaml"

@@ -15,13 +15,13 @@ networks as a benchmark of :mod:`litzoo.datamodules.architectures` (their specs 
   deviation ``noise_sigma`` (in units of the normalised pixels, train and validation alike), metric =
   validation top-1 accuracy.
 
-Each network trains as the benchmark's own labels were made (:func:`litzoo.datamodules.architectures.train_and_evaluate`
+Each network trains as the benchmark's own labels were made (:func:`litzoo.framework.nas.train_and_evaluate`
 settings: AdamW lr 3e-3, wd 1e-2, batch 64, the benchmark's epochs and seed, one thread), so labels are
 deterministic on one machine. :func:`generate_task_labels` appends one JSONL record per (network, task) to
 ``<benchmark>.tasks.jsonl`` (``{"index", "family", "task", "value", "generation"}``), flushed and fsynced,
 resumable (a killed run continues; ``limit`` labels only the first N records, so a long labelling can be
-done in pieces). ``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl
---limit 200`` runs it.
+done in pieces). ``litzoo architecture-tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``
+runs it.
 
 :class:`MultiTaskArchitectureDataModule` serves CG batches with a ``task`` id per graph: SOURCE tasks on one
 set of architectures (train / val) and a held-out TARGET task on architectures never seen in training
@@ -31,30 +31,30 @@ normalisation (:class:`TaskNormalizer`, the official ``MultiTaskNormalizer``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from litzoo.datamodules.architectures import (
-    DigitsSplits,
-    GraphSplitsDataModule,
+from litzoo.datamodules.architectures import DigitsSplits, GraphSplitsDataModule
+from litzoo.framework.data.jsonl import append_record, complete_records, truncate_file
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas import (
+    FAMILIES,
+    TrainValSplits,
+    build_network,
     generate_architecture_benchmark,
     load_benchmark_specs,
+    spec_from_dict,
     specs_path,
     train_and_evaluate,
 )
-from litzoo.framework.data.jsonl import append_record, complete_records, truncate_file
-from litzoo.framework.errors import LitzooError
-from litzoo.framework.nas_spaces import FAMILIES, build_network, spec_from_dict
 
 BENCHMARK_TASK = "classification"
 """The task whose label is the benchmark's own ``accuracy``."""
@@ -73,18 +73,16 @@ def check_task(task: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- labelling
-def noisy_splits(data: DigitsSplits, sigma: float, seed: int) -> DigitsSplits:
+def noisy_splits(data: TrainValSplits, sigma: float, seed: int) -> TrainValSplits:
     """A copy of ``data`` whose train and val images carry one fixed draw of N(0, sigma²) pixel noise
     (seeded; the global RNG is untouched)."""
     generator = torch.Generator().manual_seed(seed)
-    noisy = object.__new__(DigitsSplits)
-    noisy.train_x = data.train_x + sigma * torch.randn(data.train_x.shape, generator=generator)
-    noisy.val_x = data.val_x + sigma * torch.randn(data.val_x.shape, generator=generator)
-    noisy.train_y, noisy.val_y = data.train_y, data.val_y
-    return noisy
+    train_x = data.train_x + sigma * torch.randn(data.train_x.shape, generator=generator)
+    val_x = data.val_x + sigma * torch.randn(data.val_x.shape, generator=generator)
+    return TrainValSplits(train_x, data.train_y, val_x, data.val_y)
 
 
-def train_value_regressor(model: nn.Module, data: DigitsSplits, epochs: int, seed: int, batch_size: int = 64,
+def train_value_regressor(model: nn.Module, data: TrainValSplits, epochs: int, seed: int, batch_size: int = 64,
                           lr: float = 3e-3, weight_decay: float = 1e-2) -> float:  # fmt: skip
     """Trains a one-output ``model`` to regress the digit value (MSE on ``(value − 4.5) / 2.9``; AdamW, batches
     shuffled by a generator seeded with ``seed``) and returns ``−RMSE`` on the validation digits in digit units."""
@@ -110,7 +108,7 @@ def train_value_regressor(model: nn.Module, data: DigitsSplits, epochs: int, see
     return -float(torch.sqrt(torch.mean((pred - data.val_y.float()) ** 2)))
 
 
-def label_task(spec: dict, task: str, data: DigitsSplits, noisy: DigitsSplits | None, epochs: int, seed: int) -> float:
+def label_task(spec: dict, task: str, data: TrainValSplits, noisy: TrainValSplits | None, epochs: int, seed: int) -> float:
     """The label of one network on one extra task (weights seeded by ``seed``). Call with one thread."""
     torch.manual_seed(seed)
     if task == "digit_value":
@@ -140,7 +138,7 @@ def generate_task_labels(
     ``<benchmark>.tasks.jsonl``), appending as it goes and resuming a killed run.
 
     Args:
-        benchmark: a file of :func:`litzoo.datamodules.architectures.generate_architecture_benchmark` (its specs sidecar is read).
+        benchmark: a file of :func:`litzoo.framework.nas.generate_architecture_benchmark` (its specs sidecar is read).
         tasks: extra tasks to label (:data:`EXTRA_TASKS`).
         limit: label only the first ``limit`` records of the benchmark (``None``: all); rerun with a larger
             one to extend the file.
@@ -226,34 +224,18 @@ def load_task_labels(benchmark: str | Path, path: str | Path | None = None) -> d
     return labels
 
 
-def tasks_command(argv: Sequence[str]) -> None:
-    """``python -m litzoo.datamodules.architecture_tasks --benchmark data/architectures/digits_v1.jsonl --limit 200``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m litzoo.datamodules.architecture_tasks", description=generate_task_labels.__doc__.splitlines()[0]
-    )
-    parser.add_argument("--benchmark", required=True, help="benchmark JSONL (with its .specs.jsonl)")
-    parser.add_argument("--tasks", nargs="+", default=list(EXTRA_TASKS), choices=list(EXTRA_TASKS))
-    parser.add_argument("--limit", type=int, default=None, help="label only the first N records")
-    parser.add_argument("--noise-sigma", type=float, default=1.0)
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(list(argv))
-    start = time.perf_counter()
-    path = generate_task_labels(args.benchmark, args.tasks, args.limit, noise_sigma=args.noise_sigma, progress=not args.no_progress)
-    print(f"{path}: generated or resumed in {time.perf_counter() - start:.1f} s")
-
-
 def synthetic_task_benchmark(path: str | Path, per_family: int = 6, seed: int = 0, noise: float = 0.01) -> Path:
     """Writes a SYNTHETIC multi-task benchmark (no training; for tests and demos): ``per_family`` untrained
     networks of each family as a graph file, its specs sidecar and a tasks file, in the formats of
-    :func:`generate_architecture_benchmark` and :func:`generate_task_labels`. With ``a`` =
+    :func:`litzoo.framework.nas.generate_architecture_benchmark` and :func:`generate_task_labels`. With ``a`` =
     :func:`litzoo.datamodules.architectures.synthetic_accuracy`: ``classification = a``,
     ``digit_value = −(3 − 2.5 a) + noise`` and ``noisy_digits = 0.8 a² + noise`` (related tasks on
     different scales, as AIO-P's are)."""
     import random
 
-    from litzoo.datamodules.architectures import network_graph, synthetic_accuracy
+    from litzoo.datamodules.architectures import synthetic_accuracy
     from litzoo.framework.graph import save_graphs_jsonl
-    from litzoo.framework.nas_spaces import sample_spec
+    from litzoo.framework.nas import network_graph, sample_spec
 
     path = Path(path).expanduser()
     generator = torch.Generator().manual_seed(seed)
@@ -435,7 +417,7 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
         try:
             hp = self.hparams
             staged = generate_architecture_benchmark(
-                staging / target.name, hp.generate_per_family, FAMILIES, hp.seed, hp.generate_epochs,
+                staging / target.name, DigitsSplits(), hp.generate_per_family, FAMILIES, hp.seed, hp.generate_epochs,
                 train_subset=hp.generate_train_subset, latency_repeats=2, progress=False,
             )  # fmt: skip
             generate_task_labels(staged, EXTRA_TASKS, progress=False)
@@ -458,7 +440,7 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
             if not needed.is_file():
                 raise LitzooError(
                     f"multi-task architecture benchmark: expected {what} at '{needed}' (make the task labels with "
-                    f"`python -m litzoo.datamodules.architecture_tasks --benchmark {path}`)"
+                    f"`litzoo architecture-tasks --benchmark {path}`)"
                 )
         return path
 
@@ -530,8 +512,3 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
             raise LitzooError("finetune_samples is 0: there is no few-shot split")
         return self._loader("finetune", shuffle=shuffle, batch_size=batch_size)
 
-
-if __name__ == "__main__":
-    import sys
-
-    tasks_command(sys.argv[1:])

@@ -7,13 +7,12 @@ family held out of training, zero-shot or after fine-tuning on a few labelled gr
 label NAS-Bench-101/201/301 and OFA networks trained on CIFAR/ImageNet; this module makes the same kind of
 data in minutes:
 
-- :func:`generate_architecture_benchmark` samples networks of the families of :mod:`litzoo.framework.nas_spaces`,
-  trains each briefly on scikit-learn's digits (fixed seed and budget, single-threaded, deterministic),
-  and appends one JSONL record per network: its computation graph (:func:`litzoo.framework.graph.computation_graph`)
-  labelled with validation ``accuracy``, ``flops`` (``torch.utils.flop_counter``, batch 1; a multiply-add is
-  2 FLOPs), ``params`` and CPU ``latency_ms`` (median batch-1 forward, 1 thread), and its family; the
-  network's spec goes to a sidecar ``<name>.specs.jsonl``, line for line (a CG dict holds no extra keys).
-  A killed run resumes where it stopped. ``litzoo architectures --out ... --per-family 50`` runs it.
+- :class:`DigitsSplits` is the data the benchmark's networks are labelled on: scikit-learn's digits as train /
+  validation tensors. :func:`litzoo.framework.nas.generate_architecture_benchmark` samples networks of the families
+  of :mod:`litzoo.framework.nas.spaces`, trains each briefly on them (fixed seed and budget, single-threaded,
+  deterministic) and appends one JSONL record per network: its computation graph labelled with validation
+  ``accuracy``, ``flops``, ``params`` and CPU ``latency_ms``, and its family, with the spec in a sidecar
+  ``<name>.specs.jsonl``; a killed run resumes. ``litzoo architectures --out ... --per-family 50`` runs it.
 - :class:`ArchitectureDataModule` reads such a file, splits it by family (training families vs held-out
   families), standardises the target with training-split statistics and serves torch_geometric batches;
   ``finetune_samples`` draws a few labelled graphs of the held-out families for few-shot transfer.
@@ -22,283 +21,46 @@ data in minutes:
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from litzoo.framework.data.jsonl import append_record, complete_records, truncate_file
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.nas_spaces import FAMILIES, ArchSpec, build_network, check_family, sample_spec
-from litzoo.framework.profiling import count_flops, count_parameters, measure_latency
+from litzoo.framework.nas import (
+    FAMILIES,
+    TrainValSplits,
+    build_network,
+    check_family,
+    generate_architecture_benchmark,
+    network_graph,
+    sample_spec,
+    specs_path,
+)
 
-TARGETS = ("accuracy", "flops", "params", "latency_ms")
-"""Labels of every record of a generated benchmark (the synthetic data module has accuracy, flops, params)."""
 
-BENCHMARK_VERSION = 1
-INPUT_SHAPE = (1, 1, 8, 8)
-
-
-# --------------------------------------------------------------------------------------------- labelling
-class DigitsSplits:
-    """The digits as tensors for labelling: the stratified split of :class:`litzoo.datamodules.digits.DigitsDataModule`
-    with ``val_fraction=0.25, test_fraction=0.05`` (train ≈ 1258 images, val = 450 images, normalised with
-    training statistics). ``train_subset`` keeps the first N training images (tests)."""
+# --------------------------------------------------------------------------------------------- the digits
+class DigitsSplits(TrainValSplits):
+    """The digits as tensors for labelling (:class:`litzoo.framework.nas.TrainValSplits`): the stratified split of
+    :class:`litzoo.datamodules.digits.DigitsDataModule` with ``val_fraction=0.25, test_fraction=0.05`` (train ≈ 1258
+    images, val = 450 images, normalised with training statistics). ``train_subset`` keeps the first N training
+    images (tests)."""
 
     def __init__(self, train_subset: int | None = None, split_seed: int = 0) -> None:
-        from litzoo.datamodules.digits import DigitsDataModule
+        from litzoo.datamodules.digits import DigitsDataModule  # scikit-learn loads only when the digits are needed
 
         data = DigitsDataModule(val_fraction=0.25, test_fraction=0.05, split_seed=split_seed)
         data.setup()
         train, val = data.datasets["train"], data.datasets["val"]
-        self.train_x, self.train_y = train.tensors["image"], train.tensors["label"]
-        self.val_x, self.val_y = val.tensors["image"], val.tensors["label"]
+        super().__init__(train.tensors["image"], train.tensors["label"], val.tensors["image"], val.tensors["label"])
         if train_subset is not None:
             self.train_x, self.train_y = self.train_x[:train_subset], self.train_y[:train_subset]
-
-
-def train_and_evaluate(
-    model: nn.Module,
-    data: DigitsSplits,
-    epochs: int,
-    seed: int,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-2,
-) -> float:
-    """Trains ``model`` with AdamW (cross-entropy, ``epochs`` passes, batches shuffled by a generator seeded
-    with ``seed``) and returns its top-1 validation accuracy (torchmetrics). Deterministic on CPU when the
-    caller runs it with one thread."""
-    from torchmetrics.classification import MulticlassAccuracy
-
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    n = len(data.train_y)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            if len(rows) < 2:  # BatchNorm needs two samples
-                continue
-            loss = nn.functional.cross_entropy(model(data.train_x[rows]), data.train_y[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    metric = MulticlassAccuracy(num_classes=10, average="micro")
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(data.val_y), 256):
-            metric.update(model(data.val_x[start : start + 256]), data.val_y[start : start + 256])
-    return float(metric.compute())
-
-
-def record_spec(family: str, index: int, seed: int) -> ArchSpec:
-    """The spec of record ``index`` (of ``family``) in a benchmark of ``seed``: drawn from its own
-    ``random.Random``, so it depends on nothing else (a resumed run draws the same networks)."""
-    return sample_spec(family, random.Random(f"litzoo-nas:{seed}:{family}:{index}"))
-
-
-def label_network(
-    spec: ArchSpec,
-    data: DigitsSplits,
-    epochs: int,
-    seed: int,
-    latency_repeats: int = 10,
-) -> tuple[nn.Module, dict[str, float]]:
-    """Builds ``spec`` (weights seeded by ``seed``), trains and measures it: ``(trained model in eval mode,
-    {"accuracy", "flops", "params", "latency_ms"})``. Call it with ``torch.set_num_threads(1)``."""
-    torch.manual_seed(seed)
-    model = build_network(spec)
-    example = torch.zeros(INPUT_SHAPE)
-    labels: dict[str, float] = {
-        "flops": float(count_flops(model, example)),
-        "params": float(count_parameters(model)),
-    }
-    labels["accuracy"] = train_and_evaluate(model, data, epochs, seed)
-    labels["latency_ms"] = 1000.0 * measure_latency(model, torch.randn(INPUT_SHAPE), repeats=latency_repeats, warmup=2)
-    model.eval()
-    return model, labels
-
-
-# --------------------------------------------------------------------------------------------- records
-def specs_path(out_path: str | Path) -> Path:
-    """The sidecar of a benchmark file: ``digits.jsonl -> digits.specs.jsonl``, line k describing graph k as
-    ``{"index", "family", "spec", "generation"}`` (a :class:`ComputationGraph` dict holds no extra keys)."""
-    path = Path(out_path).expanduser()
-    return path.with_name(path.name.removesuffix(".jsonl") + ".specs.jsonl")
-
-
-def network_graph(model: nn.Module, labels: dict[str, float] | None, family: str):
-    """The computation graph of a network of the families (input ``(1, 1, 8, 8)``), labelled."""
-    from litzoo.framework.graph import computation_graph
-
-    return computation_graph(model, torch.zeros(INPUT_SHAPE), label=labels, family=family)
-
-
-def _read_done(path: Path, generation: dict[str, Any]) -> set[int]:
-    """Indices of the records complete in both the graph file and its specs sidecar. Both files are cut back
-    to those records (a run killed mid-record leaves a partial line or one file a line ahead); a malformed
-    line elsewhere, or records of another generation setting, raise LitzooError."""
-    sidecar = specs_path(path)
-    graphs = complete_records(path, "architecture benchmark")
-    specs = complete_records(sidecar, "architecture specs")
-    if graphs and not sidecar.exists():
-        raise LitzooError(
-            f"architecture benchmark '{path}' has no specs file '{sidecar}' beside it: delete it to regenerate, or use another --out"
-        )
-    count = min(len(graphs), len(specs))
-    for _, record in specs[:count]:
-        if record.get("generation") != generation:
-            raise LitzooError(
-                f"architecture benchmark '{path}' was generated with {record.get('generation')}, not {generation}: use another --out or the same settings"
-            )
-    truncate_file(path, graphs[count - 1][0] if count else 0)
-    truncate_file(sidecar, specs[count - 1][0] if count else 0)
-    return {int(record["index"]) for _, record in specs[:count]}
-
-
-def generate_architecture_benchmark(
-    out_path: str | Path,
-    per_family: int = 50,
-    families: Sequence[str] = FAMILIES,
-    seed: int = 0,
-    epochs: int = 3,
-    train_subset: int | None = None,
-    latency_repeats: int = 10,
-    progress: bool = True,
-) -> Path:
-    """Generates (or resumes) a benchmark of ``per_family`` trained networks of each family into ``out_path``.
-
-    Record ``index = i * len(families) + f`` is network ``i`` of ``families[f]`` (families interleave, so a
-    stopped run is balanced); its spec and weights depend only on ``(seed, family, i)``. Records are appended
-    as they are made, each flushed and fsynced; a rerun skips the indices already in the file (dropping a
-    partial last line), so a killed run resumes and ends with the file one uninterrupted run writes (up to
-    ``latency_ms``, a wall-clock measure). Training is single-threaded and seeded: same machine, same labels.
-
-    Args:
-        out_path: the JSONL file (created with its folder).
-        per_family: networks per family (raising it later extends the file).
-        families: families of :mod:`litzoo.framework.nas_spaces` to sample.
-        seed: benchmark seed (specs, initial weights, batch order).
-        epochs: AdamW epochs per network (batch 64, lr 3e-3, weight decay 1e-2).
-        train_subset: train on the first N training digits only (tests).
-        latency_repeats: batch-1 forwards timed for ``latency_ms`` (median).
-        progress: show a tqdm progress bar.
-    """
-    from tqdm.auto import tqdm
-
-    families = [check_family(f) for f in families]
-    if len(set(families)) != len(families):
-        raise LitzooError(f"families must be distinct, got {families}")
-    if per_family < 1 or epochs < 1:
-        raise LitzooError(f"per_family and epochs must be at least 1, got {per_family} and {epochs}")
-    path = Path(out_path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    generation = {"version": BENCHMARK_VERSION, "seed": seed, "epochs": epochs, "families": families, "train_subset": train_subset}
-    done = _read_done(path, generation)
-    todo = [i * len(families) + f for i in range(per_family) for f in range(len(families))]
-    todo = [index for index in todo if index not in done]
-    if not todo:
-        return path
-    data = DigitsSplits(train_subset=train_subset)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with (
-            path.open("ab") as graph_file,
-            specs_path(path).open("ab") as spec_file,
-            tqdm(total=len(todo), desc=f"architectures -> {path.name}", disable=not progress) as bar,
-        ):
-            for index in todo:
-                i, f = divmod(index, len(families))
-                family = families[f]
-                spec = record_spec(family, i, seed)
-                model, labels = label_network(spec, data, epochs, seed=seed * 1_000_003 + index, latency_repeats=latency_repeats)
-                # graph first, then its spec: a kill between the two leaves the graph file one line ahead,
-                # which the next run cuts back
-                append_record(graph_file, network_graph(model, labels, family).to_dict())
-                append_record(spec_file, {"index": index, "family": family, "spec": spec.to_dict(), "generation": generation})
-                bar.set_postfix(family=family, acc=f"{labels['accuracy']:.3f}")
-                bar.update(1)
-    finally:
-        torch.set_num_threads(threads)
-    return path
-
-
-def architectures_command(argv: Sequence[str]) -> None:
-    """``litzoo architectures --out data/architectures/digits.jsonl --per-family 50 --seed 0``: generate or
-    resume a benchmark (see :func:`generate_architecture_benchmark`) and print a per-family summary."""
-    parser = argparse.ArgumentParser(prog="litzoo architectures", description=generate_architecture_benchmark.__doc__.splitlines()[0])
-    parser.add_argument("--out", default="data/architectures/digits.jsonl", help="JSONL file to write or resume")
-    parser.add_argument("--per-family", type=int, default=50, help="networks per family")
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES), help="families to sample")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs per network")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on the first N digits only")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(list(argv))
-    start = time.perf_counter()
-    path = generate_architecture_benchmark(
-        args.out, args.per_family, args.families, args.seed, args.epochs, args.train_subset, progress=not args.no_progress
-    )
-    print(f"{path}: generated or resumed in {time.perf_counter() - start:.1f} s")
-    print(format_benchmark_summary(path))
-
-
-def benchmark_summary(path: str | Path) -> dict[str, dict[str, float]]:
-    """Per family: count, accuracy min/mean/max, FLOPs min/max, and the Spearman correlation of FLOPs and
-    accuracy (how far the accuracy label is from a FLOPs proxy)."""
-    from scipy.stats import spearmanr
-
-    from litzoo.framework.data.jsonl import read_jsonl
-
-    by_family: dict[str, list[dict]] = {}
-    for record in read_jsonl(path, what="architecture benchmark"):
-        by_family.setdefault(record["family"], []).append(record["label"])
-    summary = {}
-    for family, labels in by_family.items():
-        acc = [lab["accuracy"] for lab in labels]
-        flops = [lab["flops"] for lab in labels]
-        rho = float(spearmanr(flops, acc).statistic) if len(acc) > 2 else float("nan")
-        summary[family] = {
-            "count": len(acc),
-            "acc_min": min(acc),
-            "acc_mean": sum(acc) / len(acc),
-            "acc_max": max(acc),
-            "flops_min": min(flops),
-            "flops_max": max(flops),
-            "params_max": max(lab["params"] for lab in labels),
-            "spearman_flops_acc": rho,
-        }
-    return summary
-
-
-def format_benchmark_summary(path: str | Path) -> str:
-    rows = ["family      n   acc min  mean   max   FLOPs min..max        params max  SRCC(FLOPs, acc)"]
-    for family, s in benchmark_summary(path).items():
-        rows.append(
-            f"{family:<10} {s['count']:>3}   {s['acc_min']:.3f} {s['acc_mean']:.3f} {s['acc_max']:.3f}   "
-            f"{s['flops_min'] / 1e3:>7.0f}K..{s['flops_max'] / 1e6:>5.2f}M   {s['params_max']:>10.0f}  {s['spearman_flops_acc']:+.3f}"
-        )
-    return "\n".join(rows)
-
-
-def load_benchmark_specs(path: str | Path) -> list[dict]:
-    """The sidecar records of a benchmark (``{"index", "family", "spec", "generation"}``, one per graph, in
-    the graph file's order); ``spec_from_dict(r["spec"])`` rebuilds a network."""
-    from litzoo.framework.data.jsonl import read_jsonl
-
-    return read_jsonl(specs_path(path), what="architecture specs")
 
 
 # --------------------------------------------------------------------------------------------- synthetic oracle
@@ -388,7 +150,7 @@ class ArchitectureDataModule(GraphSplitsDataModule):
     """Labelled computation graphs split by family, for CG performance predictors (arXiv 2302.10835,
     arXiv 2211.17226): train on some families, test transfer on a held-out one.
 
-    Reads a benchmark written by :func:`generate_architecture_benchmark` (any
+    Reads a benchmark written by :func:`litzoo.framework.nas.generate_architecture_benchmark` (any
     :func:`litzoo.framework.graph.save_graphs_jsonl` file of labelled graphs with families works). Graphs of
     ``train_families`` are shuffled (seeded) into train / val by ``val_fraction``; graphs of
     ``test_families`` form the test split. With ``finetune_samples = N``, N seeded-random test-family graphs
@@ -477,7 +239,7 @@ class ArchitectureDataModule(GraphSplitsDataModule):
         try:
             hp = self.hparams
             staged = generate_architecture_benchmark(
-                staging / target.name, hp.generate_per_family, FAMILIES, hp.seed, hp.generate_epochs, progress=False
+                staging / target.name, DigitsSplits(), hp.generate_per_family, FAMILIES, hp.seed, hp.generate_epochs, progress=False
             )
             os.replace(specs_path(staged), specs_path(target))
             os.replace(staged, target)
@@ -574,7 +336,7 @@ class SyntheticArchitectureDataModule(ArchitectureDataModule):
     """:class:`ArchitectureDataModule` over SYNTHETIC labels: ``per_family`` untrained networks of each family,
     labelled by :func:`synthetic_accuracy` (a documented function of depth, width, skips, concats and FLOPs,
     plus ``noise``), built in memory in seconds. For predictor tests and demos only; real labels come from
-    :func:`generate_architecture_benchmark`.
+    :func:`litzoo.framework.nas.generate_architecture_benchmark`.
 
     Args:
         per_family: networks per family.

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from litzoo.framework.data import make_loader
 from litzoo.framework.data.audio import (
     AUDIOSET_FBANK_MEAN,
     AUDIOSET_FBANK_STD,
@@ -38,7 +36,7 @@ from litzoo.framework.data.audio import (
     read_wav,
     spec_augment,
 )
-from litzoo.framework.data.class_folders import SPLITS, ClassFolders
+from litzoo.framework.data.class_folders import ClassFolderDataModule
 from litzoo.framework.data.staging import generate_folder_atomically
 from litzoo.framework.errors import LitzooError
 
@@ -123,13 +121,14 @@ class AudioFileDataset(Dataset):
         return {"audio": self.augment_and_normalize(fbank), "label": torch.tensor(label, dtype=torch.long)}
 
 
-class AudioFolderDataModule(L.LightningDataModule):
+class AudioFolderDataModule(ClassFolderDataModule):
     """Classification audio in ``root/{train,val,test}/<class_name>/*.wav`` as Audio-MAE spectrograms.
 
     Batches are ``{"audio": (B, 1, target_length, num_mel_bins) float, "label": (B,) long}`` ("audio"
     is the first key: generic callbacks that take a dict batch's first tensor find it). Classes are
     the sorted sub-folders of ``root/train``; ``val/`` and ``test/`` are optional (without ``val/``,
-    ``fit`` trains without validation). Nothing is ever downloaded or resampled.
+    ``fit`` trains without validation). Nothing is ever downloaded or resampled. The folder plumbing is
+    :class:`litzoo.framework.data.class_folders.ClassFolderDataModule`'s; this class decodes the clips.
 
     Args:
         root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
@@ -163,83 +162,31 @@ class AudioFolderDataModule(L.LightningDataModule):
         freqm: int = 0,
         timem: int = 0,
     ) -> None:
-        super().__init__()
         if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
             raise ValueError(
                 f"need sample_rate > 0, target_length > 0 and num_mel_bins >= 3, got {sample_rate}, {target_length}, {num_mel_bins}"
             )
         if norm_std <= 0:
             raise ValueError(f"norm_std must be positive, got {norm_std}")
-        if batch_size <= 0 or num_workers < 0:
-            raise ValueError(f"batch_size must be positive and num_workers >= 0, got {batch_size} and {num_workers}")
         if freqm < 0 or timem < 0:
             raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
+        super().__init__(root, "audio clip", (".wav",), batch_size, num_workers)
         self.save_hyperparameters()
-        self.root = Path(root).expanduser()
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std = norm_mean, norm_std
-        self.batch_size, self.num_workers, self.random_crop = batch_size, num_workers, random_crop
+        self.random_crop = random_crop
         self.freqm, self.timem = freqm, timem
-        self.datasets: dict[str, AudioFileDataset] = {}
-        self.folders = ClassFolders(self.root, "audio clip", (".wav",))
-        self._split_dir("train")
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names, the sorted sub-folder names of ``root/train``; label ``i`` is ``classes[i]``."""
-        return self.folders.classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(1, target_length, num_mel_bins)`` of one item."""
         return (1, self.target_length, self.num_mel_bins)
 
-    def _split_dir(self, split: str) -> Path:
-        return self.folders.split_dir(split)
-
-    def has_split(self, split: str) -> bool:
-        return self.folders.has_split(split)
-
-    def _scan(self, split: str) -> AudioFileDataset:
-        samples = self.folders.samples(split)
-        train = split == "train"
+    def file_dataset(self, samples: list[tuple[Path, int]], split: str) -> AudioFileDataset:
+        train = split == "train"  # random windows and SpecAugment for training items only
         return AudioFileDataset(samples, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean, self.norm_std,
                                 random_crop=self.random_crop and train, freqm=self.freqm if train else 0,
                                 timem=self.timem if train else 0)  # fmt: skip
-
-    def prepare_data(self) -> None:
-        """Checks that the tree is there; never downloads."""
-        self._split_dir("train")
-
-    def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", SPLITS)
-        for split in needed:
-            if split not in self.datasets and (split == "train" or self.has_split(split)):
-                self.datasets[split] = self._scan(split)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.datasets[split] = self._scan(split)
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        trainer = getattr(self, "trainer", None)
-        if not self.has_split("val") and trainer is not None and trainer.state.fn == "fit":
-            return []
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class SyntheticAudioDataModule(AudioFolderDataModule):

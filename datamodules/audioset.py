@@ -35,15 +35,13 @@ import json
 import shutil
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from litzoo.datamodules.audio_folder import AudioFileDataset
-from litzoo.framework.data import make_loader
 from litzoo.framework.data.audio import AUDIOSET_FBANK_MEAN, AUDIOSET_FBANK_STD, pad_or_cut_frames
+from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically
 from litzoo.framework.errors import LitzooError
 
@@ -177,7 +175,7 @@ class AudioSetDataset(AudioFileDataset):
         return {"audio": self.augment_and_normalize(fbank), "label": target, "index": torch.tensor(index, dtype=torch.long)}
 
 
-class AudioSetDataModule(L.LightningDataModule):
+class AudioSetDataModule(SplitsDataModule):
     """Multi-label audio in AudioSet's JSON data files + ``class_labels_indices.csv`` (see the module docstring).
 
     Batches: ``{"audio": (B, 1, target_length, num_mel_bins) float, "label": (B, C) float multi-hot (mixed
@@ -222,7 +220,7 @@ class AudioSetDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
             raise ValueError(f"need sample_rate > 0, target_length > 0 and num_mel_bins >= 3, got {sample_rate}, {target_length}, {num_mel_bins}")
         if norm_std <= 0:
@@ -231,16 +229,13 @@ class AudioSetDataModule(L.LightningDataModule):
             raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
         if not 0.0 <= mixup <= 1.0:
             raise ValueError(f"mixup must be a probability in [0, 1], got {mixup}")
-        if batch_size <= 0 or num_workers < 0:
-            raise ValueError(f"batch_size must be positive and num_workers >= 0, got {batch_size} and {num_workers}")
         self.save_hyperparameters()
         self.files = {"train": train_json, "val": val_json, "test": test_json}
         self.label_csv = Path(label_csv).expanduser()
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.freqm, self.timem, self.mixup = freqm, timem, mixup
-        self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
-        self.datasets: dict[str, AudioSetDataset] = {}
+        self.cache = cache
         self._labels: tuple[list[str], list[str]] | None = None
         for name, file in (("label file", self.label_csv), *((f"{s} data file", f) for s, f in self.files.items() if f)):
             if not Path(file).expanduser().is_file():
@@ -271,14 +266,14 @@ class AudioSetDataModule(L.LightningDataModule):
             raise ValueError(f"split must be one of {tuple(self.files)}, got {split!r}")
         return self.files[split] is not None
 
-    def _build(self, split: str) -> AudioSetDataset:
+    def build_dataset(self, split: str) -> AudioSetDataset:
         file = self.files[split]
         if file is None:
             raise LitzooError(f"no {split}_json was given to AudioSetDataModule, so there is no {split} split")
         path = Path(file).expanduser()
         mids = self.mids
         samples = read_datafile(path, {m: i for i, m in enumerate(mids)}, self.label_csv)
-        train = split == "train"
+        train = split == "train"  # SpecAugment and mixup for training items only
         return AudioSetDataset(samples, len(mids), path, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean,
                                self.norm_std, freqm=self.freqm if train else 0, timem=self.timem if train else 0,
                                mixup=self.mixup if train else 0.0, cache=self.cache)  # fmt: skip
@@ -286,29 +281,6 @@ class AudioSetDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Checks that the label file parses; never downloads."""
         read_class_labels(self.label_csv)
-
-    def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", tuple(self.files))
-        for split in needed:
-            if split not in self.datasets and self.has_split(split):
-                self.datasets[split] = self._build(split)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.datasets[split] = self._build(split)
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if self.has_split("val") else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 # ----------------------------------------------------------------------------------- synthetic

@@ -6,16 +6,14 @@ demos and tests. Source: UCI "Optical Recognition of Handwritten Digits" (Alpayd
 
 from __future__ import annotations
 
-import lightning as L
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader
 
-from litzoo.framework.data import DictTensorDataset, Normalize, make_loader, resize_images
+from litzoo.framework.data import DictTensorDataset, Normalize, SplitsDataModule, check_image_options, resize_images
 
 
-class DigitsDataModule(L.LightningDataModule):
+class DigitsDataModule(SplitsDataModule):
     """scikit-learn's 1797 8x8 handwritten digits, stratified train/val/test split, dict batches.
 
     Batches are ``{"image": (B, 1, S, S) float, "label": (B,) long}``. Pixels (0..16) are scaled to
@@ -47,32 +45,23 @@ class DigitsDataModule(L.LightningDataModule):
         normalize: bool = True,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        super().__init__(batch_size, num_workers)
+        check_image_options(image_size, self.in_channels)  # normalised with training statistics, not mean / std options
         if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
             raise ValueError(f"val_fraction and test_fraction must be in (0, 1) and sum below 1, got {val_fraction} and {test_fraction}")
         for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction), ("training", 1 - val_fraction - test_fraction)):
             if round(fraction * self.num_images) < self.num_classes:
                 raise ValueError(f"{name} {fraction:g} leaves fewer than {self.num_classes} of {self.num_images} images in a split: one per class is the minimum")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         self.save_hyperparameters()
-        self.batch_size = batch_size
         self.image_size = image_size
-        self.num_workers = num_workers
-        self.datasets: dict[str, DictTensorDataset] = {}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image, for FLOPs counting and export."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_datasets(self, split: str) -> dict[str, DictTensorDataset]:
+        """All three splits at once: one stratified draw, normalised with the training split's statistics."""
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
         labels = torch.tensor(digits.target, dtype=torch.long)
@@ -85,21 +74,8 @@ class DigitsDataModule(L.LightningDataModule):
         if hp.normalize:
             mean, std = images[train].mean().item(), images[train].std().item()
             images = Normalize([mean], [std])(images)
+        datasets = {}
         for name, rows in (("train", train), ("val", val), ("test", test)):
             rows = torch.as_tensor(rows)
-            self.datasets[name] = DictTensorDataset(image=images[rows], label=labels[rows])
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+            datasets[name] = DictTensorDataset(image=images[rows], label=labels[rows])
+        return datasets

@@ -15,20 +15,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from litzoo.framework.data import Normalize, make_loader, resize_images
-from litzoo.framework.data.class_folders import SPLITS, ClassFolders
+from litzoo.framework.data.class_folders import ClassFolderDataModule
+from litzoo.framework.data.transforms import Normalize, check_image_options, resize_images
 from litzoo.framework.errors import LitzooError
 
 #: File name endings read as images (compared case-insensitively); other files are ignored.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-
 
 
 def _pil_to_tensor(image: Image.Image) -> Tensor:
@@ -83,7 +81,7 @@ class ImageFileDataset(Dataset):
         return {"image": self.load(path), "label": torch.tensor(label, dtype=torch.long)}
 
 
-class ImageFolderDataModule(L.LightningDataModule):
+class ImageFolderDataModule(ClassFolderDataModule):
     """A user's own classification images in ``root/{train,val,test}/<class_name>/*.png|jpg|jpeg|bmp``.
 
     Batches are ``{"image": (B, C, S, S) float, "label": (B,) long}``. Each image is read with
@@ -96,7 +94,8 @@ class ImageFolderDataModule(L.LightningDataModule):
     ``train``. Without ``val``, ``fit`` trains without validation; asking for a split that is not
     on disk otherwise (``validate``, ``test``, ``predict``) raises a :class:`LitzooError`.
     Image files are found in class folders and their sub-folders; other files and hidden entries
-    (names starting with ``.``) are ignored. Nothing is ever downloaded.
+    (names starting with ``.``) are ignored. Nothing is ever downloaded. The folder plumbing is
+    :class:`litzoo.framework.data.class_folders.ClassFolderDataModule`'s; this class decodes the images.
 
     Args:
         root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
@@ -123,100 +122,18 @@ class ImageFolderDataModule(L.LightningDataModule):
         mean: list[float] | None = None,
         std: list[float] | None = None,
     ) -> None:
-        super().__init__()
-        if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grey levels) or 3 (RGB), got {channels}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
-        mean = [0.5] * channels if mean is None else list(mean)
-        std = [0.5] * channels if std is None else list(std)
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need one value per channel ({channels}), got {mean} and {std}")
-        self.save_hyperparameters()
-        self.root = Path(root).expanduser()
+        mean, std = check_image_options(image_size, channels, mean, std)
+        super().__init__(root, "image", IMAGE_EXTENSIONS, batch_size, num_workers)
+        self.save_hyperparameters()  # with mean and std filled in
         self.image_size = image_size
         self.in_channels = channels
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.normalize = Normalize(mean, std)  # also checks that std > 0
-        self.datasets: dict[str, ImageFileDataset] = {}
-        self.folders = ClassFolders(self.root, "image", IMAGE_EXTENSIONS)
-        self._split_dir("train")  # fail now, not after the model is built, when the tree is not there
-
-    # --- what a model needs to know ------------------------------------------------------------
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names, the sorted sub-folder names of ``root/train``; label ``i`` is ``classes[i]``."""
-        return self.folders.classes
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes (from the folder listing of ``root/train``; no image is opened)."""
-        return len(self.classes)
+        self.normalize = Normalize(mean, std)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """``(C, H, W)`` of one image, for FLOPs counting and export."""
         return (self.in_channels, self.image_size, self.image_size)
 
-    # --- finding the files -----------------------------------------------------------------------
-
-    def _split_dir(self, split: str) -> Path:
-        """``root/<split>``, checked to exist (``root`` first, so the message names what is missing)."""
-        return self.folders.split_dir(split)
-
-    def has_split(self, split: str) -> bool:
-        """Whether ``root/<split>`` exists (``split`` is ``"train"``, ``"val"`` or ``"test"``)."""
-        return self.folders.has_split(split)
-
-    def _scan(self, split: str) -> ImageFileDataset:
-        samples = self.folders.samples(split)
+    def file_dataset(self, samples: list[tuple[Path, int]], split: str) -> ImageFileDataset:
         mode = "L" if self.in_channels == 1 else "RGB"
         return ImageFileDataset(samples, mode=mode, image_size=self.image_size, normalize=self.normalize)
-
-    # --- Lightning hooks -------------------------------------------------------------------------
-
-    def prepare_data(self) -> None:
-        """Checks that the tree is there; never downloads."""
-        self._split_dir("train")
-
-    def setup(self, stage: str | None = None) -> None:
-        """Lists the image files of the splits ``stage`` needs (all present splits when ``None``)."""
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", SPLITS)
-        for split in needed:
-            if split not in self.datasets and (split == "train" or self.has_split(split)):
-                self.datasets[split] = self._scan(split)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self._split_dir(split)  # a missing folder raises its own message
-            self.datasets[split] = self._scan(split)
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        # Validation during fit is optional: without val/, an empty list makes Lightning skip it.
-        if not self.has_split("val") and self._fitting():
-            return []
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def _fitting(self) -> bool:
-        trainer = getattr(self, "trainer", None)
-        return trainer is not None and trainer.state.fn == "fit"
-
-
-def _extensions() -> str:
-    return "/".join(IMAGE_EXTENSIONS)

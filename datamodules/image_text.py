@@ -13,19 +13,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from litzoo.datamodules.image_folder import ImageFileDataset
-from litzoo.framework.data import Normalize, make_loader
 from litzoo.framework.data.jsonl import iter_jsonl
+from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically
 from litzoo.framework.data.tokenization import TextTokenizer
+from litzoo.framework.data.transforms import Normalize, check_image_options
 from litzoo.framework.errors import LitzooError
-
-_SPLITS = ("train", "val", "test")
 
 
 def read_manifest(path: str | Path, image_key: str = "image", text_key: str = "text", label_key: str | None = None) -> list[dict]:
@@ -75,7 +73,7 @@ class ImageTextDataset(Dataset):
         return item
 
 
-class ImageTextDataModule(L.LightningDataModule):
+class ImageTextDataModule(SplitsDataModule):
     """Image-text pairs from JSONL manifests, for contrastive training (CLIP) and curation (CiT).
 
     Batches are ``{"image": (B, C, S, S) float, "text": list[str], "tokens": (B, context_length) long,
@@ -125,30 +123,17 @@ class ImageTextDataModule(L.LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        if image_size <= 0:
-            raise ValueError(f"image_size must be positive, got {image_size}")
-        if channels not in (1, 3):
-            raise ValueError(f"channels must be 1 (grey levels) or 3 (RGB), got {channels}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
+        super().__init__(batch_size, num_workers)
+        mean, std = check_image_options(image_size, channels, mean, std)
         if class_names is not None and len(set(class_names)) != len(class_names):
             raise ValueError(f"class_names must be distinct, got {class_names}")
-        mean = [0.5] * channels if mean is None else list(mean)
-        std = [0.5] * channels if std is None else list(std)
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean and std need one value per channel ({channels}), got {mean} and {std}")
-        self.save_hyperparameters()
+        self.save_hyperparameters()  # with mean and std filled in
         self.image_key, self.text_key, self.label_key = image_key, text_key, label_key
         self.tokenizer_path, self.vocab_size, self.context_length = tokenizer_path, vocab_size, context_length
         self.manifests = {"train": train_manifest, "val": val_manifest, "test": test_manifest}
         self.class_names = None if class_names is None else list(class_names)
         self.image_size, self.in_channels = image_size, channels
-        self.batch_size, self.num_workers = batch_size, num_workers
         self.reader = ImageFileDataset([], mode="L" if channels == 1 else "RGB", image_size=image_size, normalize=Normalize(mean, std))
-        self.datasets: dict[str, ImageTextDataset] = {}
         self._tokenizer: TextTokenizer | None = None
 
     @property
@@ -183,7 +168,7 @@ class ImageTextDataModule(L.LightningDataModule):
             raise LitzooError(f"no {split} manifest: pass --data.init_args.{split}_manifest to use the {split} split")
         return read_manifest(manifest, self.image_key, self.text_key, self.label_key)
 
-    def _build(self, split: str) -> ImageTextDataset:
+    def build_dataset(self, split: str) -> ImageTextDataset:
         rows = self._rows(split)
         texts = [row[self.text_key] for row in rows]
         labelled = all(self.label_key in row for row in rows)
@@ -192,36 +177,10 @@ class ImageTextDataModule(L.LightningDataModule):
             raise LitzooError(f"manifest '{self.manifests[split]}' has labels outside 0..{len(self.class_names) - 1} (class_names has {len(self.class_names)})")
         return ImageTextDataset([row[self.image_key] for row in rows], texts, self.tokenizer(texts), self.reader, labels)
 
-    def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}.get(stage or "", _SPLITS)
-        for split in needed:
-            if split not in self.datasets and self.has_split(split):
-                self.datasets[split] = self._build(split)
-
-    def dataset(self, split: str) -> ImageTextDataset:
-        if split not in self.datasets:
-            self.datasets[split] = self._build(split)
-        return self.datasets[split]
-
     @property
     def train_dataset(self) -> ImageTextDataset:
         """The training pairs (the raw pool that curation draws from)."""
         return self.dataset("train")
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.dataset(split), self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val", shuffle=False) if self.has_split("val") else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
 
 class DigitsCaptionsDataModule(ImageTextDataModule):

@@ -2,7 +2,7 @@
 
 Reads the format of RedPajama / OpenWebText / Wikipedia dumps: one JSON object per line with a text
 field (``{"text": "..."}``). The training documents can be pruned to the top ``keep_fraction`` by
-the model-agnostic quality score of Sharma et al. (arXiv:2405.01582, ``framework/text_quality.py``);
+the model-agnostic quality score of Sharma et al. (arXiv:2405.01582, ``framework/curation/text_quality.py``);
 the validation documents never are. Without a ``path``, the synthetic corpus of
 ``litzoo.datamodules.synthetic.text_quality_corpus`` (clean documents plus documents with web junk) is
 generated under ``data_dir``.
@@ -17,13 +17,13 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
-from litzoo.framework.data import DictTensorDataset, make_loader
+from litzoo.framework.curation import prune
+from litzoo.framework.data import DictTensorDataset
 from litzoo.framework.data.jsonl import read_jsonl
+from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.data.tokenization import TextTokenizer
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.text_quality import prune
 
 
 def read_jsonl_texts(path: str | Path, text_key: str = "text") -> list[str]:
@@ -38,7 +38,7 @@ def read_jsonl_texts(path: str | Path, text_key: str = "text") -> list[str]:
     return texts
 
 
-class TextCorpusDataModule(L.LightningDataModule):
+class TextCorpusDataModule(SplitsDataModule):
     """JSONL documents → BPE tokens → fixed-length blocks for next-token prediction; quality pruning optional.
 
     Batches are ``{"tokens": (B, block_size + 1) long}``: the model reads ``tokens[:, :-1]`` and
@@ -48,7 +48,7 @@ class TextCorpusDataModule(L.LightningDataModule):
 
     Split and pruning: a fixed seeded share ``val_fraction`` of the documents is held out for
     validation (or ``val_path`` gives a separate validation corpus) and never pruned; with
-    ``keep_fraction < 1`` the training documents are scored with :func:`litzoo.framework.text_quality.prune`
+    ``keep_fraction < 1`` the training documents are scored with :func:`litzoo.framework.curation.prune`
     (filter weights from a bigram LM fitted on the training lines) and the top fraction kept.
 
     Token budget: with ``token_budget`` the training stream is cut to that many target tokens, or
@@ -74,6 +74,9 @@ class TextCorpusDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    splits = ("train", "val")
+    test_split = "val"  # the corpus has no test set: testing reports the held-out documents
+
     def __init__(
         self,
         path: str | None = None,
@@ -92,24 +95,19 @@ class TextCorpusDataModule(L.LightningDataModule):
         junk_share: float = 0.4,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         if not 0.0 < keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        for name, value in (("block_size", block_size), ("batch_size", batch_size), ("num_documents", num_documents)):
+        for name, value in (("block_size", block_size), ("num_documents", num_documents)):
             if value < 1:
                 raise ValueError(f"{name} must be positive, got {value}")
         if token_budget is not None and token_budget < block_size:
             raise ValueError(f"token_budget must be at least block_size ({block_size}), got {token_budget}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
         self.save_hyperparameters()
         self.block_size = block_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         self.tokenizer: TextTokenizer | None = None
-        self.datasets: dict[str, DictTensorDataset] = {}
         self.stats: dict[str, float] = {}
         self.train_documents: list[str] = []  # after pruning
         self.val_documents: list[str] = []
@@ -158,9 +156,8 @@ class TextCorpusDataModule(L.LightningDataModule):
             raise LitzooError(f"the {split} split has {len(stream)} tokens: fewer than one block of block_size {self.block_size} + 1")
         return stream[: count * self.block_size + 1].unfold(0, self.block_size + 1, self.block_size).contiguous()
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_datasets(self, split: str) -> dict[str, DictTensorDataset]:
+        """Both splits at once: one seeded split, the tokenizer trained on the training documents, then pruning."""
         hp = self.hparams
         train, val = self.split()
         num_train = len(train)
@@ -183,23 +180,17 @@ class TextCorpusDataModule(L.LightningDataModule):
             # repeat a short (pruned) stream, cut a long one: both runs see token_budget targets
             repeats = math.ceil(hp.token_budget / max(available, 1))
             stream = stream.repeat(repeats)[: hp.token_budget + 1]
-        self.datasets["train"] = DictTensorDataset(tokens=self._blocks(stream, "training"))
-        self.datasets["val"] = DictTensorDataset(tokens=self._blocks(self._stream(val), "validation"))
+        datasets = {
+            "train": DictTensorDataset(tokens=self._blocks(stream, "training")),
+            "val": DictTensorDataset(tokens=self._blocks(self._stream(val), "validation")),
+        }
         self.stats = {
             "train_documents": float(len(train)),
             "kept_fraction": len(train) / num_train,
             "train_tokens_available": float(available),
-            "train_tokens": float(len(self.datasets["train"]) * self.block_size),
+            "train_tokens": float(len(datasets["train"]) * self.block_size),
         }
+        return datasets
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return make_loader(self.datasets[split], self.batch_size, shuffle, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+    # No predict split: Lightning's own predict_dataloader, which says it is not implemented.
+    predict_dataloader = L.LightningDataModule.predict_dataloader

@@ -1,10 +1,11 @@
-"""litzoo's shared core: CLI, fusion math, layers, data transforms, checkpoints and export.
+"""litzoo's core (installed as ``litzoo.framework``): the ground the methods, callbacks and DataModules stand on.
 
-Dependencies point one way: ``modules``, ``callbacks`` and ``datamodules`` import ``framework``;
-``framework`` imports only torch, lightning and the ecosystem libraries.
+Shared pieces live in flat toolboxes (``nn/`` layers, ``losses/``, ``data/`` plumbing and batch helpers,
+``reparam/`` fusion, ``pruning/``, ``graph/``), and what several methods of one domain share in a named wing
+(``nas/``, ``curation/``, ...). It imports only torch, lightning and the ecosystem libraries: never
+``litzoo.modules``, ``litzoo.callbacks``, ``litzoo.datamodules`` or ``litzoo.cli`` (``tests/test_import_rules.py``).
 """
 
 from litzoo.framework.errors import LitzooError
 
 __all__ = ["LitzooError"]
-__version__ = "0.1.0"

@@ -68,8 +68,8 @@ from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.graph.computation import NUM_NODE_FEATURES
+from litzoo.framework.nas import TopKPrecision
 from litzoo.framework.nn.cg import CGEncoder, PredictorHead
-from litzoo.framework.ranking import TopKPrecision
 
 # ---------------------------------------------------------------------------------------- blocks
 

@@ -10,7 +10,7 @@ trained on, zero-shot or "after fine-tuning on a small amount of data" of the ne
 
 This file is that method as a configuration of the shared CG encoder and head
 (:class:`litzoo.framework.nn.cg.CGEncoder`, :class:`litzoo.framework.nn.cg.PredictorHead`) and of the phase machinery,
-metrics and :meth:`finetune` of :class:`litzoo.framework.cg_predictor.CGPredictorModule` (one head, no fuzzy clusters);
+metrics and :meth:`finetune` of :class:`litzoo.framework.nas.CGPredictorModule` (its default head: one regressor);
 only the pretraining objective differs.
 
 What was verified, and from where:
@@ -51,9 +51,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from litzoo.framework.cg_predictor import CGPredictorModule, adam_cg_predictor
 from litzoo.framework.losses.supcon import SupConLoss
-from litzoo.framework.nas_spaces import FAMILIES
+from litzoo.framework.nas import FAMILIES, CGPredictorModule, adam_cg_predictor
 
 _BIN_OFFSET = 1 << 20  # accuracy-bin ids are shifted to be non-negative; unlabelled ids are negative
 
@@ -76,7 +75,7 @@ def contrastive_groups(y: Tensor, family_ids: Tensor, labelled: Tensor, positive
 
 
 def family_ids(batch: Any) -> Tensor:
-    """Index in :data:`litzoo.framework.nas_spaces.FAMILIES` of each graph's ``family`` (0 when absent)."""
+    """Index in :data:`litzoo.framework.nas.FAMILIES` of each graph's ``family`` (0 when absent)."""
     families = getattr(batch, "family", None)
     if families is None:
         return torch.zeros(batch.num_graphs, dtype=torch.long, device=batch.x.device)
@@ -129,11 +128,21 @@ class TransferablePredictorModule(CGPredictorModule):
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         super().__init__(embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob, contrastive_epochs, temperature,
-                         projection_dim, num_clusters=1, optimizer=optimizer)  # fmt: skip
+                         projection_dim, optimizer=optimizer)  # fmt: skip
         # the parent's save_hyperparameters() recorded this class's arguments too (Lightning collects the
         # arguments of every __init__ in the chain); load_from_checkpoint passes on only this signature's
         self.contrastive_loss = SupConLoss(temperature)
         self._unlabelled: list | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the CG-predictor base took its head from build_head hold the regressor as a
+        # one-head fuzzy ensemble (heads.heads.0.*, heads.centers, heads.fitted): read them into the one regressor
+        state = checkpoint.get("state_dict", {})
+        if any(key.startswith("heads.heads.0.") for key in state):
+            for key in [key for key in state if key.startswith("heads.")]:
+                value = state.pop(key)
+                if key.startswith("heads.heads.0."):
+                    state["heads." + key.removeprefix("heads.heads.0.")] = value
 
     # ---- unlabelled graphs ----------------------------------------------------------------------
     def on_fit_start(self) -> None:

@@ -1,5 +1,6 @@
-"""Data sets laid out as ``root/{train,val,test}/<class>/<files>`` (torchvision's ImageFolder layout),
-read with the standard library: the image and audio folder DataModules share it.
+"""Data sets laid out as ``root/{train,val,test}/<class>/<files>`` (torchvision's ImageFolder layout): the
+reader (:class:`ClassFolders`, standard library only) and the DataModule shell (:class:`ClassFolderDataModule`)
+that the image and audio folder DataModules share; each of them only decodes its files.
 
 Classes are the sorted sub-folder names of ``root/train``; ``val/`` and ``test/`` may only hold classes
 that ``train/`` has. Hidden files and folders are skipped, files in nested folders count, symlinks are
@@ -12,6 +13,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from torch.utils.data import Dataset
+
+from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.errors import LitzooError
 
 SPLITS = ("train", "val", "test")
@@ -96,3 +100,69 @@ class ClassFolders:
         if not samples:
             raise LitzooError(f"no {self.kind}s in the class folders of '{split_dir}': expected {self.holding}")
         return samples
+
+
+class ClassFolderDataModule(SplitsDataModule):
+    """The DataModule shell of a class-folder tree ``root/{train,val,test}/<class_name>/*<suffix>``.
+
+    ``root/train`` is required (checked here, so that a wrong path fails before a model is built) and defines
+    the classes: its sorted sub-folder names, label ``i`` being ``classes[i]``. ``root/val`` and ``root/test``
+    are optional. Without ``val/``, ``fit`` trains without validation; asking for a split that is not on disk
+    otherwise (``validate``, ``test``, ``predict``) raises the :class:`LitzooError` naming the missing folder.
+    Nothing is ever downloaded.
+
+    A subclass checks its own options, calls ``super().__init__(root, kind, suffixes, batch_size, num_workers)``
+    and implements :meth:`file_dataset`: the ``(path, label)`` samples of a split → its dataset.
+
+    Args:
+        root: folder holding ``train/`` (and optionally ``val/``, ``test/``).
+        kind: what the files are, for messages (``"image"``, ``"audio clip"``).
+        suffixes: file name endings read (compared case-insensitively); other files are ignored.
+        batch_size: samples per batch (per process under DDP).
+        num_workers: DataLoader worker processes that read and decode the files.
+
+    Raises:
+        LitzooError: ``root`` or ``root/train`` missing (here); a split without class folders or files, or
+            with a class unknown to ``train`` (when the split is set up).
+    """
+
+    def __init__(self, root: str | Path, kind: str, suffixes: Sequence[str], batch_size: int, num_workers: int = 0) -> None:
+        super().__init__(batch_size, num_workers)
+        self.root = Path(root).expanduser()
+        self.folders = ClassFolders(self.root, kind, suffixes)
+        self.folders.split_dir("train")  # fail now, not after the model is built, when the tree is not there
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names, the sorted sub-folder names of ``root/train``; label ``i`` is ``classes[i]``."""
+        return self.folders.classes
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (from the folder listing of ``root/train``; no file is opened)."""
+        return len(self.classes)
+
+    def has_split(self, split: str) -> bool:
+        """Whether ``root/<split>`` exists (``split`` is ``"train"``, ``"val"`` or ``"test"``)."""
+        return self.folders.has_split(split)
+
+    def skips_missing_val(self) -> bool:
+        # Validation during fit is optional; `validate` without val/ names the missing folder.
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and trainer.state.fn == "fit"
+
+    def prepare_data(self) -> None:
+        """Checks that the tree is there; never downloads."""
+        self.folders.split_dir("train")
+
+    def file_dataset(self, samples: list[tuple[Path, int]], split: str) -> Dataset:
+        """The dataset of ``split`` from its ``(path, label)`` samples; ``split`` says whether to augment."""
+        raise NotImplementedError(f"{type(self).__name__} must implement file_dataset(samples, split)")
+
+    def build_dataset(self, split: str) -> Dataset:
+        """Lists the files of ``root/<split>`` (none is opened) and hands them to :meth:`file_dataset`."""
+        return self.file_dataset(self.folders.samples(split), split)
+
+    def _scan(self, split: str) -> Dataset:
+        # the name the folder DataModules had for build_dataset
+        return self.build_dataset(split)

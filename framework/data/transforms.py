@@ -1,4 +1,5 @@
-"""Image transforms with torch ops (no torchvision): resizing and per-channel normalisation."""
+"""Image transforms with torch ops (no torchvision): resizing and per-channel normalisation, and the one check
+of the image options (size, channels, mean, std) that the image DataModules take."""
 
 from __future__ import annotations
 
@@ -44,3 +45,28 @@ class Normalize:
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+
+
+def check_image_options(
+    image_size: int, channels: int = 1, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
+) -> tuple[list[float], list[float]]:
+    """Checks the image options of a DataModule; returns ``(mean, std)`` with their defaults filled in.
+
+    ``channels`` is 1 (grey levels) or 3 (RGB); ``mean`` and ``std`` default to 0.5 for each channel
+    (pixels in [0, 1] are mapped to [-1, 1]); ``Normalize(mean, std)`` then normalises the images. A
+    DataModule that normalises otherwise (with statistics of its training split) checks its size here.
+
+    Raises:
+        ValueError: naming the option: ``image_size < 1``, ``channels`` not 1 or 3, ``mean`` / ``std`` without
+            one value per channel, or a ``std`` that is not positive.
+    """
+    if image_size <= 0:
+        raise ValueError(f"image_size must be positive, got {image_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey levels) or 3 (RGB), got {channels}")
+    mean = [0.5] * channels if mean is None else list(mean)
+    std = [0.5] * channels if std is None else list(std)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"mean and std need one value per channel ({channels}), got {mean} and {std}")
+    Normalize(mean, std)  # its own check: std > 0
+    return mean, std

@@ -9,6 +9,7 @@
     litzoo text-quality --manifest corpus.jsonl --output pruned.jsonl
     litzoo graph -c configs/repvgg/digits.yaml --out cg.json --summary
     litzoo architectures --out data/architectures/digits.jsonl --per-family 50   # a labelled NAS benchmark
+    litzoo architecture-tasks --benchmark data/architectures/digits_v1.jsonl --limit 200   # AIO-P's extra task labels
     litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 6e5 --evaluate 20
 
 This package is the roof of the house: the only place that imports every room (methods, callbacks,
@@ -70,6 +71,12 @@ def _nas_search(argv: Sequence[str]) -> None:
     nas_search_command(argv)
 
 
+def _architecture_tasks(argv: Sequence[str]) -> None:
+    from litzoo.cli.nas import architecture_tasks_command
+
+    architecture_tasks_command(argv)
+
+
 #: the commands that are not LightningCLI subcommands; each is imported only when it runs
 COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "list": _list,
@@ -78,6 +85,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
     "text-quality": _text_quality,
     "graph": _graph,
     "architectures": _architectures,
+    "architecture-tasks": _architecture_tasks,
     "nas-search": _nas_search,
 }
 

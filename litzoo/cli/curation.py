@@ -1,6 +1,6 @@
 """``litzoo curate`` (MetaCLIP matching and balancing) and ``litzoo text-quality`` (text quality-based
 pruning) on JSONL files: argument parsing and file handling; the algorithms are in
-:mod:`litzoo.framework.curation`."""
+:mod:`litzoo.framework.curation` (``metaclip.py``, ``text_quality.py``)."""
 
 from __future__ import annotations
 
@@ -86,15 +86,15 @@ def text_quality_command(argv: Sequence[str]) -> None:
     """``litzoo text-quality``: text quality-based pruning (Sharma et al., arXiv:2405.01582) of any JSONL text column."""
     import json
 
+    from litzoo.framework.curation import PAPER_FILTERS, prune
     from litzoo.framework.data.jsonl import read_jsonl
-    from litzoo.framework.text_quality import PAPER_FILTERS, prune
 
     parser = ArgumentParser(prog="litzoo text-quality", description="Score documents with heuristic line filters weighted by perplexity; keep the top fraction.")
     parser.add_argument("--manifest", type=str, required=True, help="JSONL, one object per line with a text field")
     parser.add_argument("--output", type=str, required=True, help="the kept lines, unchanged, plus 'quality_score'")
     parser.add_argument("--text_key", type=str, default="text", help="the text field of each line")
     parser.add_argument("--keep_fraction", type=float, default=0.6, help="share of documents kept by score (the paper keeps 0.6-0.8)")
-    parser.add_argument("--filters", type=list[str], default=list(PAPER_FILTERS), help="line filters by name (litzoo.framework.text_quality.FILTERS)")
+    parser.add_argument("--filters", type=list[str], default=list(PAPER_FILTERS), help="line filters by name (litzoo.framework.curation.FILTERS)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the tie-break between equal scores")
     args = parser.parse_args(list(argv))
 

@@ -18,8 +18,9 @@ from litzoo.datamodules.architecture_tasks import (
     synthetic_task_benchmark,
     tasks_path,
 )
-from litzoo.datamodules.architectures import generate_architecture_benchmark
+from litzoo.datamodules.architectures import DigitsSplits
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.nas import generate_architecture_benchmark
 
 
 def _one_line(error: pytest.ExceptionInfo) -> str:
@@ -103,13 +104,13 @@ def test_datamodule_errors_are_one_line(synthetic, tmp_path):
     lonely.write_text(synthetic.read_text())
     with pytest.raises(LitzooError) as error:
         MultiTaskArchitectureDataModule(str(lonely)).setup()
-    assert "litzoo.datamodules.architecture_tasks" in _one_line(error)
+    assert "litzoo architecture-tasks" in _one_line(error)
 
 
 # ---------------------------------------------------------------------------------------------- labelling
 def test_task_labels_are_generated_resumed_and_deterministic(tmp_path):
     bench = generate_architecture_benchmark(
-        tmp_path / "b.jsonl", per_family=1, epochs=1, train_subset=96, latency_repeats=1, progress=False
+        tmp_path / "b.jsonl", DigitsSplits(), per_family=1, epochs=1, train_subset=96, latency_repeats=1, progress=False
     )
     out = generate_task_labels(bench, limit=2, progress=False)
     assert out == tasks_path(bench)

@@ -17,6 +17,7 @@ from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
 from litzoo.framework.graph.computation import NUM_NODE_FEATURES
 from litzoo.framework.losses import NTXentLoss
 from litzoo.framework.losses.supcon import SupConLoss
+from litzoo.framework.nn.cg import PredictorHead
 from litzoo.modules.transferable_predictor import TransferablePredictorModule, contrastive_groups, family_ids
 
 # ---------------------------------------------------------------------------------------- SupCon
@@ -162,7 +163,7 @@ def test_pretraining_moves_the_encoder_then_the_regressor_trains_and_checkpoints
     assert not _changed(start[1], snapshots[1][1])  # ... and not the regressor
     assert not _changed(snapshots[1][0], snapshots[3][0])  # then a frozen encoder ...
     assert _changed(snapshots[1][1], snapshots[2][1]) and _changed(snapshots[2][1], snapshots[3][1])  # ... and a training regressor
-    assert len(model.heads.heads) == 1  # one regressor, no fuzzy clusters
+    assert isinstance(model.heads, PredictorHead)  # one regressor, no fuzzy clusters
     result = trainer.test(model, dm, verbose=False)[0]
     assert {"test/srcc", "test/kendall", "test/mae", "test/top10"} <= set(result)
     assert all(math.isfinite(v) for v in result.values())
@@ -180,6 +181,23 @@ def test_pretraining_moves_the_encoder_then_the_regressor_trains_and_checkpoints
     # few-shot fine-tuning adapts the regressor of a copy; the encoder stays frozen
     tuned = model.finetune(dm.finetune_dataloader(), epochs=5, lr=1e-3)
     assert not _changed(_snapshot(model.encoder), _snapshot(tuned.encoder)) and _changed(_snapshot(model.heads), _snapshot(tuned.heads))
+
+
+def test_a_checkpoint_with_the_regressor_as_a_one_head_ensemble_loads(tmp_path):
+    # before the CG-predictor base took its head from build_head, the one regressor was stored as a one-head fuzzy
+    # ensemble: heads.heads.0.*, plus heads.centers and heads.fitted
+    torch.manual_seed(0)
+    model = TransferablePredictorModule(embed_dim=8, hidden_dim=8, num_layers=2, eigvec_size=2, contrastive_epochs=1).eval()
+    model.heads_phase.fill_(True)
+    state = {(f"heads.heads.0.{k[len('heads.'):]}" if k.startswith("heads.") else k): v for k, v in model.state_dict().items()}
+    state |= {"heads.centers": torch.zeros(1, 8), "heads.fitted": torch.tensor(True)}
+    path = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(model.hparams), "pytorch-lightning_version": L.__version__}, path)
+    loaded = TransferablePredictorModule.load_from_checkpoint(path, weights_only=True).eval()
+    assert set(loaded.state_dict()) == set(model.state_dict()) and not loaded.pretraining
+    batch = Batch.from_data_list([_graph(6, "resnet", 0.1, 0), _graph(7, "vgg", 0.2, 1)])
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
 
 
 def test_pretraining_loss_is_supcon_on_two_sign_flip_views():

@@ -3,11 +3,15 @@ AAAI 2023, ``modules/gennape.py``) and the transferable predictor (Han et al., S
 ``modules/transferable_predictor.py``).
 
 The recipe these papers share: a k-GNN encoder (:class:`litzoo.framework.nn.cg.CGEncoder`) is pretrained with a
-contrastive objective for ``contrastive_epochs``, then frozen; predictor heads (one, or GENNAPE's fuzzy
-c-means ensemble, :class:`FuzzyHeadEnsemble`) regress the standardised target; the test split is a family
-held out of training (zero-shot transfer), and :meth:`CGPredictorModule.finetune` adapts to a few labelled
-graphs of it. Subclasses change the contrastive objective by overriding
-:meth:`CGPredictorModule.contrastive_loss_of`.
+contrastive objective for ``contrastive_epochs``, then frozen; a predictor head regresses the standardised
+target; the test split is a family held out of training (zero-shot transfer), and
+:meth:`CGPredictorModule.finetune` adapts to a few labelled graphs of it. A paper plugs in what is its own:
+
+- the head, by :meth:`CGPredictorModule.build_head` (default: one :class:`litzoo.framework.nn.cg.PredictorHead`;
+  GENNAPE's membership-weighted fuzzy c-means ensemble) — a method, not a constructor argument, so the
+  hyper-parameters stay flat and a checkpoint loads with ``load_from_checkpoint(path)`` alone;
+- what is fitted once the encoder is frozen, by :meth:`CGPredictorModule.on_encoder_frozen` (GENNAPE's clusters);
+- the contrastive objective, by :meth:`CGPredictorModule.contrastive_loss_of` (default NT-Xent on two views).
 """
 
 from __future__ import annotations
@@ -23,48 +27,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanAbsoluteError, MetricCollection
 from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 
-from litzoo.framework.clustering import fuzzy_c_means, fuzzy_memberships
 from litzoo.framework.graph.computation import NUM_NODE_FEATURES
 from litzoo.framework.losses import NTXentLoss
+from litzoo.framework.nas.ranking import TopKPrecision
 from litzoo.framework.nn.cg import CGEncoder, PredictorHead
-from litzoo.framework.ranking import TopKPrecision
-
-# ---------------------------------------------------------------------------------------- blocks
-
-
-class FuzzyHeadEnsemble(nn.Module):
-    """K heads soft-aggregated by fuzzy c-means memberships of the graph embedding:
-    ``ŷ = Σ_k u_k(z) · head_k(z)``; with one head, ``ŷ = head(z)``. ``centers`` are set by :meth:`fit`."""
-
-    def __init__(self, dim: int, num_clusters: int = 1, fuzzifier: float = 2.0) -> None:
-        super().__init__()
-        if num_clusters < 1:
-            raise ValueError(f"num_clusters must be at least 1, got {num_clusters}")
-        if fuzzifier <= 1:
-            raise ValueError(f"fuzzifier must be > 1, got {fuzzifier}")
-        self.fuzzifier = fuzzifier
-        self.heads = nn.ModuleList(PredictorHead(dim) for _ in range(num_clusters))
-        self.register_buffer("centers", torch.zeros(num_clusters, dim))
-        self.register_buffer("fitted", torch.tensor(num_clusters == 1))
-
-    def fit(self, embeddings: Tensor, seed: int = 0) -> Tensor:
-        """Fuzzy c-means on ``embeddings`` ``(N, D)``; returns the training memberships ``(N, K)``."""
-        result = fuzzy_c_means(embeddings, len(self.heads), m=self.fuzzifier, seed=seed)
-        self.centers.copy_(result.centers)
-        self.fitted.fill_(True)
-        return result.memberships
-
-    def memberships(self, z: Tensor) -> Tensor:
-        if len(self.heads) == 1:
-            return torch.ones(z.shape[0], 1, device=z.device, dtype=z.dtype)
-        if not bool(self.fitted):
-            raise RuntimeError("the fuzzy clusters are not fitted yet (call fit on the training embeddings first)")
-        return fuzzy_memberships(z, self.centers.to(z.dtype), self.fuzzifier)
-
-    def forward(self, z: Tensor) -> Tensor:
-        outputs = torch.cat([head(z) for head in self.heads], dim=1)  # (G, K)
-        return (self.memberships(z) * outputs).sum(dim=1)
-
 
 # ---------------------------------------------------------------------------------------- the module
 
@@ -76,23 +42,20 @@ def adam_cg_predictor(params: Any, lr: float = 1e-4) -> torch.optim.Adam:
 
 class CGPredictorModule(L.LightningModule):
     """A CG predictor on batches of computation graphs (``torch_geometric`` batches with ``x``, ``edge_index``,
-    ``batch`` and a standardised target ``y``; :class:`litzoo.datamodules.architectures.ArchitectureDataModule`).
+    ``batch`` and a standardised target ``y``; e.g. ``litzoo.datamodules.architectures.ArchitectureDataModule``).
 
     Epochs ``[0, contrastive_epochs)`` pretrain the encoder with NT-Xent; at epoch ``contrastive_epochs``
-    the encoder is frozen, fuzzy c-means is fitted on the embeddings of the training graphs and the heads
-    train for the remaining epochs. Validation / test log ``srcc`` (Spearman), ``kendall``, ``mae`` (in
-    standardised units) and ``top10`` (top-10% precision) once heads are trained; the test split is the
-    held-out family, so ``test/srcc`` is zero-shot transfer. :meth:`finetune` adapts the heads (and the
-    encoder when it is not frozen) on a few labelled graphs of the new family.
+    the encoder is frozen (:meth:`on_encoder_frozen` runs) and the head (``self.heads``, from
+    :meth:`build_head`) trains for the remaining epochs. Validation / test log ``srcc`` (Spearman),
+    ``kendall``, ``mae`` (in standardised units) and ``top10`` (top-10% precision) once the head is trained;
+    the test split is the held-out family, so ``test/srcc`` is zero-shot transfer. :meth:`finetune` adapts the
+    head (and the encoder when it is not frozen) on a few labelled graphs of the new family.
 
     Args:
         embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`CGEncoder`.
         contrastive_epochs: contrastive pretraining epochs (0: no pretraining; encoder and head train together).
         temperature: NT-Xent τ.
         projection_dim: output of the contrastive projection MLP (used only in pretraining).
-        num_clusters: fuzzy clusters = predictor heads (1: a single head).
-        fuzzifier: fuzzy c-means ``m``.
-        cluster_seed: seed of the fuzzy c-means initialisation.
         optimizer: default Adam lr 1e-4 (official demo).
     """
 
@@ -109,22 +72,19 @@ class CGPredictorModule(L.LightningModule):
         contrastive_epochs: int = 20,
         temperature: float = 0.1,
         projection_dim: int = 32,
-        num_clusters: int = 3,
-        fuzzifier: float = 2.0,
-        cluster_seed: int = 0,
         optimizer: OptimizerCallable = adam_cg_predictor,
     ) -> None:
         super().__init__()
         if contrastive_epochs < 0:
             raise ValueError(f"contrastive_epochs must be >= 0, got {contrastive_epochs}")
-        if contrastive_epochs == 0 and num_clusters > 1:
-            raise ValueError("fuzzy clusters need a fixed embedding: num_clusters > 1 requires contrastive_epochs > 0 (the encoder is frozen after it)")
         if contrastive_epochs > 0 and (eigvec_size == 0 or flip_prob == 0):
             raise ValueError("contrastive views differ by eigenvector sign flips: set eigvec_size > 0 and flip_prob > 0")
+        # Lightning collects the arguments of every __init__ in the chain: a subclass's own (GENNAPE's
+        # num_clusters ...) are in self.hparams from here on, for build_head to read
         self.save_hyperparameters(ignore=["optimizer"])
         self.encoder = CGEncoder(NUM_NODE_FEATURES, embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob)
         self.projection = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
-        self.heads = FuzzyHeadEnsemble(hidden_dim, num_clusters, fuzzifier)
+        self.heads = self.build_head()
         self.contrastive_loss = NTXentLoss(temperature)
         self.optimizer = optimizer
         metrics = MetricCollection({"srcc": SpearmanCorrCoef(), "kendall": KendallRankCorrCoef(), "mae": MeanAbsoluteError(),
@@ -132,6 +92,19 @@ class CGPredictorModule(L.LightningModule):
         self.val_metrics, self.test_metrics = metrics.clone(prefix="val/"), metrics.clone(prefix="test/")
         # the phase lives in the state dict, so a checkpoint tested or resumed later knows it
         self.register_buffer("heads_phase", torch.tensor(contrastive_epochs == 0))
+
+    # ---- what a paper plugs in -------------------------------------------------------------------
+    def build_head(self) -> nn.Module:
+        """The predictor head, ``(G, hidden_dim)`` embeddings → ``(G,)`` or ``(G, 1)`` predictions; called once in
+        ``__init__`` after ``save_hyperparameters``, so it reads its settings from ``self.hparams``. Default: one
+        :class:`PredictorHead` (the official demo's regressor)."""
+        return PredictorHead(self.hparams.hidden_dim)
+
+    def on_encoder_frozen(self) -> None:
+        """Called when the encoder has just been frozen after contrastive pretraining, at the start of that
+        training epoch — and again at the first frozen epoch of a run resumed from a checkpoint (freezing is
+        re-applied then), so state fitted here should live in buffers and be fitted only when missing.
+        :meth:`training_embeddings` gives the frozen embeddings of the training graphs. Default: nothing."""
 
     # ---- phases -------------------------------------------------------------------------------
     @property
@@ -148,17 +121,19 @@ class CGPredictorModule(L.LightningModule):
 
     def forward(self, batch: Any) -> Tensor:
         """``(G,)`` predicted standardised targets."""
-        return self.heads(self.embed(batch))
+        return self.heads(self.embed(batch)).view(-1)  # a head may answer (G, 1)
 
     def on_train_epoch_start(self) -> None:
         if self.pretraining and self.current_epoch >= self.hparams.contrastive_epochs:
             self.heads_phase.fill_(True)
         if not self.encoder_frozen:
             return
+        # frozen flags are not in the checkpoint: a resumed run freezes again, and tells the subclass again
+        just_frozen = any(p.requires_grad for p in self.encoder.parameters())
         self.encoder.requires_grad_(False)
         self.projection.requires_grad_(False)
-        if not bool(self.heads.fitted):
-            self.heads.fit(self.training_embeddings(), seed=self.hparams.cluster_seed)
+        if just_frozen:
+            self.on_encoder_frozen()
 
     @torch.no_grad()
     def training_embeddings(self) -> Tensor:
@@ -226,8 +201,8 @@ class CGPredictorModule(L.LightningModule):
     # ---- transfer -----------------------------------------------------------------------------
     def finetune(self, loader: Any, epochs: int = 100, lr: float = 1e-4) -> CGPredictorModule:
         """A copy adapted to a new family: ``epochs`` of Adam (``lr``) with MSE on ``loader``'s graphs —
-        the heads, plus the encoder when no contrastive pretraining froze it (official demo: 100 epochs,
-        lr 1e-4, batch 1). The clusters stay as fitted."""
+        the head, plus the encoder when no contrastive pretraining froze it (official demo: 100 epochs,
+        lr 1e-4, batch 1). Buffers of the head (GENNAPE's clusters) stay as fitted."""
         if epochs < 1 or lr <= 0:
             raise ValueError(f"epochs must be >= 1 and lr > 0, got {epochs} and {lr}")
         trainer, self._trainer = self._trainer, None  # the copy must not drag the Trainer along
@@ -246,6 +221,6 @@ class CGPredictorModule(L.LightningModule):
             for _ in range(epochs):
                 for batch in loader:
                     optimizer.zero_grad()
-                    F.mse_loss(tuned.heads(tuned.embed(batch)), batch.y.view(-1)).backward()
+                    F.mse_loss(tuned(batch), batch.y.view(-1)).backward()
                     optimizer.step()
         return tuned.eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litzoo.framework.ranking import TopKPrecision, top_k_precision
+from litzoo.framework.nas import TopKPrecision, top_k_precision
 
 
 def test_top_k_precision_by_hand():

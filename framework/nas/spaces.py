@@ -15,7 +15,8 @@ size a CPU can train in seconds:
 Each family is a small dataclass *spec* (``spec.to_dict()`` is JSON; :func:`spec_from_dict` inverts it),
 :func:`sample_spec` draws one from a seeded ``random.Random``, and :func:`build_network` turns it into a
 plain ``nn.Module`` (``(B, 1, 8, 8) -> (B, num_classes)`` logits; every forward is ``torch.fx``-traceable).
-Sampled networks have at most :data:`MAX_PARAMS` parameters.
+Sampled networks have at most :data:`MAX_PARAMS` parameters; :data:`INPUT_SHAPE` (one digit, batch 1) is the
+input their FLOPs and computation graphs are measured on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from litzoo.framework.errors import LitzooError
 FAMILIES: tuple[str, ...] = ("resnet", "mobilenet", "inception", "vgg")
 MAX_PARAMS = 100_000
 """Upper bound on the parameters of a sampled network (sampling redraws larger ones)."""
+INPUT_SHAPE = (1, 1, 8, 8)
+"""One digit, batch 1: the input of a network's FLOPs, latency and computation graph (labelling and search)."""
 
 
 def _act(name: str) -> nn.Module:

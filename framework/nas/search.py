@@ -1,4 +1,4 @@
-"""Predictor-guided, FLOPs-constrained evolutionary architecture search over :mod:`litzoo.framework.nas_spaces`.
+"""Predictor-guided, FLOPs-constrained evolutionary architecture search over :mod:`litzoo.framework.nas.spaces`.
 
 GENNAPE (Mills et al., "GENNAPE: Towards Generalized Neural Architecture Performance Estimators",
 AAAI 2023, arXiv 2211.17226) reports that "when paired with a search algorithm, GENNAPE can find
@@ -12,7 +12,7 @@ mutation-only evolution of predictor-based NAS, **regularized (aging) evolution*
 
 1. draw ``population`` random specs of the family whose FLOPs are within ``flops_limit`` and score them;
 2. each generation, ``children`` times: take ``sample_size`` members of the population at random, the best
-   of them (tournament) is the parent, :func:`litzoo.framework.nas_spaces.mutate_spec` makes one local change;
+   of them (tournament) is the parent, :func:`litzoo.framework.nas.spaces.mutate_spec` makes one local change;
    children over ``flops_limit`` are discarded (redrawn) before they are scored;
 3. the children of a generation are scored in one batched call ``score_fn(specs)`` and join the population;
    the same number of the *oldest* members leave it (aging, not the worst: Real et al.'s regularization);
@@ -29,33 +29,30 @@ FLOPs follow :func:`litzoo.framework.profiling.count_flops` (a multiply-add is 2
 
 :func:`predictor_score_fn` turns any predictor whose ``forward`` takes a ``torch_geometric`` ``Batch`` of
 computation graphs (e.g. :class:`litzoo.modules.gennape.GENNAPEModule`) into a ``score_fn``; :func:`random_search`
-is the baseline; :func:`nas_search_command` is ``litzoo nas-search``. The search itself needs only
-``framework``; the command and :func:`evaluate_candidates` import ``litzoo.datamodules.architectures`` (real
-training on the digits) when called, the way
-``litzoo.cli`` reaches the commands of other packages.
+is the baseline; :func:`evaluate_candidates` trains the best candidates for real on injected data
+(:class:`litzoo.framework.nas.labelling.TrainValSplits`). ``litzoo nas-search`` (``litzoo/cli/nas.py``) is the
+command: it loads a GENNAPE checkpoint, searches and evaluates on the digits.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import math
 import random
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from litzoo.framework.errors import LitzooError
-from litzoo.framework.nas_spaces import (
+from litzoo.framework.nas.labelling import TrainValSplits, label_network, network_graph
+from litzoo.framework.nas.spaces import (
     FAMILIES,
+    INPUT_SHAPE,
     MAX_PARAMS,
     ArchSpec,
     build_network,
@@ -64,9 +61,6 @@ from litzoo.framework.nas_spaces import (
     sample_spec,
     spec_from_dict,
 )
-
-INPUT_SHAPE = (1, 1, 8, 8)
-"""One digit, batch 1: the input of FLOPs and computation graphs (as ``litzoo.datamodules.architectures.INPUT_SHAPE``)."""
 
 ScoreFn = Callable[[Sequence[ArchSpec]], Tensor]
 """``score_fn(specs) -> (len(specs),)`` scores, higher is better (e.g. predicted accuracy)."""
@@ -103,13 +97,11 @@ def spec_flops(spec: ArchSpec) -> int:
 
 
 def spec_graph(spec: ArchSpec):
-    """The unlabelled computation graph of ``build_network(spec)`` (input ``1x1x8x8``), the graph
-    ``litzoo.datamodules.architectures.network_graph`` makes; the global RNG is left untouched."""
-    from litzoo.framework.graph import computation_graph
-
+    """The unlabelled computation graph of ``build_network(spec)`` (:func:`litzoo.framework.nas.labelling.network_graph`,
+    input ``1x1x8x8``); the global RNG is left untouched."""
     with _one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # the graph holds shapes, not weights; seeded anyway so it never depends on state
-        return computation_graph(build_network(spec), torch.zeros(INPUT_SHAPE), label=None, family=spec.family)
+        return network_graph(build_network(spec), None, spec.family)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -191,11 +183,11 @@ def random_search(
     max_params: int = MAX_PARAMS,
     top_k: int | None = None,
 ) -> SearchResult:
-    """The baseline: ``n`` distinct random specs of ``family`` (the sampler of :mod:`litzoo.framework.nas_spaces`,
+    """The baseline: ``n`` distinct random specs of ``family`` (the sampler of :mod:`litzoo.framework.nas.spaces`,
     seeded) within ``flops_limit``.
 
     Args:
-        family: one of :data:`litzoo.framework.nas_spaces.FAMILIES`.
+        family: one of :data:`litzoo.framework.nas.spaces.FAMILIES`.
         n: distinct specs to draw.
         flops_limit: FLOPs bound (batch 1); specs over it are redrawn.
         seed: seed of the draws.
@@ -246,7 +238,7 @@ def evolutionary_search(
     (and a deterministic ``score_fn``).
 
     Args:
-        family: one of :data:`litzoo.framework.nas_spaces.FAMILIES`.
+        family: one of :data:`litzoo.framework.nas.spaces.FAMILIES`.
         score_fn: ``score_fn(specs) -> (len(specs),)`` tensor, higher is better; called once for the initial
             population and once per generation (batched).
         flops_limit: no candidate (scored or returned) has more FLOPs (batch 1).
@@ -363,93 +355,23 @@ def predictor_score_fn(predictor: nn.Module, batch_size: int = 64, device: str |
     return score
 
 
-def load_gennape_predictor(path: str | Path) -> nn.Module:
-    """A GENNAPE predictor (:class:`litzoo.modules.gennape.GENNAPEModule` adds nothing to
-    :class:`litzoo.framework.cg_predictor.CGPredictorModule`, whose class loads it) from a Lightning checkpoint,
-    loaded with ``weights_only=True`` on the CPU, in eval mode. A missing, corrupt or foreign file raises a
-    one-line :class:`LitzooError`."""
-    from litzoo.framework.checkpoints import load_checkpoint
-
-    path = Path(path).expanduser()
-    checkpoint = load_checkpoint(path)  # LitzooError for missing / not torch / unsafe files
-    if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
-        raise LitzooError(f"checkpoint '{path}' is not a Lightning checkpoint of a GENNAPE predictor (no state_dict / hyper_parameters)")
-    from litzoo.framework.cg_predictor import CGPredictorModule
-
-    try:
-        model = CGPredictorModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # wrong keys or shapes, hyper-parameters of another module
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LitzooError(f"checkpoint '{path}' is not a GENNAPE predictor checkpoint ({reason[:200]})") from None
-    return model.eval()
-
-
-# --------------------------------------------------------------------------------------------- command
-def nas_search_command(argv: Sequence[str]) -> list[dict[str, Any]]:
-    """``litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 1e6 --evaluate 20 --out
-    results.jsonl``: predictor-guided evolutionary search (:func:`evolutionary_search` scored by
-    :func:`predictor_score_fn` of a GENNAPE checkpoint), then the ``--evaluate`` best-predicted distinct
-    candidates are trained for real on the digits (``litzoo.datamodules.architectures.label_network``, one thread,
-    the same seed for every candidate) and written as JSONL records ``{"rank", "family", "spec", "predicted",
-    "accuracy", "flops", "params", "latency_ms"}`` (``predicted``: the predictor's score, standardised
-    accuracy for GENNAPE; ``flops`` at batch 1). Prints the most accurate one; returns the records."""
-    parser = argparse.ArgumentParser(prog="litzoo nas-search", description=(nas_search_command.__doc__ or "").splitlines()[0])
-    parser.add_argument("--predictor", required=True, help="GENNAPE Lightning checkpoint (.ckpt)")
-    parser.add_argument("--family", required=True, choices=list(FAMILIES), help="architecture family to search")
-    parser.add_argument("--flops-limit", type=float, required=True, help="FLOPs bound at batch 1 (a multiply-add is 2 FLOPs)")
-    parser.add_argument("--evaluate", type=int, default=20, help="best-predicted candidates to train for real")
-    parser.add_argument("--out", default="nas_search.jsonl", help="JSONL file of the evaluated candidates")
-    parser.add_argument("--population", type=int, default=50, help="aging-evolution population")
-    parser.add_argument("--generations", type=int, default=40, help="evolution cycles")
-    parser.add_argument("--children", type=int, default=25, help="children per generation")
-    parser.add_argument("--sample-size", type=int, default=10, help="tournament size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the search and of the real training")
-    parser.add_argument("--epochs", type=int, default=3, help="training epochs of each evaluated candidate")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on the first N digits only (tests)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(list(argv))
-    if args.evaluate < 1 or args.epochs < 1 or not args.flops_limit > 0:
-        parser.error(
-            f"--evaluate and --epochs must be at least 1 and --flops-limit positive, got {args.evaluate}, {args.epochs}, {args.flops_limit:g}"
-        )
-    predictor = load_gennape_predictor(args.predictor)
-    start = time.perf_counter()
-    try:
-        result = evolutionary_search(
-            args.family, predictor_score_fn(predictor), args.flops_limit, population=args.population, generations=args.generations,
-            sample_size=args.sample_size, children=args.children, top_k=args.evaluate, seed=args.seed, progress=not args.no_progress,
-        )  # fmt: skip
-    except ValueError as error:
-        raise LitzooError(f"nas-search: {error}") from None
-    searched = time.perf_counter() - start
-    records = evaluate_candidates(result.best, args.epochs, args.seed, args.train_subset, progress=not args.no_progress)
-    out = Path(args.out).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, separators=(",", ":")) + "\n")
-    best = max(records, key=lambda r: r["accuracy"])
-    print(
-        f"searched {result.score_calls} {args.family} candidates within {args.flops_limit:.3g} FLOPs in {searched:.1f} s, trained the "
-        f"{len(records)} best-predicted; best: accuracy {best['accuracy']:.4f}, {best['flops'] / 1e6:.3f} MFLOPs, rank {best['rank']} "
-        f"(predicted {best['predicted']:+.3f}): {json.dumps(best['spec'])} -> {out}"
-    )
-    return records
-
-
 def evaluate_candidates(
-    candidates: Sequence[Candidate], epochs: int = 3, seed: int = 0, train_subset: int | None = None, progress: bool = False
+    candidates: Sequence[Candidate],
+    data: TrainValSplits,
+    epochs: int = 3,
+    seed: int = 0,
+    train_subset: int | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """Trains each candidate on the digits (``litzoo.datamodules.architectures.label_network``: AdamW, ``epochs``,
-    weights and batch order seeded by ``seed``, one thread) and returns ``{"rank", "family", "spec",
-    "predicted", "accuracy", "flops", "params", "latency_ms"}`` per candidate, in the given order."""
+    """Trains each candidate on ``data`` (:func:`litzoo.framework.nas.labelling.label_network`: AdamW, ``epochs``,
+    weights and batch order seeded by ``seed``, one thread; the first ``train_subset`` training images only when
+    given) and returns ``{"rank", "family", "spec", "predicted", "accuracy", "flops", "params", "latency_ms"}``
+    per candidate, in the given order."""
     from tqdm.auto import tqdm
-
-    from litzoo.datamodules.architectures import DigitsSplits, label_network
 
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    data = DigitsSplits(train_subset=train_subset)
+    data = data.with_train_subset(train_subset)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     records = []

@@ -1,4 +1,4 @@
-"""Text quality-based pruning (framework/text_quality.py, `litzoo text-quality`; Sharma et al., arXiv:2405.01582):
+"""Text quality-based pruning (framework/curation/text_quality.py, `litzoo text-quality`; Sharma et al., arXiv:2405.01582):
 every filter on hand-made lines, the weight / line / document formulas by hand, pruning, the bigram LM by hand,
 and the score separating junk on the synthetic corpus."""
 
@@ -14,7 +14,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from litzoo.cli import main
 from litzoo.datamodules.synthetic import TQ_JUNK_KINDS, text_quality_corpus
-from litzoo.framework.text_quality import (
+from litzoo.framework.curation.text_quality import (
     FILTERS,
     PAPER_FILTERS,
     BigramLM,

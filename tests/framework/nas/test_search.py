@@ -1,6 +1,6 @@
-"""Predictor-guided evolutionary NAS: mutations (one valid local change, seeded), regularized evolution
-against random search on planted scores, the FLOPs limit, predictor scoring on computation graphs, and the
-``nas-search`` command end to end on a tiny GENNAPE checkpoint."""
+"""Predictor-guided evolutionary NAS (framework/nas/search.py, mutations of framework/nas/spaces.py): mutations
+(one valid local change, seeded), regularized evolution against random search on planted scores, the FLOPs limit
+and predictor scoring on computation graphs. The ``nas-search`` command: tests/cli/test_nas.py."""
 
 from __future__ import annotations
 
@@ -8,31 +8,25 @@ import copy
 import json
 import random
 
-import lightning as L
 import pytest
 import torch
 from torch_geometric.data import Batch
 
-from litzoo.datamodules.architectures import SyntheticArchitectureDataModule, network_graph
-from litzoo.framework.errors import LitzooError
-from litzoo.framework.nas_search import (
-    evolutionary_search,
-    load_gennape_predictor,
-    nas_search_command,
-    predictor_score_fn,
-    random_search,
-    spec_flops,
-    spec_graph,
-)
-from litzoo.framework.nas_spaces import (
+from litzoo.framework.nas import (
     FAMILIES,
     MAX_PARAMS,
     MobileNetSpec,
     build_network,
     count_spec_parameters,
+    evolutionary_search,
     mutate_spec,
+    network_graph,
+    predictor_score_fn,
+    random_search,
     sample_spec,
+    spec_flops,
     spec_from_dict,
+    spec_graph,
 )
 from litzoo.framework.profiling import count_flops
 from litzoo.modules.gennape import GENNAPEModule
@@ -179,55 +173,3 @@ def test_predictor_scores_equal_the_predictor_on_the_specs_computation_graphs():
     assert torch.allclose(scores, direct, atol=1e-5)
     assert torch.equal(torch.argsort(scores), torch.argsort(direct))
     assert scores.std() > 0  # the specs are told apart
-
-
-def _checkpoint(tmp_path) -> str:
-    L.seed_everything(0, verbose=False)
-    model = _tiny_gennape()
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(model, SyntheticArchitectureDataModule(per_family=4, batch_size=4))
-    path = tmp_path / "gennape.ckpt"
-    trainer.save_checkpoint(path)
-    return str(path)
-
-
-def test_command_searches_trains_and_writes_records(tmp_path, capsys):
-    ckpt = _checkpoint(tmp_path)
-    out = tmp_path / "results" / "search.jsonl"
-    limit = 3e5
-    records = nas_search_command(["--predictor", ckpt, "--family", "vgg", "--flops-limit", str(limit), "--evaluate", "3", "--out", str(out),
-                                  "--population", "6", "--generations", "2", "--children", "3", "--sample-size", "2", "--epochs", "1",
-                                  "--train-subset", "64", "--no-progress"])  # fmt: skip
-    lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert lines == json.loads(json.dumps(records)) and len(lines) == 3
-    predictor = load_gennape_predictor(ckpt)
-    specs = [spec_from_dict(r["spec"]) for r in lines]
-    assert torch.allclose(predictor_score_fn(predictor)(specs), torch.tensor([r["predicted"] for r in lines]), atol=1e-5)
-    for rank, record in enumerate(lines):
-        assert record["rank"] == rank and record["family"] == "vgg"
-        assert 0.0 <= record["accuracy"] <= 1.0
-        assert record["flops"] == spec_flops(specs[rank]) <= limit
-        assert record["params"] == count_spec_parameters(specs[rank])
-    predicted = [r["predicted"] for r in lines]
-    assert predicted == sorted(predicted, reverse=True)
-    printed = capsys.readouterr().out
-    best = max(lines, key=lambda r: r["accuracy"])
-    assert "best: accuracy" in printed and f"{best['accuracy']:.4f}" in printed
-
-
-def test_a_bad_predictor_file_is_a_one_line_error(tmp_path):
-    args = ["--family", "vgg", "--flops-limit", "1e6", "--out", str(tmp_path / "o.jsonl")]
-    with pytest.raises(LitzooError, match="does not exist") as error:
-        nas_search_command(["--predictor", str(tmp_path / "missing.ckpt"), *args])
-    assert "\n" not in str(error.value)
-    garbage = tmp_path / "garbage.ckpt"
-    garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(LitzooError) as error:
-        nas_search_command(["--predictor", str(garbage), *args])
-    assert "\n" not in str(error.value) and "garbage.ckpt" in str(error.value)
-    plain = tmp_path / "plain.ckpt"
-    torch.save({"weight": torch.zeros(2)}, plain)
-    with pytest.raises(LitzooError, match="not a Lightning checkpoint of a GENNAPE predictor"):
-        nas_search_command(["--predictor", str(plain), *args])
-    assert not (tmp_path / "o.jsonl").exists()

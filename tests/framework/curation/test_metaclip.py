@@ -1,4 +1,4 @@
-"""MetaCLIP curation (framework/curation.py, `litzoo curate`): the matching rule on edge cases and against
+"""MetaCLIP curation (framework/curation/metaclip.py, `litzoo curate`): the matching rule on edge cases and against
 the brute-force sub-string rule, keep probabilities by hand, and what balancing guarantees."""
 
 from __future__ import annotations

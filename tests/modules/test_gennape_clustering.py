@@ -1,4 +1,4 @@
-"""Fuzzy c-means: memberships by the formula on a hand example, the objective never increases,
+"""GENNAPE's fuzzy c-means (modules/gennape.py): memberships by the formula on a hand example, the objective never increases,
 planted clusters are recovered, and bad arguments are refused."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from litzoo.framework.clustering import fcm_objective, fuzzy_c_means, fuzzy_memberships
+from litzoo.modules.gennape import fcm_objective, fuzzy_c_means, fuzzy_memberships
 
 
 def test_memberships_match_the_formula_by_hand():
