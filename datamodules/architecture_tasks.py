@@ -49,6 +49,7 @@ from litzoo.framework.nas import (
     FAMILIES,
     TrainValSplits,
     build_network,
+    fit_adamw,
     generate_architecture_benchmark,
     load_benchmark_specs,
     spec_from_dict,
@@ -84,24 +85,11 @@ def noisy_splits(data: TrainValSplits, sigma: float, seed: int) -> TrainValSplit
 
 def train_value_regressor(model: nn.Module, data: TrainValSplits, epochs: int, seed: int, batch_size: int = 64,
                           lr: float = 3e-3, weight_decay: float = 1e-2) -> float:  # fmt: skip
-    """Trains a one-output ``model`` to regress the digit value (MSE on ``(value − 4.5) / 2.9``; AdamW, batches
-    shuffled by a generator seeded with ``seed``) and returns ``−RMSE`` on the validation digits in digit units."""
+    """Trains a one-output ``model`` to regress the digit value (MSE on ``(value − 4.5) / 2.9``, the labelling
+    recipe :func:`litzoo.framework.nas.labelling.fit_adamw`) and returns ``−RMSE`` on the validation digits in digit units."""
     shift, scale = 4.5, 2.9
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     target = (data.train_y.float() - shift) / scale
-    model.train()
-    n = len(target)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            if len(rows) < 2:  # BatchNorm needs two samples
-                continue
-            loss = nn.functional.mse_loss(model(data.train_x[rows]).view(-1), target[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    fit_adamw(model, data.train_x, target, lambda out, y: nn.functional.mse_loss(out.view(-1), y), epochs, seed, batch_size, lr, weight_decay)
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(data.val_x[s : s + 256]).view(-1) for s in range(0, len(data.val_y), 256)]) * scale + shift

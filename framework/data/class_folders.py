@@ -9,6 +9,7 @@ followed. Every problem is one :class:`LitzooError` line naming the folder.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,7 +103,7 @@ class ClassFolders:
         return samples
 
 
-class ClassFolderDataModule(SplitsDataModule):
+class ClassFolderDataModule(SplitsDataModule, abc.ABC):
     """The DataModule shell of a class-folder tree ``root/{train,val,test}/<class_name>/*<suffix>``.
 
     ``root/train`` is required (checked here, so that a wrong path fails before a model is built) and defines
@@ -155,9 +156,9 @@ class ClassFolderDataModule(SplitsDataModule):
         """Checks that the tree is there; never downloads."""
         self.folders.split_dir("train")
 
+    @abc.abstractmethod
     def file_dataset(self, samples: list[tuple[Path, int]], split: str) -> Dataset:
         """The dataset of ``split`` from its ``(path, label)`` samples; ``split`` says whether to augment."""
-        raise NotImplementedError(f"{type(self).__name__} must implement file_dataset(samples, split)")
 
     def build_dataset(self, split: str) -> Dataset:
         """Lists the files of ``root/<split>`` (none is opened) and hands them to :meth:`file_dataset`."""

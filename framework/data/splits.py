@@ -61,7 +61,7 @@ class SplitsDataModule(L.LightningDataModule):
 
         A split that is not there raises the DataModule's own one-line error (naming the missing file).
         """
-        raise NotImplementedError(f"{type(self).__name__} implements neither build_dataset(split) nor build_datasets(split)")
+        raise NotImplementedError(f"{type(self).__name__} implements neither build_dataset(split) nor build_datasets(split)")  # abstract: one of the two hooks
 
     def build_datasets(self, split: str) -> dict[str, Dataset]:
         """The datasets built when ``split`` is first needed: ``{split: build_dataset(split)}``.

@@ -17,6 +17,7 @@ from litzoo.framework.nas.labelling import (
     TARGETS,
     TrainValSplits,
     benchmark_summary,
+    fit_adamw,
     format_benchmark_summary,
     generate_architecture_benchmark,
     label_network,
@@ -65,7 +66,7 @@ __all__ = [
     "ArchSpec", "Candidate", "CGPredictorModule", "InceptionBlock", "InceptionSpec", "MobileNetSpec", "RepVGGTrainBlock",
     "ResNetSpec", "ScoreFn", "SearchResult", "TopKPrecision", "TrainValSplits", "VGGSpec",
     "adam_cg_predictor", "benchmark_summary", "build_network", "check_family", "count_spec_parameters", "evaluate_candidates",
-    "evolutionary_search", "format_benchmark_summary", "generate_architecture_benchmark", "label_network", "load_benchmark_specs",
+    "evolutionary_search", "fit_adamw", "format_benchmark_summary", "generate_architecture_benchmark", "label_network", "load_benchmark_specs",
     "mutate_spec", "network_graph", "predictor_score_fn", "random_search", "record_spec", "sample_spec", "spec_flops",
     "spec_from_dict", "spec_graph", "spec_key", "specs_path", "top_k_precision", "train_and_evaluate",
 ]  # fmt: skip

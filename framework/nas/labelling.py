@@ -22,7 +22,7 @@ the DataModules; ``litzoo architectures`` is the command.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,36 @@ class TrainValSplits:
         return TrainValSplits(self.train_x[:train_subset], self.train_y[:train_subset], self.val_x, self.val_y)
 
 
+def fit_adamw(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    epochs: int,
+    seed: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-2,
+) -> None:
+    """The labelling recipe: ``epochs`` passes of AdamW over ``(inputs, targets)`` in batches shuffled by a
+    generator seeded with ``seed``, minimising ``loss_fn(model(x), y)``. Deterministic on CPU when the caller
+    runs it with one thread."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    n = len(targets)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, batch_size):
+            rows = order[start : start + batch_size]
+            if len(rows) < 2:  # BatchNorm needs two samples
+                continue
+            loss = loss_fn(model(inputs[rows]), targets[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
 def train_and_evaluate(
     model: nn.Module,
     data: TrainValSplits,
@@ -68,25 +98,11 @@ def train_and_evaluate(
     lr: float = 3e-3,
     weight_decay: float = 1e-2,
 ) -> float:
-    """Trains ``model`` with AdamW (cross-entropy, ``epochs`` passes, batches shuffled by a generator seeded
-    with ``seed``) and returns its top-1 validation accuracy (torchmetrics). Deterministic on CPU when the
-    caller runs it with one thread."""
+    """Trains ``model`` with :func:`fit_adamw` (cross-entropy) and returns its top-1 validation accuracy
+    (torchmetrics)."""
     from torchmetrics.classification import MulticlassAccuracy
 
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    model.train()
-    n = len(data.train_y)
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            if len(rows) < 2:  # BatchNorm needs two samples
-                continue
-            loss = nn.functional.cross_entropy(model(data.train_x[rows]), data.train_y[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    fit_adamw(model, data.train_x, data.train_y, nn.functional.cross_entropy, epochs, seed, batch_size, lr, weight_decay)
     metric = MulticlassAccuracy(num_classes=10, average="micro")
     model.eval()
     with torch.no_grad():
