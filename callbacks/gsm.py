@@ -29,8 +29,8 @@ from torch.utils._pytree import tree_leaves
 from typing_extensions import override
 
 from litzoo.callbacks.base import EvaluateDeployModel
-from litzoo.framework.checkpoints import save_deploy_checkpoint
 from litzoo.framework.data.batches import reference_batch
+from litzoo.framework.deploy import save_deploy_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 

@@ -18,8 +18,8 @@ from torch.utils._pytree import tree_leaves
 from typing_extensions import override
 
 from litzoo.callbacks.base import EvaluateDeployModel
-from litzoo.framework.checkpoints import save_deploy_checkpoint
 from litzoo.framework.data.batches import reference_batch
+from litzoo.framework.deploy import deploy_marker, save_deploy_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count, measure_latency
 from litzoo.framework.reparam import fuse_model, is_fusable
@@ -33,9 +33,10 @@ class ReparamFusion(EvaluateDeployModel):
     model in place, (3) runs the batch again and raises if the outputs differ by more than
     ``tolerance * max(1, max|y|)``, (4) logs the error and parameters / FLOPs / CPU latency before
     and after, (5) checks the fusion itself on a float64 copy with random BatchNorm statistics
-    (:func:`litzoo.framework.reparam.verify.fusion_error`, independent of the trained values), and (6) writes ``deploy.ckpt`` (fused weights, marked so that litzoo modules rebuild
-    the fused structure when loading it). The training-time ``last.ckpt`` stays the resumable
-    artefact. When ``validate``/``test``/``predict`` start outside fit, the loaded training-time
+    (:func:`litzoo.framework.reparam.verify.fusion_error`, independent of the trained values), and (6) writes ``deploy.ckpt`` (fused weights, marked so that
+    loaders rebuild the fused structure first, :mod:`litzoo.framework.deploy`: ``trainer.test(model,
+    ckpt_path=deploy.ckpt)`` with this callback works for any LightningModule). The training-time
+    ``last.ckpt`` stays the resumable artefact. When ``validate``/``test``/``predict`` start outside fit, the loaded training-time
     weights are fused first, so evaluation runs on the deploy model.
 
     Args:
@@ -129,7 +130,7 @@ class ReparamFusion(EvaluateDeployModel):
 
     def _save_deploy_checkpoint(self, trainer: L.Trainer) -> None:
         # marked so that loaders rebuild the fused structure before loading the weights
-        self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ReparamFusion", {"fused": True})
+        self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ReparamFusion", deploy_marker(fused=True))
 
     # ---------------------------------------------------- evaluation outside fit
     @override

@@ -53,12 +53,11 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from litzoo.callbacks.base import EvaluateDeployModel
-from litzoo.framework.checkpoints import save_deploy_checkpoint
 from litzoo.framework.data.batches import batch_inputs, reference_batch, setup_loader
+from litzoo.framework.deploy import deploy_marker, save_deploy_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count
 from litzoo.framework.pruning import (
-    PRUNED_SHAPES_KEY,
     ChannelFlops,
     ChannelGroup,
     GroupReport,
@@ -67,7 +66,6 @@ from litzoo.framework.pruning import (
     find_channel_groups,
     fold_compactors,
     insert_compactors,
-    layer_shapes,
     remove_channels,
     zero_masked_rows,
 )
@@ -239,6 +237,7 @@ class ResRepPruning(EvaluateDeployModel):
     # ---------------------------------------------------------------- fit
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)  # a pruned.ckpt gets its layer shapes before its weights
         if stage == TrainerFn.FITTING:
             if not compacted_layers(pl_module):
                 self.attach(pl_module, example_inputs(trainer, pl_module))
@@ -258,6 +257,7 @@ class ResRepPruning(EvaluateDeployModel):
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None
@@ -382,7 +382,7 @@ class ResRepPruning(EvaluateDeployModel):
 
     def _save_pruned_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the pruned model is a deploy model: loaders fuse re-parameterizable blocks, then rebuild the cut layers
-        marker = {"fused": True, PRUNED_SHAPES_KEY: layer_shapes(pl_module)}
+        marker = deploy_marker(pl_module, fused=True, pruned=True)
         self.deploy_path = save_deploy_checkpoint(trainer, self.deploy_filename, "ResRepPruning", marker)
 
     # ---------------------------------------------------------------- evaluation outside fit

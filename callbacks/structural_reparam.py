@@ -127,6 +127,7 @@ class StructuralReparam(EvaluateDeployModel):
     # ---------------------------------------------------------------- fit
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         if stage == TrainerFn.FITTING:
             if not self.layers:
                 self.convert(pl_module)
@@ -147,6 +148,7 @@ class StructuralReparam(EvaluateDeployModel):
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().teardown(trainer, pl_module, stage)
         if self._load_hook is not None:
             self._load_hook.remove()
             self._load_hook = None

@@ -1,20 +1,33 @@
-"""Safe loading of checkpoint files (``weights_only=True``, one-line errors that name the file) and
-converters from the official released checkpoints of the re-parameterization papers."""
+"""Safe loading of checkpoint files (``weights_only=True``, one-line errors that name the file), the one
+check of "does this state dict fit the model", and the registry of official key maps.
+
+* :func:`load_checkpoint` / :func:`state_dict_from` / :func:`unwrap_state_dict`: reading files.
+* :func:`check_state_dict` / :func:`load_state_dict_checked`: missing, unexpected and mis-shaped keys,
+  with what a caller tolerates (a decoder an encoder-only file lacks, BN counters of old files, a head of
+  another shape when fine-tuning) said as ``fnmatch`` patterns; one :class:`LitzooError` otherwise.
+* :func:`register_official_key_map` / :func:`convert_official_state_dict` / :func:`load_official_weights`:
+  authors release weights under their own module names; each method's key map lives next to its model
+  and registers itself here when its file is imported (timm's ``checkpoint_filter_fn`` idea), so the core
+  knows no method by name.
+
+The format of deploy checkpoints (fused, pruned) is :mod:`litzoo.framework.deploy`'s.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.reparam.fuse_model import DEPLOY_KEY, fuse_model
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
@@ -59,72 +72,6 @@ def state_dict_from(checkpoint: dict[str, Any], path: str | Path = "<checkpoint>
     return state
 
 
-# ------------------------------------------------------------------ official released weights
-#
-# The authors of the structural re-parameterization papers released their weights with their own
-# module names. Each converter renames key *segments* (the dotted parts), so it works wherever the
-# block sits in a network: ``layer1.0.conv1.square_conv.weight`` -> ``layer1.0.conv1.branch_square.conv.weight``.
-# A ``None`` target drops the segment: the official deploy-time conv inside a block
-# (``fused_conv``, ``dbb_reparam``) becomes the module that replaces the block after ``fuse()``.
-
-#: RepVGG (DingXiaoH/RepVGG ``repvgg.py``): ``rbr_dense``/``rbr_1x1`` are conv-BN Sequentials,
-#: ``rbr_identity`` a BatchNorm2d, ``rbr_reparam`` the deploy conv; the network names ``stage0`` ...
-#: ``stage4`` and ``linear`` are ours too.
-_REPVGG_SEGMENTS: dict[str, str | None] = {
-    "rbr_dense": "branch_3x3",
-    "rbr_1x1": "branch_1x1",
-    "rbr_identity": "branch_identity",
-    "rbr_reparam": "conv",
-}
-
-#: ACNet (DingXiaoH/ACNet ``acnet/acb.py``): flat ``square_conv``/``square_bn`` ... attributes.
-_ACB_SEGMENTS: dict[str, str | None] = {
-    "square_conv": "branch_square.conv",
-    "square_bn": "branch_square.bn",
-    "ver_conv": "branch_vertical.conv",
-    "ver_bn": "branch_vertical.bn",
-    "hor_conv": "branch_horizontal.conv",
-    "hor_bn": "branch_horizontal.bn",
-    "fused_conv": None,
-}
-
-#: Diverse Branch Block (DingXiaoH/DiverseBranchBlock ``diversebranchblock.py``); names inside the
-#: branches (``conv``, ``bn``, ``avg``, ``avgbn``, ``idconv1``, ``conv1``, ``bn1``, ``conv2``, ``bn2``)
-#: are the official ones.
-_DBB_SEGMENTS: dict[str, str | None] = {
-    "dbb_origin": "branch_kxk",
-    "dbb_1x1": "branch_1x1",
-    "dbb_avg": "branch_avg",
-    "dbb_1x1_kxk": "branch_1x1_kxk",
-    "dbb_reparam": None,
-}
-
-_BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-OFFICIAL_METHODS = ("repvgg", "acb", "dbb", "repmlp", "mae", "hiera", "audio_mae")
-
-
-def _rename_segments(key: str, table: dict[str, str | None]) -> str:
-    parts = []
-    for segment in key.split("."):
-        if segment in table:
-            if table[segment] is not None:
-                parts.append(table[segment])
-        else:
-            parts.append(segment)
-    return ".".join(parts)
-
-
-def _dbb_key(key: str) -> str:
-    key = _rename_segments(key, _DBB_SEGMENTS)
-    # Before DBB PR#10, BNAndPadLayer subclassed BatchNorm2d, so its statistics sat one level up
-    # (``dbb_avg.bn.weight``); ours wraps a BatchNorm2d (``branch_avg.bn.bn.weight``).
-    parts = key.split(".")
-    if len(parts) >= 3 and parts[-1] in _BN_LEAVES and (parts[-3], parts[-2]) in (("branch_avg", "bn"), ("branch_1x1_kxk", "bn1")):
-        parts.insert(len(parts) - 1, "bn")
-    return ".".join(parts)
-
-
 def unwrap_state_dict(checkpoint: Mapping[str, Any], path: str | Path = "<checkpoint>") -> dict[str, torch.Tensor]:
     """The weights of a released checkpoint: a bare state dict, or one under ``state_dict`` / ``model``.
 
@@ -142,89 +89,200 @@ def unwrap_state_dict(checkpoint: Mapping[str, Any], path: str | Path = "<checkp
     return dict(state)
 
 
-def convert_official_audio_mae_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Official AudioMAE weights (``models_mae.py`` pretrained or ``models_vit.py`` fine-tuned, already
-    unwrapped from ``{"model": ...}``) → ``(our state dict, dropped keys)``.
+# ------------------------------------------------------------------ does a state dict fit a model
 
-    Our modules use the official (timm ViT) names, so encoder (``patch_embed.proj``, ``cls_token``,
-    ``pos_embed``, ``blocks.*``, ``norm``), decoder embedding / norm / prediction (``decoder_embed``,
-    ``mask_token``, ``decoder_pos_embed``, ``decoder_norm``, ``decoder_pred``) and fine-tuned heads
-    (``fc_norm``, ``head``) keep their keys. The blocks of the official local-window decoder
-    (``decoder_mode=1``, recognised by their ``attn.tau`` / ``attn.meta_mlp`` parameters) are Swin-V2-CR
-    blocks that compute something else than ours (see the module docstring): all ``decoder_blocks.*``
-    keys are dropped and returned, even those whose names match ours, because loading them would be
-    silently wrong. Global decoder blocks (``decoder_mode=0``, timm ``Block``) are kept.
+#: BatchNorm's step counter, absent from checkpoints written before PyTorch 0.4.1 (and from some
+#: released files); a model missing only these loses nothing (they matter only with ``momentum=None``).
+BN_COUNTERS = "*num_batches_tracked"
 
-    Raises:
-        LitzooError: not an AudioMAE / timm ViT state dict (no ``patch_embed.proj.weight``).
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)
+
+
+def _listing(keys: Iterable[str], limit: int) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "")
+
+
+@dataclass(frozen=True)
+class StateDictFit:
+    """How a state dict fits a model's: each list sorted; the ``tolerated_*`` ones are not problems.
+
+    Attributes:
+        missing: model keys the file lacks.
+        unexpected: file keys the model does not have.
+        wrong_shape: keys in both with other shapes.
+        tolerated_missing: model keys the file may lack; they keep their initialisation.
+        tolerated_unexpected: file keys the caller ignores.
+        tolerated_shape: keys whose other shape the caller accepts; the model's keep their initialisation.
     """
-    if "patch_embed.proj.weight" not in state_dict:
-        raise LitzooError("official audio_mae state dict: no 'patch_embed.proj.weight', so not an AudioMAE / timm ViT checkpoint")
-    swin_decoder = any(k.startswith("decoder_blocks.") and (".attn.tau" in k or ".attn.meta_mlp." in k) for k in state_dict)
-    converted, dropped = {}, []
-    for key, value in state_dict.items():
-        if swin_decoder and key.startswith("decoder_blocks."):
-            dropped.append(key)
-        else:
-            converted[key] = value
-    return converted, dropped
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    wrong_shape: tuple[str, ...] = ()
+    tolerated_missing: tuple[str, ...] = ()
+    tolerated_unexpected: tuple[str, ...] = ()
+    tolerated_shape: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.wrong_shape)
+
+    @property
+    def problems(self) -> int:
+        return len(self.missing) + len(self.unexpected) + len(self.wrong_shape)
+
+    def summary(self, limit: int = 4) -> str:
+        """``"missing: a, b ...; unexpected: c; other shapes: d"`` with the first ``limit`` keys of each kind."""
+        kinds = (("missing", self.missing), ("unexpected", self.unexpected), ("other shapes", self.wrong_shape))
+        return "; ".join(f"{kind}: {_listing(keys, limit)}" for kind, keys in kinds if keys)
 
 
-def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename the keys of an official released state dict to litzoo's module names.
-
-    Train-time and deploy-time checkpoints are both mapped; deploy keys come out as the keys of
-    the model after :func:`litzoo.framework.reparam.fuse_model`.
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    may_miss: Iterable[str] = (),
+    may_reshape: Iterable[str] = (),
+    may_ignore: Iterable[str] = (),
+) -> StateDictFit:
+    """Compare a state dict with a model's (``model.state_dict()``); nothing is loaded.
 
     Args:
-        method: ``"repvgg"`` (DingXiaoH/RepVGG), ``"acb"`` (DingXiaoH/ACNet), ``"dbb"``
-            (DingXiaoH/DiverseBranchBlock), ``"repmlp"`` (DingXiaoH/RepMLP; litzoo's RepMLPNet uses
-            the official names, so only wrappers and prefixes change) or ``"mae"`` (facebookresearch/mae:
-            timm ViT names, which litzoo's ``MaskedAutoencoderViT`` uses; a ``{'model': ...}`` wrapper is
-            also removed here; encoder-only files such as ``mae_pretrain_vit_base.pth`` give encoder
-            keys only, and ``MaskedAutoencoderViT.from_official_checkpoint`` reports the missing decoder) or
-            ``"hiera"`` (facebookresearch/hiera: litzoo's ``Hiera`` / ``MaskedAutoencoderHiera`` use the
-            official names; the released files' ``{'model_state': ...}`` wrapper is removed here) or
-            ``"audio_mae"`` (facebookresearch/AudioMAE: timm ViT names; the Swin-V2-CR blocks of the
-            official local-window decoder are dropped with a warning, see
-            :func:`convert_official_audio_mae_state_dict`).
-        state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
+        state: the weights read from a file.
+        target: the model's state dict.
+        may_miss: ``fnmatch`` patterns of model keys the file may lack (``"decoder_*"``, :data:`BN_COUNTERS`).
+        may_reshape: patterns of keys whose shape may differ (a classifier head for other classes).
+        may_ignore: patterns of file keys the model may lack (weights this model does not use).
     """
-    if method not in OFFICIAL_METHODS:
-        raise ValueError(f"unknown method '{method}' for official checkpoints; choose from {', '.join(OFFICIAL_METHODS)}")
-    if method == "repvgg":
-        if any(".se." in f".{k}" for k in state_dict):
-            raise LitzooError("RepVGG checkpoints with squeeze-excitation blocks (RepVGG-D2se, RepVGGplus) are not supported by litzoo's RepVGG")
-        rename = lambda key: _rename_segments(key, _REPVGG_SEGMENTS)  # noqa: E731
-    elif method == "acb":
-        rename = lambda key: _rename_segments(key, _ACB_SEGMENTS)  # noqa: E731
-    elif method == "dbb":
-        rename = _dbb_key
-    elif method == "mae":
-        if isinstance(state_dict.get("model"), Mapping) or all(k.startswith("module.") for k in state_dict):
-            state_dict = unwrap_state_dict(state_dict)
-        if "patch_embed.proj.weight" not in state_dict:
-            raise LitzooError("official mae state dict: no 'patch_embed.proj.weight', so not an MAE / timm ViT checkpoint")
-        rename = lambda key: key  # noqa: E731
-    elif method == "hiera":
-        if isinstance(state_dict.get("model_state"), Mapping):
-            state_dict = state_dict["model_state"]
-        state_dict = unwrap_state_dict(state_dict)
-        if "patch_embed.proj.weight" not in state_dict:
-            raise LitzooError("official hiera state dict: no 'patch_embed.proj.weight', so not a Hiera checkpoint")
-        rename = lambda key: key  # noqa: E731
-    elif method == "audio_mae":
-        if isinstance(state_dict.get("model"), Mapping) or all(k.startswith("module.") for k in state_dict):
-            state_dict = unwrap_state_dict(state_dict)
-        state_dict, dropped = convert_official_audio_mae_state_dict(dict(state_dict))
-        if dropped:
-            rank_zero_warn(f"official audio_mae state dict: {len(dropped)} local-window decoder weights dropped (Swin-V2-CR blocks, "
-                           f"not litzoo's decoder): {', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}")  # fmt: skip
-        rename = lambda key: key  # noqa: E731
-    else:
-        rename = lambda key: key  # noqa: E731
+    may_miss, may_reshape, may_ignore = tuple(may_miss), tuple(may_reshape), tuple(may_ignore)
+    missing = sorted(k for k in target if k not in state)
+    unexpected = sorted(k for k in state if k not in target)
+    shapes = sorted(k for k in state if k in target and tuple(state[k].shape) != tuple(target[k].shape))
+
+    def split(keys: list[str], patterns: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        tolerated = tuple(k for k in keys if _matches(k, patterns))
+        return tuple(k for k in keys if k not in tolerated), tolerated
+
+    missing_, tolerated_missing = split(missing, may_miss)
+    unexpected_, tolerated_unexpected = split(unexpected, may_ignore)
+    shapes_, tolerated_shape = split(shapes, may_reshape)
+    return StateDictFit(missing_, unexpected_, shapes_, tolerated_missing, tolerated_unexpected, tolerated_shape)
+
+
+def load_state_dict_checked(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    what: str | None = None,
+    may_miss: Iterable[str] = (),
+    may_reshape: Iterable[str] = (),
+    may_ignore: Iterable[str] = (),
+) -> StateDictFit:
+    """Load ``state`` into ``model`` if it fits (see :func:`check_state_dict` for what may differ).
+
+    Tolerated keys are left out: the model's own values stay where the file has none or another shape.
+
+    Args:
+        model: the module to load into.
+        state: the weights read from ``path``.
+        path: the file, named in the error.
+        what: how the error calls the model, after "this" (default: its class name).
+
+    Returns:
+        The fit, so that the caller can report what it tolerated.
+
+    Raises:
+        LitzooError: ``checkpoint '<path>' does not fit this <what> (missing: ...; unexpected: ...;
+            other shapes: ...)``, the first keys of each kind.
+    """
+    fit = check_state_dict(state, model.state_dict(), may_miss, may_reshape, may_ignore)
+    if not fit.ok:
+        raise LitzooError(f"checkpoint '{path}' does not fit this {what or type(model).__name__} ({fit.summary()})")
+    _load_fitting(model, state, fit)
+    return fit
+
+
+def _load_fitting(model: nn.Module, state: Mapping[str, torch.Tensor], fit: StateDictFit) -> None:
+    skip = set(fit.tolerated_unexpected) | set(fit.tolerated_shape)
+    model.load_state_dict({k: v for k, v in state.items() if k not in skip}, strict=not (fit.tolerated_missing or fit.tolerated_shape))
+
+
+# ------------------------------------------------------------------ official released weights
+#
+# A key map takes an official state dict (already unwrapped, see unwrap_state_dict) and returns it in
+# litzoo's names; it may unwrap a method's own wrapper ({'model_state': ...}), refuse a file that is
+# not of its method, and drop keys it cannot load (with a warning). The reparameterization papers'
+# maps rename key *segments* (:func:`rename_segments`), so they work wherever the block sits in a network.
+
+#: ``state dict -> state dict in litzoo's names``
+OfficialKeyMap = Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]
+
+_OFFICIAL_KEY_MAPS: dict[str, OfficialKeyMap] = {}
+
+
+def register_official_key_map(name: str, key_map: OfficialKeyMap | None = None) -> Any:
+    """Register the key map of a method's released weights under ``name``; also a decorator::
+
+        @register_official_key_map("mae")
+        def official_mae_key_map(state): ...
+
+    The map lives next to its model and is registered when that file is imported. Registering
+    another function under a taken name raises ``ValueError`` (the same function again, e.g. from a
+    reloaded module, replaces it).
+    """
+
+    def register(fn: OfficialKeyMap) -> OfficialKeyMap:
+        old = _OFFICIAL_KEY_MAPS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"an official key map is already registered as '{name}' ({old.__module__}.{old.__qualname__})")
+        _OFFICIAL_KEY_MAPS[name] = fn
+        return fn
+
+    return register if key_map is None else register(key_map)
+
+
+def official_key_maps() -> tuple[str, ...]:
+    """The names with a registered key map (those whose module has been imported)."""
+    return tuple(sorted(_OFFICIAL_KEY_MAPS))
+
+
+def official_key_map(name: str) -> OfficialKeyMap:
+    """The registered key map of ``name``.
+
+    Raises:
+        ValueError: nothing is registered under ``name``; the message says which module registers it.
+    """
+    if name not in _OFFICIAL_KEY_MAPS:
+        raise ValueError(
+            f"unknown method '{name}' for official checkpoints: no key map is registered under that name "
+            f"(registered: {', '.join(official_key_maps()) or 'none'}); a method registers its map when its module is "
+            f"imported: import litzoo.modules.{name} (or litzoo.framework.reparam for the acb / dbb / repvgg blocks) first"
+        )
+    return _OFFICIAL_KEY_MAPS[name]
+
+
+def rename_segments(key: str, table: Mapping[str, str | None]) -> str:
+    """Rename the dotted segments of ``key`` found in ``table``; a ``None`` target drops the segment (the
+    official deploy-time conv inside a block becomes the module that replaces the block after ``fuse()``)."""
+    parts = []
+    for segment in key.split("."):
+        if segment in table:
+            if table[segment] is not None:
+                parts.append(table[segment])
+        else:
+            parts.append(segment)
+    return ".".join(parts)
+
+
+def rename_keys(state: Mapping[str, torch.Tensor], rename: Callable[[str], str], method: str) -> dict[str, torch.Tensor]:
+    """``{rename(key): value}``, refusing two keys that map to one.
+
+    Raises:
+        LitzooError: two official keys map to the same litzoo key.
+    """
     converted: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
+    for key, value in state.items():
         new_key = rename(key)
         if new_key in converted:
             raise LitzooError(f"official {method} state dict: keys '{key}' and another one both map to '{new_key}'")
@@ -232,12 +290,23 @@ def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tens
     return converted
 
 
-def _mismatch(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
-    """Missing, unexpected and mis-shaped keys; old checkpoints lack BN's ``num_batches_tracked``."""
-    missing = sorted(k for k in target if k not in state and not k.endswith("num_batches_tracked"))
-    unexpected = sorted(k for k in state if k not in target)
-    shapes = sorted(k for k in state if k in target and state[k].shape != target[k].shape)
-    return missing, unexpected, shapes
+def convert_official_state_dict(method: str, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename the keys of an official released state dict to litzoo's module names, with the key map
+    registered under ``method`` (see :func:`register_official_key_map`).
+
+    Train-time and deploy-time checkpoints are both mapped; deploy keys come out as the keys of
+    the model after :func:`litzoo.framework.reparam.fuse_model`.
+
+    Args:
+        method: a registered name: ``"repvgg"``, ``"acb"``, ``"dbb"`` (registered by
+            ``litzoo.framework.reparam``), ``"repmlp"``, ``"mae"``, ``"hiera"``, ``"audio_mae"`` (registered by
+            ``litzoo.modules.<method>``), or a user's own.
+        state_dict: the official weights (already unwrapped, see :func:`unwrap_state_dict`).
+
+    Raises:
+        ValueError: no key map is registered under ``method``.
+    """
+    return official_key_map(method)(state_dict)
 
 
 def _one_level_down(key: str, target: Mapping[str, torch.Tensor]) -> str:
@@ -252,7 +321,8 @@ def load_official_weights(model: nn.Module, method: str, path: str | Path, head:
     The file is loaded with ``weights_only=True``; its keys are converted with
     :func:`convert_official_state_dict`. When they describe the deploy (fused) structure, ``model``
     is fused in place with :func:`litzoo.framework.reparam.fuse_model` first. A classifier head whose
-    shape differs (fine-tuning on other classes) keeps its fresh initialisation, with a warning.
+    shape differs (fine-tuning on other classes) keeps its fresh initialisation, with a warning;
+    BatchNorm counters missing from old files are not needed.
 
     Args:
         model: the training-time litzoo model of the same architecture.
@@ -265,10 +335,13 @@ def load_official_weights(model: nn.Module, method: str, path: str | Path, head:
 
     Raises:
         LitzooError: the file is unreadable, or its weights do not fit the model (names the file,
-            and the first missing / unexpected / mis-shaped keys).
+            the closer of the two forms, and its first missing / unexpected / mis-shaped keys).
     """
+    # imported here: the reparameterization blocks register their key maps with this module at import
+    from litzoo.framework.reparam.fuse_model import fuse_model
+
     state = convert_official_state_dict(method, unwrap_state_dict(load_checkpoint(path), path))
-    head_keys = {k for k in state if head is not None and k.startswith(f"{head}.")}
+    heads = (f"{head}.*",) if head is not None else ()
     candidates = [("train-time", model)]
     if any(k not in model.state_dict() for k in state):
         candidates.append(("deploy-time", fuse_model(model, inplace=False)))
@@ -278,39 +351,32 @@ def load_official_weights(model: nn.Module, method: str, path: str | Path, head:
         if form == "deploy-time":
             # A block with a nonlinearity fuses to Sequential(conv, nonlinear): its conv is one level down.
             state = {_one_level_down(k, target): v for k, v in state.items()}
-        missing, unexpected, shapes = _mismatch(state, target)
-        wrong_shapes = [k for k in shapes if k not in head_keys]
-        if not missing and not unexpected and not wrong_shapes:
-            if shapes:  # only the head differs: fine-tuning on other classes
+        fit = check_state_dict(state, target, may_miss=(BN_COUNTERS,), may_reshape=heads)
+        if fit.ok:
+            if fit.tolerated_shape:  # only the head differs: fine-tuning on other classes
                 rank_zero_warn(f"{path}: the classifier head '{head}' has other shapes than the model's; it keeps its fresh initialisation")
-                state = {k: v for k, v in state.items() if k not in head_keys}
-            candidate.load_state_dict(state, strict=False)
+            _load_fitting(candidate, state, fit)
             return candidate
-        problems = len(missing) + len(unexpected) + len(wrong_shapes)
-        reports.append((problems, f"as {form} weights: missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong_shapes[:3]}"))
+        # which form the file is closer to tells the user more than the other form's mismatch
+        missing, unexpected, wrong = list(fit.missing[:3]), list(fit.unexpected[:3]), list(fit.wrong_shape[:3])
+        reports.append((fit.problems, f"as {form} weights: missing {missing}, unexpected {unexpected}, wrong shape {wrong}"))
     raise LitzooError(f"checkpoint '{path}' does not fit this {method} model ({min(reports)[1]})")
 
 
-def save_deploy_checkpoint(trainer: Any, filename: str | None, who: str, marker: Mapping[str, Any] | None = None) -> Path | None:
-    """Write a weights-only checkpoint of the trainer's model next to its other checkpoints.
-
-    Every rank calls it (rank 0 writes). ``marker`` entries go under ``checkpoint["litzoo"]``
-    (what loaders must rebuild first: fused blocks, pruned shapes); callbacks' checkpoint hooks do
-    not run for weights-only checkpoints, so they are added to the written file. Nothing is
-    written under ``fast_dev_run`` or when ``filename`` is ``None``.
-
-    Returns the path written, or ``None``.
-    """
-    if filename is None or trainer.fast_dev_run:
-        return None
-    directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
-    path = Path(directory) / filename
-    trainer.save_checkpoint(path, weights_only=True)
-    if trainer.is_global_zero:
-        if marker:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-            checkpoint.setdefault(DEPLOY_KEY, {}).update(marker)
-            torch.save(checkpoint, path)
-        rank_zero_info(f"{who}: deploy checkpoint written to {path}")
-    trainer.strategy.barrier(f"{who}.deploy_checkpoint")
-    return path
+__all__ = [
+    "BN_COUNTERS",
+    "OfficialKeyMap",
+    "StateDictFit",
+    "check_state_dict",
+    "convert_official_state_dict",
+    "load_checkpoint",
+    "load_official_weights",
+    "load_state_dict_checked",
+    "official_key_map",
+    "official_key_maps",
+    "register_official_key_map",
+    "rename_keys",
+    "rename_segments",
+    "state_dict_from",
+    "unwrap_state_dict",
+]

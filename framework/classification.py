@@ -17,9 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from litzoo.framework.deploy import restore_deploy_structure
 from litzoo.framework.optim import cosine_per_step, sgd_momentum, split_weight_decay
-from litzoo.framework.pruning import apply_layer_shapes, pruned_shapes
-from litzoo.framework.reparam import fuse_model, is_fused_checkpoint
 
 
 def confusion_matrix_image(matrix: Tensor, cell: int = 12) -> Tensor:
@@ -146,11 +145,7 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # A deploy checkpoint (written by ReparamFusion) holds fused weights: convert the freshly
-        # built training-time network to the same structure before its state dict is loaded.
-        if is_fused_checkpoint(checkpoint):
-            fuse_model(self, inplace=True)
-        # A pruned checkpoint (written by ResRepPruning) has fewer channels: rebuild those layers.
-        shapes = pruned_shapes(checkpoint)
-        if shapes:
-            apply_layer_shapes(self, shapes)
+        # A deploy checkpoint (fused by ReparamFusion, pruned by ResRepPruning) holds the weights of
+        # another structure: give the freshly built training-time network that structure before its
+        # state dict is loaded (also for load_from_checkpoint, where no callback is there to do it).
+        restore_deploy_structure(self, checkpoint)

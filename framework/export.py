@@ -10,10 +10,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
+from litzoo.framework.deploy import restore_deploy_structure
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.pruning import apply_layer_shapes, compacted_layers, compactors_in, insert_compactors, prune_compacted, pruned_shapes
-from litzoo.framework.reparam import fuse_model, is_fused_checkpoint
+from litzoo.framework.pruning import compacted_layers, compactors_in, insert_compactors, prune_compacted
+from litzoo.framework.reparam import fuse_model
 from litzoo.framework.reparam.convert import converted_layers_in, fuse_branches, reconvert
 
 FORMATS = ("onnx", "torchscript", "int8")
@@ -54,14 +55,7 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     path = Path(path)
     checkpoint = load_checkpoint(path)
     module = _instantiate(checkpoint.get("hyper_parameters"), path, "model")
-    if is_fused_checkpoint(checkpoint):  # deploy weights: rebuild the fused structure first
-        fuse_model(module, inplace=True)
-    shapes = pruned_shapes(checkpoint)
-    if shapes:
-        try:
-            apply_layer_shapes(module, shapes)
-        except ValueError as error:
-            raise LitzooError(f"checkpoint '{path}': its pruned layer shapes do not fit {type(module).__name__}: {error}") from None
+    restore_deploy_structure(module, checkpoint, path)  # deploy weights: fused / pruned structure first
     state = state_dict_from(checkpoint, path)
     if any("activation_post_process" in key for key in state):
         raise LitzooError(
@@ -72,12 +66,7 @@ def load_lightning_module(path: str | Path) -> tuple[L.LightningModule, dict[str
     # trained with StructuralReparam: the weights are those of the converted blocks
     converted = converted_layers_in(module, state)
     reconvert(module, converted)
-    missing, unexpected = module.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise LitzooError(
-            f"checkpoint '{path}' does not match {type(module).__name__}: "
-            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
-        )
+    load_state_dict_checked(module, state, path)
     fuse_branches(module, converted)
     return module.eval(), checkpoint
 

@@ -7,14 +7,15 @@ flat, typed keys (``model.init_args.embed_dim: 32``) and ``--model.help`` lists 
 stores them flat, so a checkpoint rebuilds the module with ``cls(**hparams)``.
 
 :func:`check_network_kwargs` turns a misspelt architecture argument given from Python into one clear error
-naming it (from a config, jsonargparse already refuses unknown keys).
+naming it (from a config, jsonargparse already refuses unknown keys). A network argument the module fills in
+itself (``Net(len(tasks), **net_kwargs)``) is hidden from the CLI by jsonargparse and refused here when given.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -34,18 +35,26 @@ def network_arguments(network: type) -> set[str]:
     return names
 
 
-def check_network_kwargs(network: type, net_kwargs: Mapping[str, Any], owner: str) -> None:
+def check_network_kwargs(network: type, net_kwargs: Mapping[str, Any], owner: str, set_by_owner: Collection[str] = ()) -> None:
     """Refuse architecture arguments that ``network`` does not take, before it is built.
 
     Args:
         network: the ``nn.Module`` class the arguments are forwarded to.
         net_kwargs: the forwarded arguments.
         owner: the LightningModule's name, for the message.
+        set_by_owner: network arguments the module fills in itself (from the data format or its own
+            arguments, e.g. the node-feature width of a graph encoder), so they are not for the caller to give.
 
     Raises:
-        ValueError: naming each unknown argument (with the closest known name) and the network.
+        ValueError: naming an argument the module sets itself, or each unknown argument (with the closest
+            known name) and the network.
     """
-    known = network_arguments(network)
+    given = sorted(set(net_kwargs) & set(set_by_owner))
+    if given:
+        raise ValueError(
+            f"{owner}: {network.__name__}'s {', '.join(repr(name) for name in given)} is set by {owner} itself; do not give it"
+        )
+    known = network_arguments(network) - set(set_by_owner)
     unknown = sorted(set(net_kwargs) - known)
     if unknown:
         hints = [f"'{name}'" + "".join(f" (did you mean '{m}'?)" for m in difflib.get_close_matches(name, known, n=1)) for name in unknown]

@@ -69,6 +69,7 @@ from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.graph.computation import NUM_NODE_FEATURES
 from litzoo.framework.nas import TopKPrecision
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.cg import CGEncoder, PredictorHead
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -102,7 +103,15 @@ def adapter_head(hidden_dim: int) -> PredictorHead:
 class AIOPredictor(nn.Module):
     """The AIO-P predictor in plain PyTorch: a base :class:`CGEncoder` + :class:`PredictorHead` and K adapters
     (:class:`AdapterBody` + :func:`adapter_head`), with the fine-tuning rescale ``α·I + b`` of each adapter's
-    last layer (identity at initialisation)."""
+    last layer (identity at initialisation).
+
+    Args:
+        num_adapters: K, one adapter per source task.
+        embed_dim, hidden_dim, num_layers: the base :class:`CGEncoder`'s (official 32, 32, 6); the adapters
+            have as many layers and the same width.
+        eigvec_size, flip_prob: the base encoder's Laplacian-eigenvector encodings (the official regressor has
+            none: 0).
+    """
 
     def __init__(self, num_adapters: int = 2, embed_dim: int = 32, hidden_dim: int = 32, num_layers: int = 6,
                  eigvec_size: int = 0, flip_prob: float = 0.0) -> None:  # fmt: skip
@@ -179,10 +188,10 @@ class AIOPModule(L.LightningModule):
         adapter_tasks: task id of each adapter, trained in this order.
         num_tasks: task ids ``0..num_tasks-1`` get metrics.
         base_epochs, adapter_epochs: epochs of each phase (official 40 and 40).
-        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`CGEncoder` (official 32, 32, 6;
-            the official regressor has no eigenvector encodings: ``eigvec_size=0``).
         rescale_l1: weight of ``Σ|b|`` in rescale fine-tuning (the official ``-rescale``).
         optimizer: default Adam lr 1e-4 (official).
+        **net_kwargs: the :class:`AIOPredictor`'s arguments ``embed_dim`` … ``flip_prob`` (official 32, 32, 6, no
+            eigenvector encodings); its ``num_adapters`` is ``len(adapter_tasks)``.
     """
 
     monitor = "val/srcc"
@@ -195,13 +204,9 @@ class AIOPModule(L.LightningModule):
         num_tasks: int = 3,
         base_epochs: int = 40,
         adapter_epochs: int = 40,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_layers: int = 6,
-        eigvec_size: int = 0,
-        flip_prob: float = 0.0,
         rescale_l1: float = 0.01,
         optimizer: OptimizerCallable = adam_aio_p,
+        **net_kwargs: Any,
     ) -> None:
         super().__init__()
         adapter_tasks = [int(t) for t in adapter_tasks]
@@ -213,10 +218,11 @@ class AIOPModule(L.LightningModule):
             raise LitzooError(
                 f"base_epochs and adapter_epochs must be at least 1 and rescale_l1 at least 0, got {base_epochs}, {adapter_epochs}, {rescale_l1}"
             )
+        check_network_kwargs(AIOPredictor, net_kwargs, type(self).__name__, set_by_owner=("num_adapters",))
         self.save_hyperparameters(ignore=["optimizer"])
         self.adapter_tasks = adapter_tasks
         self.source_tasks = sorted({base_task, *adapter_tasks})
-        self.model = AIOPredictor(len(adapter_tasks), embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob)
+        self.model = AIOPredictor(len(adapter_tasks), **net_kwargs)
         self.optimizer = optimizer
         self.val_metrics = nn.ModuleDict({str(t): _metrics().clone(prefix=f"val/task{t}/") for t in range(num_tasks)})
         self.test_metrics = nn.ModuleDict({str(t): _metrics().clone(prefix=f"test/task{t}/") for t in range(num_tasks)})

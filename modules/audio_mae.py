@@ -34,6 +34,7 @@ Pretraining recipe (AS-2M script): AdamW β = (0.9, 0.95), weight decay 1e-4,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
@@ -45,7 +46,7 @@ from torch import Tensor, nn
 from torch.optim import AdamW
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from litzoo.framework.checkpoints import convert_official_audio_mae_state_dict, load_checkpoint, unwrap_state_dict
+from litzoo.framework.checkpoints import check_state_dict, load_checkpoint, register_official_key_map, unwrap_state_dict
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.masked_modelling import BlrWarmupCosine, MaskedModellingModule
 from litzoo.framework.network_args import check_network_kwargs
@@ -368,6 +369,48 @@ class AudioViTClassifier(AudioViTEncoder):
 # ------------------------------------------------------------------------ official checkpoints
 
 
+def convert_official_audio_mae_state_dict(state_dict: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Official AudioMAE weights (``models_mae.py`` pretrained or ``models_vit.py`` fine-tuned, already
+    unwrapped from ``{"model": ...}``) → ``(our state dict, dropped keys)``.
+
+    Our modules use the official (timm ViT) names, so encoder (``patch_embed.proj``, ``cls_token``,
+    ``pos_embed``, ``blocks.*``, ``norm``), decoder embedding / norm / prediction (``decoder_embed``,
+    ``mask_token``, ``decoder_pos_embed``, ``decoder_norm``, ``decoder_pred``) and fine-tuned heads
+    (``fc_norm``, ``head``) keep their keys. The blocks of the official local-window decoder
+    (``decoder_mode=1``, recognised by their ``attn.tau`` / ``attn.meta_mlp`` parameters) are Swin-V2-CR
+    blocks that compute something else than ours (see the module docstring): all ``decoder_blocks.*``
+    keys are dropped and returned, even those whose names match ours, because loading them would be
+    silently wrong. Global decoder blocks (``decoder_mode=0``, timm ``Block``) are kept.
+
+    Raises:
+        LitzooError: not an AudioMAE / timm ViT state dict (no ``patch_embed.proj.weight``).
+    """
+    if "patch_embed.proj.weight" not in state_dict:
+        raise LitzooError("official audio_mae state dict: no 'patch_embed.proj.weight', so not an AudioMAE / timm ViT checkpoint")
+    swin_decoder = any(k.startswith("decoder_blocks.") and (".attn.tau" in k or ".attn.meta_mlp." in k) for k in state_dict)
+    converted, dropped = {}, []
+    for key, value in state_dict.items():
+        if swin_decoder and key.startswith("decoder_blocks."):
+            dropped.append(key)
+        else:
+            converted[key] = value
+    return converted, dropped
+
+
+@register_official_key_map("audio_mae")
+def official_audio_mae_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/AudioMAE weights -> ours (timm ViT names): a ``{'model': ...}`` wrapper and ``module.``
+    prefixes are removed, the Swin-V2-CR blocks of the official local-window decoder dropped with a warning
+    (see :func:`convert_official_audio_mae_state_dict`)."""
+    if isinstance(state.get("model"), Mapping) or all(k.startswith("module.") for k in state):
+        state = unwrap_state_dict(state)
+    converted, dropped = convert_official_audio_mae_state_dict(dict(state))
+    if dropped:
+        rank_zero_warn(f"official audio_mae state dict: {len(dropped)} local-window decoder weights dropped (Swin-V2-CR blocks, "
+                       f"not litzoo's decoder): {', '.join(dropped[:4])}{', ...' if len(dropped) > 4 else ''}")  # fmt: skip
+    return converted
+
+
 def _official_or_lightning_state(path: str) -> tuple[dict[str, Tensor], list[str], bool]:
     """``(state dict in our model's names, dropped official keys, is_official)`` of a checkpoint file:
     a Lightning checkpoint of :class:`AudioMAEModule` / :class:`AudioMAEClassifier` (``state_dict`` with
@@ -395,19 +438,15 @@ def load_audio_mae_weights(model: nn.Module, path: str) -> nn.Module:
     target = model.state_dict()
     head_keys = ("fc_norm.", "head.")
     decoder_keys = ("decoder_", "mask_token")
-
-    def is_encoder(key: str) -> bool:
-        return not key.startswith(head_keys + decoder_keys)
-
-    missing = [k for k in target if k not in state]
-    wrong = [k for k in target if k in state and state[k].shape != target[k].shape]
-    bad = [k for k in missing + wrong if is_encoder(k)]
+    not_encoder = [f"{prefix}*" for prefix in head_keys + decoder_keys]
+    fit = check_state_dict(state, target, may_miss=not_encoder, may_reshape=not_encoder, may_ignore=["*"])
+    bad = [*fit.missing, *fit.wrong_shape]
     if bad:
         raise LitzooError(f"checkpoint '{path}' does not fit this Audio-MAE encoder: missing or mis-shaped {', '.join(bad[:4])}"
                           + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))  # fmt: skip
-    unused = [k for k in state if k not in target]
-    keep_fresh = [k for k in missing + wrong if not is_encoder(k)]
-    load = {k: v for k, v in state.items() if k in target and k not in wrong}
+    unused = fit.tolerated_unexpected
+    keep_fresh = [*fit.tolerated_missing, *fit.tolerated_shape]
+    load = {k: v for k, v in state.items() if k in target and k not in fit.tolerated_shape}
     model.load_state_dict(load, strict=False)
     has_decoder = any(k.startswith(decoder_keys) for k in target)  # a classifier has none: nothing to report
     not_loaded_decoder = sorted({k for k in keep_fresh if k.startswith(decoder_keys)} | (set(dropped) if has_decoder else set()))

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.retrieval import RetrievalRecall
 
-from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
+from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses import ClipLoss
 from litzoo.framework.nn import TextTransformer, VisionTransformer
@@ -112,15 +112,7 @@ def load_clip_weights(model: CLIP, path: str) -> None:
     state = state_dict_from(load_checkpoint(path), path)
     if any(key.startswith("model.") for key in state):
         state = {key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("other shapes", sorted(wrong))) if keys]  # fmt: skip
-        raise LitzooError(f"checkpoint '{path}' does not fit this CLIP model ({'; '.join(problems)})")
-    model.load_state_dict(state)
+    load_state_dict_checked(model, state, path, what="CLIP model")
 
 
 # ------------------------------------------------------------------------------- evaluation helpers

@@ -41,6 +41,7 @@ plugs them into the CG-predictor base it shares with the transferable predictor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -180,7 +181,6 @@ class GENNAPEModule(CGPredictorModule):
     :class:`litzoo.framework.nas.CGPredictorModule`.
 
     Args:
-        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`litzoo.framework.nn.cg.CGEncoder`.
         contrastive_epochs: contrastive pretraining epochs (0: no pretraining; encoder and head train together).
         temperature: NT-Xent τ.
         projection_dim: output of the contrastive projection MLP (used only in pretraining).
@@ -188,15 +188,12 @@ class GENNAPEModule(CGPredictorModule):
         fuzzifier: fuzzy c-means ``m``.
         cluster_seed: seed of the fuzzy c-means initialisation.
         optimizer: default Adam lr 1e-4 (official demo).
+        **net_kwargs: the :class:`litzoo.framework.nn.cg.CGEncoder`'s arguments ``embed_dim`` … ``flip_prob`` (default
+            the official demo's k-GNN: 32, 32, 6 layers, 8 eigenvectors flipped with p = 0.25).
     """
 
     def __init__(
         self,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_layers: int = 6,
-        eigvec_size: int = 8,
-        flip_prob: float = 0.25,
         contrastive_epochs: int = 20,
         temperature: float = 0.1,
         projection_dim: int = 32,
@@ -204,18 +201,18 @@ class GENNAPEModule(CGPredictorModule):
         fuzzifier: float = 2.0,
         cluster_seed: int = 0,
         optimizer: OptimizerCallable = adam_gennape,
+        **net_kwargs: Any,
     ) -> None:
         if contrastive_epochs == 0 and num_clusters > 1:
             raise ValueError(
                 "fuzzy clusters need a fixed embedding: num_clusters > 1 requires contrastive_epochs > 0 (the encoder is frozen after it)"
             )
         # the base's save_hyperparameters() records num_clusters, fuzzifier and cluster_seed too; build_head reads them
-        super().__init__(embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob, contrastive_epochs, temperature, projection_dim,
-                         optimizer)  # fmt: skip
+        super().__init__(contrastive_epochs, temperature, projection_dim, optimizer, **net_kwargs)
 
     def build_head(self) -> nn.Module:
         """``num_clusters`` heads weighted by fuzzy memberships (one head: plain regression)."""
-        return FuzzyHeadEnsemble(self.hparams.hidden_dim, self.hparams.num_clusters, self.hparams.fuzzifier)
+        return FuzzyHeadEnsemble(self.encoder.hidden_dim, self.hparams.num_clusters, self.hparams.fuzzifier)
 
     def on_encoder_frozen(self) -> None:
         """Fuzzy c-means on the frozen embeddings of every training graph, once (the centres are in the checkpoint)."""

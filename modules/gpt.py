@@ -11,6 +11,8 @@ timm-style initialisation (``init_vit_weights``) plus GPT-2's N(0, 0.02) for the
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from torch.optim import AdamW
 from torchmetrics.text import Perplexity
 
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.vit import Block, init_vit_weights
 
 
@@ -76,53 +79,41 @@ class GPTLanguageModel(L.LightningModule):
 
     Args:
         vocab_size: tokens in the vocabulary; ``None`` = the datamodule's.
-        context_length: longest sequence (GPT-2: 1024); must cover the datamodule's ``block_size``.
-        dim: width (GPT-2 small: 768).
-        depth: blocks (GPT-2 small: 12).
-        num_heads: attention heads (GPT-2 small: 12).
-        mlp_ratio: MLP hidden width over ``dim`` (4).
         optimizer: optimizer factory (default AdamW 6e-4, betas 0.9/0.95, wd 0.1; no decay on
             biases, norms and position embeddings).
+        **net_kwargs: the :class:`GPT`'s other arguments, ``context_length`` … ``mlp_ratio`` (default GPT-2
+            small); ``context_length`` must cover the datamodule's ``block_size``.
     """
 
     monitor = "val/loss"
     monitor_mode = "min"
 
-    def __init__(
-        self,
-        vocab_size: int | None = None,
-        context_length: int = 1024,
-        dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        optimizer: OptimizerCallable = adamw_gpt,
-    ) -> None:
+    def __init__(self, vocab_size: int | None = None, optimizer: OptimizerCallable = adamw_gpt, **net_kwargs: Any) -> None:
         super().__init__()
+        check_network_kwargs(GPT, net_kwargs, type(self).__name__)
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
+        self.net_kwargs = net_kwargs  # the network waits for the vocabulary when vocab_size is None
         self.net: GPT | None = None
         if vocab_size is not None:
             self.build(vocab_size)
         self.val_ppl = Perplexity()
 
     def build(self, vocab_size: int) -> None:
-        hp = self.hparams
-        self.net = GPT(vocab_size, hp.context_length, hp.dim, hp.depth, hp.num_heads, hp.mlp_ratio)
+        self.net = GPT(vocab_size, **self.net_kwargs)
         self.hparams["vocab_size"] = vocab_size
-        self.example_input_array = torch.zeros(1, hp.context_length, dtype=torch.long)
+        self.example_input_array = torch.zeros(1, self.net.context_length, dtype=torch.long)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.net is None:
+            vocab_size = getattr(datamodule, "vocab_size", None)
+            if not isinstance(vocab_size, int):
+                raise LitzooError("GPTLanguageModel: set model.vocab_size, or use a datamodule with a vocab_size attribute (e.g. TextCorpusDataModule)")
+            self.build(vocab_size)
         data_block = getattr(datamodule, "block_size", None)
-        if data_block is not None and data_block > self.hparams.context_length:
-            raise LitzooError(f"the datamodule's block_size {data_block} exceeds the model's context_length {self.hparams.context_length}")
-        if self.net is not None:
-            return
-        vocab_size = getattr(datamodule, "vocab_size", None)
-        if not isinstance(vocab_size, int):
-            raise LitzooError("GPTLanguageModel: set model.vocab_size, or use a datamodule with a vocab_size attribute (e.g. TextCorpusDataModule)")
-        self.build(vocab_size)
+        if data_block is not None and data_block > self.net.context_length:
+            raise LitzooError(f"the datamodule's block_size {data_block} exceeds the model's context_length {self.net.context_length}")
 
     def forward(self, tokens: Tensor) -> Tensor:
         if self.net is None:

@@ -35,7 +35,7 @@ applies a softmax in eval mode); drop path is litzoo's own (:class:`litzoo.frame
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,7 +44,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import AdamW
 
-from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint
+from litzoo.framework.checkpoints import (
+    convert_official_state_dict,
+    load_checkpoint,
+    load_state_dict_checked,
+    register_official_key_map,
+    unwrap_state_dict,
+)
 from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.masked_modelling import MaskedModellingModule
@@ -411,20 +417,25 @@ class Hiera(nn.Module):
         (``{'model_state': ...}``, e.g. ``hiera_tiny_224.pth`` for the defaults). An MAE checkpoint's
         decoder, and a head of another class count, are refused with the keys named."""
         model = cls(**kwargs)
-        _load_strict(model, convert_official_state_dict("hiera", load_checkpoint(path)), path)
+        load_state_dict_checked(model, convert_official_state_dict("hiera", load_checkpoint(path)), path)
         return model
 
 
-def _load_strict(model: nn.Module, state: dict[str, Tensor], path: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-    if missing or unexpected or wrong:
-        problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for what, keys in
-                    (("missing", missing), ("unexpected", unexpected), ("other shapes", wrong)) if keys]  # fmt: skip
-        raise LitzooError(f"checkpoint '{path}' does not fit this {type(model).__name__} ({'; '.join(problems)})")
-    model.load_state_dict(state)
+@register_official_key_map("hiera")
+def official_hiera_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/hiera weights -> :class:`Hiera` / :class:`MaskedAutoencoderHiera`: the names are the
+    official ones, so only the released files' ``{'model_state': ...}`` wrapper (and ``{'model': ...}``,
+    ``module.``) is removed.
+
+    Raises:
+        LitzooError: not a Hiera state dict (no ``patch_embed.proj.weight``).
+    """
+    if isinstance(state.get("model_state"), Mapping):
+        state = state["model_state"]
+    state = unwrap_state_dict(state)
+    if "patch_embed.proj.weight" not in state:
+        raise LitzooError("official hiera state dict: no 'patch_embed.proj.weight', so not a Hiera checkpoint")
+    return state
 
 
 # ------------------------------------------------------------------------------ MAE pretraining
@@ -577,7 +588,7 @@ class MaskedAutoencoderHiera(Hiera):
     def from_official_checkpoint(cls, path: str, **kwargs: Any) -> MaskedAutoencoderHiera:
         """A model built with ``kwargs`` and the weights of an official MAE-Hiera checkpoint (all keys)."""
         model = cls(**kwargs)
-        _load_strict(model, convert_official_state_dict("hiera", load_checkpoint(path)), path)
+        load_state_dict_checked(model, convert_official_state_dict("hiera", load_checkpoint(path)), path)
         return model
 
 

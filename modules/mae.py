@@ -15,6 +15,7 @@ Pretraining recipe (paper / PRETRAIN.md): AdamW β = (0.9, 0.95), weight decay 0
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,7 +24,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim import AdamW
 
-from litzoo.framework.checkpoints import convert_official_state_dict, load_checkpoint, unwrap_state_dict
+from litzoo.framework.checkpoints import (
+    convert_official_state_dict,
+    load_checkpoint,
+    load_state_dict_checked,
+    register_official_key_map,
+    unwrap_state_dict,
+)
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.masked_modelling import MaskedModellingModule
 from litzoo.framework.network_args import check_network_kwargs
@@ -191,24 +198,32 @@ class MaskedAutoencoderViT(nn.Module):
         """
         model = cls(**kwargs)
         state = convert_official_state_dict("mae", unwrap_state_dict(load_checkpoint(path), path))
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        wrong = sorted(k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape)
-        decoder = ("decoder_", "mask_token")
-        missing_encoder = [k for k in missing if not k.startswith(decoder)]
-        if missing_encoder or unexpected or wrong:
-            problems = [f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for what, keys in
-                        (("missing", missing_encoder), ("unexpected", unexpected), ("other shapes", wrong)) if keys]  # fmt: skip
-            raise LitzooError(f"checkpoint '{path}' does not fit this MAE model ({'; '.join(problems)})")
+        fit = load_state_dict_checked(model, state, path, what="MAE model", may_miss=("decoder_*", "mask_token"))
+        missing = fit.tolerated_missing
         if missing:
             rank_zero_warn(
                 f"checkpoint '{path}' is encoder-only: {len(missing)} decoder keys are missing ({', '.join(missing[:3])} ...); "
                 "the decoder keeps its fresh initialisation, so reconstructions are meaningless until it is trained "
                 "(the '_full' / 'mae_visualize' checkpoints include the decoder)"
             )
-        model.load_state_dict(state, strict=False)
         return model
+
+
+@register_official_key_map("mae")
+def official_mae_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/mae weights -> :class:`MaskedAutoencoderViT`: the names are the same (timm ViT), so
+    only a ``{'model': ...}`` wrapper and ``module.`` prefixes are removed. Encoder-only files such as
+    ``mae_pretrain_vit_base.pth`` give encoder keys only (:meth:`MaskedAutoencoderViT.from_official_checkpoint`
+    reports the missing decoder).
+
+    Raises:
+        LitzooError: not an MAE / timm ViT state dict (no ``patch_embed.proj.weight``).
+    """
+    if isinstance(state.get("model"), Mapping) or all(k.startswith("module.") for k in state):
+        state = unwrap_state_dict(state)
+    if "patch_embed.proj.weight" not in state:
+        raise LitzooError("official mae state dict: no 'patch_embed.proj.weight', so not an MAE / timm ViT checkpoint")
+    return dict(state)
 
 
 # ------------------------------------------------------------------------------ optimizer default

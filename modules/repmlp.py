@@ -35,15 +35,17 @@ fusable ``litzoo.framework.reparam.ConvBN``).
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from litzoo.framework.checkpoints import load_official_weights
+from litzoo.framework.checkpoints import load_official_weights, register_official_key_map
 from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.reparam.fuse_model import fuse_model
 from litzoo.framework.reparam.repmlp_block import RepMLPBlock, RepMLPBlockDeploy
 
@@ -133,37 +135,41 @@ class RepMLPNetUnit(nn.Module):
 class RepMLPNet(nn.Module):
     """The hierarchical RepMLPNet (training-time form; ``fuse_model`` injects the locality).
 
-    Defaults are RepMLPNet-T224. Module names follow the official code (see the module docstring):
-    the state-dict keys equal those of ``repmlpnet.py``, training-time and deploy-time.
+    The architecture is the paper variant ``variant`` (default RepMLPNet-T224); ``num_blocks``,
+    ``channels``, ``hs``, ``ws``, ``sharesets_nums`` and ``image_size`` given explicitly replace the
+    variant's (tiny networks for small data do this). Module names follow the official code (see the
+    module docstring): the state-dict keys equal those of ``repmlpnet.py``, training-time and deploy-time.
 
     Args:
+        variant: paper variant ``T224``, ``B224``, ``T256``, ``B256``, ``D256``, ``L256`` (``RepMLPNet-T224`` too).
         in_channels: image channels (3 in the paper).
         num_classes: classifier outputs.
         patch_size: side (or ``(h, w)``) of the non-overlapping patch embedding.
-        num_blocks: RepMLPNet units per stage.
+        num_blocks: RepMLPNet units per stage (``None`` = the variant's, as for the next five).
         channels: width of each stage.
         hs: partition height of each stage.
         ws: partition width of each stage.
         sharesets_nums: sharesets ``S`` of each stage (each stage's width must be divisible by it).
-        reparam_conv_k: odd kernel sizes of the Local Perceptron (``None`` = none).
+        reparam_conv_k: odd kernel sizes of the Local Perceptron (``None`` or ``[]`` = none).
         globalperceptron_reduce: hidden-layer reduction of the Global Perceptron.
         ffn_expand: hidden width of the FFN, as a multiple of the stage width.
-        image_size: the input resolution (int or ``(H, W)``); when given, checked at construction
-            against ``patch_size`` and every stage's partition (``None`` = checked at forward).
+        image_size: the input resolution (int or ``(H, W)``; the variant's 224 / 256 by default), checked
+            at construction against ``patch_size`` and every stage's partition.
         use_checkpoint: gradient checkpointing of units and embeddings (saves memory, costs time).
         deploy: build the deploy form directly (``RepMLPBlockDeploy`` blocks, to load fused weights).
     """
 
     def __init__(
         self,
+        variant: str = "T224",
         in_channels: int = 3,
         num_classes: int = 1000,
         patch_size: int | Sequence[int] = 4,
-        num_blocks: Sequence[int] = (2, 2, 6, 2),
-        channels: Sequence[int] = (64, 128, 256, 512),
-        hs: Sequence[int] = (56, 28, 14, 7),
-        ws: Sequence[int] = (56, 28, 14, 7),
-        sharesets_nums: Sequence[int] = (1, 4, 16, 128),
+        num_blocks: Sequence[int] | None = None,
+        channels: Sequence[int] | None = None,
+        hs: Sequence[int] | None = None,
+        ws: Sequence[int] | None = None,
+        sharesets_nums: Sequence[int] | None = None,
         reparam_conv_k: Sequence[int] | None = (1, 3),
         globalperceptron_reduce: int = 4,
         ffn_expand: int = 4,
@@ -172,6 +178,12 @@ class RepMLPNet(nn.Module):
         deploy: bool = False,
     ) -> None:
         super().__init__()
+        config = variant_config(variant)
+        given = dict(num_blocks=num_blocks, channels=channels, hs=hs, ws=ws, sharesets_nums=sharesets_nums, image_size=image_size)
+        config.update({key: value for key, value in given.items() if value is not None})
+        num_blocks, channels, hs, ws = config["num_blocks"], config["channels"], config["hs"], config["ws"]
+        sharesets_nums, image_size = config["sharesets_nums"], config["image_size"]
+        self.variant = variant
         num_stages = len(num_blocks)
         if num_stages < 1 or any(n < 1 for n in num_blocks):
             raise ValueError(f"num_blocks must be one positive integer per stage, got {list(num_blocks)}")
@@ -204,9 +216,9 @@ class RepMLPNet(nn.Module):
         self.head = nn.Linear(channels[-1], num_classes)
 
     @classmethod
-    def from_variant(cls, name: str, **overrides) -> RepMLPNet:
+    def from_variant(cls, name: str, **overrides: Any) -> RepMLPNet:
         """Build a paper variant (``"T224"`` ... ``"L256"``); keyword arguments override its fields."""
-        return cls(**{**variant_config(name), **overrides})
+        return cls(variant=name, **overrides)
 
     def _run(self, module: nn.Module, x: Tensor) -> Tensor:
         if self.use_checkpoint and torch.is_grad_enabled() and x.requires_grad:
@@ -256,65 +268,37 @@ def repmlp_adamw(params: Iterable, lr: float = 1e-3, weight_decay: float = 0.1) 
 class RepMLPNetClassifier(ImageClassifier):
     """RepMLPNet image classifier: FC + local conv branches in training, FC-only deploy model (CVPR 2022).
 
-    The architecture comes from ``variant``; any of ``image_size``, ``patch_size``, ``channels``,
-    ``hs``, ``ws``, ``num_blocks``, ``sharesets_nums``, ``reparam_conv_k`` given explicitly replaces
-    the variant's value (tiny configs for small data do this). Defaults follow the official
-    recipe: AdamW (lr 1e-3, weight decay 0.1; none on biases and 1-D parameters), label smoothing 0.1.
+    The network's arguments are :class:`RepMLPNet`'s, forwarded unchanged (``variant`` and any of
+    ``image_size``, ``channels``, ``hs``, ``ws``, ``num_blocks``, ``sharesets_nums`` replacing the
+    variant's, ``in_channels``, ``patch_size``, ``reparam_conv_k`` ...): configs keep flat keys. Defaults
+    follow the official recipe: AdamW (lr 1e-3, weight decay 0.1; none on biases and 1-D parameters),
+    label smoothing 0.1.
 
     Args:
-        variant: paper variant ``T224``, ``B224``, ``T256``, ``B256``, ``D256``, ``L256``.
+        variant: paper variant ``T224``, ``B224``, ``T256``, ``B256``, ``D256``, ``L256`` (recorded in the
+            hyper-parameters of every run).
         num_classes: classes.
-        in_channels: image channels.
-        image_size: input resolution (overrides the variant's 224/256; checked against the partitions).
-        patch_size: patch-embedding size (paper: 4).
-        channels: width of each stage (overrides the variant).
-        hs: partition height of each stage (overrides the variant).
-        ws: partition width of each stage (overrides the variant).
-        num_blocks: units per stage (overrides the variant).
-        sharesets_nums: sharesets per stage (overrides the variant).
-        reparam_conv_k: Local Perceptron kernel sizes (paper: ``[1, 3]``; ``[]`` = none).
-        globalperceptron_reduce: Global Perceptron reduction (paper: 4).
-        ffn_expand: FFN expansion (paper: 4).
         official_checkpoint: path of an official released RepMLPNet ``.pth`` (train-time or deploy-time,
             e.g. ``RepMLPNet-D256-train-acc80.828.pth``) to start from; a head of another class count is
             left freshly initialised (fine-tuning). A deploy-time file gives a fused network.
         optimizer: optimizer factory, called with parameter groups.
         lr_scheduler: scheduler factory; ``None`` = per-step cosine to 0 over the run.
         label_smoothing: cross-entropy label smoothing (official: 0.1).
+        **net_kwargs: :class:`RepMLPNet`'s other arguments, ``in_channels`` … ``deploy``.
     """
 
     def __init__(
         self,
         variant: str = "T224",
         num_classes: int = 1000,
-        in_channels: int = 3,
-        image_size: int | None = None,
-        patch_size: int = 4,
-        channels: list[int] | None = None,
-        hs: list[int] | None = None,
-        ws: list[int] | None = None,
-        num_blocks: list[int] | None = None,
-        sharesets_nums: list[int] | None = None,
-        reparam_conv_k: list[int] = [1, 3],  # noqa: B006 (a config value, never mutated)
-        globalperceptron_reduce: int = 4,
-        ffn_expand: int = 4,
         official_checkpoint: str | None = None,
         optimizer: OptimizerCallable = repmlp_adamw,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.1,
+        **net_kwargs: Any,
     ) -> None:
-        config = variant_config(variant)
-        overrides = dict(image_size=image_size, channels=channels, hs=hs, ws=ws, num_blocks=num_blocks, sharesets_nums=sharesets_nums)
-        config.update({key: value for key, value in overrides.items() if value is not None})
-        net = RepMLPNet(
-            in_channels=in_channels,
-            num_classes=num_classes,
-            patch_size=patch_size,
-            reparam_conv_k=reparam_conv_k,
-            globalperceptron_reduce=globalperceptron_reduce,
-            ffn_expand=ffn_expand,
-            **config,
-        )
+        check_network_kwargs(RepMLPNet, net_kwargs, type(self).__name__)
+        net = RepMLPNet(variant=variant, num_classes=num_classes, **net_kwargs)
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         if official_checkpoint is not None:
             self.net = load_official_weights(self.net, "repmlp", official_checkpoint, head="head")
@@ -323,3 +307,10 @@ class RepMLPNetClassifier(ImageClassifier):
     def no_weight_decay(self) -> set[str]:
         """Biases and every 1-D parameter (BN weights): the official ``set_weight_decay``."""
         return {name for name, p in self.named_parameters() if p.ndim <= 1 or name.endswith(".bias")}
+
+
+@register_official_key_map("repmlp")
+def official_repmlp_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """DingXiaoH/RepMLP weights -> :class:`RepMLPNet`: the names are the official ones (train-time and
+    deploy-time, see the module docstring), so the keys stay as they are once unwrapped."""
+    return dict(state)

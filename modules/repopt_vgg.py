@@ -31,6 +31,7 @@ from typing_extensions import override
 from litzoo.framework.checkpoints import load_checkpoint, state_dict_from
 from litzoo.framework.classification import ImageClassifier
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.optim import sgd_momentum
 from litzoo.framework.reparam.csla import GradientMultipliers, csla_grad_multiplier, csla_initialization, optimizer_rule
 from litzoo.framework.reparam.repvgg_block import stage_widths
@@ -87,14 +88,22 @@ class RepOptVGG(nn.Module):
     """RepVGG's layout (stages 0-4, widths ``64/128/256/512 x multiplier``) with plain or linear-add blocks.
 
     The HS scales start at 1 for the first block of each stage and ``sqrt(2 / i)`` for block ``i``
-    after it (official ``_make_stage``); identity scales at 1.
+    after it (official ``_make_stage``); identity scales at 1. The defaults are the paper's RepOpt-VGG-B1.
+
+    Args:
+        num_blocks: blocks of stages 1-4 (B1: ``[4, 6, 16, 1]``).
+        num_classes: classifier outputs.
+        width_multiplier: width multipliers of stages 1-4 (B1: ``[2, 2, 2, 4]``).
+        in_channels: image channels.
+        stage_strides: strides of stages 0-4.
+        mode: ``"hs"`` linear-add blocks with trainable scales (Hyper-Search), ``"target"`` plain blocks.
     """
 
     def __init__(
         self,
-        num_blocks: Sequence[int],
+        num_blocks: Sequence[int] = (4, 6, 16, 1),
         num_classes: int = 1000,
-        width_multiplier: Sequence[float] = (0.75, 0.75, 0.75, 2.5),
+        width_multiplier: Sequence[float] = (2.0, 2.0, 2.0, 4.0),
         in_channels: int = 3,
         stage_strides: Sequence[int] = (2, 2, 2, 2, 2),
         mode: Literal["target", "hs"] = "target",
@@ -153,29 +162,28 @@ class RepOptVGGClassifier(ImageClassifier):
             the model itself (no callback needed; a ``RepOptimizer`` callback on it is refused).
         scales: (target) the Hyper-Search checkpoint whose scales define the initialization and
             the gradient multipliers; ``None`` uses the HS initial scales (no search).
-        num_blocks, width_multiplier, in_channels, stage_strides, num_classes: the architecture
-            (RepVGG's layout; the paper's RepOpt-VGG-B1 is ``[4, 6, 16, 1]``, ``[2, 2, 2, 4]``).
+        num_classes: classifier outputs.
         optimizer: for the target ``torch.optim.SGD`` (multipliers = squared scales) or
             ``torch.optim.Adam`` / ``AdamW`` (multipliers = scales, applied to gradient and update).
         lr_scheduler, label_smoothing: see :class:`ImageClassifier`.
+        **net_kwargs: the :class:`RepOptVGG`'s other arguments, ``num_blocks``, ``width_multiplier``,
+            ``in_channels``, ``stage_strides`` (default the paper's RepOpt-VGG-B1).
     """
 
     def __init__(
         self,
         mode: Literal["target", "hs"] = "target",
         scales: str | None = None,
-        num_blocks: list[int] = [4, 6, 16, 1],  # noqa: B006 (config values, never mutated)
-        width_multiplier: list[float] = [2.0, 2.0, 2.0, 4.0],  # noqa: B006
         num_classes: int = 1000,
-        in_channels: int = 3,
-        stage_strides: list[int] = [2, 2, 2, 2, 2],  # noqa: B006
         optimizer: OptimizerCallable = sgd_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        **net_kwargs: Any,
     ) -> None:
         if mode == "hs" and scales is not None:
             raise ValueError("scales are read by the target model; the Hyper-Search model learns them")
-        net = RepOptVGG(num_blocks, num_classes, width_multiplier, in_channels, stage_strides, mode)
+        check_network_kwargs(RepOptVGG, net_kwargs, type(self).__name__)
+        net = RepOptVGG(num_classes=num_classes, mode=mode, **net_kwargs)
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         # per target conv weight: (s_conv, s_1x1, has identity), from which each update rule's multipliers follow

@@ -14,12 +14,14 @@ convs on layers 2, 4, ..., 26 (layer index counted from 1 after stage 0).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from litzoo.framework.checkpoints import load_official_weights
 from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.optim import sgd_momentum
 from litzoo.framework.reparam import RepVGGBlock, stage_widths
 
@@ -51,12 +53,17 @@ VARIANTS: dict[str, dict] = {
 class RepVGG(nn.Module):
     """The RepVGG network (training-time form; ``fuse_model`` gives the plain deploy form).
 
+    The architecture is the paper variant ``variant``; ``num_blocks``, ``width_multiplier`` and
+    ``override_groups_map`` given explicitly replace the variant's (tiny networks for small data do this).
+
     Args:
-        num_blocks: blocks in stages 1-4 (stage 0 always has one).
+        variant: paper variant ``A0``-``A2``, ``B0``-``B3``, ``B1g2`` ... ``B3g4`` (``RepVGG-A0`` too).
+        num_blocks: blocks in stages 1-4 (stage 0 always has one); ``None`` = the variant's.
         num_classes: classifier outputs.
-        width_multiplier: ``(a, a, a, b)``, multiplying widths 64, 128, 256, 512 of stages 1-4.
+        width_multiplier: ``(a, a, a, b)``, multiplying widths 64, 128, 256, 512 of stages 1-4;
+            ``None`` = the variant's.
         override_groups_map: ``{layer index: groups}`` for grouped 3x3/1x1 convs (index 1 is the
-            first block of stage 1; stage 0 cannot be grouped).
+            first block of stage 1; stage 0 cannot be grouped); ``None`` = the variant's (``{}``: none).
         in_channels: image channels (3 in the paper).
         stage_strides: stride of the first block of stages 0-4; the paper uses 2 everywhere, small
             images (digits, CIFAR) keep resolution with 1s in the early stages.
@@ -64,16 +71,22 @@ class RepVGG(nn.Module):
 
     def __init__(
         self,
-        num_blocks: Sequence[int],
+        variant: str = "A0",
+        num_blocks: Sequence[int] | None = None,
         num_classes: int = 1000,
-        width_multiplier: Sequence[float] = (0.75, 0.75, 0.75, 2.5),
+        width_multiplier: Sequence[float] | None = None,
         override_groups_map: dict[int, int] | None = None,
         in_channels: int = 3,
         stage_strides: Sequence[int] = (2, 2, 2, 2, 2),
     ) -> None:
         super().__init__()
+        config = variant_config(variant)
+        num_blocks = config["num_blocks"] if num_blocks is None else num_blocks
+        width_multiplier = config["width_multiplier"] if width_multiplier is None else width_multiplier
+        override_groups_map = config.get("override_groups_map", {}) if override_groups_map is None else override_groups_map
         widths = stage_widths(num_blocks, width_multiplier, stage_strides)
-        self.override_groups_map = dict(override_groups_map or {})
+        self.variant = variant
+        self.override_groups_map = dict(override_groups_map)
         if 0 in self.override_groups_map:
             raise ValueError("override_groups_map cannot group layer 0 (the stem sees the raw image)")
 
@@ -97,9 +110,9 @@ class RepVGG(nn.Module):
         return nn.Sequential(*blocks)
 
     @classmethod
-    def from_variant(cls, name: str, **overrides) -> RepVGG:
+    def from_variant(cls, name: str, **overrides: Any) -> RepVGG:
         """Build a named paper variant (``"A0"`` ... ``"B3g4"``); keyword arguments override its fields."""
-        return cls(**{**variant_config(name), **overrides})
+        return cls(variant=name, **overrides)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stage4(self.stage3(self.stage2(self.stage1(self.stage0(x)))))
@@ -117,20 +130,16 @@ def variant_config(name: str) -> dict:
 class RepVGGClassifier(ImageClassifier):
     """RepVGG image classifier: multi-branch training, plain 3x3-conv deploy model (CVPR 2021).
 
-    The architecture comes from ``variant``; any of ``num_blocks``, ``width_multiplier``,
-    ``override_groups_map`` given explicitly replaces the variant's value (tiny configs for small
-    data do this). The default optimizer is the paper's: SGD momentum 0.9, weight decay 1e-4,
-    lr 0.1 with cosine decay to 0, and no weight decay on biases nor on the 3x3/1x1 branches' BN
-    weights (the identity branch's BN weight is decayed, as in the official recipe).
+    The network's arguments are :class:`RepVGG`'s, forwarded unchanged (``variant`` and any of
+    ``num_blocks``, ``width_multiplier``, ``override_groups_map`` replacing the variant's, ``in_channels``,
+    ``stage_strides``): configs keep flat keys. The default optimizer is the paper's: SGD momentum 0.9,
+    weight decay 1e-4, lr 0.1 with cosine decay to 0, and no weight decay on biases nor on the 3x3/1x1
+    branches' BN weights (the identity branch's BN weight is decayed, as in the official recipe).
 
     Args:
-        variant: paper variant ``A0``-``A2``, ``B0``-``B3``, ``B1g2`` ... ``B3g4``.
+        variant: paper variant ``A0``-``A2``, ``B0``-``B3``, ``B1g2`` ... ``B3g4`` (recorded in the
+            hyper-parameters of every run).
         num_classes: classes.
-        in_channels: image channels.
-        num_blocks: blocks in stages 1-4 (overrides the variant).
-        width_multiplier: ``(a, a, a, b)`` (overrides the variant).
-        override_groups_map: ``{layer: groups}`` (overrides the variant).
-        stage_strides: first-block stride of stages 0-4 (paper: all 2).
         optimizer: optimizer factory, called with parameter groups.
         lr_scheduler: scheduler factory; ``None`` = per-step cosine to 0 over the run.
         label_smoothing: cross-entropy label smoothing (0 in the paper's A/B recipe).
@@ -138,27 +147,21 @@ class RepVGGClassifier(ImageClassifier):
             ``RepVGG-A0-train.pth`` or a ``-deploy.pth`` converted one) for the same variant; a
             deploy file gives the fused model directly. A head for another ``num_classes`` keeps
             its fresh initialisation (fine-tuning).
+        **net_kwargs: :class:`RepVGG`'s other arguments, ``num_blocks`` … ``stage_strides``.
     """
 
     def __init__(
         self,
         variant: str = "A0",
         num_classes: int = 1000,
-        in_channels: int = 3,
-        num_blocks: list[int] | None = None,
-        width_multiplier: list[float] | None = None,
-        override_groups_map: dict[int, int] | None = None,
-        stage_strides: list[int] = [2, 2, 2, 2, 2],  # noqa: B006 (a config value, never mutated)
         optimizer: OptimizerCallable = sgd_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
         official_checkpoint: str | None = None,
+        **net_kwargs: Any,
     ) -> None:
-        config = variant_config(variant)
-        for key, value in (("num_blocks", num_blocks), ("width_multiplier", width_multiplier), ("override_groups_map", override_groups_map)):
-            if value is not None:
-                config[key] = value
-        net = RepVGG(num_classes=num_classes, in_channels=in_channels, stage_strides=stage_strides, **config)
+        check_network_kwargs(RepVGG, net_kwargs, type(self).__name__)
+        net = RepVGG(variant=variant, num_classes=num_classes, **net_kwargs)
         if official_checkpoint is not None:
             net = load_official_weights(net, "repvgg", official_checkpoint, head="linear")
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)

@@ -24,12 +24,13 @@ convs; the defaults (1, 64) give the paper's ResNet exactly.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from litzoo.framework.classification import ImageClassifier
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.optim import sgd_momentum
 
 Stem = Literal["imagenet", "cifar"]
@@ -259,42 +260,23 @@ class ResNetClassifier(ImageClassifier):
     decayed (``ImageClassifier.no_weight_decay``), a common modern choice; the paper decays all.
 
     Args:
-        depth: 18, 34, 50, 101 or 152.
         num_classes: classes.
-        in_channels: image channels.
-        stem: ``"imagenet"`` (7x7/2 conv + max pool) or ``"cifar"`` (3x3/1 conv, for small images).
-        width: channels of the stem and stage 1 (64 in the paper).
-        groups: groups of the blocks' 3x3 convs (ResNeXt cardinality; 1 = plain ResNet).
-        width_per_group: channels per group of the 3x3 convs, relative to 64 (ResNeXt ``d``).
-        zero_init_residual: zero the last BN weight of each block, so blocks start as identities.
         optimizer: optimizer factory, called with parameter groups.
         lr_scheduler: scheduler factory; ``None`` = per-step cosine to 0 over the run.
         label_smoothing: cross-entropy label smoothing (0 in the paper).
+        **net_kwargs: the :class:`ResNet`'s other arguments, ``depth`` … ``zero_init_residual`` (default
+            ResNet-18 with the ImageNet stem; ``stem="cifar"`` for small images).
     """
 
     def __init__(
         self,
-        depth: int = 18,
         num_classes: int = 1000,
-        in_channels: int = 3,
-        stem: Stem = "imagenet",
-        width: int = 64,
-        groups: int = 1,
-        width_per_group: int = 64,
-        zero_init_residual: bool = False,
         optimizer: OptimizerCallable = sgd_momentum,
         lr_scheduler: LRSchedulerCallable | None = None,
         label_smoothing: float = 0.0,
+        **net_kwargs: Any,
     ) -> None:
-        net = ResNet(
-            depth=depth,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            stem=stem,
-            width=width,
-            groups=groups,
-            width_per_group=width_per_group,
-            zero_init_residual=zero_init_residual,
-        )
+        check_network_kwargs(ResNet, net_kwargs, type(self).__name__)
+        net = ResNet(num_classes=num_classes, **net_kwargs)
         super().__init__(net, num_classes, optimizer=optimizer, lr_scheduler=lr_scheduler, label_smoothing=label_smoothing)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])

@@ -85,6 +85,16 @@ def family_ids(batch: Any) -> Tensor:
     return torch.tensor([index.get(f, len(FAMILIES)) for f in families], dtype=torch.long, device=batch.x.device)
 
 
+def without_one_head_ensemble(net_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``net_kwargs`` without the one-head ensemble settings of checkpoints written before the CG-predictor base
+    took its head from ``build_head``: their hyper-parameters hold that base's ``num_clusters`` (1 here: the one
+    regressor), ``fuzzifier`` and ``cluster_seed`` (unused by one head), which ``load_from_checkpoint`` passes on
+    as keywords. Without ``num_clusters=1`` nothing is dropped: the encoder refuses what it does not take."""
+    if net_kwargs.get("num_clusters") != 1:
+        return net_kwargs
+    return {name: value for name, value in net_kwargs.items() if name not in ("num_clusters", "fuzzifier", "cluster_seed")}
+
+
 class TransferablePredictorModule(CGPredictorModule):
     """The transferable CG predictor on batches of computation graphs (``torch_geometric`` batches with
     ``x``, ``edge_index``, ``batch``, a standardised target ``y`` and ``family``;
@@ -96,7 +106,6 @@ class TransferablePredictorModule(CGPredictorModule):
     family, so ``test/srcc`` is zero-shot transfer; :meth:`finetune` adapts to a few labelled graphs of it.
 
     Args:
-        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`litzoo.framework.nn.cg.CGEncoder`.
         contrastive_epochs: pretraining epochs (0: no pretraining; encoder and regressor train together).
         temperature: SupCon τ.
         projection_dim: output of the projection MLP used only in pretraining.
@@ -105,21 +114,19 @@ class TransferablePredictorModule(CGPredictorModule):
         unlabelled_graphs: held-out-family graphs (test split, labels never read) added to each
             pretraining batch as unlabelled graphs (0: none).
         optimizer: default Adam lr 1e-4 (the group's official k-GNN demo).
+        **net_kwargs: the :class:`litzoo.framework.nn.cg.CGEncoder`'s arguments ``embed_dim`` … ``flip_prob`` (default
+            the official k-GNN: 32, 32, 6 layers, 8 eigenvectors flipped with p = 0.25).
     """
 
     def __init__(
         self,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_layers: int = 6,
-        eigvec_size: int = 8,
-        flip_prob: float = 0.25,
         contrastive_epochs: int = 20,
         temperature: float = 0.1,
         projection_dim: int = 32,
         positive_margin: float = 0.5,
         unlabelled_graphs: int = 32,
         optimizer: OptimizerCallable = adam_cg_predictor,
+        **net_kwargs: Any,
     ) -> None:
         if positive_margin < 0:
             raise ValueError(f"positive_margin must be >= 0, got {positive_margin}")
@@ -127,10 +134,10 @@ class TransferablePredictorModule(CGPredictorModule):
             raise ValueError(f"unlabelled_graphs must be >= 0, got {unlabelled_graphs}")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
-        super().__init__(embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob, contrastive_epochs, temperature,
-                         projection_dim, optimizer=optimizer)  # fmt: skip
+        net_kwargs = without_one_head_ensemble(net_kwargs)
+        super().__init__(contrastive_epochs, temperature, projection_dim, optimizer, **net_kwargs)
         # the parent's save_hyperparameters() recorded this class's arguments too (Lightning collects the
-        # arguments of every __init__ in the chain); load_from_checkpoint passes on only this signature's
+        # arguments of every __init__ in the chain)
         self.contrastive_loss = SupConLoss(temperature)
         self._unlabelled: list | None = None
 

@@ -30,6 +30,7 @@ from torchmetrics.regression import KendallRankCorrCoef, SpearmanCorrCoef
 from litzoo.framework.graph.computation import NUM_NODE_FEATURES
 from litzoo.framework.losses import NTXentLoss
 from litzoo.framework.nas.ranking import TopKPrecision
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.cg import CGEncoder, PredictorHead
 
 # ---------------------------------------------------------------------------------------- the module
@@ -52,11 +53,12 @@ class CGPredictorModule(L.LightningModule):
     head (and the encoder when it is not frozen) on a few labelled graphs of the new family.
 
     Args:
-        embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob: :class:`CGEncoder`.
         contrastive_epochs: contrastive pretraining epochs (0: no pretraining; encoder and head train together).
         temperature: NT-Xent τ.
         projection_dim: output of the contrastive projection MLP (used only in pretraining).
         optimizer: default Adam lr 1e-4 (official demo).
+        **net_kwargs: the :class:`CGEncoder`'s arguments ``embed_dim`` … ``flip_prob`` (default the official demo's
+            32, 32, 6 layers, 8 eigenvectors flipped with p = 0.25); its ``num_node_features`` is the graphs' own.
     """
 
     monitor = "val/srcc"
@@ -64,25 +66,24 @@ class CGPredictorModule(L.LightningModule):
 
     def __init__(
         self,
-        embed_dim: int = 32,
-        hidden_dim: int = 32,
-        num_layers: int = 6,
-        eigvec_size: int = 8,
-        flip_prob: float = 0.25,
         contrastive_epochs: int = 20,
         temperature: float = 0.1,
         projection_dim: int = 32,
         optimizer: OptimizerCallable = adam_cg_predictor,
+        **net_kwargs: Any,
     ) -> None:
         super().__init__()
         if contrastive_epochs < 0:
             raise ValueError(f"contrastive_epochs must be >= 0, got {contrastive_epochs}")
-        if contrastive_epochs > 0 and (eigvec_size == 0 or flip_prob == 0):
+        check_network_kwargs(CGEncoder, net_kwargs, type(self).__name__, set_by_owner=("num_node_features",))
+        encoder = CGEncoder(NUM_NODE_FEATURES, **net_kwargs)
+        if contrastive_epochs > 0 and (encoder.eigvec_size == 0 or encoder.flip_prob == 0):
             raise ValueError("contrastive views differ by eigenvector sign flips: set eigvec_size > 0 and flip_prob > 0")
         # Lightning collects the arguments of every __init__ in the chain: a subclass's own (GENNAPE's
         # num_clusters ...) are in self.hparams from here on, for build_head to read
         self.save_hyperparameters(ignore=["optimizer"])
-        self.encoder = CGEncoder(NUM_NODE_FEATURES, embed_dim, hidden_dim, num_layers, eigvec_size, flip_prob)
+        self.encoder = encoder
+        hidden_dim = encoder.hidden_dim
         self.projection = nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, projection_dim))
         self.heads = self.build_head()
         self.contrastive_loss = NTXentLoss(temperature)
@@ -96,9 +97,10 @@ class CGPredictorModule(L.LightningModule):
     # ---- what a paper plugs in -------------------------------------------------------------------
     def build_head(self) -> nn.Module:
         """The predictor head, ``(G, hidden_dim)`` embeddings → ``(G,)`` or ``(G, 1)`` predictions; called once in
-        ``__init__`` after ``save_hyperparameters``, so it reads its settings from ``self.hparams``. Default: one
-        :class:`PredictorHead` (the official demo's regressor)."""
-        return PredictorHead(self.hparams.hidden_dim)
+        ``__init__`` after ``save_hyperparameters`` and the encoder, so it reads its settings from ``self.hparams``
+        and the embedding width from ``self.encoder.hidden_dim``. Default: one :class:`PredictorHead` (the official
+        demo's regressor)."""
+        return PredictorHead(self.encoder.hidden_dim)
 
     def on_encoder_frozen(self) -> None:
         """Called when the encoder has just been frozen after contrastive pretraining, at the start of that

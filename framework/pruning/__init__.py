@@ -4,20 +4,17 @@ from litzoo.framework.pruning.channel_groups import ChannelGroup, GroupReport, f
 from litzoo.framework.pruning.compactor import Compacted, Compactor, fold_compactor, insert_compactors
 from litzoo.framework.pruning.flops import ChannelFlops
 from litzoo.framework.pruning.removal import (
-    PRUNED_SHAPES_KEY,
     apply_layer_shapes,
     compacted_layers,
     compactors_in,
     fold_compactors,
     layer_shapes,
     prune_compacted,
-    pruned_shapes,
     remove_channels,
     zero_masked_rows,
 )
 
 __all__ = [
-    "PRUNED_SHAPES_KEY",
     "ChannelFlops",
     "ChannelGroup",
     "Compacted",
@@ -32,7 +29,6 @@ __all__ = [
     "insert_compactors",
     "layer_shapes",
     "prune_compacted",
-    "pruned_shapes",
     "remove_channels",
     "zero_masked_rows",
 ]

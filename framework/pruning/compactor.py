@@ -66,6 +66,11 @@ class Compacted(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.layer(self.compactor(x)) if self.before else self.compactor(self.layer(x))
 
+    def fold_before_fusing(self) -> str:
+        """:class:`litzoo.framework.reparam.fuse_model.FoldBeforeFusing`: a block carrying this one (a RepVGG
+        block with a compactor before its nonlinearity) must not be fused, its ``fuse()`` would drop the compactor."""
+        return "a ResRep compactor: fold it with litzoo.framework.pruning.fold_compactors (ResRepPruning does at the end of fit)"
+
 
 def fold_compactor(kernel: Tensor, bias: Tensor, compactor_weight: Tensor) -> tuple[Tensor, Tensor]:
     """Merge a compactor into the conv before it: ``Q (K * x + b) = (Q K) * x + Q b``.

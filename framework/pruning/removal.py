@@ -10,7 +10,8 @@ the model's function; step (1) is the only approximation, and it is measured by 
 
 The pruned architecture differs from the one the model's constructor builds, so a pruned
 checkpoint carries its layer shapes (:func:`layer_shapes`); :func:`apply_layer_shapes` rebuilds
-them on a freshly constructed model before its ``load_state_dict``.
+them on a freshly constructed model before its ``load_state_dict`` (the checkpoint format is
+:mod:`litzoo.framework.deploy`'s).
 """
 
 from __future__ import annotations
@@ -154,14 +155,8 @@ def _absorb_constants(model: nn.Module, consumers: dict[str, dict[str, list[int]
                 consumer.bias += weight @ value
 
 
-# ----------------------------------------------------------------------------- pruned checkpoints
-#: ``checkpoint["litzoo"][PRUNED_SHAPES_KEY]``: the layer shapes of a pruned model's checkpoint
-PRUNED_SHAPES_KEY = "pruned_shapes"
-
-
-def pruned_shapes(checkpoint: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
-    """The recorded layer shapes of a pruned model's checkpoint, ``None`` for any other checkpoint."""
-    return checkpoint.get("litzoo", {}).get(PRUNED_SHAPES_KEY)
+# ----------------------------------------------------------------------------- pruned layer shapes
+# (recorded in and read from deploy checkpoints by litzoo.framework.deploy)
 
 
 def layer_shapes(model: nn.Module) -> dict[str, dict[str, Any]]:

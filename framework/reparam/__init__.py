@@ -4,7 +4,7 @@ from litzoo.framework.reparam.acb import ACBlock
 from litzoo.framework.reparam.conv_bn import ConvBN
 from litzoo.framework.reparam.csla import GradientMultipliers, csla_grad_multiplier, csla_initialization, optimizer_rule
 from litzoo.framework.reparam.dbb import BNAndPad, DiverseBranchBlock, IdentityBasedConv1x1
-from litzoo.framework.reparam.fuse_model import DEPLOY_KEY, fuse_model, is_fusable, is_fused_checkpoint
+from litzoo.framework.reparam.fuse_model import FoldBeforeFusing, fuse_model, is_fusable
 from litzoo.framework.reparam.fusion import (
     add_branches,
     avgpool_kernel,
@@ -23,8 +23,8 @@ __all__ = [
     "ACBlock",
     "BNAndPad",
     "ConvBN",
-    "DEPLOY_KEY",
     "DiverseBranchBlock",
+    "FoldBeforeFusing",
     "GradientMultipliers",
     "IdentityBasedConv1x1",
     "RepMLPBlock",
@@ -42,7 +42,6 @@ __all__ = [
     "fusion_error",
     "identity_kernel",
     "is_fusable",
-    "is_fused_checkpoint",
     "merge_1x1_kxk",
     "optimizer_rule",
     "pad_kernel",

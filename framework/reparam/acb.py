@@ -9,12 +9,15 @@ Reference implementation: DingXiaoH/ACNet ``acnet/acb.py`` (``ACBlock``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import Tensor, nn
 
+from litzoo.framework.checkpoints import register_official_key_map, rename_keys, rename_segments
 from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from litzoo.framework.reparam.fusion import add_branches, conv_with_kernel, pad_kernel
 
-__all__ = ["ACBlock"]
+__all__ = ["ACBlock", "official_acb_key_map"]
 
 
 class ACBlock(nn.Module):
@@ -144,3 +147,25 @@ class ACBlock(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, crop={self.crop}"
         )
+
+
+# ------------------------------------------------------------------ official released weights
+
+#: ACNet (DingXiaoH/ACNet ``acnet/acb.py``): flat ``square_conv``/``square_bn`` ... attributes; the
+#: deploy-time ``fused_conv`` is the conv that replaces the block after ``fuse()``.
+OFFICIAL_SEGMENTS: dict[str, str | None] = {
+    "square_conv": "branch_square.conv",
+    "square_bn": "branch_square.bn",
+    "ver_conv": "branch_vertical.conv",
+    "ver_bn": "branch_vertical.bn",
+    "hor_conv": "branch_horizontal.conv",
+    "hor_bn": "branch_horizontal.bn",
+    "fused_conv": None,
+}
+
+
+@register_official_key_map("acb")
+def official_acb_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official ACNet weights (train-time or deploy-time) -> :class:`ACBlock` names, segment by segment
+    (``layer1.0.conv1.square_conv.weight`` -> ``layer1.0.conv1.branch_square.conv.weight``)."""
+    return rename_keys(state, lambda key: rename_segments(key, OFFICIAL_SEGMENTS), "acb")

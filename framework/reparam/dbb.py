@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litzoo.framework.checkpoints import register_official_key_map, rename_keys, rename_segments
 from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from litzoo.framework.reparam.fusion import (
     add_branches,
@@ -36,7 +38,7 @@ from litzoo.framework.reparam.fusion import (
     pad_kernel,
 )
 
-__all__ = ["BNAndPad", "DiverseBranchBlock", "IdentityBasedConv1x1"]
+__all__ = ["BNAndPad", "DiverseBranchBlock", "IdentityBasedConv1x1", "official_dbb_key_map"]
 
 
 class BNAndPad(nn.Module):
@@ -283,3 +285,35 @@ class DiverseBranchBlock(nn.Module):
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
             f"padding={self.padding}, groups={self.groups}, internal_channels={self.internal_channels}"
         )
+
+
+# ------------------------------------------------------------------ official released weights
+
+#: Diverse Branch Block (DingXiaoH/DiverseBranchBlock ``diversebranchblock.py``); names inside the
+#: branches (``conv``, ``bn``, ``avg``, ``avgbn``, ``idconv1``, ``conv1``, ``bn1``, ``conv2``, ``bn2``)
+#: are the official ones; the deploy-time ``dbb_reparam`` is the conv that replaces the block after ``fuse()``.
+OFFICIAL_SEGMENTS: dict[str, str | None] = {
+    "dbb_origin": "branch_kxk",
+    "dbb_1x1": "branch_1x1",
+    "dbb_avg": "branch_avg",
+    "dbb_1x1_kxk": "branch_1x1_kxk",
+    "dbb_reparam": None,
+}
+
+_BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _official_dbb_key(key: str) -> str:
+    key = rename_segments(key, OFFICIAL_SEGMENTS)
+    # Before DBB PR#10, BNAndPadLayer subclassed BatchNorm2d, so its statistics sat one level up
+    # (``dbb_avg.bn.weight``); ours wraps a BatchNorm2d (``branch_avg.bn.bn.weight``).
+    parts = key.split(".")
+    if len(parts) >= 3 and parts[-1] in _BN_LEAVES and (parts[-3], parts[-2]) in (("branch_avg", "bn"), ("branch_1x1_kxk", "bn1")):
+        parts.insert(len(parts) - 1, "bn")
+    return ".".join(parts)
+
+
+@register_official_key_map("dbb")
+def official_dbb_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official DBB weights (train-time or deploy-time, before and after DBB PR#10) -> :class:`DiverseBranchBlock` names."""
+    return rename_keys(state, _official_dbb_key, "dbb")

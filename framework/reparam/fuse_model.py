@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Protocol, runtime_checkable
 
 from torch import nn
 
@@ -12,14 +13,26 @@ from torch import nn
 FOREIGN_CONVERSIONS = ("reparameterize", "switch_to_deploy")
 
 
-#: Checkpoint key marking fused (deploy) weights: ``checkpoint[DEPLOY_KEY] == {"fused": True}``.
-#: Loaders build the training-time model, fuse it, then load such a state dict.
-DEPLOY_KEY = "litzoo"
+@runtime_checkable
+class FoldBeforeFusing(Protocol):
+    """A module that a block can carry and that the block's ``fuse()`` would silently drop, because
+    ``fuse()`` builds the deploy module from the block's own branches: ResRep's compactor before a
+    RepVGG block's nonlinearity (:class:`litzoo.framework.pruning.Compacted` implements it).
+
+    :func:`fuse_model` refuses to fuse a block that carries one, with the module's own instructions.
+    The protocol is declared here, with the walker that asks it, so that the pruning code above
+    implements it without the walker knowing pruning.
+    """
+
+    def fold_before_fusing(self) -> str:
+        """What it is and how to fold it into its block first, for the error message
+        (``"a ResRep compactor: fold it with ..."``)."""
+        ...
 
 
-def is_fused_checkpoint(checkpoint: dict) -> bool:
-    """Whether a loaded checkpoint holds fused (deploy) weights."""
-    return bool(checkpoint.get(DEPLOY_KEY, {}).get("fused"))
+def carried_fold_first(block: nn.Module) -> FoldBeforeFusing | None:
+    """The first module inside ``block`` (not ``block`` itself) that must be folded before ``block`` fuses."""
+    return next((m for m in block.modules() if m is not block and isinstance(m, FoldBeforeFusing)), None)
 
 
 def is_fusable(module: nn.Module) -> bool:
@@ -37,6 +50,9 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     Args:
         model: any ``nn.Module`` (a LightningModule too).
         inplace: modify ``model`` instead of a deep copy.
+
+    Raises:
+        ValueError: a block carries a module that its ``fuse()`` would drop (:class:`FoldBeforeFusing`).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -47,12 +63,9 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
 def _convert(module: nn.Module) -> nn.Module:
     fuse = getattr(module, "fuse", None)
     if callable(fuse):
-        if getattr(getattr(module, "nonlinearity", None), "compactor", None) is not None:
-            # fuse() would build a fresh nonlinearity and silently drop ResRep's compactor
-            raise ValueError(
-                f"{type(module).__name__} carries a ResRep compactor: fold it with litzoo.framework.pruning.fold_compactors "
-                "(ResRepPruning does at the end of fit) before fusing the model"
-            )
+        carried = carried_fold_first(module)
+        if carried is not None:
+            raise ValueError(f"{type(module).__name__} carries {carried.fold_before_fusing()} before fusing the model")
         replacement = fuse()
         if not isinstance(replacement, nn.Module):
             raise TypeError(f"{type(module).__name__}.fuse() must return an nn.Module, got {type(replacement).__name__}")

@@ -10,10 +10,12 @@ RepOptimizer's gradient rule instead of branches.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from litzoo.framework.checkpoints import register_official_key_map, rename_keys, rename_segments
+from litzoo.framework.errors import LitzooError
 from litzoo.framework.reparam.conv_bn import ConvBN, check_conv_arguments
 from litzoo.framework.reparam.fusion import add_branches, conv_with_kernel, fuse_conv_bn, identity_kernel, pad_kernel
 
@@ -86,3 +88,28 @@ def stage_widths(num_blocks: Sequence[int], width_multiplier: Sequence[float], s
     if any(w < 1 for w in widths):
         raise ValueError(f"width_multiplier {list(width_multiplier)} gives an empty stage: widths {widths}")
     return widths
+
+
+# ------------------------------------------------------------------ official released weights
+
+#: RepVGG (DingXiaoH/RepVGG ``repvgg.py``): ``rbr_dense``/``rbr_1x1`` are conv-BN Sequentials,
+#: ``rbr_identity`` a BatchNorm2d, ``rbr_reparam`` the deploy conv; the network names ``stage0`` ...
+#: ``stage4`` and ``linear`` are ours too.
+OFFICIAL_SEGMENTS: dict[str, str | None] = {
+    "rbr_dense": "branch_3x3",
+    "rbr_1x1": "branch_1x1",
+    "rbr_identity": "branch_identity",
+    "rbr_reparam": "conv",
+}
+
+
+@register_official_key_map("repvgg")
+def official_repvgg_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official RepVGG weights (train-time or deploy-time) -> :class:`RepVGGBlock` names, segment by segment.
+
+    Raises:
+        LitzooError: the blocks have squeeze-excitation (RepVGG-D2se, RepVGGplus), which ours do not.
+    """
+    if any(".se." in f".{k}" for k in state):
+        raise LitzooError("RepVGG checkpoints with squeeze-excitation blocks (RepVGG-D2se, RepVGGplus) are not supported by litzoo's RepVGG")
+    return rename_keys(state, lambda key: rename_segments(key, OFFICIAL_SEGMENTS), "repvgg")

@@ -12,8 +12,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from litzoo.callbacks.reparam_fusion import ReparamFusion
 from litzoo.framework.data.batches import batch_inputs
+from litzoo.framework.deploy import is_fused_checkpoint
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.reparam import ConvBN, RepVGGBlock, is_fused_checkpoint
+from litzoo.framework.reparam import ConvBN, RepVGGBlock
 
 
 class UserNet(L.LightningModule):

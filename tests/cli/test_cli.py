@@ -10,8 +10,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from litzoo.cli import find_checkpoint, main, run_name
+from litzoo.framework.deploy import is_fused_checkpoint
 from litzoo.framework.export import load_lightning_module
-from litzoo.framework.reparam import RepVGGBlock, is_fused_checkpoint
+from litzoo.framework.reparam import RepVGGBlock
 
 CONFIG = "configs/repvgg/digits.yaml"
 QUIET = ["--trainer.enable_progress_bar", "false"]

@@ -41,3 +41,11 @@ def test_unknown_arguments_are_named_with_a_suggestion():
     with pytest.raises(ValueError, match=r"^Module: unknown network argument 'widht' \(did you mean 'width'\?\), 'zzz' for Autoencoder; "
                                          r"it takes decoder_width, depth, heads, width$"):  # fmt: skip
         check_network_kwargs(Autoencoder, {"widht": 3, "zzz": 1}, "Module")
+
+
+def test_arguments_the_module_sets_itself_are_refused_and_not_offered():
+    check_network_kwargs(Autoencoder, {"depth": 3}, "Module", set_by_owner=("width",))
+    with pytest.raises(ValueError, match=r"^Module: Autoencoder's 'width' is set by Module itself; do not give it$"):
+        check_network_kwargs(Autoencoder, {"width": 3, "depth": 3}, "Module", set_by_owner=("width",))
+    with pytest.raises(ValueError, match=r"'widht' for Autoencoder; it takes decoder_width, depth, heads$"):  # no hint towards 'width'
+        check_network_kwargs(Autoencoder, {"widht": 3}, "Module", set_by_owner=("width",))

@@ -7,11 +7,22 @@ into litzoo's model, and the outputs must agree.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
 
-from litzoo.framework.checkpoints import convert_official_state_dict, load_official_weights, unwrap_state_dict
+from litzoo.framework import checkpoints
+from litzoo.framework.checkpoints import (
+    convert_official_state_dict,
+    load_official_weights,
+    official_key_maps,
+    register_official_key_map,
+    rename_keys,
+    unwrap_state_dict,
+)
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.reparam import fuse_conv_bn, fuse_model, identity_kernel, pad_kernel, randomize_batchnorm
 from litzoo.modules.repvgg import RepVGG, RepVGGClassifier
@@ -251,3 +262,49 @@ def test_official_dbb_keys_map_one_to_one_onto_ours(cin, cout, groups, depthwise
     assert set(mapped) == set(ours.state_dict())
     deploy = convert_official_state_dict("dbb", {"dbb_reparam.weight": torch.zeros(1), "dbb_reparam.bias": torch.zeros(1)})
     assert set(deploy) == set(ours.fuse().state_dict())
+
+
+# ----------------------------------------------------------- the registry of key maps
+def test_each_method_registers_its_map_when_its_module_is_imported():
+    # the core fills nothing itself: a fresh interpreter knows no map until a method's file is imported
+    code = (
+        "from litzoo.framework.checkpoints import official_key_maps as names\n"
+        "print(*names())\n"
+        "import litzoo.modules.hiera\n"
+        "print(*names())\n"
+        "import litzoo.modules.mae, litzoo.modules.audio_mae, litzoo.modules.repmlp\n"
+        "print(*names())\n"
+    )
+    empty, with_hiera, with_all = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert empty == ""
+    # hiera's file (and the reparameterization blocks under the core's classifier base) registered theirs
+    assert "hiera" in with_hiera.split() and "mae" not in with_hiera.split()
+    assert with_all.split() == ["acb", "audio_mae", "dbb", "hiera", "mae", "repmlp", "repvgg"]
+
+
+def test_an_unregistered_name_says_which_module_to_import():
+    with pytest.raises(ValueError, match=r"unknown method 'audio_mea' .*registered: acb, .*repvgg.*import litzoo\.modules\.audio_mea"):
+        convert_official_state_dict("audio_mea", {})
+
+
+def test_a_users_key_map_is_registered_and_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "_OFFICIAL_KEY_MAPS", dict(checkpoints._OFFICIAL_KEY_MAPS))
+
+    @register_official_key_map("my_repvgg")
+    def my_map(state):  # a user's own release with another prefix, on litzoo's RepVGG
+        return rename_keys(state, lambda key: key.removeprefix("backbone."), "my_repvgg")
+
+    assert "my_repvgg" in official_key_maps()
+    official, _ = official_pair()
+    ours = RepVGG(num_classes=5, in_channels=1, stage_strides=STRIDES, **TINY)
+    torch.save({f"backbone.{k}": v for k, v in convert_official_state_dict("repvgg", official.state_dict()).items()}, tmp_path / "w.pth")
+    load_official_weights(ours, "my_repvgg", tmp_path / "w.pth", head="linear")
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_model(ours.eval())(x), official(x), atol=1e-5, rtol=0)
+    # a second, different function under a taken name is refused; the same function again is not
+    assert register_official_key_map("my_repvgg", my_map) is my_map
+    with pytest.raises(ValueError, match="already registered as 'repvgg'"):
+        register_official_key_map("repvgg", lambda state: dict(state))
+    with pytest.raises(Exception, match="both map to"):
+        convert_official_state_dict("my_repvgg", {"backbone.a": torch.zeros(1), "a": torch.zeros(1)})

@@ -21,6 +21,7 @@ from litzoo.framework.pruning import (
     zero_masked_rows,
 )
 from litzoo.framework.pruning import removal as removal_module
+from litzoo.framework.reparam import FoldBeforeFusing, RepVGGBlock, fuse_model
 
 X = torch.randn(4, 1, 12, 12, generator=torch.Generator().manual_seed(3))
 
@@ -188,3 +189,34 @@ def test_convs_without_batchnorm_and_a_flattening_head():
     with torch.no_grad():
         assert (model(X) - masked).abs().max() < 1e-5
     assert model.head.in_features == 36 * kept[-1] and flops(kept) == count_flops(model, X[:1])
+
+
+def test_fuse_model_refuses_a_block_that_carries_a_compactor():
+    model = UserRepVGG().eval()
+    insert_compactors(model, {"body.1.nonlinearity": 8, "body.3.nonlinearity": 16})
+    assert isinstance(model.body[1].nonlinearity, FoldBeforeFusing)
+    with pytest.raises(ValueError, match=r"^RepVGGBlock carries a ResRep compactor: fold it with litzoo.framework.pruning.fold_compactors"):
+        fuse_model(model)
+    with torch.no_grad():
+        expected = model(X)
+    fold_compactors(model)  # what ResRepPruning does at the end of fit: then the model is plain
+    assert not any(isinstance(m, RepVGGBlock) for m in model.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(fuse_model(model)(X), expected, atol=1e-5, rtol=0)
+
+
+def test_the_walker_asks_the_protocol_not_an_attribute_name():
+    class Adapter(nn.Module):
+        """A user's module that a block's fuse() would drop, wherever it sits in the block."""
+
+        def fold_before_fusing(self) -> str:
+            return "a user adapter: merge it first"
+
+        def forward(self, x):
+            return x
+
+    block = RepVGGBlock(4, 4)
+    block.branch_1x1.extra = Adapter()
+    with pytest.raises(ValueError, match="RepVGGBlock carries a user adapter: merge it first before fusing the model"):
+        fuse_model(nn.Sequential(block))
+    assert isinstance(fuse_model(nn.Sequential(RepVGGBlock(4, 4)))[0], nn.Sequential)  # nothing carried: fused

@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 
 from litzoo.datamodules.architecture_tasks import MultiTaskArchitectureDataModule, synthetic_task_benchmark
 from litzoo.framework.errors import LitzooError
@@ -162,3 +163,25 @@ def test_bad_settings_are_one_line_errors(trained, data):
     with pytest.raises(LitzooError) as error:
         trained.finetune(data.finetune_dataloader(), mode="everything")
     assert "'rescale', 'heads' or 'all'" in _one_line(error)
+
+
+# ---------------------------------------------------------------- network arguments: AIOPredictor's signature is the source
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module():
+    module = rebuilds_from_flat_hparams(AIOPModule, adapter_tasks=[0, 1], base_epochs=2, embed_dim=8, hidden_dim=12, num_layers=2,
+                                        eigvec_size=2, flip_prob=0.25)  # fmt: skip
+    m = module.model
+    assert m.num_adapters == 2 and m.encoder.hidden_dim == 12 and m.encoder.eigvec_size == 2 and m.encoder.flip_prob == 0.25
+    assert len(m.adapters[0].convs) == 2 and m.adapter_heads[0][0].in_features == 24 and m.b.shape == (2, 13)
+
+
+def test_network_argument_errors():
+    refuses_misspelt_argument(AIOPModule, "AIOPredictor", "hidden_dims", "hidden_dim")
+    with pytest.raises(ValueError, match=r"^AIOPModule: AIOPredictor's 'num_adapters' is set by AIOPModule itself"):
+        AIOPModule(num_adapters=3)  # len(adapter_tasks)
+
+
+def test_cli_help_lists_the_network_arguments_with_the_official_defaults(capsys):
+    help_lists("litzoo.modules.aio_p.AIOPModule", capsys, {
+        "adapter_tasks": "Sequence[int]", "embed_dim": "int, default: 32", "hidden_dim": "int, default: 32", "num_layers": "int, default: 6",
+        "eigvec_size": "int, default: 0", "flip_prob": "float, default: 0.0",
+    }, hidden=["num_adapters"])  # fmt: skip

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from litzoo.framework.checkpoints import convert_official_audio_mae_state_dict, convert_official_state_dict
+from litzoo.framework.checkpoints import convert_official_state_dict
 from litzoo.framework.errors import LitzooError
 from litzoo.modules.audio_mae import (
     AudioMAEClassifier,
@@ -18,6 +18,7 @@ from litzoo.modules.audio_mae import (
     AudioMaskedAutoencoderViT,
     AudioViTClassifier,
     SwinWindowBlock,
+    convert_official_audio_mae_state_dict,
     shifted_window_mask,
     time_frequency_keep,
     window_partition,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch_geometric.data import Batch, Data
 
 from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
@@ -179,3 +180,23 @@ def test_bad_hyperparameters_are_refused():
         CGEncoder(flip_prob=1.0)
     with pytest.raises(ValueError, match="num_clusters"):
         FuzzyHeadEnsemble(4, num_clusters=0)
+
+
+# ---------------------------------------------------------------- network arguments: CGEncoder's signature is the source
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module():
+    # every encoder argument given, as GENNAPE checkpoints written before the forwarding stored them (nas-search loads those)
+    model = rebuilds_from_flat_hparams(GENNAPEModule, embed_dim=8, hidden_dim=6, num_layers=2, eigvec_size=4, flip_prob=0.5,
+                                       contrastive_epochs=1, num_clusters=2, fuzzifier=1.5, cluster_seed=3)  # fmt: skip
+    assert model.encoder.hidden_dim == 6 and model.encoder.flip_prob == 0.5 and len(model.encoder.convs) == 2
+    assert model.heads.centers.shape == (2, 6) and model.heads.fuzzifier == 1.5  # heads: the encoder's width, GENNAPE's own settings
+
+
+def test_a_misspelt_network_argument_is_named():
+    refuses_misspelt_argument(GENNAPEModule, "CGEncoder", "num_layer", "num_layers", num_clusters=2)
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.gennape.GENNAPEModule", capsys, {
+        "num_clusters": "int, default: 3", "fuzzifier": "float", "embed_dim": "int, default: 32", "hidden_dim": "int, default: 32",
+        "num_layers": "int, default: 6", "eigvec_size": "int, default: 8", "flip_prob": "float, default: 0.25",
+    }, hidden=["num_node_features"])  # fmt: skip

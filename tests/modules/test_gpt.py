@@ -7,6 +7,7 @@ import json
 import lightning as L
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 
 from litzoo.datamodules.text_corpus import TextCorpusDataModule
 from litzoo.framework.errors import LitzooError
@@ -79,3 +80,38 @@ def test_setup_errors_are_clear():
     model.trainer = trainer
     with pytest.raises(LitzooError, match="vocab_size"):
         model.setup("fit")
+
+
+# ---------------------------------------------------------------- network arguments: GPT's signature is the source
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module():
+    model = rebuilds_from_flat_hparams(GPTLanguageModel, vocab_size=30, context_length=12, dim=16, depth=3, num_heads=2, mlp_ratio=2.0)
+    net = model.net
+    assert len(net.blocks) == 3 and net.pos_embed.shape == (1, 12, 16) and net.blocks[0].mlp.fc1.out_features == 32
+    assert net.blocks[0].attn.num_heads == 2 and net.head.out_features == 30
+    # without a vocabulary the forwarded arguments wait for setup, and give the same module once it is known
+    later = GPTLanguageModel(context_length=12, dim=16, depth=3, num_heads=2, mlp_ratio=2.0)
+    assert later.net is None and later.hparams.vocab_size is None
+    later.build(30)  # what setup does with the datamodule's vocab_size
+    assert dict(later.hparams) == dict(model.hparams)
+    assert {k: v.shape for k, v in later.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_a_misspelt_network_argument_is_named():
+    refuses_misspelt_argument(GPTLanguageModel, "GPT", "dimm", "dim", context_length=8)
+
+
+def test_setup_refuses_blocks_longer_than_the_built_context():
+    class Data(L.LightningDataModule):
+        vocab_size, block_size = 30, 16
+
+    model = GPTLanguageModel(context_length=12, dim=16, depth=1, num_heads=2)
+    trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(LitzooError, match="block_size 16 exceeds the model's context_length 12"):
+        trainer.fit(model, Data())
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.gpt.GPTLanguageModel", capsys, {
+        "vocab_size": "int | null, default: null", "context_length": "int, default: 1024", "dim": "int, default: 768",
+        "depth": "int, default: 12", "num_heads": "int, default: 12", "mlp_ratio": "float, default: 4.0",
+    })  # fmt: skip

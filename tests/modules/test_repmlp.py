@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch import nn
 
 from litzoo.framework.errors import LitzooError
@@ -224,3 +225,29 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(x).square().sum().backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(plain, model.parameters()))
     assert isinstance(model.head, nn.Linear)
+
+
+def test_the_variant_is_the_networks_argument_and_explicit_values_override_it():
+    with torch.device("meta"):
+        d256 = RepMLPNet(variant="RepMLPNet-D256", num_classes=10)
+        assert count_parameters(d256) == count_parameters(RepMLPNet.from_variant("D256", num_classes=10))
+        thinner = RepMLPNet(variant="D256", channels=(40, 80, 160, 320), sharesets_nums=(1, 4, 16, 32))
+    assert [len(s) for s in thinner.stages] == [2, 2, 18, 2]  # D256's depths, other widths
+    assert thinner.stages[0][0].repmlp_block.fc3.weight.shape == (64 * 64, 64 * 64, 1, 1)  # D256's partitions
+    with pytest.raises(ValueError, match="stage 0 sees 56x56"):
+        RepMLPNet(variant="D256", image_size=224)  # the variant's 64x64 partitions do not divide 224 / 4
+
+
+def test_classifier_forwards_the_networks_arguments():
+    model = rebuilds_from_flat_hparams(RepMLPNetClassifier, num_classes=10, in_channels=1, image_size=8, patch_size=2, channels=[8, 16],
+                                       hs=[4, 2], ws=[2, 2], num_blocks=[1, 2], sharesets_nums=[2, 4], ffn_expand=2)  # fmt: skip
+    assert model.net.stages[0][0].ffn_block.ffn_fc1.conv.out_channels == 16 and model.hparams.variant == "T224"
+    refuses_misspelt_argument(RepMLPNetClassifier, "RepMLPNet", "sharesets_num", "sharesets_nums", num_classes=10)
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.repmlp.RepMLPNetClassifier", capsys, {
+        "variant": "str, default: T224", "num_classes": "int, default: 1000", "channels": "Optional[Sequence[int]], default: null",
+        "hs": "Optional[Sequence[int]]", "reparam_conv_k": "Sequence[int] | null, default: (1, 3)", "image_size": "Union[int, Sequence[int], null]",
+        "patch_size": "int | Sequence[int], default: 4", "deploy": "bool, default: False", "official_checkpoint": "str | null, default: null",
+    })  # fmt: skip

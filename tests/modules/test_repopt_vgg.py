@@ -6,6 +6,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch.utils.data import DataLoader, Dataset
 
 from litzoo.callbacks.rep_optimizer import RepOptimizer
@@ -137,3 +138,40 @@ def test_a_repoptimizer_callback_on_the_model_is_refused():
                         limit_val_batches=0, callbacks=[RepOptimizer(target.grad_multipliers("sgd"))])
     with pytest.raises(LitzooError, match="apply twice"):
         trainer.fit(target, DataLoader(Images(), batch_size=8))
+
+
+# ---------------------------------------------------------------- network arguments: RepOptVGG's signature is the source
+@pytest.mark.parametrize("mode", ["hs", "target", "searched"])
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module(tmp_path, mode):
+    """Both modes, and a target model initialised from a Hyper-Search file (rebuilt from its hparams, it reads
+    the same scales); ARCH gives every network argument, as checkpoints written before the forwarding stored them."""
+    kwargs = dict(mode=mode, label_smoothing=0.1, **ARCH)
+    if mode == "searched":
+        hs = RepOptVGGClassifier(mode="hs", **ARCH)
+        with torch.no_grad():
+            for block in hs.net.blocks().values():
+                block.scale_conv.weight.uniform_(0.4, 1.6)
+        torch.save({"state_dict": hs.state_dict()}, tmp_path / "hs.ckpt")
+        kwargs.update(mode="target", scales=str(tmp_path / "hs.ckpt"))
+    model = rebuilds_from_flat_hparams(RepOptVGGClassifier, **kwargs)
+    net = model.net
+    assert net.mode == kwargs["mode"] and net.stage0.conv.in_channels == 1 and net.stage0.conv.stride == (1, 1)
+    assert [len(s) for s in (net.stage1, net.stage2, net.stage3, net.stage4)] == [1, 2, 1, 1] and net.linear.out_features == 3
+    assert net.stage2[1].conv.out_channels == 16 and net.stage3[0].conv.stride == (2, 2)  # width_multiplier, stage_strides
+    if mode == "searched":
+        torch.manual_seed(0)  # the seed the helper built the module from: only the scales differ
+        unsearched = RepOptVGGClassifier(mode="target", **ARCH)
+        assert not torch.equal(model.net.stage1[0].conv.weight, unsearched.net.stage1[0].conv.weight)  # the scales were read
+
+
+def test_a_misspelt_network_argument_is_named():
+    refuses_misspelt_argument(RepOptVGGClassifier, "RepOptVGG", "width_multipler", "width_multiplier", num_classes=3)
+
+
+def test_cli_help_lists_the_network_arguments_with_the_paper_defaults(capsys):
+    """The defaults are the paper's RepOpt-VGG-B1, now declared once, by RepOptVGG."""
+    help_lists("litzoo.modules.repopt_vgg.RepOptVGGClassifier", capsys, {
+        "mode": "Literal['target', 'hs'], default: target", "num_classes": "int, default: 1000",
+        "num_blocks": "Sequence[int], default: (4, 6, 16, 1)", "width_multiplier": "Sequence[float], default: (2.0, 2.0, 2.0, 4.0)",
+        "in_channels": "int, default: 3", "stage_strides": "Sequence[int], default: (2, 2, 2, 2, 2)",
+    })  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch import nn
 
 from litzoo.framework.profiling import count_flops, count_parameters
@@ -102,3 +103,29 @@ def test_predict_step_returns_probabilities():
     assert out["probs"].shape == (3, 10)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(3))
     assert torch.equal(out["pred"], out["probs"].argmax(-1))
+
+
+def test_the_variant_is_the_networks_argument_and_explicit_values_override_it():
+    model = RepVGG(variant="B1g4", num_blocks=[1, 2, 1, 1], stage_strides=[1, 1, 2, 2, 2])
+    assert [len(s) for s in (model.stage1, model.stage2, model.stage3, model.stage4)] == [1, 2, 1, 1]
+    assert model.stage1[0].out_channels == 128 and model.stage4[0].out_channels == 2048  # B1's widths: 64 * 2, 512 * 4
+    assert [b.groups for s in (model.stage1, model.stage2) for b in s] == [1, 4, 1]  # B1g4's groups map on layers 2, 4, ...
+    assert RepVGG(variant="B1g4", num_blocks=[1, 1, 1, 1], override_groups_map={}).stage2[0].groups == 1
+    assert RepVGG.from_variant("B0").state_dict().keys() == RepVGG(variant="B0").state_dict().keys()
+
+
+def test_classifier_forwards_the_networks_arguments():
+    model = tiny_classifier(variant="B1g2")  # the variant's groups map (layers 2, 4, ...), the tiny widths
+    assert model.net.stage2[0].groups == 2 and model.net.stage1[0].out_channels == 16  # 64 * 0.25
+    assert tiny_classifier(variant="B1g2", override_groups_map={}).net.stage2[0].groups == 1
+    rebuilds_from_flat_hparams(RepVGGClassifier, variant="B1g2", num_classes=10, in_channels=1, num_blocks=[1, 2, 1, 1],
+                               width_multiplier=[0.25, 0.25, 0.25, 0.125], stage_strides=[1, 1, 2, 2, 2], label_smoothing=0.1)  # fmt: skip
+    refuses_misspelt_argument(RepVGGClassifier, "RepVGG", "num_block", "num_blocks", num_classes=10)
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.repvgg.RepVGGClassifier", capsys, {
+        "variant": "str, default: A0", "num_classes": "int, default: 1000", "num_blocks": "Optional[Sequence[int]], default: null",
+        "width_multiplier": "Optional[Sequence[float]]", "override_groups_map": "Optional[dict[int, int]]", "in_channels": "int, default: 3",
+        "stage_strides": "Sequence[int]", "official_checkpoint": "str | null, default: null",
+    })  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch import nn
 
 from litzoo.framework.profiling import count_parameters
@@ -152,3 +153,26 @@ def test_predict_step_returns_probabilities():
     out = model.predict_step({"image": torch.randn(3, 1, 16, 16), "label": torch.tensor([1, 2, 3])}, 0)
     assert out["probs"].shape == (3, 10)
     assert torch.allclose(out["probs"].sum(-1), torch.ones(3))
+
+
+# ---------------------------------------------------------------- network arguments: ResNet's signature is the source
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module():
+    # all eight network arguments given, as every checkpoint written before the forwarding stored them
+    model = rebuilds_from_flat_hparams(ResNetClassifier, num_classes=10, depth=50, in_channels=2, stem="cifar", width=8, groups=2,
+                                       width_per_group=32, zero_init_residual=True, label_smoothing=0.1)  # fmt: skip
+    net = model.net
+    assert net.depth == 50 and net.stem == "cifar" and net.conv1.in_channels == 2 and net.fc.out_features == 10
+    assert isinstance(net.maxpool, nn.Identity) and net.layer1[0].conv2.groups == 2 and net.layer1[0].conv2.out_channels == 8
+    assert not net.layer1[0].bn3.weight.any()  # zero_init_residual reached the network
+    assert model.label_smoothing == 0.1  # and the training arguments stay the module's
+
+
+def test_a_misspelt_network_argument_is_named():
+    refuses_misspelt_argument(ResNetClassifier, "ResNet", "widht", "width", num_classes=10)
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.resnet.ResNetClassifier", capsys, {
+        "num_classes": "int, default: 1000", "depth": "int, default: 18", "stem": "Literal['imagenet', 'cifar'], default: imagenet",
+        "width": "int, default: 64", "groups": "int", "width_per_group": "int", "zero_init_residual": "bool", "in_channels": "int",
+    })  # fmt: skip

@@ -11,6 +11,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch_geometric.data import Batch, Data
 
 from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
@@ -231,3 +232,35 @@ def test_bad_arguments_raise():
 def test_family_ids_follow_the_family_vocabulary():
     batch = Batch.from_data_list([_graph(3, "vgg", 0.0, 0), _graph(3, "resnet", 0.0, 1)])
     assert family_ids(batch).tolist() == [3, 0]
+
+
+# ---------------------------------------------------------------- network arguments: CGEncoder's signature is the source
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_module():
+    model = rebuilds_from_flat_hparams(TransferablePredictorModule, embed_dim=8, hidden_dim=6, num_layers=2, eigvec_size=2, flip_prob=0.5,
+                                       contrastive_epochs=1, positive_margin=0.25, unlabelled_graphs=0)  # fmt: skip
+    assert model.encoder.hidden_dim == 6 and model.encoder.flip_prob == 0.5 and model.heads[0].in_features == 6
+    refuses_misspelt_argument(TransferablePredictorModule, "CGEncoder", "embed_dims", "embed_dim")
+
+
+def test_a_checkpoint_with_the_old_base_hyperparameters_loads(tmp_path):
+    # before the CG-predictor base took its head from build_head it had num_clusters, fuzzifier and cluster_seed arguments,
+    # so Lightning stored them with this module's (num_clusters 1: the one regressor); they describe nothing here any more
+    model = TransferablePredictorModule(embed_dim=8, hidden_dim=8, num_layers=2, eigvec_size=2, contrastive_epochs=1).eval()
+    old = {**dict(model.hparams), "num_clusters": 1, "fuzzifier": 2.0, "cluster_seed": 0}
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": old, "pytorch-lightning_version": L.__version__}, path)
+    loaded = TransferablePredictorModule.load_from_checkpoint(path, weights_only=True).eval()
+    assert dict(loaded.hparams) == dict(model.hparams)
+    batch = Batch.from_data_list([_graph(6, "resnet", 0.1, 0), _graph(7, "vgg", 0.2, 1)])
+    with torch.no_grad():
+        assert torch.equal(loaded(batch), model(batch))
+    for wrong in ({"num_clusters": 3}, {"fuzzifier": 2.0}):  # given from Python they are not this module's: refused
+        with pytest.raises(ValueError, match=f"unknown network argument '{next(iter(wrong))}'"):
+            TransferablePredictorModule(**wrong)
+
+
+def test_cli_help_lists_the_network_arguments_with_types(capsys):
+    help_lists("litzoo.modules.transferable_predictor.TransferablePredictorModule", capsys, {
+        "positive_margin": "float, default: 0.5", "embed_dim": "int, default: 32", "hidden_dim": "int, default: 32",
+        "num_layers": "int, default: 6", "eigvec_size": "int, default: 8", "flip_prob": "float, default: 0.25",
+    }, hidden=["num_node_features", "num_clusters", "fuzzifier", "cluster_seed"])  # fmt: skip

@@ -5,7 +5,9 @@ from the subclass's own hyper-parameters, checkpoints loading with ``load_from_c
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 from torch import nn
 
 from litzoo.datamodules.architectures import SyntheticArchitectureDataModule
@@ -87,3 +89,30 @@ def test_on_encoder_frozen_runs_when_the_encoder_freezes_and_again_after_a_resum
     _trainer(4, tmp_path / "resumed").fit(resumed, _datamodule(), ckpt_path=last)
     assert resumed.frozen_calls == [(3, False)]  # the freeze is re-applied to the fresh module, and told once
     assert not any(p.requires_grad for p in resumed.encoder.parameters())
+
+
+# ---------------------------------------------------------------- network arguments: CGEncoder's signature is the source
+def test_encoder_arguments_are_forwarded_flat_and_the_head_reads_the_built_encoder():
+    model = rebuilds_from_flat_hparams(CGPredictorModule, contrastive_epochs=2, projection_dim=6, embed_dim=4, hidden_dim=12,
+                                       num_layers=3, eigvec_size=2, flip_prob=0.5)  # fmt: skip
+    encoder = model.encoder
+    assert (encoder.node_embed.out_features, encoder.hidden_dim, len(encoder.convs), encoder.eigvec_size, encoder.flip_prob) == (4, 12, 3, 2, 0.5)
+    assert model.heads[0].in_features == 12 and model.projection[0].in_features == 12 and model.projection[-1].out_features == 6
+    # with the encoder's defaults nothing about it is in the hyper-parameters: the head reads the encoder, not them
+    default = CGPredictorModule(contrastive_epochs=0)
+    assert "hidden_dim" not in default.hparams and default.heads[0].in_features == default.encoder.hidden_dim == 32
+
+
+def test_encoder_argument_errors():
+    refuses_misspelt_argument(CGPredictorModule, "CGEncoder", "hiden_dim", "hidden_dim")
+    with pytest.raises(ValueError, match=r"^CGPredictorModule: CGEncoder's 'num_node_features' is set by CGPredictorModule itself"):
+        CGPredictorModule(num_node_features=4)  # the graphs' own feature width
+    with pytest.raises(ValueError, match="sign flips"):  # read from the built encoder
+        CGPredictorModule(contrastive_epochs=1, flip_prob=0.0)
+
+
+def test_cli_help_lists_the_encoder_arguments_but_not_the_node_features(capsys):
+    help_lists("litzoo.framework.nas.CGPredictorModule", capsys, {
+        "contrastive_epochs": "int, default: 20", "embed_dim": "int, default: 32", "hidden_dim": "int, default: 32",
+        "num_layers": "int, default: 6", "eigvec_size": "int, default: 8", "flip_prob": "float, default: 0.25",
+    }, hidden=["num_node_features"])  # fmt: skip
