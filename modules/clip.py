@@ -31,6 +31,7 @@ from torchmetrics.retrieval import RetrievalRecall
 from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses import ClipLoss
+from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn import TextTransformer, VisionTransformer
 from litzoo.framework.optim import adamw_clip, split_weight_decay, warmup_cosine_per_step
 from litzoo.framework.visualization import image_grid, log_image
@@ -81,6 +82,7 @@ class CLIP(nn.Module):
         super().__init__()
         if embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+        self.image_size, self.in_chans = image_size, in_chans  # the input the module's example is made of
         self.visual = VisionTransformer(image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads)
         self.visual_projection = nn.Linear(vision_width, embed_dim, bias=False)
         self.text = TextTransformer(vocab_size, context_length, text_width, text_depth, text_heads, end_token_id=end_token_id)
@@ -156,7 +158,6 @@ class CLIPModule(L.LightningModule):
     The tokenizer for zero-shot prompts is the DataModule's ``tokenizer``.
 
     Args:
-        vocab_size … init_logit_scale: the :class:`CLIP` model (defaults: ViT-B/32).
         max_logit_scale: ``logit_scale`` is clamped to ``[0, max_logit_scale]`` after every step (ln 100).
         gather_distributed: contrast against the global batch under DDP (gather with gradient).
         local_loss: under DDP, each rank's rows against all columns (open_clip ``--local-loss``).
@@ -170,6 +171,7 @@ class CLIPModule(L.LightningModule):
             weights initialise the model, e.g. pretrained towers for CiT; the optimizer starts afresh.
         optimizer: called with parameter groups; default AdamW(5e-4, (0.9, 0.98), 1e-6, wd 0.2).
         lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine to 0, per step.
+        **net_kwargs: the :class:`CLIP` model's arguments, ``vocab_size`` … ``init_logit_scale`` (default ViT-B/32).
     """
 
     monitor = "val/loss"
@@ -177,20 +179,6 @@ class CLIPModule(L.LightningModule):
 
     def __init__(
         self,
-        vocab_size: int = 49408,
-        embed_dim: int = 512,
-        image_size: int = 224,
-        patch_size: int = 32,
-        in_chans: int = 3,
-        vision_width: int = 768,
-        vision_depth: int = 12,
-        vision_heads: int = 12,
-        context_length: int = 77,
-        text_width: int = 512,
-        text_depth: int = 12,
-        text_heads: int = 8,
-        end_token_id: int = 3,
-        init_logit_scale: float = math.log(1 / 0.07),
         max_logit_scale: float = math.log(100),
         gather_distributed: bool = True,
         local_loss: bool = True,
@@ -203,8 +191,10 @@ class CLIPModule(L.LightningModule):
         init_from: str | None = None,
         optimizer: OptimizerCallable = adamw_clip,
         lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
     ) -> None:
         super().__init__()
+        check_network_kwargs(CLIP, net_kwargs, type(self).__name__)
         if max_logit_scale <= 0:
             raise ValueError(f"max_logit_scale must be positive, got {max_logit_scale}")
         templates = ["a photo of a {}."] if zero_shot_templates is None else list(zero_shot_templates)
@@ -216,15 +206,13 @@ class CLIPModule(L.LightningModule):
         if warmup_steps < 0 or num_retrieval_examples < 0:
             raise ValueError(f"warmup_steps and num_retrieval_examples must be >= 0, got {warmup_steps} and {num_retrieval_examples}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.model = CLIP(
-            vocab_size, embed_dim, image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads,
-            context_length, text_width, text_depth, text_heads, end_token_id, init_logit_scale,
-        )  # fmt: skip
+        self.model = CLIP(**net_kwargs)
         if init_from is not None:
             load_clip_weights(self.model, init_from)
-        example_tokens = torch.zeros(2, context_length, dtype=torch.long)
-        example_tokens[:, 1] = end_token_id
-        self.example_input_array = (torch.zeros(2, in_chans, image_size, image_size), example_tokens)
+        text, image_size = self.model.text, self.model.image_size
+        example_tokens = torch.zeros(2, text.context_length, dtype=torch.long)
+        example_tokens[:, 1] = text.end_token_id
+        self.example_input_array = (torch.zeros(2, self.model.in_chans, image_size, image_size), example_tokens)
         self.eval_loss = ClipLoss(gather_distributed=False)  # validation: each rank's own batch
         self.loss = ClipLoss(gather_distributed=gather_distributed, local_loss=local_loss, image_to_text_only=image_to_text_only)
         self.max_logit_scale = max_logit_scale

@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
 
 from litzoo.datamodules.image_text import DigitsCaptionsDataModule
 from litzoo.framework.errors import LitzooError
@@ -326,3 +327,18 @@ def test_setup_rejects_a_tokenizer_larger_than_the_vocabulary(digits):
     module = CLIPModule(**{**DIGITS, "end_token_id": 4}, zero_shot_templates=TEMPLATES)
     with pytest.raises(LitzooError, match="end_token_id=4"):
         _trainer().validate(module, datamodule=digits, verbose=False)
+
+
+def test_network_arguments_are_forwarded_flat_and_rebuild_the_model():
+    module = rebuilds_from_flat_hparams(CLIPModule, **TINY, end_token_id=5, gather_distributed=False)
+    assert module.model.text.end_token_id == 5 and module.model.visual_projection.out_features == 8
+    images, tokens = module.example_input_array
+    assert images.shape == (2, 1, 8, 8) and tokens.shape == (2, 8) and (tokens[:, 1] == 5).all()
+    refuses_misspelt_argument(CLIPModule, "CLIP", "vision_widht", "vision_width", **{k: v for k, v in TINY.items() if k != "vision_width"})
+
+
+def test_cli_help_lists_the_clip_arguments_with_types(capsys):
+    help_lists("litzoo.modules.clip.CLIPModule", capsys, {
+        "vocab_size": "int, default: 49408", "vision_width": "int, default: 768", "context_length": "int, default: 77",
+        "end_token_id": "int, default: 3", "init_logit_scale": "float", "warmup_steps": "int, default: 2000",
+    })  # fmt: skip
