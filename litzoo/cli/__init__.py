@@ -19,84 +19,42 @@ datamodules, the core). Each command parses its arguments here and calls into th
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from litzoo.cli.lightning_cli import LitzooCLI, find_checkpoint, run_name
 from litzoo.framework.errors import LitzooError, one_line
 
-__all__ = ["COMMANDS", "LitzooCLI", "find_checkpoint", "main", "run_name"]
+__all__ = ["COMMANDS", "LitzooCLI", "command", "find_checkpoint", "main", "run_name"]
 
 
-def _list(argv: Sequence[str]) -> None:
-    from litzoo.cli.registry import import_all, listing
-
-    import_all()
-    print(listing())
-
-
-def _export(argv: Sequence[str]) -> None:
-    from litzoo.cli.export import export_command
-
-    export_command(argv)
-
-
-def _curate(argv: Sequence[str]) -> None:
-    from litzoo.cli.curation import curate_command
-
-    curate_command(argv)
-
-
-def _text_quality(argv: Sequence[str]) -> None:
-    from litzoo.cli.curation import text_quality_command
-
-    text_quality_command(argv)
-
-
-def _graph(argv: Sequence[str]) -> None:
-    from litzoo.cli.graph import graph_command
-
-    graph_command(argv)
-
-
-def _architectures(argv: Sequence[str]) -> None:
-    from litzoo.cli.nas import architectures_command
-
-    architectures_command(argv)
-
-
-def _nas_search(argv: Sequence[str]) -> None:
-    from litzoo.cli.nas import nas_search_command
-
-    nas_search_command(argv)
-
-
-def _architecture_tasks(argv: Sequence[str]) -> None:
-    from litzoo.cli.nas import architecture_tasks_command
-
-    architecture_tasks_command(argv)
-
-
-#: the commands that are not LightningCLI subcommands; each is imported only when it runs
-COMMANDS: dict[str, Callable[[Sequence[str]], None]] = {
-    "list": _list,
-    "export": _export,
-    "curate": _curate,
-    "text-quality": _text_quality,
-    "graph": _graph,
-    "architectures": _architectures,
-    "architecture-tasks": _architecture_tasks,
-    "nas-search": _nas_search,
+#: the commands that are not LightningCLI subcommands, as ``module:function``; a command's module (and
+#: what it needs: torch_geometric, onnxruntime ...) is imported only when it runs
+COMMANDS: dict[str, str] = {
+    "list": "litzoo.cli.registry:list_command",
+    "export": "litzoo.cli.export:export_command",
+    "curate": "litzoo.cli.curation:curate_command",
+    "text-quality": "litzoo.cli.curation:text_quality_command",
+    "graph": "litzoo.cli.graph:graph_command",
+    "architectures": "litzoo.cli.nas:architectures_command",
+    "architecture-tasks": "litzoo.cli.nas:architecture_tasks_command",
+    "nas-search": "litzoo.cli.nas:nas_search_command",
 }
+
+
+def command(name: str) -> Callable[[Sequence[str]], object]:
+    """The function of command ``name`` (a key of :data:`COMMANDS`), imported now."""
+    module, _, function = COMMANDS[name].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``litzoo`` console script and ``python -m litzoo``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        command = COMMANDS.get(argv[0]) if argv else None
-        if command is not None:
-            command(argv[1:])
+        if argv and argv[0] in COMMANDS:
+            command(argv[0])(argv[1:])
         else:
             LitzooCLI(args=argv)
     except LitzooError as error:

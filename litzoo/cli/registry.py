@@ -110,3 +110,11 @@ def listing() -> str:
     for name, path in shipped_configs().items():
         lines.append(f"  {name:<38} {config_summary(path)}")
     return "\n".join(lines)
+
+
+def list_command(argv: Sequence[str]) -> None:
+    """``litzoo list``: every method, DataModule, callback and shipped config, with its first doc line."""
+    if argv:
+        raise LitzooError(f"litzoo list takes no arguments, got {' '.join(argv)}")
+    import_all()
+    print(listing())

@@ -107,3 +107,11 @@ def test_the_wheel_holds_only_the_litzoo_package_and_its_configs(tmp_path: Path)
     assert "litzoo/framework/reparam/fusion.py" in names and "litzoo/cli/__init__.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "litzoo = litzoo.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_every_command_resolves_to_a_function():
+    from litzoo.cli import COMMANDS, command
+
+    assert {"list", "export", "curate", "text-quality", "graph", "architectures", "architecture-tasks", "nas-search"} <= set(COMMANDS)
+    for name in COMMANDS:
+        assert callable(command(name)), name
