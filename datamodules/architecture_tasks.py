@@ -354,7 +354,6 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
         generate_train_subset: int = 256,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
         source_tasks = [check_task(t) for t in source_tasks]
         check_task(target_task)
         if not source_tasks or len(set(source_tasks)) != len(source_tasks):
@@ -375,13 +374,12 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
                 f"and num_workers at least 0; got {batch_size}, {generate_per_family}, {generate_epochs}, {generate_train_subset}, "
                 f"{finetune_samples}, {num_workers}"
             )
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.path = path
         self.source_tasks, self.target_task = source_tasks, target_task
         self.task_names = [*source_tasks, target_task]
-        self.batch_size = batch_size
         self.normalizers: dict[str, TaskNormalizer] = {}
-        self.datasets: dict[str, list] = {}
         self.architectures: dict[str, list[int]] = {}
 
     # ---- data ---------------------------------------------------------------------------------
@@ -432,9 +430,9 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
                 )
         return path
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_datasets(self, split: str) -> dict[str, list]:
+        """Every split at once: a seeded test / val / train split of the architectures labelled on every task,
+        the source tasks' labels normalised on the training split, the target's on the few-shot split."""
         from litzoo.framework.graph import load_graphs_jsonl
 
         hp = self.hparams
@@ -471,7 +469,7 @@ class MultiTaskArchitectureDataModule(GraphSplitsDataModule):
         norm_pool = splits["finetune"] if len(splits["finetune"]) >= 2 else splits["test"]
         self.normalizers[self.target_task] = fit(self.target_task, norm_pool)
         target_id = len(self.source_tasks)
-        self.datasets = {
+        return {
             "train": [self._item(g, labels[i], t) for i, g in splits["train"] for t in range(target_id)],
             "val": [self._item(g, labels[i], t) for i, g in splits["val"] for t in range(target_id)],
             "test": [self._item(g, labels[i], t) for i, g in splits["test"] for t in range(target_id + 1)],

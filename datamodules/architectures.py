@@ -28,10 +28,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 
+from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nas import (
     FAMILIES,
@@ -116,34 +116,19 @@ def synthetic_graphs(per_family: int, families: Sequence[str] = FAMILIES, seed: 
 
 
 # --------------------------------------------------------------------------------------------- data modules
-class GraphSplitsDataModule(L.LightningDataModule):
-    """The loaders of a DataModule whose ``setup`` fills ``self.datasets`` (split name → list of
-    ``torch_geometric`` Data) and that has ``batch_size`` and ``hparams.seed`` / ``hparams.num_workers``:
-    train (shuffled, seeded), val, test, predict (= test) and few-shot (``"finetune"``) batches."""
+class GraphSplitsDataModule(SplitsDataModule):
+    """A :class:`~litzoo.framework.data.splits.SplitsDataModule` of computation graphs: ``build_datasets``
+    returns every split at once (split name → list of ``torch_geometric`` Data), batched by
+    ``torch_geometric``'s DataLoader; the training split is shuffled by a generator seeded with
+    ``hparams.seed``. Splits: train, val, test (also predict) and the few-shot ``"finetune"``."""
 
-    datasets: dict[str, list]
-    batch_size: int
+    splits = ("train", "val", "test", "finetune")
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int | None = None):
+    def make_dataloader(self, dataset: list, batch_size: int, shuffle: bool):
         from torch_geometric.loader import DataLoader
 
-        if not self.datasets:
-            self.setup()
         generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=batch_size or self.batch_size, shuffle=shuffle,
-                          num_workers=self.hparams.num_workers, generator=generator)  # fmt: skip
-
-    def train_dataloader(self):
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self):
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self):
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, generator=generator)
 
 
 class ArchitectureDataModule(GraphSplitsDataModule):
@@ -193,7 +178,6 @@ class ArchitectureDataModule(GraphSplitsDataModule):
         generate_epochs: int = 3,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
         if not 0 < val_fraction < 1:
             raise LitzooError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if batch_size < 1 or finetune_samples < 0 or num_workers < 0 or generate_per_family < 1 or generate_epochs < 1:
@@ -209,14 +193,13 @@ class ArchitectureDataModule(GraphSplitsDataModule):
             shared = sorted(set(train_families) & set(test_families))
             if shared:
                 raise LitzooError(f"families {shared} are in both train_families and test_families: a held-out family must be unseen")
+        super().__init__(batch_size, num_workers)
         self.save_hyperparameters()
         self.path = path
         self.target = target
         self.train_families = train_families
         self.test_families = test_families
-        self.batch_size = batch_size
         self.graphs: dict[str, list] = {}
-        self.datasets: dict[str, list] = {}
         self.target_mean, self.target_std = 0.0, 1.0
 
     # ---- data ---------------------------------------------------------------------------------
@@ -264,9 +247,9 @@ class ArchitectureDataModule(GraphSplitsDataModule):
             )
         return load_graphs_jsonl(path)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def build_datasets(self, split: str) -> dict[str, list]:
+        """Every split at once: the held-out families, a seeded train / val split of the others, the
+        target standardised with training statistics."""
         hp = self.hparams
         source = self.path or "the default benchmark"
         graphs = self.load_graphs()
@@ -313,7 +296,7 @@ class ArchitectureDataModule(GraphSplitsDataModule):
         if hp.normalize_target:
             self.target_mean = float(values.mean())
             self.target_std = float(values.std()) if len(values) > 1 and float(values.std()) > 0 else 1.0
-        self.datasets = {split: [self._item(g) for g in graphs] for split, graphs in self.graphs.items()}
+        return {split: [self._item(g) for g in graphs] for split, graphs in self.graphs.items()}
 
     def _item(self, graph):
         data = graph.to_pyg(self.target)
@@ -360,8 +343,8 @@ class SyntheticArchitectureDataModule(ArchitectureDataModule):
     ) -> None:
         if per_family < 1 or noise < 0:
             raise LitzooError(f"per_family must be at least 1 and noise at least 0, got {per_family} and {noise}")
-        super().__init__(None, target, train_families, test_families, val_fraction, batch_size, normalize_target, finetune_samples, seed)
-        self.hparams.num_workers = num_workers
+        super().__init__(None, target, train_families, test_families, val_fraction, batch_size, normalize_target, finetune_samples, seed,
+                         num_workers=num_workers)  # fmt: skip
         self.save_hyperparameters()
 
     def prepare_data(self) -> None:
