@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
+import yaml
+from cifar_files import write_cifar10, write_cifar100
 
 from litzoo.cli import main
 
 CONFIGS = sorted(str(p) for p in Path("configs").glob("*/*.yaml"))
+
+#: DataModules that read a data set the user has on disk (no embedded default) -> writer of a tiny folder in its format.
+#: The folders are as small as a fit allows (a few images), so that the configs' full-size networks run fast.
+ON_DISK_DATA = {
+    "litzoo.datamodules.cifar.CIFAR10DataModule": partial(write_cifar10, per_batch=2, test_size=2),
+    "litzoo.datamodules.cifar.CIFAR100DataModule": partial(write_cifar100, train_size=10, test_size=2),
+}
+
+
+def needs_root(config: str) -> bool:
+    """Whether the config's data is on the user's disk and the config leaves ``data.root`` to the command line."""
+    data = yaml.safe_load(Path(config).read_text()).get("data") or {}
+    return data.get("class_path") in ON_DISK_DATA and "root" not in (data.get("init_args") or {})
+
+
+def data_root_args(config: str, tmp_path: Path) -> list[str]:
+    """``--data.init_args.root <a tiny folder in the data's format>`` for a config that needs one, else nothing."""
+    if not needs_root(config):
+        return []
+    ON_DISK_DATA[yaml.safe_load(Path(config).read_text())["data"]["class_path"]](tmp_path / "data")
+    return ["--data.init_args.root", str(tmp_path / "data")]
 
 
 def test_configs_are_found():
@@ -18,4 +42,15 @@ def test_configs_are_found():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_runs_fast_dev_run(config, tmp_path):
     main(["fit", "-c", config, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false"])
+          "--trainer.enable_progress_bar", "false", *data_root_args(config, tmp_path)])
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if needs_root(c)])
+def test_config_without_its_data_root_fails_in_one_line(config, tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["fit", "-c", config, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
+    assert excinfo.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "usage:" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("litzoo: error: CIFAR") and "DataModule needs data.root: the folder holding cifar-" in line and "cifar.html" in line
