@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from litzoo.callbacks.base import EvaluateDeployModel
 from litzoo.framework.data.batches import reference_batch
-from litzoo.framework.deploy import save_deploy_checkpoint
+from litzoo.framework.deploy import check_deploy_filename, save_deploy_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
@@ -106,7 +106,7 @@ class GlobalSparseMomentum(EvaluateDeployModel):
         exclude: ``fnmatch`` patterns of parameter names (as in ``pl_module.named_parameters()``,
             e.g. ``"net.fc.*"``) kept dense and out of the budget.
         deploy_filename: file name of the sparse weights-only checkpoint, written next to the other
-            checkpoints (``None`` = do not write one).
+            checkpoints (``None`` = do not write one); a plain file name, no folder.
     """
 
     #: the decay budget below which passive weights are not driven to ~0 (exp(-8) = 3.4e-4)
@@ -128,6 +128,7 @@ class GlobalSparseMomentum(EvaluateDeployModel):
                 f"weight_decay must be positive (GSM drives unselected weights to zero by decay alone), got {weight_decay!r}; "
                 "use None to take the optimizer's weight decay"
             )
+        check_deploy_filename(deploy_filename, "GlobalSparseMomentum")
         self.sparsity = float(sparsity)
         self.weight_decay = None if weight_decay is None else float(weight_decay)
         self.exclude = list(exclude or [])

@@ -32,6 +32,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from litzoo.framework.data.batches import batch_inputs, batch_labels, reference_loader, sample_training_batches, setup_loader
+from litzoo.framework.deploy import check_deploy_filename
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 from litzoo.framework.pruning import compacted_layers, prune_compacted
@@ -46,6 +47,7 @@ from litzoo.framework.quantization import (
     weight_statistics,
 )
 from litzoo.framework.reparam import fuse_model, is_fusable
+from litzoo.framework.verification import check_finite, max_abs_difference
 
 
 @contextlib.contextmanager
@@ -104,7 +106,8 @@ class Quantization(Callback):
             quantization error), ``"minmax"`` or ``"percentile"`` (99.99th / 0.01th percentiles:
             robust to rare extreme activations).
         evaluate_batches: batches for the float / int8 comparison (``None``: the whole loader).
-        filename: the int8 program's file name (``None``: not written).
+        filename: the int8 program's file name, written next to the checkpoints (``None``: not written); a
+            plain file name, no folder.
         seed: of the calibration batches.
     """
 
@@ -130,6 +133,7 @@ class Quantization(Callback):
         for name, value in (("calibration_batches", calibration_batches), ("evaluate_batches", evaluate_batches)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_deploy_filename(filename, "Quantization", "filename")
         self.mode = mode
         self.module = module
         self.calibration_batches = calibration_batches
@@ -321,7 +325,11 @@ class Quantization(Callback):
         if accuracy is not None:
             metrics["acc"] = accuracy.compute().item()
         if against is not None:
-            gap = max((a - b).abs().max().item() for a, b in zip(outputs, against["outputs"], strict=True))
+            # a NaN gap would log as "no difference" (and be dropped from the logs): refuse non-finite outputs
+            reference_name = "the reference model's outputs (float, or fake-quantized for QAT)"
+            check_finite(against["outputs"], f"Quantization: {reference_name} on the evaluation batches", "no int8 model written")
+            check_finite(outputs, "Quantization: the int8 model's outputs on the evaluation batches", "no int8 model written")
+            gap = max_abs_difference(against["outputs"], outputs)
             scale = max(o.abs().max().item() for o in against["outputs"])
             same = sum(int((a.argmax(-1) == b.argmax(-1)).sum()) for a, b in zip(outputs, against["outputs"], strict=True))
             total = sum(a.shape[0] for a in outputs)
@@ -354,6 +362,7 @@ class Quantization(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _save(self, trainer: L.Trainer, example: Tensor) -> None:
+        check_deploy_filename(self.filename, "Quantization", "filename")  # also when changed after __init__
         if self.filename is None or trainer.fast_dev_run or self.int8_model is None:
             return
         directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir

@@ -16,13 +16,17 @@ The format of deploy checkpoints (fused, pruned) is :mod:`litzoo.framework.deplo
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import pickle
+import re
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
@@ -380,3 +384,112 @@ __all__ = [
     "state_dict_from",
     "unwrap_state_dict",
 ]
+
+
+# ------------------------------------------------------------------ which classes a checkpoint may name
+#
+# A Lightning checkpoint written by LightningCLI names its module's class (``hyper_parameters["_class_path"]``).
+# Rebuilding calls that class with the file's values, and importing a module runs its code: so a class path
+# read from a file is first looked up among the modules already imported (the config's own class, litzoo's
+# classes), and only litzoo's own packages or classes registered here are imported or called.
+
+def qualified_name(cls: type) -> str:
+    """``litzoo.modules.repvgg.RepVGGClassifier``: where ``cls`` is defined."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def loaded_class(class_path: str) -> type | None:
+    """The class at ``class_path`` when its module is already imported, else ``None`` (nothing is imported)."""
+    module, _, name = class_path.rpartition(".")
+    found = getattr(sys.modules.get(module), name, None) if module else None
+    return found if isinstance(found, type) else None
+
+
+def checkpoint_class_path(checkpoint: Mapping[str, Any]) -> str | None:
+    """The class path LightningCLI recorded in a checkpoint's hyper-parameters, or ``None`` (a checkpoint
+    written by a plain ``Trainer`` records no class)."""
+    hparams = checkpoint.get("hyper_parameters")
+    value = hparams.get("_class_path") if isinstance(hparams, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def _contents(checkpoint: Mapping[str, Any]) -> str:
+    """A few words on what a dict that is not a Lightning checkpoint holds."""
+    tensors = sum(isinstance(value, torch.Tensor) for value in checkpoint.values())
+    if tensors == len(checkpoint) and tensors:
+        return f"a plain state dict of {tensors} tensors"
+    keys = ", ".join(repr(k) for k in list(checkpoint)[:4]) + (", ..." if len(checkpoint) > 4 else "")
+    return f"a dict with keys {keys}" if checkpoint else "an empty dict"
+
+
+def check_checkpoint_class(path: str | Path, checkpoint: Mapping[str, Any], expected: type, what: str = "the config asks for") -> None:
+    """Refuse ``checkpoint`` (loaded from ``path``) unless it is a Lightning checkpoint of ``expected`` (or a subclass).
+
+    A checkpoint that records no class (written by a plain ``Trainer``) passes: Lightning's strict loading of its
+    weights then checks it.
+
+    Raises:
+        LitzooError: one line naming ``path``, what it holds and ``expected``: the file has no
+            ``pytorch-lightning_version`` / ``state_dict`` (a plain state dict), or it holds another class.
+    """
+    wanted = f"{expected.__name__} ({qualified_name(expected)})"
+    if "pytorch-lightning_version" not in checkpoint or not isinstance(checkpoint.get("state_dict"), Mapping):
+        raise LitzooError(
+            f"checkpoint '{path}' is not a Lightning checkpoint (no 'pytorch-lightning_version' and 'state_dict'; it holds "
+            f"{_contents(checkpoint)}), but {what} a {wanted}"
+        )
+    held = checkpoint_class_path(checkpoint)
+    if held is None or held == qualified_name(expected):
+        return
+    cls = loaded_class(held)
+    if cls is not None and issubclass(cls, expected):
+        return
+    raise LitzooError(f"checkpoint '{path}' holds a {held.rpartition('.')[2]} ({held}), but {what} a {wanted}")
+
+
+#: packages whose LightningModule / LightningDataModule classes a checkpoint may name (imported on demand)
+TRUSTED_PACKAGES = ("litzoo.modules.", "litzoo.datamodules.")
+_CLASS_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+")
+_registered: dict[str, type] = {}
+
+
+def register_checkpoint_class(cls: type) -> type:
+    """Let :func:`litzoo.framework.export.load_lightning_module` (``litzoo export``) rebuild checkpoints of ``cls``, a LightningModule or
+    LightningDataModule of your own; usable as a class decorator.
+
+    A checkpoint names the class to rebuild (``hyper_parameters["_class_path"]``), and rebuilding calls it
+    with the checkpoint's values: only classes that litzoo was told to trust are called. Trusted without
+    registration: litzoo's own (``litzoo.modules.*``, ``litzoo.datamodules.*``) and, as in Lightning's
+    ``load_from_checkpoint``, a subclass of the expected Lightning class that is already imported.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, (L.LightningModule, L.LightningDataModule))):
+        raise TypeError(f"register_checkpoint_class takes a LightningModule or LightningDataModule subclass, got {cls!r}")
+    _registered[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return cls
+
+
+def trusted_class(class_path: Any, base: type, path: Path, what: str) -> type:
+    """The class ``class_path`` names, when it is a ``base`` subclass litzoo may call; a one-line refusal otherwise.
+
+    Nothing is imported for a class path outside litzoo's packages: importing a module runs its code,
+    so the decision is made on the string, the registry and ``sys.modules`` first (Lightning's rule
+    for checkpoints: resolve only what is already imported, :func:`loaded_class`), and the class is checked after.
+    """
+    if not isinstance(class_path, str) or not _CLASS_PATH.fullmatch(class_path):
+        raise LitzooError(f"checkpoint '{path}' names {what} class {class_path!r}, which is not a class path; refused")
+    module_name, _, name = class_path.rpartition(".")
+    cls = _registered.get(class_path) or loaded_class(class_path)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        if not class_path.startswith(TRUSTED_PACKAGES):
+            raise LitzooError(
+                f"checkpoint '{path}' names {what} class '{class_path}', which litzoo does not import or call: only {base.__name__} "
+                f"classes of {' / '.join(p.rstrip('.') for p in TRUSTED_PACKAGES)}, already imported ones and those registered with "
+                "litzoo.framework.checkpoints.register_checkpoint_class are rebuilt"
+            )
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError):
+            raise LitzooError(f"checkpoint '{path}' names {what} class '{class_path}', which cannot be imported") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise LitzooError(f"checkpoint '{path}' names {what} class '{class_path}', which is not a {base.__name__}; refused")
+    return cls

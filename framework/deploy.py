@@ -22,7 +22,7 @@ lead there:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import lightning as L
@@ -35,6 +35,7 @@ from litzoo.framework.checkpoints import load_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.pruning.removal import apply_layer_shapes, layer_shapes
 from litzoo.framework.reparam.fuse_model import fuse_model, is_fusable
+from litzoo.framework.verification import non_finite_tensors
 
 #: ``checkpoint[DEPLOY_KEY]``: the marker of a deploy checkpoint
 DEPLOY_KEY = "litzoo"
@@ -62,6 +63,29 @@ def deploy_marker(model: nn.Module | None = None, fused: bool = True, pruned: bo
     return marker
 
 
+def check_deploy_filename(filename: str | None, who: str, argument: str = "deploy_filename") -> None:
+    """Refuse a deploy file name that would leave the run's checkpoint folder (``None`` passes: nothing is written).
+
+    The name comes from a config (``deploy_filename: ../../x.ckpt`` or ``/etc/x``) and is joined to the
+    checkpoint folder; only a plain file name stays inside it. Callbacks call this in ``__init__``
+    (the config is refused before training starts), :func:`save_deploy_checkpoint` again before writing.
+
+    Raises:
+        ValueError: not a string, empty, ``.`` / ``..``, an absolute path, or a name with a folder part
+            (``/`` or ``\\``, a drive like ``C:``).
+    """
+    if filename is None:
+        return
+    if not isinstance(filename, str):
+        raise ValueError(f"{who}: {argument} must be a file name (a string) or None, got {type(filename).__name__} {filename!r}")
+    # both path flavours: a backslash or a drive is a folder part on Windows even where it is not here
+    plain = filename not in ("", ".", "..") and PurePosixPath(filename).name == filename and PureWindowsPath(filename).name == filename
+    if not plain or "\0" in filename:
+        raise ValueError(
+            f"{who}: {argument} must be a plain file name inside the run's checkpoint folder (no folder, no '..', not absolute), got {filename!r}"
+        )
+
+
 def save_deploy_checkpoint(trainer: L.Trainer, filename: str | None, who: str, marker: Mapping[str, Any] | None = None) -> Path | None:
     """Write a weights-only checkpoint of the trainer's model next to its other checkpoints.
 
@@ -72,9 +96,19 @@ def save_deploy_checkpoint(trainer: L.Trainer, filename: str | None, who: str, m
     Nothing is written under ``fast_dev_run`` or when ``filename`` is ``None``.
 
     Returns the path written, or ``None``.
+
+    Raises:
+        ValueError: ``filename`` is not a plain file name (:func:`check_deploy_filename`).
+        LitzooError: a weight of the model is NaN or infinite, or a buffer NaN (a diverged run is not a deploy model).
     """
+    check_deploy_filename(filename, who)
     if filename is None or trainer.fast_dev_run:
         return None
+    model = trainer.lightning_module
+    # buffers may hold -inf (attention masks); NaN anywhere and infinite weights mean a diverged run
+    bad = non_finite_tensors(model.named_parameters()) + non_finite_tensors(model.named_buffers(), allow_inf=True)
+    if bad:
+        raise LitzooError(f"{who}: {len(bad)} tensors of the model are not finite (first: '{bad[0]}'); no deploy checkpoint written")
     directory = getattr(trainer.checkpoint_callback, "dirpath", None) or trainer.default_root_dir
     path = Path(directory) / filename
     trainer.save_checkpoint(path, weights_only=True)
@@ -182,6 +216,7 @@ __all__ = [
     "DEPLOY_KEY",
     "FUSED_KEY",
     "PRUNED_SHAPES_KEY",
+    "check_deploy_filename",
     "deploy_marker",
     "deploy_marker_of",
     "is_deploy_checkpoint",

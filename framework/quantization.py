@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.verification import check_finite
 
 WEIGHT_GRANULARITIES = ("per_channel", "per_tensor")
 ACTIVATION_OBSERVERS = ("histogram", "minmax", "percentile")
@@ -215,6 +216,9 @@ def quantize_ptq(module: nn.Module, calibration: Iterable[Tensor], config) -> to
 
     Returns the int8 reference graph (quantize / dequantize around float ops; numerically the int8
     model). ``module`` itself is not changed.
+
+    Raises:
+        LitzooError: no calibration batch, or the model's outputs on the first one are not finite.
     """
     _, quantize_pt2e, _ = _torchao()
     batches = iter(calibration)
@@ -222,6 +226,8 @@ def quantize_ptq(module: nn.Module, calibration: Iterable[Tensor], config) -> to
     if first is None:
         raise LitzooError("quantization: no calibration batch")
     model = copy.deepcopy(module).eval()
+    # NaN activations give NaN ranges (or the histogram observer's own error): refuse a diverged model first
+    check_finite(model(first), "quantization: the float model's outputs on the first calibration batch", "cannot calibrate")
     prepared = quantize_pt2e.prepare_pt2e(export_graph(model, first), _quantizer(config))
     prepared(first)
     for x in batches:
@@ -308,7 +314,19 @@ def save_int8(model: torch.fx.GraphModule, example: Tensor, path: str | Path) ->
 
 
 def load_int8(path: str | Path) -> nn.Module:
-    """Read an int8 program written by :func:`save_int8`; a bad file is a one-line ``LitzooError``."""
+    """Read an int8 program written by :func:`save_int8`; a bad file is a one-line ``LitzooError``.
+
+    .. warning::
+        Load only ``.pt2`` files you wrote yourself (``litzoo export --format int8``, the
+        ``Quantization`` callback) or got from someone you trust: **a .pt2 file can run code when
+        loaded or called.** Unlike checkpoints, which litzoo reads with ``weights_only=True``,
+        ``torch.export.load`` has no safe mode: payloads marked as pickled, custom objects and the
+        example inputs (when they do not load with ``weights_only=True``) are unpickled with
+        ``weights_only=False``, the graph's call targets are resolved by name under ``torch.*``
+        (which reaches ``torch.os.system``), and symbolic shapes are parsed by ``sympy.sympify``
+        (``eval``). Checking the archive's members for pickles would therefore not make a foreign
+        file safe, so litzoo does not pretend to: treat a ``.pt2`` like a Python script.
+    """
     path = Path(path)
     if not path.is_file():
         raise LitzooError(f"int8 model '{path}' does not exist")

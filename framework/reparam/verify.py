@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from litzoo.framework.verification import check_finite, max_abs_difference, output_scale, output_tensors
+
 
 def randomize_batchnorm(module: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial running statistics and affine parameters, in place.
@@ -65,9 +67,11 @@ def fusion_error(
     Returns:
         The largest absolute difference over all output tensors; with ``relative=True`` divided
         by ``max(1, max|y|)`` (random BN statistics can grow activations in deep nets).
-    """
-    from torch.utils._pytree import tree_leaves
 
+    Raises:
+        LitzooError: the outputs before or after the fusion hold a NaN or an infinity (a diverged
+            model, or a fusion that divides by zero): no difference can vouch for them.
+    """
     from litzoo.framework.reparam.fuse_model import fuse_model
 
     reference = detached_copy(model).to(dtype).eval()
@@ -75,12 +79,16 @@ def fusion_error(
         randomize_batchnorm(reference, seed)
     x = inputs.to(dtype)
     with torch.no_grad():
-        before = [t for t in tree_leaves(reference(x)) if isinstance(t, torch.Tensor)]
+        before = output_tensors(reference(x))
         fused = (fuse or (lambda copy_: fuse_model(copy_, inplace=True)))(reference).eval()  # reference is already a copy
-        after = [t for t in tree_leaves(fused(x)) if isinstance(t, torch.Tensor)]
+        after = output_tensors(fused(x))
     if len(before) != len(after):
         raise ValueError(f"the fused model returns {len(after)} tensors, the original {len(before)}")
-    error = max((a - b).abs().max().item() for a, b in zip(before, after, strict=True))
+    # NaN would compare as "no difference" below any tolerance: non-finite outputs fail the check
+    where = f"fusion check ({str(dtype).removeprefix('torch.')}, {'random' if randomize_bn else 'its own'} BatchNorm statistics)"
+    check_finite(before, f"{where}: the outputs of the model before fusion")
+    check_finite(after, f"{where}: the outputs of the fused model")
+    error = max_abs_difference(before, after)
     if relative:
-        error /= max(1.0, max(t.abs().max().item() for t in before))
+        error /= output_scale(before)
     return error

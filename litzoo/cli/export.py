@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jsonargparse import ArgumentParser
+from litzoo.cli.console import command_parser
 
 
 def export_command(argv: Sequence[str]) -> None:
-    from litzoo.framework.export import FORMATS, export_checkpoint
+    from litzoo.framework.export import FORMATS, export_checkpoint, exported_files
 
-    parser = ArgumentParser(prog="litzoo export", description="Export the deploy (fused) model of a `litzoo fit` checkpoint and verify it against torch.")
+    parser = command_parser("litzoo export", "Export the deploy (fused) model of a `litzoo fit` checkpoint and verify it against torch.")
     parser.add_argument("--ckpt_path", type=str, required=True, help="checkpoint written by `litzoo fit` (best, last or deploy)")
     parser.add_argument(
         "--format", type=str, default="onnx", choices=FORMATS,
@@ -22,6 +22,12 @@ def export_command(argv: Sequence[str]) -> None:
     parser.add_argument("--atol", type=float, default=None, help="allowed max abs difference, relative to max(1, max|y|) (default 1e-4; int8 0.1)")
     parser.add_argument("--calibration_batches", type=int, default=32, help="int8: training batches that calibrate the activation ranges")
     args = parser.parse_args(list(argv))
+    if args.output is not None:  # before loading and verifying the model, not after
+        from litzoo.framework.data.staging import check_writable
+
+        check_writable(args.output)
     shape = tuple(args.input_shape) if args.input_shape else None
     output, error = export_checkpoint(args.ckpt_path, args.format, args.output, args.batch_size, shape, args.atol, args.calibration_batches)
-    print(f"exported {args.format} to {output}; max |exported - torch| = {error:.3g} on {args.batch_size} images")
+    beside = [str(f) for f in exported_files(output) if f != output]  # an ONNX model over 2 GB keeps its weights beside it
+    files = f"{output}" + (f" (+ {', '.join(beside)})" if beside else "")
+    print(f"exported {args.format} to {files}; max |exported - torch| = {error:.3g} on {args.batch_size} images")

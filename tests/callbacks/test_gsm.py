@@ -339,6 +339,9 @@ def test_bad_arguments():
         GlobalSparseMomentum(sparsity=0.99).num_kept(10)
     with pytest.raises(LitzooError, match="no parameter to prune"):
         GlobalSparseMomentum(exclude=["*"]).targets(mlp())
+    for escaping in ("../../deploy.ckpt", "/tmp/deploy.ckpt", "sub/deploy.ckpt"):
+        with pytest.raises(ValueError, match="GlobalSparseMomentum: deploy_filename must be a plain file name"):
+            GlobalSparseMomentum(deploy_filename=escaping)
 
 
 # ---------------------------------------------------------------- 5. resuming

@@ -256,6 +256,38 @@ def test_arguments_are_checked():
         Quantization(weight_granularity="per_group")
     with pytest.raises(ValueError, match="calibration_batches"):
         Quantization(calibration_batches=0)
+    for escaping in ("../int8.pt2", "/tmp/int8.pt2", "sub/int8.pt2"):
+        with pytest.raises(ValueError, match="Quantization: filename must be a plain file name"):
+            Quantization(filename=escaping)
+
+
+# ---------------------------------------------------------------- non-finite values fail
+def test_a_diverged_model_is_refused_before_calibration(tmp_path):
+    module = UserClassifier("resnet")
+    with torch.no_grad():
+        module.net.head.weight[0, 0] = float("nan")
+    callback = Quantization(mode="ptq", calibration_batches=2)
+    with pytest.raises(LitzooError, match=r"quantization: the float model's outputs on the first calibration batch are not finite") as excinfo:
+        trainer(tmp_path, [callback], steps=1).fit(module, loader(), loader(seed=1))
+    assert "\n" not in str(excinfo.value)
+    assert callback.int8_path is None and not list(tmp_path.rglob("int8.pt2"))
+
+
+def test_the_int8_comparison_refuses_non_finite_outputs():
+    """A NaN gap would log as no difference (and be dropped from the logs as non-finite)."""
+    module = UserClassifier("resnet").eval()
+    batches = [next(iter(loader()))]
+    callback = Quantization()
+    reference = callback._evaluate(module, "net", module.net, batches)
+
+    class NaNNetwork(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 4), float("nan"))
+
+    with pytest.raises(LitzooError, match=r"Quantization: the int8 model's outputs on the evaluation batches are not finite \(64 NaN of 64 values\)"):
+        callback._evaluate(module, "net", NaNNetwork(), batches, against=reference)
+    with pytest.raises(LitzooError, match="Quantization: the reference model's outputs"):
+        callback._evaluate(module, "net", module.net, batches, against={"outputs": [torch.full((16, 4), float("inf"))]})
 
 
 # ---------------------------------------------------------------- DDP

@@ -121,3 +121,40 @@ def test_batch_inputs_and_argument_checks():
         ReparamFusion(tolerance=0)
     with pytest.raises(ValueError):
         ReparamFusion(latency_repeats=0)
+
+
+def test_a_diverged_model_is_refused_and_no_deploy_checkpoint_is_written(tmp_path):
+    """lr 1e10 in the issue; here a NaN weight: the outputs are NaN, `error > allowed` would be False."""
+    model = UserNet()
+    with torch.no_grad():
+        model.head.weight[0, 0] = float("nan")
+    callback = ReparamFusion(measure_latency=False)
+    with pytest.raises(LitzooError, match=r"ReparamFusion: the trained model's outputs on a real batch are not finite \(\d+ NaN") as excinfo:
+        fit(model, callback, tmp_path)
+    assert "\n" not in str(excinfo.value) and "no deploy checkpoint written" in str(excinfo.value)
+    assert not list(tmp_path.rglob("deploy.ckpt")) and not callback.fused
+
+
+@pytest.mark.parametrize("name", ["../deploy.ckpt", "/tmp/deploy.ckpt", "checkpoints/deploy.ckpt"])
+def test_deploy_filename_must_stay_in_the_checkpoint_folder(name):
+    with pytest.raises(ValueError, match=r"ReparamFusion: deploy_filename must be a plain file name"):
+        ReparamFusion(deploy_filename=name)
+
+
+def test_latency_ratio_comes_from_alternating_rounds_of_both_models(tmp_path, monkeypatch):
+    """The two models are timed together (compare_latency), the training-time one on a copy; no time is asserted."""
+    from litzoo.callbacks import reparam_fusion
+
+    calls = []
+
+    def fake_compare_latency(models, example, rounds, min_sample_seconds):
+        calls.append(([any(isinstance(m, RepVGGBlock) for m in model.modules()) for model in models], rounds))
+        return [0.004, 0.001]
+
+    monkeypatch.setattr(reparam_fusion, "compare_latency", fake_compare_latency)
+    model = UserNet()
+    callback = ReparamFusion(latency_repeats=7, deploy_filename=None)
+    fit(model, callback, tmp_path)
+    assert calls == [([True, False], 7)]  # the unfused copy and the fused model, in one call
+    assert callback.report["latency_ratio"] == pytest.approx(0.25)
+    assert callback.report["latency_ms_before"] == pytest.approx(4.0) and callback.report["latency_ms_after"] == pytest.approx(1.0)
