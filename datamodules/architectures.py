@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from litzoo.framework.data.loaders import make_loader
 from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nas import (
@@ -119,16 +120,21 @@ def synthetic_graphs(per_family: int, families: Sequence[str] = FAMILIES, seed: 
 class GraphSplitsDataModule(SplitsDataModule):
     """A :class:`~litzoo.framework.data.splits.SplitsDataModule` of computation graphs: ``build_datasets``
     returns every split at once (split name → list of ``torch_geometric`` Data), batched by
-    ``torch_geometric``'s DataLoader; the training split is shuffled by a generator seeded with
-    ``hparams.seed``. Splits: train, val, test (also predict) and the few-shot ``"finetune"``."""
+    ``torch_geometric``'s ``Collater``; a shuffled split is shuffled from ``(hparams.seed, epoch)`` by the
+    core's resumable loader (:func:`~litzoo.framework.data.loaders.make_loader`). Splits: train, val, test
+    (also predict) and the few-shot ``"finetune"``."""
 
     splits = ("train", "val", "test", "finetune")
 
-    def make_dataloader(self, dataset: list, batch_size: int, shuffle: bool):
-        from torch_geometric.loader import DataLoader
+    def default_shuffle_seed(self) -> int:
+        """``hparams.seed``, the seed of the splits: the graphs' order does not follow ``seed_everything``."""
+        return int(self.hparams.seed)
 
-        generator = torch.Generator().manual_seed(self.hparams.seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers, generator=generator)
+    def make_dataloader(self, dataset: list, batch_size: int, shuffle: bool):
+        from torch_geometric.loader.dataloader import Collater
+
+        # torch_geometric's DataLoader is a torch DataLoader with this collation
+        return make_loader(dataset, batch_size, shuffle, self.num_workers, seed=self.shuffle_seed, collate_fn=Collater(dataset, None, None))
 
 
 class ArchitectureDataModule(GraphSplitsDataModule):

@@ -9,18 +9,23 @@ decoded, in one of two hooks:
 
 The base checks ``batch_size`` / ``num_workers``, keeps the datasets in ``self.datasets`` (split name →
 dataset), builds in :meth:`setup` those that a stage needs and any other on first use, and serves the
-loaders: the training split shuffled, every other split in order. A shuffled loader has no generator of
-its own: its order comes from torch's global RNG, which ``seed_everything`` seeds. A DataModule whose
-items need another loader class (``torch_geometric``'s DataLoader for graphs) overrides
-:meth:`~SplitsDataModule.make_dataloader` only.
+loaders: the training split shuffled, every other split in order. The training loader is resumable
+(:func:`litzoo.framework.data.loaders.make_loader`): its order is drawn from ``(seed, epoch)`` — the seed
+is :meth:`~SplitsDataModule.default_shuffle_seed`, ``seed_everything``'s by default, and is saved in the
+DataModule's ``state_dict`` so a resumed fit keeps it —, its place in the epoch is saved in checkpoints,
+and its workers are seeded per epoch. A DataModule whose items need another collation (``torch_geometric``'s
+batches of graphs) overrides :meth:`~SplitsDataModule.make_dataloader` only.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
-from litzoo.framework.data.loaders import check_loader_options, make_loader
+from litzoo.framework.data.loaders import check_loader_options, default_seed, make_loader
 
 
 class SplitsDataModule(L.LightningDataModule):
@@ -37,7 +42,8 @@ class SplitsDataModule(L.LightningDataModule):
 
     Args:
         batch_size: samples per batch (per process under DDP).
-        num_workers: DataLoader worker processes (kept alive across epochs when there are any).
+        num_workers: DataLoader worker processes (started every epoch for the training split, seeded from the
+            shuffle seed, the epoch and the rank; kept alive across epochs for the others).
 
     Raises:
         ValueError: ``batch_size < 1`` or ``num_workers < 0``.
@@ -53,6 +59,7 @@ class SplitsDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.datasets: dict[str, Dataset] = {}
+        self._shuffle_seed: int | None = None  # resolved on first use, or restored from a checkpoint
 
     # --- what a DataModule writes ----------------------------------------------------------------
 
@@ -79,13 +86,27 @@ class SplitsDataModule(L.LightningDataModule):
         rather than the error :meth:`build_dataset` raises for it. Always, by default."""
         return True
 
-    def make_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        """The loader of one split's dataset: :func:`litzoo.framework.data.loaders.make_loader`.
+    def default_shuffle_seed(self) -> int:
+        """The seed of the training order when no checkpoint gave one: ``seed_everything``'s (``PL_GLOBAL_SEED``), else 0.
 
-        The one place to override for another loader class (graphs: ``torch_geometric.loader.DataLoader``)
-        or a loader with a seeded generator of its own.
+        Override it to shuffle by a seed of the DataModule's own (the graph DataModules: ``hparams.seed``).
         """
-        return make_loader(dataset, batch_size, shuffle, self.num_workers)
+        return default_seed()
+
+    @property
+    def shuffle_seed(self) -> int:
+        """The seed of the training order, fixed on first use (saved in checkpoints by :meth:`state_dict`)."""
+        if self._shuffle_seed is None:
+            self._shuffle_seed = int(self.default_shuffle_seed())
+        return self._shuffle_seed
+
+    def make_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        """The loader of one split's dataset: :func:`litzoo.framework.data.loaders.make_loader` seeded with :attr:`shuffle_seed`.
+
+        The one place to override for another collation (graphs: ``torch_geometric``'s ``Collater``);
+        keep ``make_loader`` for the shuffled split, so that it stays resumable.
+        """
+        return make_loader(dataset, batch_size, shuffle, self.num_workers, seed=self.shuffle_seed)
 
     # --- the plumbing ----------------------------------------------------------------------------
 
@@ -127,3 +148,15 @@ class SplitsDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_split, shuffle=False)
+
+    # --- resuming --------------------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        """``{"shuffle_seed"}``: a resumed fit shuffles as the run it continues, whatever ``seed_everything`` it was given."""
+        return {"shuffle_seed": self.shuffle_seed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "shuffle_seed" in state_dict:
+            self._shuffle_seed = int(state_dict["shuffle_seed"])

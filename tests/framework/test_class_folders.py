@@ -8,9 +8,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset, SequentialSampler
 
 from litzoo.framework.data.class_folders import ClassFolderDataModule
+from litzoo.framework.data.loaders import EpochShuffleSampler
 from litzoo.framework.data.transforms import Normalize, check_image_options
 from litzoo.framework.errors import LitzooError
 
@@ -68,7 +69,7 @@ def test_a_subclass_that_only_decodes_gets_the_class_folder_datamodule(tmp_path)
     assert [int(v) for b in dm.val_dataloader() for v in b["label"]] == [0, 0]
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     train = dm.train_dataloader()
-    assert isinstance(train.sampler, RandomSampler)
+    assert isinstance(train.sampler, EpochShuffleSampler)  # seeded by (seed, epoch), resumable (issue 18, item 4)
     expected = sorted(100000 + v for v in [100, 101, 102, 103, 0, 1, 2])  # training items only are augmented
     assert sorted(values(train)) == expected
     assert values(dm.test_dataloader()) == values(dm.predict_dataloader()) == [2100, 2000]  # bat first: sorted classes

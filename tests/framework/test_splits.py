@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from litzoo.framework.data import DictTensorDataset
-from litzoo.framework.data.loaders import check_loader_options
+from litzoo.framework.data.loaders import EpochShuffleSampler, ResumableLoader, check_loader_options, make_loader
 from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.random_state import collect_rng_states, derive_seed, restore_rng_states
 
 SIZES = {"train": 40, "val": 12, "test": 9}
 OFFSET = {"train": 0, "val": 1000, "test": 2000}  # the items of each split are told apart by their values
@@ -56,26 +60,30 @@ def test_a_subclass_that_only_builds_gets_every_loader():
         assert is_overridden(name, dm, L.LightningDataModule)
 
 
-def test_only_the_training_split_is_shuffled_and_from_the_global_seed():
+def test_only_the_training_split_is_shuffled_from_its_seed_and_epoch_not_the_global_rng(monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     dm = Counting(batch_size=8)
     for name in ("val", "test", "predict"):
         loader = getattr(dm, f"{name}_dataloader")()
-        assert isinstance(loader.sampler, SequentialSampler)
+        assert isinstance(loader.sampler, SequentialSampler) and loader.generator is not None  # workers' seeds: not the global RNG
         assert order(loader) == order(getattr(dm, f"{name}_dataloader")())  # in dataset order, every time
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, RandomSampler) and loader.generator is None  # torch's global RNG: seed_everything fixes it
+    assert isinstance(loader, ResumableLoader) and isinstance(loader.sampler, EpochShuffleSampler) and dm.shuffle_seed == 0
     torch.manual_seed(3)
     first = order(dm.train_dataloader())
-    torch.manual_seed(3)
-    again = order(dm.train_dataloader())
     torch.manual_seed(4)
-    other = order(dm.train_dataloader())
-    assert first == again and first != other
+    assert order(dm.train_dataloader()) == first  # the global RNG plays no part
     assert first != list(range(40)) and sorted(first) == list(range(40))  # a permutation of the whole split
-    # the next epoch draws another order from the same stream
-    torch.manual_seed(3)
+    assert first == torch.randperm(40, generator=torch.Generator().manual_seed(derive_seed(0, 0))).tolist()  # (seed 0, epoch 0)
     loader = dm.train_dataloader()
-    assert order(loader) == first and order(loader) != first
+    assert order(loader) == first
+    second = order(loader)  # a whole pass moves the loader to the next epoch, for loops without Lightning
+    assert loader.epoch == 2 and second != first and sorted(second) == list(range(40))
+    loader.sampler.set_epoch(1)  # as Lightning does every epoch
+    assert order(loader) == second
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")  # seed_everything(5)
+    other = Counting(batch_size=8)
+    assert other.shuffle_seed == 5 and order(other.train_dataloader()) != first
 
 
 def test_setup_builds_what_the_stage_needs():
@@ -126,10 +134,92 @@ def test_bad_loader_options_raise(kwargs, message):
         check_loader_options(**{"batch_size": 1, "num_workers": 0, **kwargs})
 
 
-def test_workers_are_kept_alive_only_when_there_are_some():
+def test_workers_are_kept_alive_only_when_there_are_some_and_not_for_training():
     assert not Counting(num_workers=0).val_dataloader().persistent_workers
     loader = Counting(num_workers=2).val_dataloader()
     assert loader.num_workers == 2 and loader.persistent_workers
+    loader = Counting(num_workers=2).train_dataloader()  # started every epoch, seeded from (seed, epoch, rank)
+    assert loader.num_workers == 2 and not loader.persistent_workers
+    with pytest.raises(ValueError, match="persistent_workers must be False"):
+        ResumableLoader(DictTensorDataset(label=torch.arange(4)), num_workers=1, persistent_workers=True)
+
+
+# ---------------------------------------------------------------- the resumable training order
+class Augmented(torch.utils.data.Dataset):
+    """Item i: (i, a random draw of torch, of NumPy and of Python's random) in the process that reads it."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.tensor([i, torch.rand(()).item(), float(np.random.rand()), random.random()], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_loader_resumed_mid_epoch_reads_the_rest_of_that_epoch_exactly(num_workers):
+    def run(loader, epoch):
+        loader.sampler.set_epoch(epoch)  # Lightning's call at every epoch start
+        return list(loader)
+
+    start = collect_rng_states()
+    straight = make_loader(Augmented(), 4, shuffle=True, num_workers=num_workers, seed=3)
+    epochs = [run(straight, e) for e in range(3)]
+    restore_rng_states(start)
+    killed = make_loader(Augmented(), 4, shuffle=True, num_workers=num_workers, seed=3)
+    run(killed, 0)
+    killed.sampler.set_epoch(1)
+    iterator = iter(killed)
+    read = [next(iterator) for _ in range(2)]
+    state = killed.state_dict()
+    assert state == {"seed": 3, "epoch": 1, "batches": 2}
+    states = collect_rng_states()  # what ExactResume saves with it
+    resumed = make_loader(Augmented(), 4, shuffle=True, num_workers=num_workers, seed=99)  # the seed comes from the state
+    resumed.load_state_dict(state)
+    torch.manual_seed(123)  # another process
+    np.random.seed(123)
+    random.seed(123)
+    iterator = iter(resumed)  # Lightning creates it before setting the epoch: the pass starts on the first next()
+    resumed.sampler.set_epoch(1)
+    restore_rng_states(states)
+    rest = list(iterator)
+    assert len(read) + len(rest) == 6 and all(torch.equal(a, b) for a, b in zip(read + rest, epochs[1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(run(resumed, 2), epochs[2], strict=True))  # and the next epoch as well
+    assert not torch.equal(epochs[1][0], epochs[2][0])
+
+
+def test_a_saved_position_of_another_epoch_is_not_skipped():
+    loader = make_loader(DictTensorDataset(label=torch.arange(20)), 4, shuffle=True, seed=0)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()  # epoch 0, one batch read
+    other = make_loader(DictTensorDataset(label=torch.arange(20)), 4, shuffle=True, seed=0)
+    other.load_state_dict(state)
+    other.sampler.set_epoch(1)  # a limit_train_batches epoch that Lightning ended early: the next one starts afresh
+    assert len(list(other)) == 5
+    full = make_loader(DictTensorDataset(label=torch.arange(20)), 4, shuffle=True, seed=0)
+    list(full)
+    assert full.state_dict() == {"seed": 0, "epoch": 1, "batches": 0}  # after the last batch: the start of the next epoch
+
+
+def test_the_sampler_shards_one_order_over_the_ranks():
+    dataset = list(range(10))
+    shards = [list(EpochShuffleSampler(dataset, seed=1, num_replicas=3, rank=r)) for r in range(3)]
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(derive_seed(1, 0))).tolist()
+    assert [len(s) for s in shards] == [4, 4, 4] and len(EpochShuffleSampler(dataset, 1, num_replicas=3, rank=0)) == 4
+    padded = order + order[:2]  # equal shards: the first ones again, as torch's DistributedSampler
+    assert shards == [padded[r::3] for r in range(3)]
+    assert list(EpochShuffleSampler(dataset, seed=1)) == order  # one process: the whole order
+
+
+def test_the_shuffle_seed_is_saved_and_restored(monkeypatch):
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")
+    dm = Counting(batch_size=8)
+    first = order(dm.train_dataloader())
+    assert dm.state_dict() == {"shuffle_seed": 7}
+    monkeypatch.setenv("PL_GLOBAL_SEED", "8")  # a resumed run given another seed
+    resumed = Counting(batch_size=8)
+    resumed.load_state_dict(dm.state_dict())
+    assert resumed.shuffle_seed == 7 and order(resumed.train_dataloader()) == first
 
 
 def test_splits_drawn_together_are_built_once():
