@@ -31,7 +31,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from typing_extensions import override
@@ -579,6 +579,25 @@ class FastClip(L.Callback):
             f"after {self.warmup_steps} (batchnorm={self.batchnorm!r}, {len(self._batchnorms)} BN layers)"
         )
 
+    def first_event_step(self, after: int = 0) -> int:
+        """The first optimizer step after step ``after`` at which a clip event happens."""
+        first = max(1, self.warmup_steps, after + 1)
+        return math.ceil(first / self.clip_every) * self.clip_every
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = trainer.estimated_stepping_batches
+        if trainer.fast_dev_run or not math.isfinite(total):
+            return
+        first = self.first_event_step(trainer.global_step)
+        if first > total:
+            # a silent no-op otherwise: the run would end with every layer unclipped
+            rank_zero_warn(
+                f"FastClip: this run has {int(total)} optimizer steps and the first clip event comes at step {first} "
+                f"(warmup_steps={self.warmup_steps}, clip_every={self.clip_every}): no layer will be clipped; "
+                "lower warmup_steps and clip_every, or train longer"
+            )
+
     @override
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._reset_batch()
@@ -623,6 +642,11 @@ class FastClip(L.Callback):
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_hooks()
+        if self.events == 0 and not trainer.fast_dev_run:
+            rank_zero_warn(
+                f"FastClip: fit ended after {trainer.global_step} optimizer steps without a clip event "
+                f"(warmup_steps={self.warmup_steps}, clip_every={self.clip_every}): no layer was clipped"
+            )
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

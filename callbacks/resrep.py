@@ -18,8 +18,10 @@ The method, as this callback runs it:
 3. *Mask update*, every ``mask_interval`` steps after ``warmup_epochs``: all rows of all compactors
    are ranked globally by their L2 norm and the lowest are selected, in order, until the FLOPs of
    the model without them reach ``flops_target`` times the original's, keeping at least
-   ``min_channels`` per layer and adding at most ``granularity`` more channels than the previous
-   update while the target is not met.
+   ``min_channels`` per layer. While the target is not met, an update stops once it has gone
+   through ``granularity`` more candidates than the previous update masked; as in the official
+   ``resrep_mask_model``, a candidate skipped because its layer is at ``min_channels`` counts
+   toward that limit too (so an update can mask fewer than ``granularity`` new channels).
 4. *Conversion*, when fit ends: the selected rows are set to zero, each compactor (with its BN)
    folds into its conv, and the channels are physically removed with everything coupled to them.
    The removal is exact (checked on a real batch); setting the rows to zero is the only change,
@@ -52,8 +54,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
-from litzoo.callbacks.base import EvaluateDeployModel
-from litzoo.framework.data.batches import batch_inputs, reference_batch, setup_loader
+from litzoo.callbacks.base import EvaluateDeployModel, example_inputs
+from litzoo.framework.data.batches import reference_batch
 from litzoo.framework.deploy import deploy_marker, save_deploy_checkpoint
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_flops, count_parameters, eval_mode, format_count
@@ -71,15 +73,6 @@ from litzoo.framework.pruning import (
 )
 from litzoo.framework.reparam import fuse_model
 from litzoo.framework.reparam.verify import detached_copy
-
-
-def example_inputs(trainer: L.Trainer, pl_module: L.LightningModule) -> Tensor:
-    """A batch with the model's input shape: ``example_input_array``, else the first training batch."""
-    example = getattr(pl_module, "example_input_array", None)
-    if isinstance(example, Tensor):
-        return example
-    # the train loader is not built yet when ``setup`` runs: the DataModule's or the module's own
-    return batch_inputs(next(iter(setup_loader(trainer, "fit", "ResRepPruning (tracing the model in setup)"))))
 
 
 class ResRepPruning(EvaluateDeployModel):
@@ -175,21 +168,33 @@ class ResRepPruning(EvaluateDeployModel):
 
     # ---------------------------------------------------------------- re-parameterize
     def attach(self, module: nn.Module, inputs: Tensor) -> GroupReport:
-        """Find the prunable layers of ``module`` and insert their compactors (usable without a Trainer)."""
+        """Find the prunable layers of ``module`` and insert their compactors (usable without a Trainer).
+
+        Every check runs before anything changes: a refused model is left exactly as it was.
+        """
         if compacted_layers(module):
             raise LitzooError("ResRepPruning: the model already has compactors")
-        self.plan = find_channel_groups(module, inputs, self.exclude)
-        if not self.groups:
-            raise LitzooError(f"ResRepPruning: no conv layer of {type(module).__name__} can be pruned exactly\n{self.plan.summary()}")
-        self.flops = ChannelFlops(module, inputs, self.groups)
-        insert_compactors(module, {g.placement: g.channels for g in self.groups})
-        reachable = self.flops.ratio([self.min_channels] * len(self.groups))
-        rank_zero_info(f"ResRepPruning: {self.plan.summary()}\n  FLOPs/sample {format_count(self.flops.total)}; with every prunable layer at {self.min_channels} channel(s): {reachable:.3f} of it")
+        try:
+            plan = find_channel_groups(module, inputs, self.exclude)
+        except LitzooError as error:
+            raise LitzooError(f"ResRepPruning: {error}") from None
+        if not plan.groups:
+            rank_zero_info(f"ResRepPruning: {plan.summary()}")
+            first = next(iter(plan.skipped.items()), ("-", "no conv layer at all"))
+            raise LitzooError(
+                f"ResRepPruning: no conv layer of {type(module).__name__} can be pruned exactly "
+                f"({len(plan.skipped)} left alone, e.g. {first[0]}: {first[1]}; the full report is logged above)"
+            )
+        flops = ChannelFlops(module, inputs, plan.groups)
+        reachable = flops.ratio([min(self.min_channels, g.channels) for g in plan.groups])
+        rank_zero_info(f"ResRepPruning: {plan.summary()}\n  FLOPs/sample {format_count(flops.total)}; with every prunable layer at {self.min_channels} channel(s): {reachable:.3f} of it")
         if reachable > self.flops_target:
             raise LitzooError(
                 f"ResRepPruning: flops_target={self.flops_target} cannot be reached: the layers that can be pruned "
                 f"hold too little of the FLOPs (at most down to {reachable:.3f}); raise the target or make more layers prunable"
             )
+        self.plan, self.flops = plan, flops
+        insert_compactors(module, {g.placement: g.channels for g in self.groups})
         return self.plan
 
     def compactors(self, module: nn.Module) -> dict[str, nn.Module]:
@@ -219,14 +224,18 @@ class ResRepPruning(EvaluateDeployModel):
         order = np.argsort(np.concatenate(norms), kind="stable")
         attempt = channels.copy()
         selected: list[tuple[int, int]] = []
+        visited = 0  # candidates gone through, selected or skipped: the official loop's position ``i``
         for position in order:
-            if self.flops(attempt) <= budget or len(selected) >= limit:
+            if self.flops(attempt) <= budget:
                 break
+            visited += 1
             layer = int(layer_of[position])
             if attempt[layer] <= self.min_channels:
-                continue
+                continue  # the official loop checks its limit only after a selection
             attempt[layer] -= 1
             selected.append((layer, int(channel_of[position])))
+            if visited >= limit:
+                break
         masks = [torch.ones_like(c.mask) for c in compactors]
         for layer, channel in selected:
             masks[layer][channel] = 0.0
@@ -240,9 +249,14 @@ class ResRepPruning(EvaluateDeployModel):
         super().setup(trainer, pl_module, stage)  # a pruned.ckpt gets its layer shapes before its weights
         if stage == TrainerFn.FITTING:
             if not compacted_layers(pl_module):
-                self.attach(pl_module, example_inputs(trainer, pl_module))
+                self.attach(pl_module, example_inputs(trainer, pl_module, "ResRepPruning (tracing the model in setup)"))
                 for logger in trainer.loggers:
                     logger.log_metrics({"resrep/prunable_layers": len(self.groups), "resrep/unpruned_layers": len(self.plan.skipped)}, step=0)
+            elif self.flops is None:
+                raise LitzooError(
+                    f"ResRepPruning: {type(pl_module).__name__} already carries ResRep compactors that this callback did not insert "
+                    "(an earlier ResRepPruning whose fit ended before pruning); fit with that callback again, or start from a model without them"
+                )
         elif not compacted_layers(pl_module):
             # a checkpoint of the compactor model may be loaded next: insert the compactors right
             # before its weights arrive, so that they fit; the channels are removed at evaluation start
@@ -358,7 +372,7 @@ class ResRepPruning(EvaluateDeployModel):
             params_before = count_parameters(original)
             zero_masked_rows(module)
             masked = module(inputs)
-        removed = fold_compactors(module)
+        removed = fold_compactors(module, inputs)
         with eval_mode(module):
             remove_channels(module, removed, inputs)
         with eval_mode(module), torch.no_grad():
@@ -401,6 +415,7 @@ class ResRepPruning(EvaluateDeployModel):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {
+            "flops_target": self.flops_target,
             "groups": [g.to_dict() for g in self.groups],
             "momentum": dict(self.momentum),
             "mask_updates": self.mask_updates,
@@ -414,6 +429,12 @@ class ResRepPruning(EvaluateDeployModel):
             raise LitzooError(
                 f"ResRepPruning: the checkpoint was trained with compactors on {len(saved)} layers ({saved[:3]} ...), "
                 f"this run found {len(self.groups)}; use the same model and exclude patterns"
+            )
+        saved_target = state_dict.get("flops_target", self.flops_target)
+        if saved_target != self.flops_target:
+            rank_zero_warn(
+                f"ResRepPruning: the checkpoint was trained for flops_target {saved_target:g}, this run uses {self.flops_target:g}; "
+                "the next mask updates move the masks to the new target"
             )
         self.momentum = dict(state_dict.get("momentum", {}))
         self.mask_updates = int(state_dict.get("mask_updates", 0))

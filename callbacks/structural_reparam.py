@@ -13,6 +13,7 @@ here the swap is done on an already built model, found through its traced graph.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning as L
@@ -22,7 +23,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from typing_extensions import override
 
-from litzoo.callbacks.base import EvaluateDeployModel
+from litzoo.callbacks.base import EvaluateDeployModel, example_inputs
 from litzoo.framework.data.batches import reference_batch
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import count_parameters, eval_mode
@@ -35,6 +36,7 @@ from litzoo.framework.reparam.convert import (
     converted_layers_in,
     fuse_branches,
     reconvert,
+    still_converted,
 )
 from litzoo.framework.reparam.verify import fusion_error
 
@@ -46,7 +48,13 @@ class StructuralReparam(EvaluateDeployModel):
     with zero padding, dilation 1, a square kernel, and the block's own constraints (see
     :func:`litzoo.framework.reparam.convert.skip_reason`). The report of converted and skipped layers is
     printed and kept in :attr:`report`; the counts are logged as ``reparam/converted`` and
-    ``reparam/skipped``.
+    ``reparam/skipped``. Where torch.fx cannot trace a module's forward (``int(x.size(1) * ratio)``),
+    the convs directly inside it are paired with their BatchNorm on one forward of an example input
+    (``example_input_array``, else the first training batch of a DataModule).
+
+    The converted blocks fuse back to the user's conv and BatchNorm wherever they are fused, so
+    another callback that fuses the model first (``ReparamFusion``, ``Quantization``) gives the same
+    deploy model; this callback then has nothing left to fuse.
 
     Checkpoints written during fit hold the converted (training-time) model, so resuming continues
     with the branches. Loading such a checkpoint for ``validate``/``test``/``predict`` (or
@@ -103,15 +111,23 @@ class StructuralReparam(EvaluateDeployModel):
         return f"StructuralReparam[block={self.block}]"
 
     # ---------------------------------------------------------------- the two halves
-    def convert(self, module: nn.Module) -> ConversionReport:
-        """Convert ``module`` in place (usable without a Trainer); returns the report."""
+    def convert(self, module: nn.Module, example_inputs: torch.Tensor | Callable[[], torch.Tensor | None] | None = None) -> ConversionReport:
+        """Convert ``module`` in place (usable without a Trainer); returns the report.
+
+        ``example_inputs`` (or a function returning them) is used only where torch.fx cannot trace a forward.
+        """
         if self.layers:
             raise LitzooError("StructuralReparam: this callback has already converted a model that is not fused back yet")
         params_before = count_parameters(module)
-        self.report = convert_to_branches(module, self.block, self.init, self.exclude)
+        self.report = convert_to_branches(module, self.block, self.init, self.exclude, example_inputs)
         self.layers = list(self.report.converted)
         if not self.layers:
-            raise LitzooError(f"StructuralReparam: no conv layer of {type(module).__name__} can be converted to '{self.block}'\n{self.report.summary()}")
+            rank_zero_info(f"StructuralReparam({self.block}): {self.report.summary()}")
+            first = next(iter(self.report.skipped.items()), ("-", "no conv layer at all"))
+            raise LitzooError(
+                f"StructuralReparam: no conv layer of {type(module).__name__} can be converted to '{self.block}' "
+                f"({len(self.report.skipped)} skipped, e.g. {first[0]}: {first[1]}; the full report is logged above)"
+            )
         rank_zero_info(
             f"StructuralReparam({self.block}): {self.report.summary()}\n"
             f"  training-time parameters {params_before:,} -> {count_parameters(module):,}"
@@ -130,18 +146,29 @@ class StructuralReparam(EvaluateDeployModel):
         super().setup(trainer, pl_module, stage)
         if stage == TrainerFn.FITTING:
             if not self.layers:
-                self.convert(pl_module)
+                self.convert(pl_module, lambda: self._example_inputs(trainer, pl_module, stage))
                 for logger in trainer.loggers:
                     logger.log_metrics({"reparam/converted": len(self.report.converted), "reparam/skipped": len(self.report.skipped)}, step=0)
         elif not self.layers:
             # A checkpoint of the converted model may be loaded next (``ckpt_path``): redo the
             # conversion right before the weights arrive, so they fit.
-            self._load_hook = pl_module.register_load_state_dict_pre_hook(self._reconvert_before_loading)
+            self._load_hook = pl_module.register_load_state_dict_pre_hook(
+                lambda module, state_dict, prefix, *args: self._reconvert_before_loading(module, state_dict, prefix, trainer, stage)
+            )
 
-    def _reconvert_before_loading(self, module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, *args: Any) -> None:
+    @staticmethod
+    def _example_inputs(trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> torch.Tensor | None:
+        """An input for the run-time pairing of untraceable modules; ``None`` (those convs are skipped, with
+        the reason) when loaders go straight to ``trainer.fit`` and the module has no ``example_input_array``."""
+        try:
+            return example_inputs(trainer, pl_module, "StructuralReparam (pairing convs that torch.fx cannot trace)", stage)
+        except LitzooError:
+            return None
+
+    def _reconvert_before_loading(self, module: nn.Module, state_dict: dict[str, torch.Tensor], prefix: str, trainer: L.Trainer, stage: str) -> None:
         if prefix:  # only the root module's hook; children load after it
             return
-        layers = converted_layers_in(module, state_dict)
+        layers = converted_layers_in(module, state_dict, lambda: self._example_inputs(trainer, module, stage))
         if layers:
             reconvert(module, layers)
             self.layers = layers
@@ -156,6 +183,10 @@ class StructuralReparam(EvaluateDeployModel):
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.fuse_at_end or not self.layers:
+            return
+        if not still_converted(pl_module, self.layers):
+            rank_zero_info(f"StructuralReparam({self.block}): the model was fused back already (by another callback's fuse_model); nothing left to fuse")
+            self.layers = []
             return
         inputs = reference_batch(trainer, pl_module, "StructuralReparam")
         # the fusion itself, on a float64 copy with random BN statistics (independent of the trained values)
@@ -188,7 +219,7 @@ class StructuralReparam(EvaluateDeployModel):
     # ---------------------------------------------------------------- evaluation outside fit
     @override
     def _to_deploy_for_evaluation(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.state.fn == TrainerFn.FITTING or not self.layers:
+        if trainer.state.fn == TrainerFn.FITTING or not still_converted(pl_module, self.layers):
             return
         self.fuse(pl_module)
         rank_zero_info(f"StructuralReparam({self.block}): evaluating the fused model ({count_parameters(pl_module):,} parameters)")

@@ -13,9 +13,9 @@ from litzoo.framework.graph.computation import (
     load_graphs_jsonl,
     save_graphs_jsonl,
 )
-from litzoo.framework.graph.patterns import conv_bn_pairs
+from litzoo.framework.graph.patterns import ConvBNPairs, conv_bn_pairs, find_conv_bn_pairs
 
 __all__ = [
     "CGNode", "CGTracer", "ComputationGraph", "FeatureExtractor", "NUMERIC_FEATURES", "NUM_NODE_FEATURES", "OP_TYPES",
-    "computation_graph", "conv_bn_pairs", "load_graphs_jsonl", "save_graphs_jsonl",
+    "ConvBNPairs", "computation_graph", "conv_bn_pairs", "find_conv_bn_pairs", "load_graphs_jsonl", "save_graphs_jsonl",
 ]  # fmt: skip

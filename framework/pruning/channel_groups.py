@@ -16,6 +16,16 @@ an activation with ``f(0) != 0``) reaches the consumer as a constant; a 1x1 conv
 absorbs that constant into its bias (as the official ResRep MobileNet conversion does), a padded
 kxk conv cannot, and such a group is skipped. Both facts are checked numerically on a float64 copy
 with random BatchNorm statistics, not assumed from layer types.
+
+Torch-Pruning cannot follow every channel permutation: a channel shuffle (``view`` / ``transpose`` /
+``reshape`` between concatenations) can make its index maps grow without end (its search then never
+returns: over 300 s on a ShuffleNetV2) or point past a layer's channels. The search is therefore
+done here, on Torch-Pruning's graph and index maps, with bounded work (:func:`coupled_channels`):
+once per model for the index maps, once per coupled set of convs for the search, and a group whose
+indices run out of range or whose search does not end is left alone with that reason. Finally the
+whole plan is checked end to end on the float64 copy: the planned channels of every group are
+zeroed, physically removed, and the outputs must not change (a group that fails is found by
+bisection and left alone).
 """
 
 from __future__ import annotations
@@ -27,11 +37,15 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch_pruning import _helpers as tp_helpers
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
+from litzoo.framework.errors import LitzooError
 from litzoo.framework.graph import conv_bn_pairs
-from litzoo.framework.pruning.compactor import is_block_producer
-from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.pruning.compactor import block_producer_problem, is_block_producer
+from litzoo.framework.reparam.fuse_model import fuse_model, is_fusable
 from litzoo.framework.reparam.verify import detached_copy, randomize_batchnorm
+from litzoo.framework.verification import non_finite_summary
 
 
 @dataclass
@@ -47,6 +61,9 @@ class ChannelGroup:
         channels: the leader's output channels.
         followers: layers whose output channels go with the leader's (depthwise convs, BatchNorms).
         consumers: layers whose input channels are removed (convs with ``groups=1``, linears).
+        counts: how many of the leader's channels each consumer reads (fewer than its input channels
+            when it reads a concatenation of several groups) and each depthwise follower carries:
+            what the FLOPs model (:class:`litzoo.framework.pruning.ChannelFlops`) scales.
     """
 
     leader: str
@@ -55,6 +72,7 @@ class ChannelGroup:
     followers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     placement: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.placement = self.placement or self.norm or self.leader
@@ -86,42 +104,178 @@ def _is_depthwise(conv: nn.Module) -> bool:
 
 
 def dependency_graph(model: nn.Module, example_inputs: Tensor) -> tp.DependencyGraph:
-    """Torch-Pruning's traced dependency graph of ``model`` (which it runs once: pass it in eval mode).
+    """Torch-Pruning's traced dependency graph of ``model`` (which it runs once: pass it in eval mode),
+    with its index maps (concatenations, splits, reshapes) computed.
 
     The graph is read from autograd, so it is built with gradients on, also when called from a
     Lightning evaluation loop (inference mode).
+
+    Raises:
+        LitzooError: Torch-Pruning cannot trace the model (it fails on some channel shuffles and
+            splits, e.g. with ``integer division or modulo by zero``).
     """
-    with torch.inference_mode(False), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs.clone(), verbose=False)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs.clone(), verbose=False)
+            tp_index_mapping.update_index_mapping(graph)
+    except Exception as error:  # noqa: BLE001 - any failure inside Torch-Pruning's tracing is one refusal
+        first = (str(error).strip().splitlines() or [""])[0][:200]
+        raise LitzooError(
+            f"cannot find the coupled channels of {type(model).__name__}: Torch-Pruning's dependency tracing failed "
+            f"({type(error).__name__}: {first}), as it does on some channel shuffles and splits; no channel can be pruned exactly"
+        ) from None
+    return graph
 
 
-def _pruning_group(graph: tp.DependencyGraph, conv: nn.Conv2d, idxs: list[int]):
-    return graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs)
+class UntrackedChannels(Exception):
+    """The coupled-channel search cannot vouch for its result (the message says why)."""
 
 
-def _group_members(graph: tp.DependencyGraph, model: nn.Module, conv: nn.Conv2d, idxs: list[int]) -> tuple[list[str], dict[str, list[int]], str | None]:
-    """Followers, consumers (with the input indices that hold ``idxs``) and the reason the group
-    cannot be pruned alone (``None`` if it can)."""
-    names = {module: name for name, module in model.named_modules()}
-    followers: list[str] = []
-    consumers: dict[str, list[int]] = {}
-    for dep, dep_idxs in _pruning_group(graph, conv, idxs):
+#: The coupled-channel search of one conv may process this many index sets per node of the graph.
+SEARCH_STEPS_PER_NODE = 16
+
+
+def _channel_bound(module: Any, out_side: bool) -> int | None:
+    """How many channels the pruning operation on ``module`` can address (``None``: not a layer)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels if out_side or _is_depthwise(module) else module.in_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features if out_side else module.in_features
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features
+    return None
+
+
+def coupled_channels(graph: tp.DependencyGraph, conv: nn.Conv2d, idxs: list[int]) -> tp.Group:
+    """The Torch-Pruning group of ``conv``'s output channels ``idxs``: every layer that loses channels with them.
+
+    The search of ``DependencyGraph.get_pruning_group`` (follow each dependency the pruning of a node
+    triggers, mapping the indices through concatenations, splits and reshapes), with three changes:
+    the index maps are those computed once by :func:`dependency_graph` (not recomputed per call),
+    the already-seen check is a set look-up instead of a scan of the group (quadratic in the group's
+    size), and the work is bounded. The returned group prunes as Torch-Pruning's does (``.prune()``).
+
+    Raises:
+        UntrackedChannels: the search does not end (``SEARCH_STEPS_PER_NODE`` index sets per node of
+            the graph), or maps the channels to an index a layer does not have: a channel shuffle or
+            reshape whose permutation Torch-Pruning cannot represent.
+    """
+    pruning_fn = tp.prune_depthwise_conv_out_channels if _is_depthwise(conv) else tp.prune_conv_out_channels
+    root = graph.module2node[conv]
+    start = [tp_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+    group = tp.dependency.Group()
+    group.add_dep(tp.dependency.Dependency(pruning_fn, pruning_fn, source=root, target=root), start)
+    names = graph._module2name
+    budget = SEARCH_STEPS_PER_NODE * max(1, len(graph.module2node))
+    # no index can exceed the widest layer (a linear's flattened input included): beyond it a map has run away
+    widest = max((b for m in graph.module2node for b in (_channel_bound(m, True), _channel_bound(m, False)) if b is not None), default=0)
+    seen = {(id(root), pruning_fn, tuple(start))}
+    stack = [(group[0].dep, start)]
+    while stack:
+        dep, current = stack.pop()
+        for next_dep in dep.target.dependencies:
+            if not next_dep.is_triggered_by(dep.handler):
+                continue
+            mapped = current
+            for mapping in next_dep.index_mapping:
+                if mapping is not None:
+                    mapped = mapping(mapped)
+            if not mapped:
+                continue
+            key = (id(next_dep.target), next_dep.handler, tuple(mapped))
+            if key in seen:
+                continue
+            seen.add(key)
+            module = next_dep.target.module
+            bound = _channel_bound(module, graph.is_out_channel_pruning_fn(next_dep.handler))
+            where = names.get(module) or f"a {type(module).__name__.strip('_').removesuffix('Op').lower()} (Torch-Pruning's {type(module).__name__})"
+            if max(i.idx for i in mapped) >= (widest if bound is None else bound):
+                raise UntrackedChannels(
+                    f"Torch-Pruning maps its channels to channel {max(i.idx for i in mapped)} of {where}, "
+                    f"which has {widest if bound is None else bound}: a channel shuffle or reshape it cannot follow"
+                )
+            if len(mapped) > widest:
+                raise UntrackedChannels(
+                    f"Torch-Pruning's index map grows to {len(mapped)} indices at {where}, more than any layer has: "
+                    "a channel shuffle or reshape it cannot follow"
+                )
+            if len(seen) > budget:
+                raise UntrackedChannels(
+                    f"Torch-Pruning's search for the channels coupled to it does not end ({len(seen)} index sets): "
+                    "a channel shuffle or reshape it cannot follow"
+                )
+            group.add_dep(next_dep, mapped)
+            stack.append((next_dep, mapped))
+    merged = tp.dependency.Group()  # one entry per (layer, operation), as Torch-Pruning's own groups
+    for dep, dep_idxs in group.items:
+        merged.add_and_merge(dep, dep_idxs)
+    merged._DG = graph
+    for i in range(len(merged)):
+        hybrid = merged[i].idxs
+        merged[i] = tp_helpers.GroupItem(merged[i].dep, tp_helpers.to_plain_idxs(hybrid))
+        merged[i].root_idxs = tp_helpers.to_root_idxs(hybrid)
+    return merged
+
+
+def tied_reason(other: str) -> str:
+    return (
+        f"its output channels are tied to those of {other} (they meet in an elementwise operation: a residual addition, "
+        "a squeeze-excitation product, or concatenated channels split again); the paper prunes internal layers only"
+    )
+
+
+@dataclass
+class _Members:
+    """What :func:`_group_members` reads off a group."""
+
+    followers: list[str] = field(default_factory=list)
+    consumers: dict[str, list[int]] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    tied: list[str] = field(default_factory=list)  # other convs whose output channels are coupled to the leader's
+    reason: str | None = None
+
+
+def _group_members(graph: tp.DependencyGraph, names: dict[nn.Module, str], conv: nn.Conv2d, idxs: list[int]) -> _Members:
+    """Followers, consumers (with the input indices that hold ``idxs``), the convs tied to the leader,
+    and the reason the group cannot be pruned alone (``None`` if it can)."""
+    found = _Members()
+    try:
+        group = coupled_channels(graph, conv, idxs)
+    except UntrackedChannels as error:
+        found.reason = str(error)
+        return found
+    for dep, _ in group:
         module = dep.target.module
         name = names.get(module)
         if module is conv or name is None:  # the root, or a traced functional op (add, relu, view ...)
             continue
+        if type(module) in (nn.Conv2d, nn.Linear) and graph.is_out_channel_pruning_fn(dep.handler) and not _is_depthwise(module):
+            found.tied.append(name)
+    if found.tied:
+        found.reason = tied_reason(found.tied[0])
+        return found
+    for dep, dep_idxs in group:
+        module = dep.target.module
+        name = names.get(module)
+        if module is conv or name is None:
+            continue
         if _is_depthwise(module) or isinstance(module, nn.modules.batchnorm._BatchNorm):
-            if name not in followers:
-                followers.append(name)
+            if name not in found.followers:
+                found.followers.append(name)
+            if _is_depthwise(module) and graph.is_out_channel_pruning_fn(dep.handler):
+                found.counts[name] = len(set(dep_idxs))
         elif type(module) in (nn.Conv2d, nn.Linear):
-            if graph.is_out_channel_pruning_fn(dep.handler) or (isinstance(module, nn.Conv2d) and module.groups != 1):
-                return [], {}, f"its output channels are tied to those of {name} (a residual addition or a grouped conv); the paper prunes internal layers only"
-            consumers.setdefault(name, []).extend(int(i) for i in dep_idxs)
+            if isinstance(module, nn.Conv2d) and module.groups != 1:
+                found.reason = f"{name} is a grouped conv (groups={module.groups}) that reads its channels: its input channels are tied in groups"
+                return found
+            found.consumers.setdefault(name, []).extend(int(i) for i in dep_idxs)
         else:
-            return [], {}, f"{name} ({type(module).__name__}) shares its channels and has no exact channel removal here"
-    if not consumers:
-        return [], {}, "no layer reads its output channels (it is a model output)"
-    return followers, consumers, None
+            found.reason = f"{name} ({type(module).__name__}) shares its channels and has no exact channel removal here"
+            return found
+    if not found.consumers:
+        found.reason = "no layer reads its output channels (it is a model output)"
+    found.counts.update({name: len(set(consumer_idxs)) for name, consumer_idxs in found.consumers.items()})
+    return found
 
 
 def capture_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
@@ -164,6 +318,8 @@ def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[i
     for name, idxs in consumers.items():
         consumer = model.get_submodule(name)
         a, b = (_select(s[name], consumer, idxs) for s in seen)
+        if (bad := non_finite_summary((a, b))) is not None:  # NaN passes every comparison below: not provably exact
+            return f"the float64 check gives non-finite values at {name} ({bad})"
         tolerance = 1e-9 * max(1.0, a.abs().max().item(), b.abs().max().item())
         if (a - b).abs().max() > tolerance or (a - a[:1]).abs().max() > tolerance:
             return f"zeroing its channels does not make them constant at {name} (something the traced graph does not show mixes them)"
@@ -172,7 +328,12 @@ def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[i
         if isinstance(consumer, nn.Linear):
             continue  # a constant input adds a constant to the output: absorbed by the bias
         uniform = (a - a.mean(dim=(2, 3), keepdim=True)).abs().max() <= tolerance
-        if consumer.kernel_size != (1, 1) or consumer.padding not in ((0, 0), 0) or not uniform:
+        if not uniform:
+            return (
+                f"its channels reach {name} as an input-independent but not spatially uniform map (a padded conv between them "
+                "turns a non-zero constant into a border pattern), which no bias can absorb"
+            )
+        if consumer.kernel_size != (1, 1) or consumer.padding not in ((0, 0), 0):
             return (
                 f"its channels reach {name} as a non-zero constant (through a depthwise conv's BatchNorm or an activation with f(0) != 0) "
                 f"and a {consumer.kernel_size[0]}x{consumer.kernel_size[1]} conv with padding {consumer.padding} cannot absorb it exactly"
@@ -186,7 +347,10 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
     The analysis runs on the deploy form of the model (re-parameterizable blocks fused, see
     :func:`litzoo.framework.reparam.fuse_model`): a RepVGG block's identity branch ties its output to its
     input channels only while training; fused, the block is a plain conv whose output channels
-    are as free as any. Its compactor then sits before the block's nonlinearity.
+    are as free as any. Its compactor then sits before the block's nonlinearity. The same holds for
+    another repository's blocks converted by ``switch_to_deploy()`` / ``reparameterize()`` (the
+    official RepVGG block: ``rbr_reparam``), when they have ``get_equivalent_kernel_bias()`` and a
+    ``nonlinearity`` submodule.
 
     Args:
         model: any module whose forward takes ``example_inputs``.
@@ -196,20 +360,26 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
     Returns:
         The groups, and for every other conv with ``groups=1`` the reason it is left alone.
         Names are those of the deploy form (``stage1.0.conv`` for a fused RepVGG block).
+
+    Raises:
+        LitzooError: Torch-Pruning cannot trace the model at all.
     """
     copy = fuse_model(detached_copy(model).cpu().eval(), inplace=True).double()
     randomize_batchnorm(copy)
     x = example_inputs[:2].detach().to("cpu", torch.float64)
     graph = dependency_graph(copy, x)
-    pairs = conv_bn_pairs(copy)
+    pairs = conv_bn_pairs(copy, x)  # x: convs inside modules torch.fx cannot trace are paired on a forward
     calls = _call_counts(copy, x)
     original = dict(model.named_modules())
+    deploy = dict(copy.named_modules())
+    names = {module: name for name, module in deploy.items()}
+    tied: dict[str, str] = {}  # convs found coupled to an earlier one: the same coupled set, searched once
     report = GroupReport()
-    for name, conv in copy.named_modules():
+    for name, conv in deploy.items():
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
             continue  # depthwise and grouped convs follow the conv that feeds them
         reason = None
-        placement = _placement(original, name, pairs.get(name))
+        placement = _placement(original, deploy, name, pairs.get(name))
         if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
             reason = "excluded"
         elif type(conv) is not nn.Conv2d:
@@ -218,29 +388,106 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
             reason = f"called {calls.get(name, 0)} times in one forward (shared or unused)"
         elif conv.out_channels < 2:
             reason = "a single output channel"
-        elif placement is None:
-            reason = "it is the fused form of a re-parameterizable block without its own nonlinearity (e.g. a StructuralReparam branch block): no place for a compactor yet"
+        elif name in tied:
+            reason = tied[name]
+        elif isinstance(placement, _NoPlacement):
+            reason = placement.reason
         if reason is None:
-            followers, consumers, reason = _group_members(graph, copy, conv, list(range(conv.out_channels)))
+            members = _group_members(graph, names, conv, list(range(conv.out_channels)))
+            reason = members.reason
+            for other in members.tied:
+                tied.setdefault(other, tied_reason(name))
         if reason is None:
             norm = pairs.get(name)
-            group = ChannelGroup(name, norm, conv.out_channels, [f for f in followers if f != norm], list(consumers), placement)
-            reason = _absorb_reason(copy, norm or name, consumers, x)
+            group = ChannelGroup(name, norm, conv.out_channels, [f for f in members.followers if f != norm], list(members.consumers), placement, members.counts)
+            reason = _absorb_reason(copy, norm or name, members.consumers, x)
         if reason is None:
             report.groups.append(group)
         else:
             report.skipped[name] = reason
+    for group in _inexact_removals(copy, report.groups, x):
+        report.groups.remove(group)
+        report.skipped[group.leader] = "removing its channels changes the model's outputs (checked on a float64 copy): a coupling the traced graph does not show"
     return report
 
 
-def _placement(original: dict[str, nn.Module], name: str, norm: str | None) -> str | None:
-    """Where the compactor of the deploy-form conv ``name`` goes in the (training-time) model."""
+class _NoPlacement(str):
+    """Why a deploy-form conv has no place for a compactor in the training-time model."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+def _placement(original: dict[str, nn.Module], deploy: dict[str, nn.Module], name: str, norm: str | None) -> str:
+    """Where the compactor of the deploy-form conv ``name`` goes in the (training-time) model
+    (a :class:`_NoPlacement` with the reason when there is no such place)."""
     if type(original.get(name)) is nn.Conv2d:
         return norm or name
-    for block in (name, name.removesuffix(".conv")):  # fused to a bare conv, or to Sequential(conv, nonlinearity)
-        if is_block_producer(original.get(block)):
-            return f"{block}.nonlinearity"
-    return None
+    # the conv is the deploy form of a re-parameterizable block: fused to a bare conv (``name``), to
+    # Sequential(conv, nonlinearity) (``name`` = block.conv), or converted in place (block.rbr_reparam)
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        block_name = ".".join(parts[:end])
+        block = original.get(block_name)
+        if block is None or not is_fusable(block):
+            continue
+        convs = [n for n, m in deploy.items() if isinstance(m, nn.Conv2d) and (n == block_name or n.startswith(block_name + "."))]
+        if is_block_producer(block) and convs == [name]:
+            return f"{block_name}.nonlinearity"
+        problem = block_producer_problem(block) or f"its deploy form has {len(convs)} convs"
+        return _NoPlacement(
+            f"it is the deploy form of {block_name} ({type(block).__name__}), a re-parameterizable block that {problem}: "
+            "no place for a compactor in the training-time model"
+        )
+    return _NoPlacement("it exists only in the deploy form, and no re-parameterizable block of the training-time model holds it")
+
+
+def _zero_channels(model: nn.Module, group: ChannelGroup, idxs: list[int]) -> None:
+    """Make ``idxs`` of the group's channels zero at its placement in the deploy form (as masked compactor rows do)."""
+    conv = model.get_submodule(group.leader)
+    with torch.no_grad():
+        conv.weight[idxs] = 0.0
+        if conv.bias is not None:
+            conv.bias[idxs] = 0.0
+        if group.norm is not None:  # BN(0) = 0 too: no shift (running mean) and no offset (beta)
+            norm = model.get_submodule(group.norm)
+            if norm.running_mean is not None:
+                norm.running_mean[idxs] = 0.0
+            if norm.bias is not None:
+                norm.bias[idxs] = 0.0
+
+
+def _removal_is_exact(model: nn.Module, groups: list[ChannelGroup], x: Tensor) -> bool:
+    """Zero the first half of every group's channels, remove them, and compare the outputs (float64)."""
+    from litzoo.framework.pruning.removal import remove_channels  # removal builds on this module
+
+    copy = detached_copy(model)
+    plan = {g.leader: list(range(g.channels // 2)) for g in groups}
+    for group in groups:
+        _zero_channels(copy, group, plan[group.leader])
+    with torch.no_grad():
+        masked = copy(x)
+    try:
+        remove_channels(copy, plan, x)
+        with torch.no_grad():
+            pruned = copy(x)
+    except (RuntimeError, ValueError, IndexError, UntrackedChannels, LitzooError):
+        return False
+    if pruned.shape != masked.shape or not torch.isfinite(pruned).all():
+        return False
+    return bool((pruned - masked).abs().max() <= 1e-9 * max(1.0, masked.abs().max().item()))
+
+
+def _inexact_removals(model: nn.Module, groups: list[ChannelGroup], x: Tensor) -> list[ChannelGroup]:
+    """The groups whose removal is not exact, found by bisection (none: one check of the whole plan)."""
+    if not groups or _removal_is_exact(model, groups, x):
+        return []
+    if len(groups) == 1:
+        return list(groups)
+    half = len(groups) // 2
+    found = _inexact_removals(model, groups[:half], x) + _inexact_removals(model, groups[half:], x)
+    return found or list(groups)  # exact one by one, not together: leave them all alone
 
 
 def _call_counts(model: nn.Module, x: Tensor) -> dict[str, int]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from litzoo.framework.reparam.fuse_model import FOREIGN_CONVERSIONS
+
 
 class Compactor(nn.Module):
     """``C x C`` pointwise conv without bias, identity at initialisation, with a channel mask.
@@ -89,12 +91,24 @@ def fold_compactor(kernel: Tensor, bias: Tensor, compactor_weight: Tensor) -> tu
     return torch.einsum("pc,cikl->pikl", q, kernel), q @ bias
 
 
-def is_block_producer(module: nn.Module) -> bool:
-    """A re-parameterizable block whose output a compactor can take over: it has an equivalent
-    kernel and bias, a ``fuse()``, and its own ``nonlinearity`` (the RepVGG block)."""
-    return all(callable(getattr(module, name, None)) for name in ("get_equivalent_kernel_bias", "fuse")) and isinstance(
-        getattr(module, "nonlinearity", None), nn.Module
-    )
+def block_producer_problem(module: nn.Module) -> str | None:
+    """Why ``module`` is not a re-parameterizable block whose output a compactor can take over
+    (``None``: it is). Such a block has an equivalent kernel and bias (``get_equivalent_kernel_bias()``),
+    a conversion to its deploy form (litzoo's ``fuse()``, or another repository's
+    ``switch_to_deploy()`` / ``reparameterize()``), and its own ``nonlinearity`` submodule, before
+    which the compactor acts on the sum of the branches (the RepVGG block, litzoo's or the official one)."""
+    if not callable(getattr(module, "get_equivalent_kernel_bias", None)):
+        return "has no get_equivalent_kernel_bias()"
+    if not any(callable(getattr(module, name, None)) for name in ("fuse", *FOREIGN_CONVERSIONS)):
+        return f"has no fuse() or {' / '.join(f'{n}()' for n in FOREIGN_CONVERSIONS)}"
+    if not isinstance(getattr(module, "nonlinearity", None), nn.Module):
+        return "has no nonlinearity submodule of its own (a linear branch block, e.g. StructuralReparam's)"
+    return None
+
+
+def is_block_producer(module: nn.Module | None) -> bool:
+    """Whether a compactor can take over ``module``'s output, before its nonlinearity (:func:`block_producer_problem`)."""
+    return module is not None and block_producer_problem(module) is None
 
 
 def compactor_goes_before(model: nn.Module, name: str) -> bool:

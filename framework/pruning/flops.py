@@ -3,10 +3,13 @@
 ResRep's mask update asks "what would the FLOPs be if these channels were gone?" once per channel
 it considers, thousands of times per update, so the pruned models cannot be built and counted
 each time. A conv's FLOPs are proportional to its output channels times its input channels per
-group; with ``r_g`` the fraction of group ``g``'s channels kept, a layer whose outputs belong to
-group ``o`` and inputs to group ``i`` costs ``F * r_o * r_i`` (a depthwise conv scales with its one
-group only). The per-layer ``F`` are measured once with ``torch.utils.flop_counter``, so the model
-agrees with counting the physically pruned model (checked by the tests).
+group. With ``r_g`` the fraction of group ``g``'s channels kept, a layer whose outputs belong to
+group ``o`` costs ``F * r_o * in(r)``, where ``in(r) = (C_in - sum_g n_g + sum_g n_g r_g) / C_in``
+and ``n_g`` is the number of its ``C_in`` input channels that belong to group ``g``: one group for a
+plain chain, several for a conv reading a concatenation (DenseNet), none for the rest. A depthwise
+conv scales with the channels it carries in the same way (its input and output channels are one).
+The per-layer ``F`` are measured once with ``torch.utils.flop_counter``, so the model equals
+counting the physically pruned model (checked by the tests, on concatenations too).
 """
 
 from __future__ import annotations
@@ -41,27 +44,44 @@ class ChannelFlops:
         self.total = float(counter.get_total_flops())
         self.channels = np.array([g.channels for g in groups], dtype=np.float64)
         out_group: dict[str, int] = {}
-        in_group: dict[str, int] = {}
+        carried: dict[str, dict[int, int]] = {}  # depthwise convs: channels of each group they carry
+        read: dict[str, dict[int, int]] = {}  # consumers: input channels of each group they read
         for index, group in enumerate(groups):
             out_group[group.leader] = index
             for name in group.followers:
                 if _is_depthwise(copy.get_submodule(name)):
-                    out_group[name] = index  # in and out channels together: counted once
+                    carried.setdefault(name, {})[index] = group.counts.get(name, group.channels)
             for name in group.consumers:
-                in_group[name] = index
-        flops, outs, ins = [], [], []
-        for name in sorted(set(out_group) | set(in_group)):
-            flops.append(float(per_module.get(f"{root}.{name}", 0)))
-            outs.append(out_group.get(name, -1))  # -1: the appended ratio 1.0
-            ins.append(in_group.get(name, -1))
-        self._flops = np.array(flops)
-        self._out = np.array(outs, dtype=np.int64)
-        self._in = np.array(ins, dtype=np.int64)
+                read.setdefault(name, {})[index] = group.counts.get(name, group.channels)
+        layers = sorted(set(out_group) | set(carried) | set(read))
+        # per layer: factor_out = base_out + A_out @ r, factor_in = base_in + A_in @ r (r: kept fractions)
+        self._flops = np.array([float(per_module.get(f"{root}.{name}", 0)) for name in layers])
+        self._a_out = np.zeros((len(layers), len(groups)))
+        self._a_in = np.zeros((len(layers), len(groups)))
+        self._base_out = np.ones(len(layers))
+        self._base_in = np.ones(len(layers))
+        for row, name in enumerate(layers):
+            module = copy.get_submodule(name)
+            if name in out_group:
+                self._a_out[row, out_group[name]], self._base_out[row] = 1.0, 0.0
+            elif name in carried:
+                self._fill(self._a_out, self._base_out, row, carried[name], module.out_channels)
+            if name in read:
+                width = module.in_channels if isinstance(module, nn.Conv2d) else module.in_features
+                self._fill(self._a_in, self._base_in, row, read[name], width)
         self.fixed = self.total - float(self._flops.sum())
 
+    @staticmethod
+    def _fill(matrix: np.ndarray, base: np.ndarray, row: int, counts: dict[int, int], width: int) -> None:
+        for index, count in counts.items():
+            matrix[row, index] = count / width
+        base[row] = 1.0 - sum(counts.values()) / width
+
     def __call__(self, kept: Sequence[float] | np.ndarray) -> float:
-        ratios = np.append(np.asarray(kept, dtype=np.float64) / self.channels, 1.0)
-        return self.fixed + float((self._flops * ratios[self._out] * ratios[self._in]).sum())
+        ratios = np.asarray(kept, dtype=np.float64) / self.channels
+        factor_out = self._base_out + self._a_out @ ratios
+        factor_in = self._base_in + self._a_in @ ratios
+        return self.fixed + float((self._flops * factor_out * factor_in).sum())
 
     def ratio(self, kept: Sequence[float] | np.ndarray) -> float:
         """``flops(kept) / flops(unpruned)``."""

@@ -21,11 +21,12 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import Tensor, nn
+from torch_pruning.dependency import index_mapping as tp_index_mapping
 
 from litzoo.framework.graph import conv_bn_pairs
-from litzoo.framework.pruning.channel_groups import capture_inputs, dependency_graph
+from litzoo.framework.pruning.channel_groups import capture_inputs, coupled_channels, dependency_graph
 from litzoo.framework.pruning.compactor import Compacted, Compactor, fold_compactor
-from litzoo.framework.reparam.fuse_model import fuse_model
+from litzoo.framework.reparam.fuse_model import FOREIGN_CONVERSIONS, fuse_model
 from litzoo.framework.reparam.fusion import fuse_conv_bn
 
 
@@ -42,7 +43,7 @@ def zero_masked_rows(model: nn.Module) -> None:
 
 
 
-def fold_compactors(model: nn.Module) -> dict[str, list[int]]:
+def fold_compactors(model: nn.Module, example_inputs: Tensor | None = None) -> dict[str, list[int]]:
     """Fold every compactor into the layer before it, then fuse what is left, in place.
 
     A conv with a compacted BatchNorm (or a compacted conv) becomes an ``nn.Conv2d`` with a bias
@@ -50,25 +51,21 @@ def fold_compactors(model: nn.Module) -> dict[str, list[int]]:
     compactor before its nonlinearity becomes its deploy form with the compactor folded in. Any
     other re-parameterizable block is then fused too (:func:`litzoo.framework.reparam.fuse_model`), so the
     channel removal sees the plain deploy model. Returns ``{conv name: output channels whose
-    compactor row is masked}``.
+    compactor row is masked}``. ``example_inputs`` pairs the convs of modules torch.fx cannot trace
+    with their BatchNorm (:func:`litzoo.framework.graph.conv_bn_pairs`).
     """
     wrapped = compacted_layers(model)
     for name, layer in wrapped.items():
         model.set_submodule(name, layer.layer)  # unwrap, so that the conv-BN pairs can be traced again
-    pairs = {bn: conv for conv, bn in conv_bn_pairs(model).items() if bn is not None}
+    pairs = {bn: conv for conv, bn in conv_bn_pairs(model, example_inputs).items() if bn is not None}
     removed: dict[str, list[int]] = {}
     with torch.no_grad():
         for name, layer in wrapped.items():
             inner = layer.layer
             if layer.before:  # the nonlinearity of a block: fold into the block's equivalent conv
                 block_name = name.rpartition(".")[0]
-                block = model.get_submodule(block_name)
-                kernel, bias = block.get_equivalent_kernel_bias()
-                deploy = block.fuse()
-                conv_name, conv = (block_name, deploy) if isinstance(deploy, nn.Conv2d) else (f"{block_name}.conv", deploy.conv)
-                if not isinstance(deploy, nn.Conv2d):
-                    deploy.nonlinearity = inner
-                model.set_submodule(block_name, deploy)
+                kernel, bias = model.get_submodule(block_name).get_equivalent_kernel_bias()
+                conv_name, conv = _deploy_block(model, block_name, inner)
             elif isinstance(inner, nn.Conv2d):
                 conv_name, conv = name, inner
                 kernel = conv.weight
@@ -91,6 +88,31 @@ def fold_compactors(model: nn.Module) -> dict[str, list[int]]:
             removed[conv_name] = (layer.compactor.mask == 0).nonzero().flatten().tolist()
     fuse_model(model, inplace=True)
     return removed
+
+
+def _deploy_block(model: nn.Module, block_name: str, nonlinearity: nn.Module) -> tuple[str, nn.Conv2d]:
+    """Put the deploy form of the block ``block_name`` in place, ending in ``nonlinearity``; returns its conv.
+
+    litzoo's blocks return it from ``fuse()`` (a bare conv, or ``Sequential(conv, nonlinearity)``);
+    another repository's convert themselves in place (``switch_to_deploy()``: the official RepVGG
+    block's ``rbr_reparam``), keeping their ``nonlinearity``.
+    """
+    block = model.get_submodule(block_name)
+    if callable(getattr(block, "fuse", None)):
+        deploy = block.fuse()
+        if isinstance(deploy, nn.Conv2d):
+            model.set_submodule(block_name, deploy)
+            return block_name, deploy
+        deploy.nonlinearity = nonlinearity
+        model.set_submodule(block_name, deploy)
+        return f"{block_name}.conv", deploy.conv
+    convert = next(getattr(block, n) for n in FOREIGN_CONVERSIONS if callable(getattr(block, n, None)))
+    convert()
+    block.nonlinearity = nonlinearity
+    convs = [(f"{block_name}.{n}", m) for n, m in block.named_modules() if n and isinstance(m, nn.Conv2d)]
+    if len(convs) != 1:
+        raise ValueError(f"the deploy form of {block_name} ({type(block).__name__}) has {len(convs)} convs, not the one equivalent conv")
+    return convs[0]
 
 
 def _consumer_idxs(group: Any, names: dict[nn.Module, str], graph: tp.DependencyGraph) -> dict[str, list[int]]:
@@ -119,15 +141,16 @@ def remove_channels(model: nn.Module, removed: dict[str, list[int]], example_inp
     try:
         graph = dependency_graph(model, example_inputs)
         names = {module: name for name, module in model.named_modules()}
-        groups = {name: graph.get_pruning_group(model.get_submodule(name), tp.prune_conv_out_channels, idxs=idxs) for name, idxs in removed.items()}
+        groups = {name: coupled_channels(graph, model.get_submodule(name), idxs) for name, idxs in removed.items()}
         consumers = {name: _consumer_idxs(group, names, graph) for name, group in groups.items()}
         _absorb_constants(model, consumers, example_inputs)
         for name, idxs in removed.items():
             conv = model.get_submodule(name)
             if len(idxs) >= conv.out_channels:
                 raise ValueError(f"cannot remove all {conv.out_channels} output channels of {name}")
-            # a fresh group: earlier removals changed the shapes the first ones were computed for
-            graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
+            # a fresh group: earlier removals changed the shapes (and concatenation offsets) the first ones were computed for
+            tp_index_mapping.update_index_mapping(graph)
+            coupled_channels(graph, conv, idxs).prune()
     finally:
         for module, training in modes.items():
             module.training = training
@@ -219,6 +242,6 @@ def prune_compacted(model: nn.Module, example_inputs: Tensor) -> dict[str, list[
     Returns ``{conv name: removed output channels}``.
     """
     zero_masked_rows(model)
-    removed = fold_compactors(model)
+    removed = fold_compactors(model, example_inputs)
     remove_channels(model, removed, example_inputs)
     return removed

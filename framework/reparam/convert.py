@@ -12,19 +12,27 @@ Eligibility is explicit. A conv is converted only if the fusion is exact for it:
 ``nn.Conv2d`` itself (not a subclass), zero padding mode, dilation 1, a square kernel, a
 ``BatchNorm2d`` with running statistics that alone consumes its output, and the block's own
 constraints (ACB: odd k >= 3; DBB: odd k >= 3 with padding k//2, the paper skips 1x1 convs;
-RepVGG: the paper's 3x3 with padding 1). Everything else is reported as skipped, with the reason.
+RepVGG: the paper's 3x3 with padding 1). A conv inside a block that has its own ``fuse()`` is left
+alone (that ``fuse()`` reads it as a conv). Everything else is reported as skipped, with the reason.
+
+The converted blocks fuse back to the user's layers wherever they are fused: the block's ``fuse()``
+returns the original conv (its geometry and bias setting) and the :class:`BatchNormSlot` left in the
+BatchNorm's place returns the BatchNorm, so :func:`litzoo.framework.reparam.fuse_model` (``ReparamFusion``,
+export, quantization, ResRep's planning) gives the same deploy model as :func:`fuse_branches`, also
+inside another repository's block whose ``switch_to_deploy()`` reads its conv and BatchNorm.
 """
 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from litzoo.framework.graph import conv_bn_pairs
+from litzoo.framework.graph import conv_bn_pairs, find_conv_bn_pairs
 from litzoo.framework.reparam.acb import ACBlock
 from litzoo.framework.reparam.dbb import DiverseBranchBlock
 from litzoo.framework.reparam.repvgg_block import RepVGGBlock
@@ -109,15 +117,93 @@ def skip_reason(conv: nn.Module, bn: nn.Module | None, block: str) -> str | None
     return None
 
 
+def _user_conv(layer: ConvertedLayer, kernel: torch.Tensor) -> nn.Conv2d:
+    """The user's conv with ``kernel`` (and a zero bias if it had one)."""
+    conv = nn.Conv2d(
+        layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+        groups=layer.groups, bias=layer.conv_bias, device=kernel.device, dtype=kernel.dtype,
+    )  # fmt: skip
+    with torch.no_grad():
+        conv.weight.copy_(kernel)
+        if conv.bias is not None:
+            conv.bias.zero_()
+    return conv
+
+
+def _user_batchnorm(layer: ConvertedLayer, bias: torch.Tensor) -> nn.BatchNorm2d:
+    """A BatchNorm2d in the user's place whose eval output is ``x + bias`` (mean 0, var ``1 - eps``, weight 1)."""
+    bn = nn.BatchNorm2d(layer.out_channels, eps=layer.bn_eps, momentum=layer.bn_momentum, device=bias.device, dtype=bias.dtype)
+    with torch.no_grad():
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0 - layer.bn_eps)
+        bn.weight.fill_(1.0)
+        bn.bias.copy_(bias)
+    return bn
+
+
+class _FusesToUserConv:
+    """For the blocks put in place of a user's conv: ``fuse()`` gives back that conv, with the fused
+    kernel; the fused bias goes to the :class:`BatchNormSlot` in the BatchNorm's place."""
+
+    layer: ConvertedLayer
+
+    def fuse(self) -> nn.Conv2d:
+        with torch.no_grad():
+            kernel, _ = self.get_equivalent_kernel_bias()
+        conv = _user_conv(self.layer, kernel)
+        conv.train(self.training)
+        return conv
+
+
+class ConvertedACBlock(_FusesToUserConv, ACBlock):
+    """An :class:`ACBlock` in place of a user's conv (:class:`_FusesToUserConv`)."""
+
+
+class ConvertedDiverseBranchBlock(_FusesToUserConv, DiverseBranchBlock):
+    """A :class:`DiverseBranchBlock` in place of a user's conv (:class:`_FusesToUserConv`)."""
+
+
+class ConvertedRepVGGBlock(_FusesToUserConv, RepVGGBlock):
+    """A linear :class:`RepVGGBlock` in place of a user's conv (:class:`_FusesToUserConv`)."""
+
+
+class BatchNormSlot(nn.Identity):
+    """What stands in a user's BatchNorm2d place while its statistics and affine parameters train in
+    the main branch of the block that replaced the conv before it; ``fuse()`` gives the BatchNorm back,
+    holding the block's fused bias.
+
+    The block is referenced, not registered (it is a submodule of the model at the conv's place);
+    a deep copy of the model keeps the reference pointing at the copied block.
+    """
+
+    def __init__(self, block: nn.Module, layer: ConvertedLayer) -> None:
+        super().__init__()
+        object.__setattr__(self, "_block", block)
+        self.layer = layer
+
+    def fuse(self) -> nn.BatchNorm2d:
+        with torch.no_grad():
+            _, bias = self._block.get_equivalent_kernel_bias()
+        bn = _user_batchnorm(self.layer, bias)
+        bn.train(self.training)
+        return bn
+
+    def extra_repr(self) -> str:
+        return f"BatchNorm2d({self.layer.out_channels}) of {self.layer.conv}, fused back from its block"
+
+
 def build_block(layer: ConvertedLayer) -> nn.Module:
     """The training-time block for ``layer`` (fresh parameters, the paper's initialisation)."""
     if layer.block == "acb":
-        return ACBlock(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, groups=layer.groups)
-    if layer.block == "dbb":
-        return DiverseBranchBlock(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, groups=layer.groups)
-    if layer.block == "repvgg":
-        return RepVGGBlock(layer.in_channels, layer.out_channels, layer.stride, layer.groups, use_nonlinearity=False)
-    raise ValueError(f"unknown block '{layer.block}'; choose from {', '.join(BLOCKS)}")
+        block: nn.Module = ConvertedACBlock(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, groups=layer.groups)
+    elif layer.block == "dbb":
+        block = ConvertedDiverseBranchBlock(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding, groups=layer.groups)
+    elif layer.block == "repvgg":
+        block = ConvertedRepVGGBlock(layer.in_channels, layer.out_channels, layer.stride, layer.groups, use_nonlinearity=False)
+    else:
+        raise ValueError(f"unknown block '{layer.block}'; choose from {', '.join(BLOCKS)}")
+    block.layer = layer
+    return block
 
 
 def _initialise(block: nn.Module, layer: ConvertedLayer, conv: nn.Conv2d, bn: nn.BatchNorm2d, init: str) -> None:
@@ -146,11 +232,19 @@ def _convert_one(model: nn.Module, layer: ConvertedLayer, init: str) -> None:
     block = build_block(layer).to(device=conv.weight.device, dtype=conv.weight.dtype)
     _initialise(block, layer, conv, bn, init)
     block.train(conv.training)
+    slot = BatchNormSlot(block, layer)
+    slot.train(bn.training)
     model.set_submodule(layer.conv, block)
-    model.set_submodule(layer.bn, nn.Identity())
+    model.set_submodule(layer.bn, slot)
 
 
-def convert_to_branches(model: nn.Module, block: str, init: str = "paper", exclude: list[str] | tuple[str, ...] = ()) -> ConversionReport:
+def convert_to_branches(
+    model: nn.Module,
+    block: str,
+    init: str = "paper",
+    exclude: list[str] | tuple[str, ...] = (),
+    example_inputs: torch.Tensor | Callable[[], torch.Tensor | None] | None = None,
+) -> ConversionReport:
     """Replace, in place, every eligible conv-BN pair of ``model`` by a ``block`` (``acb``/``dbb``/``repvgg``).
 
     The block takes the conv's place; the BN becomes ``nn.Identity`` (its statistics and affine
@@ -165,6 +259,10 @@ def convert_to_branches(model: nn.Module, block: str, init: str = "paper", exclu
             final BN, so the converted model computes exactly what it computed before (fine-tuning a
             trained model).
         exclude: ``fnmatch`` patterns of conv names to leave alone (e.g. ``["net.conv1"]`` for a stem).
+        example_inputs: an input of ``model``'s forward (or a function returning it, called only when
+            needed): convs directly inside modules that torch.fx cannot trace (``int(x.size(1) * ratio)``)
+            are paired with their BatchNorm by watching one forward
+            (:func:`litzoo.framework.graph.conv_bn_pairs`); without it they are skipped.
 
     Returns:
         The report: converted layers (in model order) and skipped convs with the reason.
@@ -173,16 +271,22 @@ def convert_to_branches(model: nn.Module, block: str, init: str = "paper", exclu
         raise ValueError(f"unknown block '{block}'; choose from {', '.join(BLOCKS)}")
     if init not in INITS:
         raise ValueError(f"unknown init '{init}'; choose from {', '.join(INITS)}")
-    pairs = conv_bn_pairs(model)
+    found = find_conv_bn_pairs(model, example_inputs)
+    pairs = found.pairs
+    owners = {name: m for name, m in model.named_modules() if name and callable(getattr(m, "fuse", None))}
     report = ConversionReport()
     for name, conv in list(model.named_modules()):
         if not isinstance(conv, nn.Conv2d):
             continue
+        owner = next((o for o in owners if name.startswith(o + ".")), None)
         if any(fnmatch.fnmatchcase(name, pattern) for pattern in exclude):
             report.skipped[name] = "excluded by a pattern"
             continue
+        if owner is not None:
+            report.skipped[name] = f"inside {owner} ({type(owners[owner]).__name__}), a re-parameterizable block whose own fuse() reads it as a conv"
+            continue
         if name not in pairs:
-            report.skipped[name] = "not reached by a traceable forward"
+            report.skipped[name] = found.unresolved.get(name, "not called by the model's forward")
             continue
         bn_name = pairs[name]
         bn = model.get_submodule(bn_name) if bn_name is not None else None
@@ -213,7 +317,9 @@ def _record(name: str, conv: nn.Conv2d, bn_name: str, bn: nn.BatchNorm2d, block:
     )
 
 
-def converted_layers_in(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[ConvertedLayer]:
+def converted_layers_in(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], example_inputs: torch.Tensor | Callable[[], torch.Tensor | None] | None = None
+) -> list[ConvertedLayer]:
     """The conversion that ``state_dict`` was saved with, read off its keys, for the unconverted ``model``.
 
     A conv-BN pair of ``model`` whose conv name carries a block's main branch in the state dict
@@ -221,7 +327,7 @@ def converted_layers_in(model: nn.Module, state_dict: dict[str, torch.Tensor]) -
     checkpoint into a fresh model is then: :func:`reconvert`, ``load_state_dict``,
     :func:`fuse_branches`.
     """
-    pairs = conv_bn_pairs(model)
+    pairs = conv_bn_pairs(model, example_inputs)  # the fresh model, before any conversion (inputs: see convert_to_branches)
     layers = []
     for name, conv in model.named_modules():
         bn_name = pairs.get(name)
@@ -243,38 +349,33 @@ def reconvert(model: nn.Module, layers: list[ConvertedLayer]) -> None:
         _convert_one(model, layer, init="paper")
 
 
+def still_converted(model: nn.Module, layers: list[ConvertedLayer]) -> list[ConvertedLayer]:
+    """The ``layers`` whose block is still in ``model`` (not yet fused back, by :func:`fuse_branches` or ``fuse_model``)."""
+    pending = []
+    for layer in layers:
+        try:
+            block = model.get_submodule(layer.conv)
+        except AttributeError:  # gone: fused away with an enclosing block (switch_to_deploy deletes its branches)
+            continue
+        if type(block) is not nn.Conv2d:
+            pending.append(layer)
+    return pending
+
+
 def fuse_branches(model: nn.Module, layers: list[ConvertedLayer]) -> nn.Module:
     """Collapse converted blocks into the original ``Conv2d`` + ``BatchNorm2d`` pairs, in place.
 
     The fused kernel goes into a conv with the original geometry (its bias, if it had one, is
     zero); the fused bias goes into a BatchNorm2d with unit statistics (mean 0, var ``1 - eps``,
     weight 1, bias = fused bias), so eval outputs equal the block's to float round-off. Training
-    the deploy model further is ordinary training of the user's architecture.
+    the deploy model further is ordinary training of the user's architecture. Layers already fused
+    back (by :func:`litzoo.framework.reparam.fuse_model`, which does the same) are left as they are.
     """
-    for layer in layers:
+    for layer in still_converted(model, layers):
         block = model.get_submodule(layer.conv)
         with torch.no_grad():
             kernel, bias = block.get_equivalent_kernel_bias()
-        conv = nn.Conv2d(
-            layer.in_channels,
-            layer.out_channels,
-            layer.kernel_size,
-            layer.stride,
-            layer.padding,
-            groups=layer.groups,
-            bias=layer.conv_bias,
-            device=kernel.device,
-            dtype=kernel.dtype,
-        )
-        bn = nn.BatchNorm2d(layer.out_channels, eps=layer.bn_eps, momentum=layer.bn_momentum, device=kernel.device, dtype=kernel.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(kernel)
-            if conv.bias is not None:
-                conv.bias.zero_()
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - layer.bn_eps)
-            bn.weight.fill_(1.0)
-            bn.bias.copy_(bias)
+        conv, bn = _user_conv(layer, kernel.detach()), _user_batchnorm(layer, bias.detach())
         conv.train(block.training)
         bn.train(block.training)
         model.set_submodule(layer.conv, conv)

@@ -44,8 +44,14 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Return the deploy model: every block with ``fuse()`` replaced by what it returns.
 
     Blocks following the foreign conventions ``reparameterize()`` / ``switch_to_deploy()`` are
-    converted in place. The walk is top-down, so a block's own ``fuse()`` wins over those of its
-    branches. Fusion reads BatchNorm running statistics: the deploy model equals ``model.eval()``.
+    converted in place. Fusion reads BatchNorm running statistics: the deploy model equals ``model.eval()``.
+
+    The order: a block with ``fuse()`` owns its subtree (litzoo's blocks read their own branches),
+    so it fuses before anything inside it, and what it returns is walked next. A block with a
+    foreign in-place conversion is converted bottom-up, after everything inside it: its code reads
+    its branches as the plain layers it was written for, and a layer that litzoo replaced there
+    (``StructuralReparam`` turning ``rbr_dense.conv`` into an ACB block) must be back to a conv and a
+    BatchNorm first (``'ACBlock' object has no attribute 'weight'`` otherwise).
 
     Args:
         model: any ``nn.Module`` (a LightningModule too).
@@ -56,11 +62,11 @@ def fuse_model(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     if not inplace:
         model = copy.deepcopy(model)
-    fused = _convert(model)
-    return _walk(fused)
+    return _fuse(model)
 
 
-def _convert(module: nn.Module) -> nn.Module:
+def _fuse(module: nn.Module) -> nn.Module:
+    """The deploy form of ``module`` (the module itself when converted in place)."""
     fuse = getattr(module, "fuse", None)
     if callable(fuse):
         carried = carried_fold_first(module)
@@ -70,7 +76,8 @@ def _convert(module: nn.Module) -> nn.Module:
         if not isinstance(replacement, nn.Module):
             raise TypeError(f"{type(module).__name__}.fuse() must return an nn.Module, got {type(replacement).__name__}")
         replacement.train(module.training)
-        return replacement
+        return _fuse_children(replacement)  # what fuse() returns may hold blocks of its own
+    _fuse_children(module)  # bottom-up: a foreign conversion reads its children as plain layers
     for name in FOREIGN_CONVERSIONS:
         convert = getattr(module, name, None)
         if callable(convert):
@@ -79,10 +86,9 @@ def _convert(module: nn.Module) -> nn.Module:
     return module
 
 
-def _walk(module: nn.Module) -> nn.Module:
+def _fuse_children(module: nn.Module) -> nn.Module:
     for name, child in list(module.named_children()):
-        converted = _convert(child)
+        converted = _fuse(child)
         if converted is not child:
             setattr(module, name, converted)
-        _walk(converted)
     return module

@@ -381,3 +381,19 @@ def test_two_process_ddp_clips_identically_on_both_ranks(tmp_path):
     assert state_a["pairs"] == state_b["pairs"] and "net.stem.0+net.stem.1" in state_a["sigmas"]
     for name, vector in state_a["vectors"].items():
         assert torch.equal(vector, state_b["vectors"][name]), name
+
+
+def test_a_run_too_short_for_any_clip_event_warns_at_start_and_at_the_end(tmp_path):
+    """FastClip() with its defaults (warmup 500, every 50) in a 30-step fit: no layer is ever clipped; say so."""
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=30, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[callback := FastClip()],
+    )  # fmt: skip
+    with pytest.warns(UserWarning) as caught:
+        trainer.fit(UserModule(), loader())
+    messages = [str(w.message) for w in caught if "FastClip" in str(w.message)]
+    assert any("30 optimizer steps and the first clip event comes at step 500" in m for m in messages)
+    assert any("without a clip event" in m for m in messages)
+    assert callback.events == 0
+    assert FastClip(warmup_steps=0, clip_every=50).first_event_step() == 50
+    assert FastClip(warmup_steps=120, clip_every=50).first_event_step(after=140) == 150

@@ -255,3 +255,138 @@ def test_export_of_a_compactor_checkpoint_prunes_before_fusing(tmp_path):
     graph = onnx.load(str(output)).graph
     widths = [init.dims[0] for init in graph.initializer if len(init.dims) == 4]
     assert sum(widths) < 8 + 8 + 16 + 16  # fewer output channels than the unpruned blocks
+
+
+# ----------------------------------------------------------------------------------------------- issue 18
+
+
+def official_resrep_mask_model(origin_deps, flops_func, flops_target, granularity, num_at_least, metric, cur_deps):
+    """DingXiaoH/ResRep ``rr/resrep_util.py::resrep_mask_model``, transcribed by hand (without pacesetters):
+    returns ``{layer: [masked channels]}``. ``metric`` maps ``(layer, channel)`` to the row norm."""
+    origin_flops = flops_func(origin_deps)
+    sorted_metric = sorted(metric, key=metric.get)
+    cur_deactivated = int(np.sum(np.asarray(origin_deps) - np.asarray(cur_deps)))
+    next_deactivated_max = cur_deactivated + granularity if flops_func(cur_deps) > flops_target * origin_flops else 9999999
+    attempt = np.array(origin_deps)
+    i = 0
+    skip = []
+    while True:
+        if flops_func(attempt) <= flops_target * origin_flops:
+            break
+        layer = sorted_metric[i][0]
+        if attempt[layer] <= num_at_least:
+            skip.append(i)
+            i += 1
+            continue
+        attempt[layer] -= 1
+        i += 1
+        if i >= next_deactivated_max:
+            break
+    masked: dict[int, list[int]] = {}
+    for k in range(i):
+        if k not in skip:
+            masked.setdefault(sorted_metric[k][0], []).append(sorted_metric[k][1])
+    return masked
+
+
+def _set_row_norms(callback, module, norms):
+    start = 0
+    with torch.no_grad():
+        for c in callback.compactors(module).values():
+            c.weight.copy_(torch.diag(norms[start : start + c.channels]).reshape(c.channels, c.channels, 1, 1))
+            start += c.channels
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_update_counts_skipped_candidates_toward_the_limit_as_the_official_code(seed):
+    """Candidates skipped because their layer is at min_channels count toward the per-update limit (official
+    ``i``); in the first case layer 0's rows are the smallest: it stops at min_channels after 2, its 6 other rows
+    are skipped, and the official update ends after one more channel (3 in all, not 8)."""
+    module = UserClassifier("resnet")
+    callback = ResRepPruning(flops_target=0.62, granularity=8, min_channels=6)
+    callback.attach(module, torch.randn(2, 1, 12, 12))
+    compactors = list(callback.compactors(module).values())  # 8, 8, 16, 16 channels
+    generator = torch.Generator().manual_seed(seed)
+    norms = torch.rand(48, generator=generator) + 1.0
+    if seed == 0:
+        norms[:8] = torch.linspace(0.1, 0.2, 8)  # layer 0 first in the ranking
+    _set_row_norms(callback, module, norms)
+    origin = [c.channels for c in compactors]
+    for _update in range(3):
+        metric = {(i, j): float(c.row_norms()[j]) for i, c in enumerate(compactors) for j in range(c.channels)}
+        expected = official_resrep_mask_model(origin, callback.flops, 0.62, 8, 6, metric, callback.kept_channels(module))
+        callback.update_masks(module)
+        masked = {i: sorted((c.mask == 0).nonzero().flatten().tolist()) for i, c in enumerate(compactors)}
+        assert {i: v for i, v in masked.items() if v} == {i: sorted(v) for i, v in expected.items()}
+    if seed == 0:
+        first = ResRepPruning(flops_target=0.62, granularity=8, min_channels=6)
+        fresh = UserClassifier("resnet")
+        first.attach(fresh, torch.randn(2, 1, 12, 12))
+        _set_row_norms(first, fresh, norms)
+        first.update_masks(fresh)
+        assert sum(first.kept_channels(fresh)) == 48 - 3
+
+
+def test_flops_target_is_saved_and_a_changed_target_warns_at_resume():
+    callback = ResRepPruning(flops_target=0.5)
+    state = callback.state_dict()
+    assert state["flops_target"] == 0.5
+    with pytest.warns(UserWarning, match=r"flops_target 0.5.*this run uses 0.3"):
+        ResRepPruning(flops_target=0.3).load_state_dict(state)
+
+
+def test_a_refused_model_is_left_unchanged_and_refused_again(tmp_path):
+    """Every check runs before the compactors go in: an unreachable target leaves the model as it was,
+    and fitting it again gives the same one-line refusal (not an AttributeError)."""
+    module = UserClassifier("resnet")
+    module.example_input_array = INPUT
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    for _ in range(2):
+        with pytest.raises(LitzooError, match="cannot be reached") as refused:
+            trainer(tmp_path, ResRepPruning(flops_target=0.05), max_steps=1).fit(module, loader())
+        assert "\n" not in str(refused.value)
+        assert not compacted_layers(module)
+        assert module.state_dict().keys() == before.keys()
+        assert all(torch.equal(module.state_dict()[k], v) for k, v in before.items())
+
+
+def test_official_style_repvgg_blocks_are_planned_on_their_deploy_form(tmp_path):
+    """Another repository's RepVGG block (rbr_dense / rbr_1x1 / rbr_identity, switch_to_deploy() builds
+    rbr_reparam, its own ReLU): its compactor goes before the block's nonlinearity, as for litzoo's blocks."""
+    from user_models import FOREIGN_INPUT, ForeignClassifier, foreign_loader
+
+    module = ForeignClassifier("official_repvgg")
+    callback = fast_resrep(flops_target=0.6)
+    trainer(tmp_path, callback, max_epochs=4, enable_checkpointing=False).fit(module, foreign_loader(), foreign_loader(seed=1))
+    placements = {g.leader: g.placement for g in callback.groups}
+    assert placements["net.stage.0.rbr_reparam"] == "net.stage.0.nonlinearity"
+    assert placements["net.stage.2.rbr_reparam"] == "net.stage.2.nonlinearity"
+    assert callback.pruned and callback.report["removal_error"] < 1e-5
+    assert not hasattr(module.net.stage[0], "rbr_dense")  # deployed by its own switch_to_deploy()
+    widths = [module.net.stage[i].rbr_reparam.out_channels for i in range(3)]
+    assert sum(widths) < 8 + 16 + 16
+    assert count_flops(module.net, FOREIGN_INPUT[:1]) == callback.report["flops_after"] <= 0.6 * callback.report["flops_before"]
+
+
+def test_a_block_without_a_nonlinearity_submodule_is_named_for_what_it_lacks():
+    from torch import nn
+    from user_models import OfficialStyleRepVGGBlock
+
+    class ActBlock(OfficialStyleRepVGGBlock):  # the activation under another name (timm writes ``act``)
+        def __init__(self, cin, cout, stride=1):
+            super().__init__(cin, cout, stride)
+            self.act = self.nonlinearity
+            del self.nonlinearity
+
+        def forward(self, x):
+            self.nonlinearity = self.act
+            try:
+                return super().forward(x)
+            finally:
+                del self.nonlinearity
+
+    net = nn.Sequential(ActBlock(3, 8), ActBlock(8, 8), nn.Conv2d(8, 4, 1), nn.Flatten(2))
+    from litzoo.framework.pruning import find_channel_groups
+
+    report = find_channel_groups(net, torch.randn(2, 3, 8, 8))
+    assert "has no nonlinearity submodule" in report.skipped["0.rbr_reparam"]

@@ -206,3 +206,72 @@ def test_errors():
     callback.convert(UserClassifier())
     with pytest.raises(LitzooError, match="already converted"):
         callback.convert(UserClassifier())
+
+
+# ----------------------------------------------------------------------------------------------- issue 18
+
+
+def test_convs_of_a_forward_that_computes_widths_from_shapes_are_converted(tmp_path):
+    """A ShuffleNetV2 whose units split at ``int(x.size(1) * ratio)``: torch.fx cannot trace the units, and their
+    convs were skipped as "not reached by a traceable forward" although they run; now they are paired on a
+    forward of ``example_input_array`` and converted."""
+    from user_models import ForeignClassifier, foreign_loader
+
+    module = ForeignClassifier("shufflenetv2")
+    callback = StructuralReparam("acb")
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(max_epochs=1, callbacks=[callback], **options)
+    trainer.fit(module, foreign_loader())
+    converted = {layer.conv for layer in callback.report.converted}
+    assert {"net.conv1", "net.layers.1.conv2", "net.layers.2.conv2"} <= converted  # stem, depthwise 3x3 inside the split units
+    assert not any("traceable" in reason for reason in callback.report.skipped.values())
+    assert callback.fusion_report["max_abs_error"] < 1e-5
+    assert type(module.net.layers[1].conv2) is nn.Conv2d and type(module.net.layers[1].bn2) is nn.BatchNorm2d
+    # the training-time checkpoint loads into a fresh model (the conversion is redone with the same pairing) and is tested fused
+    fresh, evaluator = ForeignClassifier("shufflenetv2"), StructuralReparam("acb")
+    L.Trainer(callbacks=[evaluator], **options).test(fresh, foreign_loader(), ckpt_path=trainer.checkpoint_callback.best_model_path)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert (fresh.eval()(x) - module.eval()(x)).abs().max() < 1e-5
+
+
+def test_convs_inside_a_block_with_its_own_fuse_are_left_alone():
+    """litzoo's RepVGG block fuses top-down from its own branches: a conv inside it is not converted again."""
+    from litzoo.framework.reparam import RepVGGBlock
+
+    model = nn.Sequential(RepVGGBlock(3, 4), nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+    report = convert_to_branches(model, "acb")
+    assert [layer.conv for layer in report.converted] == ["1"]
+    assert "a re-parameterizable block whose own fuse() reads it" in report.skipped["0.branch_3x3.conv"]
+
+
+def test_depthwise_dbb_runs_no_generic_grouped_conv_on_cpu():
+    """The 1x1-kxk branch of a depthwise DBB ends in a 2C -> C conv with groups=C, which PyTorch's CPU backend runs
+    through its generic grouped path (DBB on a PNASNet trained several times slower than ACB); it runs as two
+    depthwise convs now, with the same result."""
+    from torch.overrides import TorchFunctionMode
+
+    from litzoo.framework.reparam.dbb import DiverseBranchBlock
+
+    class Convs(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            if func is F.conv2d:
+                x, w = args[0], args[1]
+                groups = args[6] if len(args) > 6 else (kwargs or {}).get("groups", 1)
+                self.calls.append((x.shape[1] // groups, w.shape[0] // groups))
+            return func(*args, **(kwargs or {}))
+
+    block = randomize_batchnorm(DiverseBranchBlock(6, 6, 7, groups=6), 1).double().eval()
+    x = torch.randn(2, 6, 9, 9, dtype=torch.float64)
+    with Convs() as seen, torch.no_grad():
+        y = block(x)
+    assert (2, 1) not in seen.calls and seen.calls.count((1, 1)) >= 3  # kxk, and the two halves of conv2
+    conv2 = block.branch_1x1_kxk.conv2
+    with torch.no_grad():
+        assert (conv2(x.repeat(1, 2, 1, 1)) - F.conv2d(x.repeat(1, 2, 1, 1), conv2.weight, None, conv2.stride, 0, 1, 6)).abs().max() < 1e-12
+        fused = block.fuse()
+        assert (fused(x) - y).abs().max() < 1e-10

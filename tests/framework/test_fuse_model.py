@@ -355,3 +355,28 @@ def test_public_packages_import_first_in_a_fresh_interpreter():
         timeout=120,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_blocks_converted_inside_a_foreign_block_fuse_before_it():
+    """StructuralReparam put ACB blocks in place of the convs inside another repository's RepVGG blocks
+    (``rbr_dense``): their switch_to_deploy() reads ``rbr_dense[0].weight`` and ``rbr_dense[1]``'s statistics,
+    so the ACB blocks must be back to a conv and a BatchNorm first (before: 'ACBlock' object has no attribute 'weight')."""
+    from user_models import UserOfficialRepVGG
+
+    from litzoo.framework.reparam.acb import ACBlock
+    from litzoo.framework.reparam.convert import convert_to_branches
+
+    torch.manual_seed(0)
+    model = UserOfficialRepVGG()
+    report = convert_to_branches(model, "acb")
+    assert {"stage.0.rbr_dense.0", "stage.1.rbr_dense.0", "stage.2.rbr_dense.0"} <= {layer.conv for layer in report.converted}
+    model = randomize_batchnorm(model, 4).double().eval()
+    x = torch.randn(3, 3, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(x)
+    fused = fuse_model(model)
+    assert not any(isinstance(m, ACBlock) for m in fused.modules())
+    assert all(hasattr(block, "rbr_reparam") and not hasattr(block, "rbr_dense") for block in fused.stage)
+    assert type(fused.stem[0]) is nn.Conv2d and type(fused.stem[1]) is nn.BatchNorm2d  # the user's own layers, back in place
+    with torch.no_grad():
+        assert _max_diff(fused(x), expected) <= 1e-10

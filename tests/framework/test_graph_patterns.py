@@ -55,3 +55,38 @@ def test_layers_called_twice_are_never_paired():
             return self.bn(self.conv(self.bn(self.conv(x))))
 
     assert conv_bn_pairs(Twice()) == {"conv": None}
+
+
+class WidthFromShape(nn.Module):
+    """Direct children of a module whose forward computes a width with ``int(x.size(1) * ratio)`` (torch.fx
+    cannot trace it): conv1 -> bn1 alone, conv2 -> bn2 and an addition (not exclusive), conv3 into nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
+        self.conv2, self.bn2 = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2)
+        self.conv3 = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        c = int(x.size(1) * 0.5)
+        a, b = x[:, :c], x[:, c:]
+        y = self.conv2(b)
+        return self.conv3(torch.cat([self.bn1(self.conv1(a)), self.bn2(y) + y], 1))
+
+
+def test_convs_inside_an_untraceable_module_are_paired_on_a_forward():
+    from litzoo.framework.graph import find_conv_bn_pairs
+
+    found = find_conv_bn_pairs(WidthFromShape())
+    assert found.pairs == {} and "torch.fx cannot trace" in found.unresolved["conv1"]  # no input: said why, not guessed
+    assert conv_bn_pairs(WidthFromShape(), torch.randn(2, 4, 6, 6)) == {"conv1": "bn1", "conv2": None, "conv3": None}
+    nested = nn.Sequential(nn.Conv2d(4, 4, 1), WidthFromShape())
+    assert conv_bn_pairs(nested, torch.randn(2, 4, 6, 6)) == {"0": None, "1.conv1": "1.bn1", "1.conv2": None, "1.conv3": None}
+
+
+def test_the_run_time_pairing_leaves_modes_and_statistics_alone():
+    model = WidthFromShape().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    conv_bn_pairs(model, torch.randn(2, 4, 6, 6))
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
