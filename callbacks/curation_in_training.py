@@ -16,7 +16,8 @@ Here one outer round is one training epoch: the callback replaces the DataModule
 the fit by the curated one (``len = curate_every`` batches), so ``max_epochs`` counts curation rounds
 and validation runs between rounds. The producer keeps its place in the pool across rounds (a seeded
 permutation per pass, the same on every rank), and each DDP rank curates its own shard of it
-(``rank::world_size``), as each CiT GPU fills its own buffer. Its position is saved in checkpoints.
+(``rank::world_size``), as each CiT GPU fills its own buffer. Its position is saved in checkpoints,
+with the round being trained on and how far, so a run resumed mid-round finishes that very round.
 
 The paper's loss is image→text cross-entropy only: ``CLIPModule(image_to_text_only=True)``.
 
@@ -30,7 +31,6 @@ Protocols, so any image-text LightningModule and DataModule work:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,9 +38,10 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import IterableDataset
 from typing_extensions import override
 
+from litzoo.framework.data.loaders import ResumableLoader
 from litzoo.framework.errors import LitzooError
 
 
@@ -54,7 +55,8 @@ class _CuratedStream(IterableDataset):
         return self.length
 
     def __iter__(self) -> Iterator[dict]:
-        for index in self.callback.curate():
+        for position, index in enumerate(self.callback.start_round()):
+            self.callback.round_position = position + 1  # read back on resume: how far this round was trained
             yield self.dataset[index]
 
 
@@ -64,8 +66,9 @@ class CurationInTraining(L.Callback):
     Args:
         threshold: minimum of a caption's maximum cosine similarity to the class names (paper: 0.55 on
             YFCC15M, 0.7 on YFCC100M).
-        min_ratio: when fewer than this fraction of a producer batch pass, its top ``min_ratio`` fraction
-            by similarity is taken instead (paper: 0.003 on YFCC15M, 0.01 on YFCC100M).
+        min_ratio: when fewer than this fraction of a producer batch of P captions pass, its top
+            ``int(min_ratio × P)`` by similarity are taken instead, rounded down as CiT's ``engine.py:293``
+            does, so none when ``min_ratio × P < 1`` (paper: 0.003 on YFCC15M, 0.01 on YFCC100M).
         curate_every: training steps per curation round (paper: 100).
         producer_batch_size: captions embedded at once; default ``2 × batch_size`` (paper).
         class_names: the task metadata; default the DataModule's ``class_names``.
@@ -104,6 +107,16 @@ class CurationInTraining(L.Callback):
         # producer position, saved in checkpoints: pass number and offset into this rank's shard
         self.pass_index, self.offset, self.rounds = 0, 0, 0
         self.last_round: dict[str, float] = {}
+        # the round being trained on and the items of it read, saved in checkpoints: a run resumed mid-round
+        # finishes that round (its loader reads the part already trained again and drops it) instead of curating anew
+        self.current_round: list[int] = []
+        self.round_position = 0
+        self._resumed_round: list[int] | None = None
+
+    @property
+    def run_tag(self) -> str:
+        """Appended to the run folder's method name by ``litzoo fit`` (``runs/clip-cit/...``): curated data is another run."""
+        return "cit"
 
     # ------------------------------------------------------------------------------ set-up
     @override
@@ -134,7 +147,7 @@ class CurationInTraining(L.Callback):
         if getattr(datamodule, "num_workers", 0):
             rank_zero_warn("CurationInTraining reads the curated pairs in the main process (the producer needs the live model); num_workers is ignored")
         # the curated stream is this fit's training data; the DataModule's own loader is restored at teardown
-        datamodule.train_dataloader = lambda: DataLoader(stream, batch_size=self.batch_size)
+        datamodule.train_dataloader = lambda: ResumableLoader(stream, batch_size=self.batch_size)  # its position is in checkpoints
 
     @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -159,6 +172,15 @@ class CurationInTraining(L.Callback):
             rows.append(torch.nn.functional.normalize(self.pl_module.encode_text(tokens, normalize=True, project=self.use_projection).mean(0), dim=-1))
         return torch.stack(rows)  # (K, W)
 
+    def start_round(self) -> list[int]:
+        """The pool indices of the round this epoch trains on: the round a checkpoint was saved in the middle of, else :meth:`curate`'s."""
+        if self._resumed_round is not None:
+            indices, self._resumed_round = self._resumed_round, None
+        else:
+            indices = self.curate()
+        self.current_round, self.round_position = indices, 0
+        return indices
+
     @torch.no_grad()
     def curate(self) -> list[int]:
         """One outer-loop round: ``curate_every × batch_size`` pool indices, in the order they were selected."""
@@ -174,12 +196,18 @@ class CurationInTraining(L.Callback):
             scanned = passed = fallback_batches = 0
             similarity_sum = 0.0
             order = self._shard_order(self.pass_index)
-            passes_this_round = 0
+            passes_this_round = selected_at_pass_start = 0
             while len(selected) < self.round_size:
                 if self.offset >= len(order):  # next pass over the pool; after a whole pass, repeats are allowed
                     self.pass_index, self.offset = self.pass_index + 1, 0
                     order = self._shard_order(self.pass_index)
                     passes_this_round += 1
+                    # the fallback rounds down, so it can give nothing: a whole pass with repeats allowed and nothing
+                    # selected would loop forever (CiT's own loop would)
+                    if passes_this_round >= 3 and len(selected) == selected_at_pass_start:
+                        raise LitzooError(f"CurationInTraining: a whole pass over the pool selected nothing (no caption above threshold "
+                                          f"{self.threshold}, and int(min_ratio {self.min_ratio} × producer batch {producer}) = 0)")  # fmt: skip
+                    selected_at_pass_start = len(selected)
                     if passes_this_round > 1:
                         taken.clear()
                 batch = order[self.offset : self.offset + producer]
@@ -188,8 +216,10 @@ class CurationInTraining(L.Callback):
                 max_similarity = (text @ metadata.T).max(dim=1).values.cpu()  # (P,)
                 keep = max_similarity > self.threshold
                 if int(keep.sum()) < self.min_ratio * len(batch):  # too few pass: the batch's best min_ratio
+                    # CiT engine.py:293 (iterative_classcurate) takes topk(k=int(min_ratio * P)), rounding down, so a
+                    # batch with min_ratio * P < 1 gives nothing
                     keep = torch.zeros_like(keep)
-                    keep[max_similarity.topk(min(len(batch), math.ceil(self.min_ratio * len(batch)))).indices] = True
+                    keep[max_similarity.topk(int(self.min_ratio * len(batch))).indices] = True
                     fallback_batches += 1
                 else:
                     passed += int(keep.sum())
@@ -219,8 +249,10 @@ class CurationInTraining(L.Callback):
     # ---------------------------------------------------------------------------- resuming
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"pass_index": self.pass_index, "offset": self.offset, "rounds": self.rounds}
+        return {"pass_index": self.pass_index, "offset": self.offset, "rounds": self.rounds, "round": list(self.current_round), "round_position": self.round_position}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pass_index, self.offset, self.rounds = state_dict["pass_index"], state_dict["offset"], state_dict["rounds"]
+        round_, position = list(state_dict.get("round", [])), int(state_dict.get("round_position", 0))
+        self._resumed_round = round_ if 0 < position < len(round_) else None

@@ -12,7 +12,10 @@ the configured ``sample_rate`` — nothing is resampled. An item becomes Audio-M
 minus its mean, cut to the samples that make ``target_length`` frames (a random window in training,
 the start otherwise), the Kaldi fbank (``litzoo.framework.data.audio.kaldi_fbank``: 25 ms / 10 ms,
 ``num_mel_bins`` HTK-mel bins, Hann window), zero frames appended up to ``target_length``, and
-``(fbank − norm_mean) / (2·norm_std)``. Training items may be augmented with SpecAugment
+``(fbank − norm_mean) / (2·norm_std)``. Training waveforms are augmented by Audio-MAE's roll / magnitude
+augmentation (``roll_mag_aug``, :func:`litzoo.framework.data.audio.roll_mag_aug`, on by default as the released
+AudioSet pretraining script; ``main_finetune_esc.py``, the official ESC-50 / SpeechCommands fine-tuning, leaves it
+off) before the window is cut. Training items may be augmented with SpecAugment
 (``freqm`` / ``timem``, :func:`litzoo.framework.data.audio.spec_augment`, on the fbank before normalisation as
 AudioMAE ``dataset.py``; off by default because pretraining uses none). Batches:
 ``{"audio": (B, 1, target_length, num_mel_bins), "label": (B,)}``.
@@ -34,6 +37,7 @@ from litzoo.framework.data.audio import (
     num_samples_for,
     pad_or_cut_frames,
     read_wav,
+    roll_mag_aug,
     spec_augment,
 )
 from litzoo.framework.data.class_folders import ClassFolderDataModule
@@ -55,19 +59,24 @@ class AudioFileDataset(Dataset):
             deterministic window (``random_crop=False``) is cached in memory after the first read.
         freqm, timem: SpecAugment frequency / time mask parameters (widths drawn in ``[0, freqm)`` bins
             and ``[0, timem)`` frames, torch's global RNG); 0 = no mask. Set them for training data only.
+        roll_mag_aug: Audio-MAE's roll / magnitude augmentation of each waveform after its mean is removed
+            (:func:`litzoo.framework.data.audio.roll_mag_aug`, torch's global RNG); such items are never cached.
+            Set it for training data only.
 
     Raises:
         LitzooError: on access, naming the file: unreadable, another sample rate, or shorter than one frame.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], sample_rate: int, target_length: int, num_mel_bins: int,
-                 norm_mean: float, norm_std: float, random_crop: bool, freqm: int = 0, timem: int = 0) -> None:  # fmt: skip
+                 norm_mean: float, norm_std: float, random_crop: bool, freqm: int = 0, timem: int = 0,
+                 roll_mag_aug: bool = False) -> None:  # fmt: skip
         if freqm < 0 or timem < 0:
             raise ValueError(f"freqm and timem must be >= 0, got {freqm} and {timem}")
         self.samples = list(samples)
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std, self.random_crop = norm_mean, norm_std, random_crop
         self.freqm, self.timem = freqm, timem
+        self.roll_mag_aug = roll_mag_aug
         self.num_samples = num_samples_for(target_length, sample_rate)
         self._cache: dict[int, Tensor] = {}
 
@@ -105,6 +114,16 @@ class AudioFileDataset(Dataset):
         """``(target_length, num_mel_bins)`` un-normalised fbank of the WAV at ``path``."""
         return self.fbank_of_waveform(self.read_waveform(path))
 
+    def augmented_waveform(self, path: Path) -> Tensor:
+        """:meth:`read_waveform`, then roll / magnitude when ``roll_mag_aug`` is set (AudioMAE ``_wav2fbank``)."""
+        waveform = self.read_waveform(path)
+        return roll_mag_aug(waveform) if self.roll_mag_aug else waveform
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether an item's raw fbank is the same on every read (no random window, no waveform augmentation)."""
+        return not self.random_crop and not self.roll_mag_aug
+
     def augment_and_normalize(self, fbank: Tensor) -> Tensor:
         """SpecAugment (when ``freqm`` / ``timem`` are set) on the raw fbank, then normalise → ``(1, T, F)``."""
         if self.freqm or self.timem:
@@ -115,8 +134,8 @@ class AudioFileDataset(Dataset):
         path, label = self.samples[index]
         fbank = self._cache.get(index)
         if fbank is None:
-            fbank = self.raw_fbank(path)
-            if not self.random_crop:
+            fbank = self.fbank_of_waveform(self.augmented_waveform(path))
+            if self.cacheable:
                 self._cache[index] = fbank
         return {"audio": self.augment_and_normalize(fbank), "label": torch.tensor(label, dtype=torch.long)}
 
@@ -141,6 +160,10 @@ class AudioFolderDataModule(ClassFolderDataModule):
         random_crop: random windows of clips longer than ``target_length`` frames in training.
         freqm, timem: SpecAugment on training items (AudioMAE fine-tuning: 48 bins / 192 frames for
             1024 × 128 inputs); 0 (default) = none, as in pretraining. Validation / test items are never masked.
+        roll_mag_aug: Audio-MAE's roll / magnitude augmentation of training waveforms
+            (:func:`litzoo.framework.data.audio.roll_mag_aug`; on mono clips a gain in (0.5, 1.5)). Default on, as
+            the released pretraining script (``--roll_mag_aug True``); the official ESC-50 / SpeechCommands
+            fine-tuning (``main_finetune_esc.py``) leaves it off. Validation / test items are never augmented.
 
     Raises:
         LitzooError: ``root`` or ``root/train`` missing (here); a split without class folders or WAV
@@ -161,6 +184,7 @@ class AudioFolderDataModule(ClassFolderDataModule):
         random_crop: bool = True,
         freqm: int = 0,
         timem: int = 0,
+        roll_mag_aug: bool = True,
     ) -> None:
         if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
             raise ValueError(
@@ -176,6 +200,7 @@ class AudioFolderDataModule(ClassFolderDataModule):
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.random_crop = random_crop
         self.freqm, self.timem = freqm, timem
+        self.roll_mag_aug = roll_mag_aug
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -183,10 +208,10 @@ class AudioFolderDataModule(ClassFolderDataModule):
         return (1, self.target_length, self.num_mel_bins)
 
     def file_dataset(self, samples: list[tuple[Path, int]], split: str) -> AudioFileDataset:
-        train = split == "train"  # random windows and SpecAugment for training items only
+        train = split == "train"  # random windows, roll / magnitude and SpecAugment for training items only
         return AudioFileDataset(samples, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean, self.norm_std,
                                 random_crop=self.random_crop and train, freqm=self.freqm if train else 0,
-                                timem=self.timem if train else 0)  # fmt: skip
+                                timem=self.timem if train else 0, roll_mag_aug=self.roll_mag_aug and train)  # fmt: skip
 
 
 class SyntheticAudioDataModule(AudioFolderDataModule):
@@ -210,13 +235,14 @@ class SyntheticAudioDataModule(AudioFolderDataModule):
         random_crop: bool = True,
         freqm: int = 0,
         timem: int = 0,
+        roll_mag_aug: bool = True,
     ) -> None:
         if num_per_class < 1:
             raise ValueError(f"num_per_class must be at least 1, got {num_per_class}")
         folder = Path(root).expanduser() / f"seed{seed}-n{num_per_class}"
         self._generate(folder, num_per_class, seed)
         super().__init__(str(folder), 16000, target_length, num_mel_bins, norm_mean, norm_std, batch_size, num_workers, random_crop,
-                         freqm, timem)  # fmt: skip
+                         freqm, timem, roll_mag_aug)  # fmt: skip
         self.save_hyperparameters()
 
     @staticmethod

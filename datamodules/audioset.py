@@ -16,14 +16,15 @@ nothing is ever downloaded here.
 An item follows ``AudiosetDataset.__getitem__`` with ``main_finetune_as.py``'s AudioSet settings:
 waveform minus its mean; in training, with probability ``mixup`` (0.5) mixed with a uniformly drawn
 other clip, ``λ·x₁ + (1−λ)·x₂`` with ``λ ~ Beta(10, 10)`` (the second clip zero-padded or cut to the
-first's length, the mixture's mean removed again) and labels ``λ·y₁ + (1−λ)·y₂``; Kaldi fbank
+first's length, the mixture's mean removed again) and labels ``λ·y₁ + (1−λ)·y₂``, each clip first augmented
+by roll / magnitude (``roll_mag_aug``, :func:`litzoo.framework.data.audio.roll_mag_aug`: on mono clips a gain
+in (0.5, 1.5); the released AudioSet pretraining and fine-tuning scripts pass ``--roll_mag_aug True``); Kaldi fbank
 (``litzoo.framework.data.audio.kaldi_fbank``) padded / cut to ``target_length`` frames (the start: no random
 crop); in training SpecAugment (``freqm`` 48, ``timem`` 192); ``(fbank − mean)/(2·std)`` with
 AudioSet's statistics. Batches: ``{"audio": (B, 1, T, F), "label": (B, C) float multi-hot, "index": (B,)}``.
 
 Not implemented: the class-balanced weighted sampler of the AS-2M recipe (``--weight_sampler``, weights
-from ``dataset/audioset/gen_weight.py``), roll / magnitude waveform augmentation (off for fine-tuning),
-and precomputed ``.npy`` fbanks (``use_fbank``).
+from ``dataset/audioset/gen_weight.py``) and precomputed ``.npy`` fbanks (``use_fbank``).
 
 :class:`SyntheticAudioSetDataModule` writes a SYNTHETIC multi-label data set in this format.
 """
@@ -133,13 +134,16 @@ class AudioSetDataset(AudioFileDataset):
         sample_rate … norm_std: as :class:`litzoo.datamodules.audio_folder.AudioFileDataset`.
         freqm, timem: SpecAugment parameters (training only; 0 = off).
         mixup: probability of mixing an item with another (training only; 0 = off).
-        cache: keep the un-mixed fbanks in memory (small data sets; AudioSet itself is too large).
+        cache: keep the un-mixed fbanks in memory (small data sets; AudioSet itself is too large); never those
+            of roll / magnitude augmented items.
+        roll_mag_aug: roll / magnitude augmentation of each waveform, before mixup (training only; False = off).
     """
 
     def __init__(self, samples: list[tuple[Path, list[int]]], num_classes: int, datafile: Path, sample_rate: int, target_length: int,
                  num_mel_bins: int, norm_mean: float, norm_std: float, freqm: int = 0, timem: int = 0, mixup: float = 0.0,
-                 cache: bool = False) -> None:  # fmt: skip
-        super().__init__(samples, sample_rate, target_length, num_mel_bins, norm_mean, norm_std, random_crop=False, freqm=freqm, timem=timem)  # type: ignore[arg-type]
+                 cache: bool = False, roll_mag_aug: bool = False) -> None:  # fmt: skip
+        super().__init__(samples, sample_rate, target_length, num_mel_bins, norm_mean, norm_std, random_crop=False, freqm=freqm, timem=timem,  # type: ignore[arg-type]
+                         roll_mag_aug=roll_mag_aug)  # fmt: skip
         if not 0.0 <= mixup <= 1.0:
             raise ValueError(f"mixup must be a probability in [0, 1], got {mixup}")
         self.num_classes, self.datafile, self.mixup, self.cache = num_classes, datafile, mixup, cache
@@ -159,7 +163,8 @@ class AudioSetDataset(AudioFileDataset):
         target = self.multi_hot(labels)  # type: ignore[arg-type]
         if self.mixup > 0 and float(torch.rand(())) < self.mixup:
             other = int(torch.randint(0, len(self.samples), ()))
-            first, second = self.read_waveform(path), self.read_waveform(self.samples[other][0])
+            # each clip rolled / scaled on its own before the mix, as AudioMAE _wav2fbank
+            first, second = self.augmented_waveform(path), self.augmented_waveform(self.samples[other][0])
             second = pad_or_cut_frames(second, len(first))  # zero-padded or cut to the first clip's length
             lam = float(torch.distributions.Beta(10.0, 10.0).sample())
             mixed = lam * first + (1 - lam) * second
@@ -169,8 +174,8 @@ class AudioSetDataset(AudioFileDataset):
         else:
             fbank = self._cache.get(index)
             if fbank is None:
-                fbank = self.raw_fbank(path)
-                if self.cache:
+                fbank = self.fbank_of_waveform(self.augmented_waveform(path))
+                if self.cache and self.cacheable:
                     self._cache[index] = fbank
         return {"audio": self.augment_and_normalize(fbank), "label": target, "index": torch.tensor(index, dtype=torch.long)}
 
@@ -194,7 +199,11 @@ class AudioSetDataModule(SplitsDataModule):
         mixup: probability of mixing a training item with another (0.5).
         batch_size: clips per batch (per process).
         num_workers: DataLoader worker processes.
-        cache: keep un-mixed fbanks in memory (only for small data sets).
+        cache: keep un-mixed fbanks in memory (only for small data sets; training items are not cached while
+            ``roll_mag_aug`` is on).
+        roll_mag_aug: roll / magnitude augmentation of training waveforms (on: the released AudioSet scripts'
+            ``--roll_mag_aug True``; the argument's own default in AudioMAE is off). Validation / test items are
+            never augmented (``main_finetune_as.py:283``).
 
     Raises:
         LitzooError: a data / label file missing (here); malformed CSV or JSON, unknown label mids (in
@@ -219,6 +228,7 @@ class AudioSetDataModule(SplitsDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         cache: bool = False,
+        roll_mag_aug: bool = True,
     ) -> None:
         super().__init__(batch_size, num_workers)
         if sample_rate <= 0 or target_length <= 0 or num_mel_bins < 3:
@@ -235,7 +245,7 @@ class AudioSetDataModule(SplitsDataModule):
         self.sample_rate, self.target_length, self.num_mel_bins = sample_rate, target_length, num_mel_bins
         self.norm_mean, self.norm_std = norm_mean, norm_std
         self.freqm, self.timem, self.mixup = freqm, timem, mixup
-        self.cache = cache
+        self.cache, self.roll_mag_aug = cache, roll_mag_aug
         self._labels: tuple[list[str], list[str]] | None = None
         for name, file in (("label file", self.label_csv), *((f"{s} data file", f) for s, f in self.files.items() if f)):
             if not Path(file).expanduser().is_file():
@@ -273,10 +283,10 @@ class AudioSetDataModule(SplitsDataModule):
         path = Path(file).expanduser()
         mids = self.mids
         samples = read_datafile(path, {m: i for i, m in enumerate(mids)}, self.label_csv)
-        train = split == "train"  # SpecAugment and mixup for training items only
+        train = split == "train"  # roll / magnitude, SpecAugment and mixup for training items only
         return AudioSetDataset(samples, len(mids), path, self.sample_rate, self.target_length, self.num_mel_bins, self.norm_mean,
                                self.norm_std, freqm=self.freqm if train else 0, timem=self.timem if train else 0,
-                               mixup=self.mixup if train else 0.0, cache=self.cache)  # fmt: skip
+                               mixup=self.mixup if train else 0.0, cache=self.cache, roll_mag_aug=self.roll_mag_aug and train)  # fmt: skip
 
     def prepare_data(self) -> None:
         """Checks that the label file parses; never downloads."""
@@ -329,7 +339,8 @@ class SyntheticAudioSetDataModule(AudioSetDataModule):
     (``train.json``, ``val.json``; the val file is also the test file).
 
     Defaults keep the official AudioSet fine-tuning augmentations in proportion to the short clips:
-    SpecAugment ``freqm`` 48 of 128 bins as AudioMAE, ``timem`` 18 frames of 96 (192 of 1024), mixup 0.5.
+    SpecAugment ``freqm`` 48 of 128 bins as AudioMAE, ``timem`` 18 frames of 96 (192 of 1024), mixup 0.5,
+    roll / magnitude on.
     Fbanks are cached in memory (the data set is small).
     """
 
@@ -348,6 +359,7 @@ class SyntheticAudioSetDataModule(AudioSetDataModule):
         mixup: float = 0.5,
         batch_size: int = 32,
         num_workers: int = 0,
+        roll_mag_aug: bool = True,
     ) -> None:
         if num_train < 1 or num_val < 1:
             raise ValueError(f"num_train and num_val must be at least 1, got {num_train} and {num_val}")
@@ -355,7 +367,7 @@ class SyntheticAudioSetDataModule(AudioSetDataModule):
         self._generate(folder, num_train, num_val, seed)
         super().__init__(str(folder / "train.json"), str(folder / "class_labels_indices.csv"), str(folder / "val.json"),
                          str(folder / "val.json"), 16000, target_length, num_mel_bins, norm_mean, norm_std, freqm, timem, mixup,
-                         batch_size, num_workers, cache=True)  # fmt: skip
+                         batch_size, num_workers, cache=True, roll_mag_aug=roll_mag_aug)  # fmt: skip
         self.save_hyperparameters()
 
     @staticmethod

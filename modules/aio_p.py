@@ -11,7 +11,13 @@ Verified in the official code (Ascend-Research/AIO-P, MIT: ``run_gpi_acc_predict
 ``model_src/multitask/k_adapters.py``, ``normalizers.py``, ``model_src/get_truth_and_preds.py``):
 
 1. A base CG regressor (GraphConv ×6, hidden 32, tanh, mean pooling, the ``post_proj`` MLP head) is
-   trained on the source data with MSE, Adam lr 1e-4, 40 epochs, batch 32.
+   trained on the source data with MSE, Adam lr 1e-4 (``-initial_lr``, ``run_gpi_acc_predictor.py:49``), 40 epochs,
+   batch 32. Every optimizer step of every phase (base, adapters, fine-tuning) first clips the gradients to
+   a total L2 norm of 5.0 (``-max_gradient_norm``, ``params.py:29``; ``torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)``
+   between ``backward`` and ``step`` in ``model_src/predictor/model_perf_predictor.py:114``). In a Lightning fit
+   this is ``Trainer(gradient_clip_val=5.0)`` (norm clipping over the optimizer's parameters, those without a
+   gradient skipped, as the official call): ``configs/aio_p/architectures.yaml`` sets it; :meth:`AIOPModule.finetune`,
+   its own loop, clips itself.
 2. **K-Adapters** (``CGRegressorAdapter``, ``-k_adapt``, ``-k_epochs 40``): every base parameter is frozen;
    K adapters, one per source task/family, are trained IN SEQUENCE (``set_k(k)``, a fresh Adam over the
    model for each). Adapter k is a GNN body of as many GraphConv layers as the base: layer i reads the
@@ -189,7 +195,8 @@ class AIOPModule(L.LightningModule):
         num_tasks: task ids ``0..num_tasks-1`` get metrics.
         base_epochs, adapter_epochs: epochs of each phase (official 40 and 40).
         rescale_l1: weight of ``Σ|b|`` in rescale fine-tuning (the official ``-rescale``).
-        optimizer: default Adam lr 1e-4 (official).
+        optimizer: default Adam lr 1e-4 (official ``-initial_lr``). The official gradient clipping at norm 5.0 is
+            the Trainer's ``gradient_clip_val=5.0`` (the shipped config sets it).
         **net_kwargs: the :class:`AIOPredictor`'s arguments ``embed_dim`` … ``flip_prob`` (official 32, 32, 6, no
             eigenvector encodings); its ``num_adapters`` is ``len(adapter_tasks)``.
     """
@@ -351,17 +358,19 @@ class AIOPModule(L.LightningModule):
         return self.optimizer(self.parameters())
 
     # ---- transfer -----------------------------------------------------------------------------
-    def finetune(self, loader: Any, mode: str = "rescale", epochs: int = 100, lr: float = 1e-4) -> AIOPModule:
+    def finetune(self, loader: Any, mode: str = "rescale", epochs: int = 100, lr: float = 1e-4, max_grad_norm: float | None = 5.0) -> AIOPModule:
         """A copy adapted to a new task on ``loader``'s labelled graphs (normalised ``y``), trained on its
         unseen-task prediction (:meth:`unseen_task`) for ``epochs`` of Adam (``lr``; official 100 epochs, lr
-        1e-4, batch 1). ``mode="rescale"``: only ``α``, ``b`` train, loss MSE + ``rescale_l1``·Σ|b|
-        (official ``-rescale``); ``"heads"``: the adapter heads train (official ``ft_parameters``), or the
-        base head when there is no adapter; ``"all"``: every weight but ``α``, ``b`` (the official plain
-        regressor's fine-tuning)."""
+        1e-4, batch 1), the gradients clipped to total norm ``max_grad_norm`` before every step (official 5.0:
+        ``run_gpi_acc_predictor.py:369-370`` fine-tunes through ``train_predictor``, which clips at
+        ``model_perf_predictor.py:114``; ``None`` does not clip). ``mode="rescale"``: only ``α``, ``b`` train,
+        loss MSE + ``rescale_l1``·Σ|b| (official ``-rescale``); ``"heads"``: the adapter heads train (official
+        ``ft_parameters``), or the base head when there is no adapter; ``"all"``: every weight but ``α``, ``b``
+        (the official plain regressor's fine-tuning)."""
         if mode not in ("rescale", "heads", "all"):
             raise LitzooError(f"finetune mode must be 'rescale', 'heads' or 'all', got '{mode}'")
-        if epochs < 1 or lr <= 0:
-            raise LitzooError(f"epochs must be at least 1 and lr positive, got {epochs} and {lr}")
+        if epochs < 1 or lr <= 0 or (max_grad_norm is not None and max_grad_norm <= 0):
+            raise LitzooError(f"epochs must be at least 1, lr and max_grad_norm positive, got {epochs}, {lr} and {max_grad_norm}")
         trained = int(self.adapters_trained)
         if mode == "rescale" and trained == 0:
             raise LitzooError("rescale fine-tuning rescales the adapters' last layers: no adapter is trained yet")
@@ -392,6 +401,8 @@ class AIOPModule(L.LightningModule):
                     if mode == "rescale":
                         loss = loss + self.hparams.rescale_l1 * m.b.abs().sum()
                     loss.backward()
+                    if max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                     optimizer.step()
         m.requires_grad_(False)
         return tuned

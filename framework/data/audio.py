@@ -22,7 +22,8 @@ frame_shift=10``; AudioMAE ``dataset.py``):
 Audio-MAE then pads (zeros) or cuts the ``(T, 128)`` features to ``target_length`` frames and
 normalises them as ``(fbank − mean) / (2·std)`` with data-set statistics (AudioSet: −4.2677393,
 4.5689974): :func:`pad_or_cut_frames`, :func:`normalize_fbank`. Fine-tuning training items are
-augmented in between with SpecAugment frequency / time masks: :func:`spec_augment`.
+augmented in between with SpecAugment frequency / time masks: :func:`spec_augment`. Training waveforms of the
+released AudioSet pretraining and fine-tuning scripts are first augmented by :func:`roll_mag_aug`.
 
 WAV files are read and written with the standard library's :mod:`wave` (integer PCM only).
 """
@@ -229,6 +230,41 @@ def spec_augment(fbank: Tensor, freqm: int, timem: int, mask_value: float = 0.0,
     return fbank
 
 
+#: Audio-MAE's gain ``β + 0.5``, ``β ~ Beta(10, 10)`` (AudioMAE ``dataset.py:173``), drawn as the 10th smallest of 19
+#: uniforms: the k-th order statistic of n U[0, 1) draws is Beta(k, n + 1 − k) exactly, and torch's Beta sampler
+#: takes no generator.
+_ROLL_MAG_BETA = (10, 10)
+
+
+def roll_mag_aug(waveform: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Audio-MAE's roll / magnitude waveform augmentation, computed as AudioMAE ``dataset.py:169-174``
+    (``AudiosetDataset._roll_mag_aug``): a circular shift, then a gain ``m = β + 0.5``, ``β ~ Beta(10, 10)``
+    (``m`` in (0.5, 1.5), mean 1).
+
+    The official shift is ``np.random.randint(len(waveform))`` of torchaudio's ``(channels, samples)`` array,
+    so it is drawn from ``[0, channels)``, and ``np.roll`` without an axis moves the flattened array. Reproduced
+    as written: ``waveform`` is ``(N,)`` (one channel, what :func:`read_wav` returns) or ``(C, N)``. On mono
+    audio the shift is therefore always 0 and the released recipe is the gain alone.
+
+    Where it applies (AudioMAE): ``_wav2fbank`` calls it on every training waveform after its mean is removed and
+    before mixup mixes two clips (each clip augmented on its own), when ``roll_mag_aug`` is set; the released
+    AudioSet scripts set it (``submit_pretrain_audioset2M.sh``, ``ft_as.sh``, ``submit_ft.sh``,
+    ``submit_ft_mask_bal.sh``: ``--roll_mag_aug True``), ``main_finetune_as.py:283`` builds the evaluation set
+    with ``roll_mag_aug=False``, ``main_finetune_esc.py`` (ESC-50 / SpeechCommands) never sets it.
+
+    Draws from ``generator`` (default: torch's global RNG) in the official order: the shift, then ``β`` (see
+    ``_ROLL_MAG_BETA``). Returns a new tensor of the input's shape and dtype.
+    """
+    if waveform.dim() not in (1, 2) or waveform.numel() == 0:
+        raise ValueError(f"expected a non-empty (samples,) or (channels, samples) waveform, got shape {tuple(waveform.shape)}")
+    channels = 1 if waveform.dim() == 1 else waveform.shape[0]
+    shift = int(torch.randint(0, channels, (), generator=generator))
+    k, b = _ROLL_MAG_BETA
+    beta = torch.rand(k + b - 1, generator=generator, dtype=torch.float64).sort().values[k - 1]
+    rolled = torch.roll(waveform.flatten(), shift).view_as(waveform)
+    return rolled * (float(beta) + 0.5)
+
+
 # ------------------------------------------------------------------------------------- WAV files
 
 
@@ -238,18 +274,25 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
     Integer PCM of 8 (unsigned), 16 or 32 bits; channels are averaged.
 
     Raises:
-        LitzooError: naming the file, when it cannot be read, is not a PCM WAV, or is empty.
+        LitzooError: naming the file and the reason, when it cannot be read, is not a PCM WAV, is empty,
+            or is truncated (fewer sample bytes than its header announces).
     """
     try:
         with wave.open(str(path), "rb") as wav:
             channels, width, rate, count = wav.getnchannels(), wav.getsampwidth(), wav.getframerate(), wav.getnframes()
             data = wav.readframes(count)
     except (OSError, EOFError, wave.Error) as err:
-        raise LitzooError(f"cannot read WAV file '{path}': {err}") from err
+        raise LitzooError(f"cannot read WAV file '{path}': {_wav_error_reason(path, err)}") from None
     if width not in (1, 2, 4):
         raise LitzooError(f"cannot read WAV file '{path}': {8 * width}-bit samples; expected 8, 16 or 32-bit integer PCM")
     if channels < 1 or len(data) < width * channels:
-        raise LitzooError(f"cannot read WAV file '{path}': it holds no samples")
+        raise LitzooError(f"cannot read WAV file '{path}': it holds no samples (its header announces {count} frames)")
+    if len(data) < count * width * channels:
+        # the data chunk was cut (an interrupted copy or download): refuse rather than train on part of it
+        raise LitzooError(
+            f"cannot read WAV file '{path}': truncated, its header announces {count} frames and the file holds "
+            f"{len(data) // (width * channels)}"
+        )
     usable = len(data) - len(data) % (width * channels)
     if width == 1:
         samples = (np.frombuffer(data[:usable], dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
@@ -258,6 +301,22 @@ def read_wav(path: str | Path) -> tuple[Tensor, int]:
         samples = np.frombuffer(data[:usable], dtype=dtype).astype(np.float32) / float(2 ** (8 * width - 1))
     samples = samples.reshape(-1, channels).mean(axis=1)
     return torch.from_numpy(np.ascontiguousarray(samples)), rate
+
+
+def _wav_error_reason(path: str | Path, error: BaseException) -> str:
+    """What went wrong reading a WAV file, in words: :mod:`wave` raises a bare ``EOFError`` for an empty or
+    truncated header, whose text is empty."""
+    if isinstance(error, EOFError):
+        try:
+            size = Path(path).stat().st_size
+        except OSError:
+            size = None
+        if size == 0:
+            return "the file is empty (0 bytes)"
+        where = f" after {size} bytes" if size is not None else ""
+        return f"the file ends{where} inside its RIFF/WAVE header (truncated, or not a WAV file)"
+    text = str(error).strip()
+    return text if text else type(error).__name__
 
 
 def write_wav(path: str | Path, waveform: Tensor | np.ndarray, sample_rate: int) -> None:
@@ -286,6 +345,7 @@ __all__ = [
     "num_samples_for",
     "pad_or_cut_frames",
     "read_wav",
+    "roll_mag_aug",
     "spec_augment",
     "write_wav",
 ]

@@ -72,13 +72,13 @@ def make_callback(similarities: list[float], batch_size: int, curate_every: int,
 
 
 def hand_curation(similarities, order, threshold, min_ratio, producer, round_size):
-    """The rule written out: producer batches in ``order``; > threshold, else the top ceil(min_ratio·P)."""
+    """The rule written out as CiT's engine.py:288-296: producer batches in ``order``; > threshold, else the top int(min_ratio·P)."""
     selected = []
     for start in range(0, len(order), producer):
         batch = order[start : start + producer]
         passing = [i for i in batch if similarities[i] > threshold]
-        if len(passing) < min_ratio * len(batch):
-            passing = sorted(batch, key=lambda i: -similarities[i])[: math.ceil(min_ratio * len(batch))]
+        if len(passing) / len(batch) < min_ratio:  # batch_ratio < args.min_ratio
+            passing = sorted(batch, key=lambda i: -similarities[i])[: int(min_ratio * len(batch))]  # topk(k=int(min_ratio * P))
             passing = [i for i in batch if i in passing]
         selected += passing
         if len(selected) >= round_size:
@@ -110,6 +110,34 @@ def test_fallback_takes_the_top_min_ratio_of_each_producer_batch():
     selected = callback.curate()
     assert selected == hand_curation(similarities, order, 0.9, 0.25, producer=8, round_size=4)
     assert callback.last_round["curation/fallback_batches"] == 2  # 2 per batch, 4 needed
+
+
+def test_fallback_rounds_down_as_the_official_code():
+    # min_ratio·P = 0.3·8 = 2.4: CiT (engine.py:293, topk(k=int(min_ratio * P))) takes 2 per batch, not ceil's 3
+    similarities = [0.008 * ((i * 37) % 100) for i in range(100)]  # distinct, nothing passes 0.9
+    callback = make_callback(similarities, batch_size=2, curate_every=3, threshold=0.9, min_ratio=0.3, producer_batch_size=8)
+    order = callback._shard_order(0).tolist()
+    selected = callback.curate()
+    assert selected == hand_curation(similarities, order, 0.9, 0.3, producer=8, round_size=6)
+    assert callback.last_round["curation/fallback_batches"] == 3  # 2 per batch, 6 needed
+    first = order[:8]
+    assert selected[:2] == [i for i in first if i in sorted(first, key=lambda i: -similarities[i])[:2]]
+
+
+def test_fallback_gives_nothing_when_min_ratio_times_p_is_below_one():
+    # min_ratio·P = 0.1·8 = 0.8 -> int 0: a batch where nothing passes contributes nothing; only passing captions are kept
+    similarities = [0.95 if i % 10 == 0 else 0.004 * ((i * 37) % 200) for i in range(200)]
+    callback = make_callback(similarities, batch_size=2, curate_every=2, threshold=0.9, min_ratio=0.1, producer_batch_size=8)
+    order = callback._shard_order(0).tolist()
+    selected = callback.curate()
+    assert selected == hand_curation(similarities, order, 0.9, 0.1, producer=8, round_size=4)
+    assert all(similarities[i] > 0.9 for i in selected)
+    assert callback.last_round["curation/fallback_batches"] > 0
+    # nothing passes and the fallback gives nothing: one clear line instead of an endless loop
+    stuck = make_callback([0.1] * 40, batch_size=2, curate_every=2, threshold=0.9, min_ratio=0.1, producer_batch_size=8)
+    with pytest.raises(LitzooError, match=r"selected nothing.*= 0\)$"):
+        stuck.curate()
+    assert stuck.pl_module.training  # the model's mode is restored
 
 
 def test_rounds_continue_through_the_pool_and_resume_from_a_checkpoint():

@@ -8,7 +8,7 @@ import torch
 
 from litzoo.datamodules.audio_folder import AudioFolderDataModule, SyntheticAudioDataModule
 from litzoo.datamodules.synthetic import synthetic_audio_classes
-from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
+from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, roll_mag_aug, write_wav
 from litzoo.framework.data.batches import batch_inputs
 from litzoo.framework.errors import LitzooError
 
@@ -92,9 +92,38 @@ def test_synthetic_generator_is_deterministic_and_datamodule_generates(tmp_path)
     assert next(iter(dm.train_dataloader()))["audio"].shape == (8, 1, 32, 32)
 
 
+def test_roll_mag_aug_on_training_waveforms_only(tmp_path):
+    root = _tree(tmp_path / "data", n=4000)  # 23 frames
+    dm = AudioFolderDataModule(str(root), target_length=20, num_mel_bins=32, batch_size=2, random_crop=False)
+    assert dm.roll_mag_aug  # on by default, as the released AudioMAE pretraining script
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert train.roll_mag_aug and not val.roll_mag_aug
+    wav, _ = read_wav(train.samples[0][0])
+    torch.manual_seed(7)
+    item = train[0]["audio"][0]
+    # the documented place: the waveform minus its mean, augmented (same draws), then the fbank pipeline
+    expected = normalize_fbank(pad_or_cut_frames(kaldi_fbank(roll_mag_aug(wav - wav.mean(), torch.Generator().manual_seed(7)), num_mel_bins=32), 20))
+    torch.testing.assert_close(item, expected)
+    plain = normalize_fbank(pad_or_cut_frames(kaldi_fbank(wav - wav.mean(), num_mel_bins=32), 20))
+    assert not torch.allclose(item, plain)
+    assert not torch.allclose(train[0]["audio"][0], item)  # a new gain on every read: augmented items are not cached
+    # validation items are untouched, and draw nothing from the RNG
+    val_wav, _ = read_wav(val.samples[0][0])
+    reference = normalize_fbank(pad_or_cut_frames(kaldi_fbank(val_wav - val_wav.mean(), num_mel_bins=32), 20))
+    state = torch.get_rng_state()
+    for _ in range(3):
+        torch.testing.assert_close(val[0]["audio"][0], reference)
+    assert torch.equal(torch.get_rng_state(), state)
+    off = AudioFolderDataModule(str(root), target_length=20, num_mel_bins=32, batch_size=2, random_crop=False, roll_mag_aug=False)
+    off.setup("fit")
+    torch.testing.assert_close(off.datasets["train"][0]["audio"][0], plain)
+
+
 def test_spec_augment_on_training_items_only(tmp_path):
     root = _tree(tmp_path / "data", n=4000)  # 23 frames
-    dm = AudioFolderDataModule(str(root), target_length=20, num_mel_bins=32, batch_size=2, random_crop=False, freqm=12, timem=10)
+    dm = AudioFolderDataModule(str(root), target_length=20, num_mel_bins=32, batch_size=2, random_crop=False, freqm=12, timem=10,
+                               roll_mag_aug=False)  # SpecAugment alone: its draws are the only ones
     dm.setup("fit")
     train, val = dm.datasets["train"], dm.datasets["val"]
     plain = train.load(train.samples[0][0])[0]  # the same item without SpecAugment

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from litzoo.datamodules.audioset import AudioSetDataModule, SyntheticAudioSetDataModule, read_class_labels
-from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, write_wav
+from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, read_wav, roll_mag_aug, write_wav
 from litzoo.framework.errors import LitzooError
 
 CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/05zppz,"Male speech, man speaking"\n2,/m/0ytgt,"Child speech"\n'
@@ -32,7 +32,7 @@ def _dataset(root, n=3000):
 
 
 def _module(root, **kwargs):
-    args = dict(target_length=24, num_mel_bins=32, batch_size=4, freqm=0, timem=0, mixup=0.0)
+    args = dict(target_length=24, num_mel_bins=32, batch_size=4, freqm=0, timem=0, mixup=0.0, roll_mag_aug=False)
     return AudioSetDataModule(str(root / "train.json"), str(root / "class_labels_indices.csv"), str(root / "val.json"), **{**args, **kwargs})
 
 
@@ -90,6 +90,41 @@ def test_mixup_mixes_waveforms_and_labels_with_beta_lambda(tmp_path):
     torch.manual_seed(0)
     masked = normalize_fbank(torch.zeros(()))
     assert any((train[2]["audio"][0] == masked).any() for _ in range(5))
+
+
+def test_roll_mag_aug_on_each_training_clip_before_mixup_and_never_on_evaluation_data(tmp_path):
+    root = _dataset(tmp_path / "as")
+    dm = AudioSetDataModule(str(root / "train.json"), str(root / "class_labels_indices.csv"), str(root / "val.json"),
+                            target_length=24, num_mel_bins=32, batch_size=4, freqm=0, timem=0, mixup=1.0)  # fmt: skip
+    assert dm.roll_mag_aug  # on by default: the released AudioSet scripts pass --roll_mag_aug True
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert train.roll_mag_aug and not val.roll_mag_aug
+    torch.manual_seed(3)
+    item = train[1]
+    torch.manual_seed(3)  # replay AudioMAE _wav2fbank's order: mix or not, the partner, roll / magnitude of each clip, then λ
+    assert float(torch.rand(())) < 1.0
+    other = int(torch.randint(0, 4, ()))
+    first, _ = read_wav(root / "audio" / "1.wav")
+    second, _ = read_wav(root / "audio" / f"{other}.wav")
+    first, second = roll_mag_aug(first - first.mean()), roll_mag_aug(second - second.mean())
+    lam = float(torch.distributions.Beta(10.0, 10.0).sample())
+    second = torch.cat([second, torch.zeros(max(0, len(first) - len(second)))])[: len(first)]
+    mixed = lam * first + (1 - lam) * second
+    torch.testing.assert_close(item["audio"][0], normalize_fbank(pad_or_cut_frames(kaldi_fbank(mixed - mixed.mean(), num_mel_bins=32), 24)))
+    # un-mixed training items are augmented too, and not cached even with cache=True
+    train.mixup, train.cache = 0.0, True
+    torch.manual_seed(5)
+    single = train[2]["audio"][0]
+    wav, _ = read_wav(root / "audio" / "2.wav")
+    torch.manual_seed(5)
+    torch.testing.assert_close(single, normalize_fbank(pad_or_cut_frames(kaldi_fbank(roll_mag_aug(wav - wav.mean()), num_mel_bins=32), 24)))
+    assert not train._cache and not torch.allclose(train[2]["audio"][0], single)
+    # evaluation data is untouched and draws nothing
+    state = torch.get_rng_state()
+    for i in range(4):
+        torch.testing.assert_close(val[i]["audio"][0], _expected(root, i))
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_one_line_errors_name_the_file(tmp_path):

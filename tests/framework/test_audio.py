@@ -17,6 +17,7 @@ from litzoo.framework.data.audio import (
     num_samples_for,
     pad_or_cut_frames,
     read_wav,
+    roll_mag_aug,
     spec_augment,
     write_wav,
 )
@@ -117,6 +118,26 @@ def test_wav_roundtrip_and_bad_file(tmp_path):
         read_wav(tmp_path / "bad.wav")
 
 
+def test_empty_and_truncated_wav_files_say_why(tmp_path):
+    """`wave` raises a bare EOFError for these: the message used to end in "cannot read WAV file 'x': "."""
+    write_wav(tmp_path / "full.wav", 0.5 * torch.sin(torch.arange(1000) / 5.0), 16000)
+    data = (tmp_path / "full.wav").read_bytes()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "header.wav").write_bytes(data[:30])  # cut inside the fmt chunk
+    (tmp_path / "samples.wav").write_bytes(data[:500])  # 44-byte header + 228 of the 1000 samples
+    (tmp_path / "nodata.wav").write_bytes(data[:44])
+    expected = {
+        "empty.wav": r"the file is empty \(0 bytes\)",
+        "header.wav": r"the file ends after 30 bytes inside its RIFF/WAVE header \(truncated, or not a WAV file\)",
+        "samples.wav": r"truncated, its header announces 1000 frames and the file holds 228",
+        "nodata.wav": r"it holds no samples \(its header announces 1000 frames\)",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(LitzooError, match=rf"^cannot read WAV file '.*{name}': {reason}$") as excinfo:
+            read_wav(tmp_path / name)
+        assert "\n" not in str(excinfo.value)
+
+
 def _expected_band(u_value: float, u_position: float, param: int, size: int) -> tuple[int, int]:
     """torchaudio's mask_along_axis by hand: width trunc(u1·param), start trunc(u2·(size − u1·param))."""
     value = u_value * param
@@ -161,3 +182,49 @@ def test_spec_augment_width_distribution_and_off_switch():
         spec_augment(x, -1, 0)
     with pytest.raises(ValueError, match="frames, mel bins"):
         spec_augment(torch.randn(1, 8, 6), 2, 2)
+
+
+def official_roll_mag_aug(waveform: np.ndarray, idx: int, beta: float) -> np.ndarray:
+    """AudioMAE dataset.py:169-174 (_roll_mag_aug) with its two draws given: np.roll without an axis, then the gain."""
+    rolled_waveform = np.roll(waveform, idx)
+    mag = beta + 0.5
+    return rolled_waveform * mag
+
+
+def roll_mag_draws(generator: torch.Generator, channels: int) -> tuple[int, float]:
+    """The official draws, np.random.randint(len(waveform)) then np.random.beta(10, 10), from a torch generator:
+    the shift in [0, channels), β the 10th smallest of 19 uniforms."""
+    idx = int(torch.randint(0, channels, (), generator=generator))
+    beta = float(torch.rand(19, generator=generator, dtype=torch.float64).sort().values[9])
+    return idx, beta
+
+
+def test_roll_mag_aug_is_the_official_roll_then_gain():
+    x = torch.randn(1000)
+    out = roll_mag_aug(x, torch.Generator().manual_seed(3))
+    idx, beta = roll_mag_draws(torch.Generator().manual_seed(3), 1)
+    assert idx == 0  # drawn from [0, len) of torchaudio's (1, N) array: mono audio is never shifted
+    np.testing.assert_allclose(out.numpy(), official_roll_mag_aug(x.numpy()[None], idx, beta)[0], rtol=1e-6)
+    assert out.shape == x.shape and out.dtype == x.dtype and 0.5 < beta + 0.5 < 1.5 and not torch.equal(out, x)
+    torch.manual_seed(3)  # no generator: torch's global RNG, as the datasets draw
+    assert torch.equal(roll_mag_aug(x), out)
+    # (channels, samples): the shift is in [0, channels) and moves the flattened array
+    x2 = torch.randn(2, 50)
+    shifted = next(s for s in range(100) if roll_mag_draws(torch.Generator().manual_seed(s), 2)[0] == 1)
+    idx, beta = roll_mag_draws(torch.Generator().manual_seed(shifted), 2)
+    out = roll_mag_aug(x2, torch.Generator().manual_seed(shifted))
+    np.testing.assert_allclose(out.numpy(), official_roll_mag_aug(x2.numpy(), idx, beta), rtol=1e-6)
+    m = beta + 0.5  # by hand: each channel's last sample opens the next channel, channel 1's last opens channel 0
+    assert torch.allclose(out[0, 0], x2[1, -1] * m) and torch.allclose(out[1, 0], x2[0, -1] * m)
+    assert torch.allclose(out[0, 1:], x2[0, :-1] * m)
+    with pytest.raises(ValueError, match="waveform"):
+        roll_mag_aug(torch.zeros(1, 2, 3))
+
+
+def test_roll_mag_aug_gain_is_beta_10_10_plus_half():
+    g = torch.Generator().manual_seed(0)
+    gains = torch.tensor([float(roll_mag_aug(torch.ones(1), g)) for _ in range(4000)], dtype=torch.float64)
+    # Beta(10, 10) + 0.5: mean 1, variance 10·10 / (20²·21)
+    assert gains.min() > 0.5 and gains.max() < 1.5
+    assert abs(float(gains.mean()) - 1.0) < 0.01
+    assert abs(float(gains.var()) - 100 / (400 * 21)) < 0.0015

@@ -3,14 +3,20 @@ SYNTHETIC multi-task benchmark (no network training)."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
+import yaml
 from network_args_checks import help_lists, rebuilds_from_flat_hparams, refuses_misspelt_argument
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from litzoo.datamodules.architecture_tasks import MultiTaskArchitectureDataModule, synthetic_task_benchmark
 from litzoo.framework.errors import LitzooError
-from litzoo.modules.aio_p import AIOPModule, inverse
+from litzoo.modules.aio_p import AIOPModule, adam_aio_p, inverse
 
 TINY = {"embed_dim": 8, "hidden_dim": 8, "num_layers": 2}
 
@@ -185,3 +191,109 @@ def test_cli_help_lists_the_network_arguments_with_the_official_defaults(capsys)
         "adapter_tasks": "Sequence[int]", "embed_dim": "int, default: 32", "hidden_dim": "int, default: 32", "num_layers": "int, default: 6",
         "eigvec_size": "int, default: 0", "flip_prob": "float, default: 0.0",
     }, hidden=["num_adapters"])  # fmt: skip
+
+
+# ---------------------------------------------------------------- the official recipe: Adam 1e-4, gradients clipped at norm 5.0
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "aio_p" / "architectures.yaml"
+OFFICIAL_LR, OFFICIAL_MAX_GRAD_NORM = 1e-4, 5.0  # run_gpi_acc_predictor.py -initial_lr; params.py -max_gradient_norm
+
+
+class StepGradients:
+    """The optimizer's gradients as ``step`` sees them (after any clipping), for every step while active; only for
+    optimizers stepped without a closure (Lightning's closure computes the gradients inside ``step``)."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+        self.grads: list[list[Tensor]] = []
+
+    def __enter__(self) -> StepGradients:
+        def hook(optimizer, args, kwargs):
+            self.grads.append(_grads(optimizer))
+            self.norms.append(_norm(self.grads[-1]))
+
+        self.handle = register_optimizer_step_pre_hook(hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+
+def _norm(grads: list[Tensor]) -> float:
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+
+def official_clip(grads: list[Tensor], max_norm: float) -> list[Tensor]:
+    """model_perf_predictor.py:114, torch.nn.utils.clip_grad_norm_(params, max_norm), written out."""
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    return [g * torch.clamp(max_norm / (total + 1e-6), max=1.0) for g in grads]
+
+
+def _grads(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    return [p.grad.detach().clone() for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+
+
+class LoudAIOP(AIOPModule):
+    """The loss times 1000, so the raw gradient norm is far above 5; records the gradients before and after
+    Lightning's clipping (on_before_optimizer_step runs before it; configure_gradient_clipping is it)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.raw: list[list[Tensor]] = []
+        self.clipped: list[list[Tensor]] = []
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        return None if loss is None else loss * 1000
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if grads := _grads(optimizer):  # none when the batch held no graph of the phase's task (training_step -> None)
+            self.raw.append(grads)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if grads := _grads(optimizer):
+            self.clipped.append(grads)
+
+
+def test_the_defaults_are_the_official_recipe():
+    assert inspect.signature(AIOPModule).parameters["optimizer"].default is adam_aio_p
+    optimizer = adam_aio_p([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == OFFICIAL_LR
+    finetune = inspect.signature(AIOPModule.finetune).parameters
+    assert finetune["lr"].default == OFFICIAL_LR and finetune["max_grad_norm"].default == OFFICIAL_MAX_GRAD_NORM
+    config = yaml.safe_load(CONFIG.read_text())
+    assert config["trainer"].get("gradient_clip_val") == OFFICIAL_MAX_GRAD_NORM
+    assert config["trainer"].get("gradient_clip_algorithm", "norm") == "norm"
+    optimizer = config["model"]["init_args"].get("optimizer")  # absent: the module's default
+    assert optimizer is None or (optimizer["class_path"] == "torch.optim.Adam" and optimizer["init_args"]["lr"] == OFFICIAL_LR)
+
+
+def test_the_config_clips_gradients_at_norm_5_every_step(data):
+    trainer_config = yaml.safe_load(CONFIG.read_text())["trainer"]
+    torch.manual_seed(0)
+    module = LoudAIOP(base_epochs=1, adapter_epochs=1, adapter_tasks=[0], **TINY)
+    trainer = _trainer(2, gradient_clip_val=trainer_config.get("gradient_clip_val"),
+                       gradient_clip_algorithm=trainer_config.get("gradient_clip_algorithm", "norm"))  # fmt: skip
+    trainer.fit(module, data)
+    assert len(module.raw) == len(module.clipped) >= 4  # every step of both phases (base, adapter 0)
+    for before, after in zip(module.raw, module.clipped, strict=True):
+        assert _norm(before) > 2 * OFFICIAL_MAX_GRAD_NORM
+        assert _norm(after) == pytest.approx(OFFICIAL_MAX_GRAD_NORM, rel=1e-5)
+        for got, want in zip(after, official_clip(before, OFFICIAL_MAX_GRAD_NORM), strict=True):
+            assert torch.allclose(got, want, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mode", ["rescale", "heads"])
+def test_finetune_clips_gradients_at_norm_5_every_step(trained, data, mode):
+    batches = []
+    for batch in data.finetune_dataloader(shuffle=False):  # labels far off: the raw gradient norm is far above 5
+        batch = batch.clone()
+        batch.y = batch.y * 1000 + 1000
+        batches.append(batch)
+    with StepGradients() as stepped:
+        trained.finetune(batches, mode=mode, epochs=2)
+    assert len(stepped.norms) == 2 * len(batches)
+    assert stepped.norms == pytest.approx([OFFICIAL_MAX_GRAD_NORM] * len(stepped.norms), rel=1e-5)
+    with StepGradients() as unclipped:
+        trained.finetune(batches, mode=mode, epochs=1, max_grad_norm=None)
+    assert min(unclipped.norms) > 2 * OFFICIAL_MAX_GRAD_NORM
