@@ -18,6 +18,7 @@ from litzoo.framework.curation.metaclip import (
     entry_probabilities,
     keep_probabilities,
     match_metadata,
+    read_metadata,
     spacing,
 )
 from litzoo.framework.curation.text_quality import (
@@ -39,6 +40,6 @@ __all__ = [
     "FILTERS", "PAPER_FILTERS", "WRAPPED_PUNCTUATION",
     "BigramLM", "MetadataIndex",
     "balance", "document_scores", "entropy", "entry_counts", "entry_probabilities", "filter_weights", "indicators",
-    "keep_probabilities", "line_scores", "match_metadata", "prune", "resolve_filters", "spacing", "split_lines",
+    "keep_probabilities", "line_scores", "match_metadata", "prune", "read_metadata", "resolve_filters", "spacing", "split_lines",
     "top_fraction", "word_tokens",
 ]  # fmt: skip

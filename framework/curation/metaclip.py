@@ -23,10 +23,14 @@ linear in the caption length, like the official Aho-Corasick automaton.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from litzoo.framework.errors import LitzooError
 
 #: the punctuation the official ``spacing`` wraps in spaces
 WRAPPED_PUNCTUATION = (",", ".", ";", ":", "?", "!", "`")
@@ -71,6 +75,35 @@ class MetadataIndex:
                 if ids:
                     found.update(ids)
         return sorted(found)
+
+
+def read_metadata(path: str | Path) -> list[str]:
+    """The entries of a metadata file: a JSON list of strings (the official ``metadata.json``), or a text file with
+    one entry per non-empty line.
+
+    The format is read from the content, not from the file name: a file whose first non-blank character is ``[``,
+    ``{`` or ``"`` is JSON (so ``entries.txt`` holding a JSON list is not taken for one entry that never matches),
+    and so is any ``*.json`` file. A text entry therefore cannot start the file with one of those three characters.
+
+    Raises:
+        LitzooError: one line naming the file: it cannot be read, is invalid JSON (with the line), or is JSON but
+            not a list of strings.
+    """
+    path = Path(path).expanduser()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark written by some editors is not text
+    except (OSError, UnicodeDecodeError) as error:
+        raise LitzooError(f"metadata '{path}' cannot be read: {getattr(error, 'strerror', None) or error}") from None
+    if path.suffix.lower() == ".json" or raw.lstrip()[:1] in ("[", "{", '"'):
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise LitzooError(f"metadata '{path}' is not valid JSON: {error.msg} (line {error.lineno})") from None
+        if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+            bad = type(entries).__name__ if not isinstance(entries, list) else f"a list holding {type(next(e for e in entries if not isinstance(e, str))).__name__}"
+            raise LitzooError(f"metadata '{path}' must be a JSON list of strings, got {bad}")
+        return entries
+    return [line for line in raw.splitlines() if line]
 
 
 def match_metadata(texts: Iterable[str], entries: Sequence[str] | MetadataIndex) -> list[list[int]]:

@@ -50,6 +50,30 @@ def iter_jsonl(path: str | Path, string_fields: Sequence[str] = (), what: str = 
         raise LitzooError(f"{what} '{path}' cannot be read: {getattr(error, 'strerror', None) or error}") from None
 
 
+def rebase_paths(record: dict, keys: Sequence[str], source: str | Path, target: str | Path) -> dict:
+    """``record`` with the relative file paths in ``keys`` (relative to folder ``source``, as a manifest's image
+    paths are relative to the manifest's folder) made relative to folder ``target`` instead, so that they still
+    name the same files when the record is written to a manifest in another folder.
+
+    Absolute paths, ``~`` paths, non-string values and missing keys are kept as they are; a path that has no
+    relative form from ``target`` (another drive on Windows) becomes absolute. The new paths are relative, not
+    absolute, so that a folder holding both the files and the manifest can still be moved as a whole.
+    """
+    source, target = Path(source).absolute(), Path(target).absolute()
+    if source == target:
+        return record
+    rebased = dict(record)
+    for key in keys:
+        value = record.get(key)
+        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+            continue
+        try:
+            rebased[key] = Path(os.path.relpath(source / value, target)).as_posix()
+        except ValueError:
+            rebased[key] = str(source / value)
+    return rebased
+
+
 # ---- append-only, resumable record files (benchmark generators) ------------------------------
 
 

@@ -3,7 +3,7 @@
 
     litzoo fit  -c configs/repvgg/digits.yaml     # or -c repvgg/digits: a shipped config by name
     litzoo test -c configs/repvgg/digits.yaml --ckpt_path best
-    litzoo list
+    litzoo list                                  # litzoo --help: every command
     litzoo export --ckpt_path runs/repvgg/digits/version_0/checkpoints/deploy.ckpt --format onnx
     litzoo curate --manifest pool.jsonl --metadata entries.json --output curated.jsonl
     litzoo text-quality --manifest corpus.jsonl --output pruned.jsonl
@@ -14,7 +14,8 @@
 
 This package is the roof of the house: the only place that imports every room (methods, callbacks,
 datamodules, the core). Each command parses its arguments here and calls into the rooms; every
-:class:`~litzoo.framework.errors.LitzooError` reaching it is printed as one line.
+:class:`~litzoo.framework.errors.LitzooError`, :class:`OSError` and argument error reaching it is printed as
+one line (:mod:`litzoo.cli.console`).
 """
 
 from __future__ import annotations
@@ -23,8 +24,11 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from jsonargparse import ArgumentError
+
+from litzoo.cli.console import all_commands, error_line, overview, parse_error_hint, quiet_third_party_noise, user_error
 from litzoo.cli.lightning_cli import LitzooCLI, find_checkpoint, run_name
-from litzoo.framework.errors import LitzooError, one_line
+from litzoo.framework.errors import LitzooError
 
 __all__ = ["COMMANDS", "LitzooCLI", "command", "find_checkpoint", "main", "run_name"]
 
@@ -50,13 +54,32 @@ def command(name: str) -> Callable[[Sequence[str]], object]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``litzoo`` console script and ``python -m litzoo``."""
+    """Entry point of the ``litzoo`` console script and ``python -m litzoo``.
+
+    Every :class:`LitzooError` and :class:`OSError` that reaches here, also when raised from inside jsonargparse or
+    Lightning, and every argument error, is printed as one line ``litzoo: error: ...`` (exit status 2); anything
+    else is a bug and keeps its traceback.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_party_noise()
     try:
-        if argv and argv[0] in COMMANDS:
+        if not argv or argv[0] in ("-h", "--help"):
+            print(overview(list(COMMANDS)))
+            if not argv:
+                raise SystemExit(2)
+        elif argv[0] in COMMANDS:
             command(argv[0])(argv[1:])
+        elif not argv[0].startswith("-") and argv[0] not in LitzooCLI.subcommands():
+            raise LitzooError(f"unknown command '{argv[0]}'; the commands are {all_commands(COMMANDS)} (`litzoo --help` describes them)")
         else:
-            LitzooCLI(args=argv)
-    except LitzooError as error:
-        print(f"litzoo: error: {one_line(error)}", file=sys.stderr)
+            # exit_on_error=False: jsonargparse raises its errors instead of printing its whole usage before them
+            LitzooCLI(args=argv, parser_kwargs={"exit_on_error": False})
+    except ArgumentError as error:
+        print(f"litzoo: error: {error_line(error)} ({parse_error_hint(argv, COMMANDS)})", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as error:
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"litzoo: error: {error_line(cause)}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser
-
+from litzoo.cli.console import command_parser, user_error
 from litzoo.cli.lightning_cli import LitzooCLI
+from litzoo.cli.registry import resolve_config
 from litzoo.framework.errors import LitzooError
 
 
@@ -25,13 +25,23 @@ def config_network(config: str | Path, overrides: Sequence[str] = (), features: 
 
     from litzoo.cli.summary import example_input
 
+    try:
+        config = resolve_config(str(config))  # a file, or a shipped config by name (repvgg/digits)
+    except LitzooError:
+        raise LitzooError(f"config '{config}' does not exist") from None
     if not Path(config).is_file():
         raise LitzooError(f"config '{config}' does not exist")
     args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
     with warnings.catch_warnings():  # `litzoo graph`'s own sys.argv is not the config's
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        cli = LitzooCLI(args=args, run=False, save_config_callback=None)
+        try:
+            cli = LitzooCLI(args=args, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+        except ValueError as error:  # jsonargparse wraps what a class raises while it is built (a missing data root)
+            cause = user_error(error)
+            if not isinstance(cause, LitzooError):
+                raise
+            raise cause from None
     module = cli.model
     if any(hasattr(module, a) and getattr(module, a) is None for a in ("net", "model")) and cli.datamodule is not None:
         # the network is built in setup() from the data (a tokenizer's vocabulary size): set the data up as fit would
@@ -75,7 +85,7 @@ def graph_command(argv: Sequence[str]) -> None:
     """``litzoo graph``: the computation graph (GENNAPE / AIO-P style) of a config's network, as JSON."""
     from litzoo.framework.graph.computation import computation_graph
 
-    parser = ArgumentParser(prog="litzoo graph", description="Write the computation graph of a config's network (primitive ops, dataflow, shapes, FLOPs) as JSON.")
+    parser = command_parser("litzoo graph", "Write the computation graph of a config's network (primitive ops, dataflow, shapes, FLOPs) as JSON.")
     parser.add_argument("-c", "--config", type=str, required=True, help="a litzoo config, e.g. configs/repvgg/digits.yaml")
     parser.add_argument("--out", type=str, required=True, help="the JSON file to write (litzoo.framework.graph.ComputationGraph.to_json)")
     parser.add_argument("--summary", action="store_true", help="print nodes per op type, total FLOPs and parameters")
@@ -85,12 +95,14 @@ def graph_command(argv: Sequence[str]) -> None:
                              "whose forward draws random masks (MAE-Hiera, DiffMAE)")  # fmt: skip
     args = parser.parse_args(list(argv))
 
+    from litzoo.framework.data.staging import check_writable, write_files_atomically
+
+    output = check_writable(args.out)
     network, sample = config_network(args.config, features=args.features)
     family = args.family if args.family is not None else Path(args.config).parent.name
     graph = computation_graph(network, sample, family=family)
-    output = Path(args.out)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(graph.to_json() + "\n", encoding="utf-8")
+    with write_files_atomically(output) as (staged,):
+        staged.write_text(graph.to_json() + "\n", encoding="utf-8")
     if args.summary:
         print(graph_summary(graph, f"{type(network).__name__} ({args.config})"))
     print(f"computation graph of {type(network).__name__}: {len(graph.nodes)} nodes, {len(graph.edges)} edges; written to {output}")

@@ -61,20 +61,23 @@ def architecture_tasks_command(argv: Sequence[str]) -> None:
 
 
 def load_gennape_predictor(path: str | Path):
-    """A :class:`litzoo.modules.gennape.GENNAPEModule` from a Lightning checkpoint, loaded with ``weights_only=True``
-    on the CPU, in eval mode. A missing, corrupt or foreign file raises a one-line :class:`LitzooError`."""
-    from litzoo.framework.checkpoints import load_checkpoint
-    from litzoo.modules.gennape import GENNAPEModule
+    """A :class:`litzoo.modules.gennape.GENNAPEModule` from a Lightning checkpoint (the ``last.ckpt`` / ``best.ckpt``
+    that ``litzoo fit -c configs/gennape/architectures.yaml`` writes), loaded with ``weights_only=True`` on the CPU,
+    in eval mode. A missing, corrupt or foreign file raises a one-line :class:`LitzooError` naming the file and
+    what it holds."""
+    from litzoo.framework.checkpoints import check_checkpoint_class, load_checkpoint
+    from litzoo.modules.gennape import GENNAPEModule  # imported before loading: Lightning rebuilds only known classes
 
     path = Path(path).expanduser()
     checkpoint = load_checkpoint(path)  # LitzooError for missing / not torch / unsafe files
-    if not isinstance(checkpoint.get("state_dict"), dict) or not isinstance(checkpoint.get("hyper_parameters"), dict):
-        raise LitzooError(f"checkpoint '{path}' is not a Lightning checkpoint of a GENNAPE predictor (no state_dict / hyper_parameters)")
+    check_checkpoint_class(path, checkpoint, GENNAPEModule, what="--predictor needs")
+    if not isinstance(checkpoint.get("hyper_parameters"), dict):
+        raise LitzooError(f"checkpoint '{path}' has no hyper-parameters, so the GENNAPE predictor it holds cannot be rebuilt")
     try:
         model = GENNAPEModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # wrong keys or shapes, hyper-parameters of another module
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise LitzooError(f"checkpoint '{path}' is not a GENNAPE predictor checkpoint ({reason[:200]})") from None
+    except Exception as error:  # wrong keys or shapes, hyper-parameters of another version
+        reason = " ".join(str(error).split()) or type(error).__name__  # every line of it (each mismatched key), as one line
+        raise LitzooError(f"checkpoint '{path}' does not load as a GENNAPE predictor: {reason}") from None
     return model.eval()
 
 

@@ -12,6 +12,7 @@ import importlib
 import importlib.resources
 import inspect
 import pkgutil
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,17 +86,61 @@ def resolve_config_args(args: Sequence[str]) -> list[str]:
     return resolved
 
 
-def first_doc_line(obj: object) -> str:
-    doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+#: an RST role, ``:class:`~a.b.C``` or ``:func:`text <target>```: the role, a ``~``, the text and the target
+_ROLE = re.compile(r":[a-z]+(?::[a-z]+)?:`(~?)([^`<]*?)\s*(?:<([^>`]*)>)?`")
+#: the end of a sentence: a full stop, then a space, then a capital, a digit or an opening bracket
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\]][.!?])\s+(?=[A-Z0-9(\[])")
 
 
-def config_summary(path: Path) -> str:
-    """The first comment line of a YAML config."""
-    for line in path.read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("# ").strip()
-    return ""
+def plain_text(rst: str) -> str:
+    """``rst`` (a docstring's reStructuredText) as Sphinx would show it, on one line: ````x```` -> ``x``,
+    ``:class:`~a.b.C``` -> ``C``, ``:func:`a.b.f``` -> ``a.b.f``, ``:ref:`text <target>``` -> ``text``,
+    ``**bold**`` and ``*emphasis*`` -> their words; the content of a literal is kept as it is."""
+
+    def role(match: re.Match) -> str:
+        tilde, text, target = match.groups()
+        if target is not None and text:
+            return text
+        name = text or target or ""
+        return name.rsplit(".", 1)[-1] if tilde else name
+
+    parts = re.split(r"(``.+?``)", rst, flags=re.DOTALL)
+    for i, part in enumerate(parts):
+        if i % 2:  # a literal
+            parts[i] = part[2:-2]
+            continue
+        part = _ROLE.sub(role, part)
+        part = re.sub(r"\*\*(\S(?:.*?\S)?)\*\*", r"\1", part)
+        part = re.sub(r"(?<![\w*])\*(\S(?:.*?\S)?)\*(?![\w*])", r"\1", part)
+        parts[i] = re.sub(r"`([^`]+)`_{0,2}", r"\1", part)  # interpreted text, links
+    return " ".join("".join(parts).split())
+
+
+def first_sentence(text: str, width: int = 110) -> str:
+    """The first sentence of ``text`` on one line, cut at a word with ``...`` when longer than ``width``."""
+    text = _SENTENCE_END.split(" ".join(text.split()), maxsplit=1)[0]
+    if len(text) > width:
+        text = text[: width - 3].rsplit(" ", 1)[0].rstrip(",;:(") + "..."
+    return text
+
+
+def summary_line(obj: object, width: int = 110) -> str:
+    """One clean line describing ``obj``: the first sentence of its docstring's first paragraph, in plain text
+    (:func:`plain_text`)."""
+    doc = (inspect.getdoc(obj) or "").strip()
+    return first_sentence(plain_text(re.split(r"\n\s*\n", doc, maxsplit=1)[0]), width) if doc else ""
+
+
+def config_summary(path: Path, width: int = 110) -> str:
+    """The first sentence of a YAML config's opening comment (its first lines starting with ``#``)."""
+    comment = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#") or (comment and not line.strip("# ")):
+            if comment or line.strip():
+                break
+            continue
+        comment.append(line.lstrip("#").strip())
+    return first_sentence(" ".join(comment), width)
 
 
 def listing() -> str:
@@ -103,12 +148,16 @@ def listing() -> str:
     lines = []
     for title, (package, base, argument) in SECTIONS.items():
         lines.append(f"{title} ({argument}):")
-        for name, cls in discover(package, base).items():
-            lines.append(f"  {name:<28} {first_doc_line(cls)}")
+        classes = discover(package, base)
+        width = max(map(len, classes), default=0)
+        for name, cls in classes.items():
+            lines.append(f"  {name:<{width}}  {summary_line(cls)}".rstrip())
         lines.append("")
     lines.append("configs (-c, shipped with litzoo; a file of the same path in the working directory comes first):")
-    for name, path in shipped_configs().items():
-        lines.append(f"  {name:<38} {config_summary(path)}")
+    configs = shipped_configs()
+    width = max(map(len, configs), default=0)
+    for name, path in configs.items():
+        lines.append(f"  {name:<{width}}  {config_summary(path)}".rstrip())
     return "\n".join(lines)
 
 

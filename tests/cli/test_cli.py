@@ -72,9 +72,12 @@ def test_fit_resumes_from_last(trained_run):
     main(["fit", "-c", CONFIG, "--trainer.default_root_dir", str(trained_run), "--trainer.max_epochs", "3", "--ckpt_path", "last", *QUIET])
     newest = find_checkpoint(trained_run / "repvgg" / "digits", "last")
     checkpoint = torch.load(newest, weights_only=True)
-    assert newest.parent.parent.name != "version_0"
+    # issue 18 item 4: a resume continues its run folder (this asserted `!= "version_0"`, a new version, before)
+    assert newest.parent.parent.name == "version_0" and not (trained_run / "repvgg" / "digits" / "version_1").exists()
     assert checkpoint["epoch"] == 2  # resumed after epoch index 1 and trained exactly one more epoch
     assert checkpoint["global_step"] == 3 * 20  # 1257 training images / 64 per batch = 20 steps per epoch
+    events = EventAccumulator(str(newest.parent.parent)).Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [19, 39, 59]  # one curve: the three epochs, in order
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

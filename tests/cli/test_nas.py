@@ -5,6 +5,8 @@ tests/datamodules/test_architectures.py)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import lightning as L
 import pytest
@@ -71,9 +73,48 @@ def test_a_bad_predictor_file_is_a_one_line_error(tmp_path):
     assert "\n" not in str(error.value) and "garbage.ckpt" in str(error.value)
     plain = tmp_path / "plain.ckpt"
     torch.save({"weight": torch.zeros(2)}, plain)
-    with pytest.raises(LitzooError, match="not a Lightning checkpoint of a GENNAPE predictor"):
+    with pytest.raises(LitzooError, match=r"is not a Lightning checkpoint .* but --predictor needs a GENNAPEModule \(litzoo.modules.gennape"):
         nas_search_command(["--predictor", str(plain), *args])
+    foreign = tmp_path / "mae.ckpt"
+    torch.save({"pytorch-lightning_version": L.__version__, "state_dict": {}, "hyper_parameters": {"_class_path": "litzoo.modules.mae.MAEModule"}}, foreign)
+    with pytest.raises(LitzooError, match=r"holds a MAEModule \(litzoo.modules.mae.MAEModule\), but --predictor needs a GENNAPEModule"):
+        nas_search_command(["--predictor", str(foreign), *args])
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_predictor_that_does_not_load_is_named_in_full(tmp_path):
+    """Every mismatched key is in the one line (it was cut at 200 characters, mid-name)."""
+    checkpoint = torch.load(_checkpoint(tmp_path), weights_only=True)
+    keys = sorted(checkpoint["state_dict"])
+    for key in keys:
+        checkpoint["state_dict"][key] = torch.zeros(1)
+    bad = tmp_path / "shapes.ckpt"
+    torch.save(checkpoint, bad)
+    with pytest.raises(LitzooError) as error:
+        load_gennape_predictor(bad)
+    message = str(error.value)
+    assert "\n" not in message and len(message) > 400 and f"size mismatch for {keys[-1]}" in message
+
+
+def test_readme_flow_fit_then_nas_search_with_its_last_checkpoint(tmp_path):
+    """README: `litzoo fit -c configs/gennape/architectures.yaml`, then `litzoo nas-search --predictor <its last.ckpt>`
+    (the synthetic benchmark instead of the trained one, and a few epochs, to stay fast)."""
+    main(["fit", "-c", "configs/gennape/architectures.yaml", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "2",
+          "--model.init_args.contrastive_epochs", "1", "--data", "litzoo.datamodules.architectures.SyntheticArchitectureDataModule",
+          "--data.per_family", "4", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])  # fmt: skip
+    last = tmp_path / "gennape" / "syntheticarchitecture" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["hyper_parameters"]["_class_path"] == "litzoo.modules.gennape.GENNAPEModule"
+    out = tmp_path / "found.jsonl"
+    # a fresh process, as on the command line: nothing imported but what `litzoo nas-search` imports itself
+    done = subprocess.run([sys.executable, "-m", "litzoo", "nas-search", "--predictor", str(last), "--family", "vgg", "--flops-limit", "3e5",
+                           "--evaluate", "1", "--out", str(out), "--population", "4", "--generations", "1", "--children", "2",
+                           "--sample-size", "2", "--epochs", "1", "--train-subset", "64", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"-> {out}" in done.stdout
+    record = json.loads(out.read_text())
+    assert record["family"] == "vgg" and record["flops"] <= 3e5
+    assert record["predicted"] == pytest.approx(float(predictor_score_fn(load_gennape_predictor(last))([spec_from_dict(record["spec"])])[0]), abs=1e-5)
 
 
 def test_architecture_tasks_command_labels_the_requested_tasks_and_records(tmp_path, capsys):

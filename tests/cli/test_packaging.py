@@ -59,6 +59,11 @@ def test_a_user_project_with_its_own_callbacks_and_modules_packages(user_project
                 "--trainer.enable_progress_bar", "false"], user_project)  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert not (user_project / "configs").exists()
+    # the console of a real run: no warning about litzoo's own use of LightningCLI, no third-party noise, one FLOPs figure
+    console = fit.stdout + fit.stderr
+    for noise in ("args parameter is intended to run from within Python", "LeafSpec", "Tip: For seamless", "Total Flops"):
+        assert noise not in console, console[-3000:]
+    assert console.count("FLOPs per sample") == 1, console[-3000:]
 
 
 def test_a_config_that_exists_neither_here_nor_shipped_is_one_line(tmp_path: Path, monkeypatch, capsys):

@@ -130,3 +130,89 @@ def test_curate_command_writes_the_curated_manifest(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["curate", "--manifest", str(tmp_path / "bad.jsonl"), "--metadata", str(tmp_path / "metadata.json"), "--output", str(out)])
     assert "bad.jsonl' line 2 is not JSON" in capsys.readouterr().err
+
+
+# ---- the metadata file, the output files (issue 18, items 10 and 12) ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("metadata.json", '["cat", "dog"]', ["cat", "dog"]),
+        ("entries.txt", '[\n  "cat",\n  "dog"\n]\n', ["cat", "dog"]),  # a JSON list under another name: JSON all the same
+        ("metadata.json.bak", '\ufeff ["cat"]', ["cat"]),  # a byte-order mark and a space before the list
+        ("entries", "cat\ndog\n\nhot dog\n", ["cat", "dog", "hot dog"]),
+    ],
+)
+def test_metadata_format_is_read_from_the_content(tmp_path, name, content, expected):
+    from litzoo.framework.curation import read_metadata
+
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    assert read_metadata(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("entries.txt", '["cat", "dog"', "is not valid JSON: Expecting ',' delimiter (line 1)"),
+        ("metadata.json", '{"cat": 3}', "must be a JSON list of strings, got dict"),
+        ("entries.list", '["cat", 3]', "must be a JSON list of strings, got a list holding int"),
+    ],
+)
+def test_bad_metadata_is_one_line_naming_the_file(tmp_path, name, content, message):
+    from litzoo.framework.curation import read_metadata
+    from litzoo.framework.errors import LitzooError
+
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(LitzooError) as error:
+        read_metadata(path)
+    assert str(error.value) == f"metadata '{path}' {message}"
+
+
+def _pool(folder, n=30):
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"image": f"images/{i}.png", "text": "a cat" if i % 3 else "a dog"} for i in range(n)]
+    rows.append({"image": str(folder / "abs.png"), "text": "a dog"})
+    (folder / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "pool.jsonl"
+
+
+def test_curate_reads_a_json_list_not_named_json(tmp_path, capsys):
+    manifest = _pool(tmp_path)
+    (tmp_path / "entries.txt").write_text(json.dumps(["cat", "dog"]))  # read as one text entry before: 0 kept, rc 0
+    main(["curate", "--manifest", str(manifest), "--metadata", str(tmp_path / "entries.txt"), "--output", str(tmp_path / "out.jsonl")])
+    assert "31 texts -> 31 matched -> 31 kept" in capsys.readouterr().out
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 31
+
+
+def test_curated_image_paths_still_name_the_same_files_from_another_folder(tmp_path):
+    manifest = _pool(tmp_path / "data")
+    (tmp_path / "data" / "metadata.json").write_text(json.dumps(["cat", "dog"]))
+    for output in (tmp_path / "curated" / "deep" / "out.jsonl", tmp_path / "data" / "same.jsonl"):
+        main(["curate", "--manifest", str(manifest), "--metadata", str(tmp_path / "data" / "metadata.json"), "--output", str(output)])
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        resolved = [(output.parent / r["image"]).resolve() for r in rows]
+        assert resolved[:30] == [(tmp_path / "data" / "images" / f"{i}.png").resolve() for i in range(30)]
+        assert rows[30]["image"] == str(tmp_path / "data" / "abs.png")  # absolute paths are kept as they are
+    assert rows[0]["image"] == "images/0.png"  # written next to the manifest: unchanged
+    assert json.loads((tmp_path / "curated" / "deep" / "out.jsonl").read_text().splitlines()[0])["image"] == "../../data/images/0.png"
+
+
+def test_an_interrupted_curate_keeps_the_previous_output_and_its_side_file(tmp_path, interrupt_writer):
+    manifest = _pool(tmp_path)
+    (tmp_path / "metadata.json").write_text(json.dumps(["cat", "dog"]))
+    output = tmp_path / "out" / "curated.jsonl"
+    args = ["curate", "--manifest", str(manifest), "--metadata", str(tmp_path / "metadata.json"), "--output", str(output)]
+    main([*args, "--t", "5"])
+    previous, previous_counts = output.read_bytes(), np.load(output.with_suffix(".entry_counts.npy"))
+    files = sorted(p.name for p in output.parent.iterdir())
+    assert files == ["curated.entry_counts.npy", "curated.jsonl"]
+
+    calls = interrupt_writer("entries", at=10)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--t", "100"])  # another threshold: a different output had it been written
+    assert len(calls) == 10
+    assert output.read_bytes() == previous and np.array_equal(np.load(output.with_suffix(".entry_counts.npy")), previous_counts)
+    assert sorted(p.name for p in output.parent.iterdir()) == files  # no partial or stale file beside them

@@ -232,3 +232,49 @@ def test_cli_text_quality_errors_are_one_line(tmp_path, capsys, content, message
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("litzoo: error: ") and message in err and str(manifest) in err and "\n" not in err
+
+
+def test_cli_with_progress_bars_keeps_exactly_what_prune_keeps(corpus, tmp_path, capsys):
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text("".join(json.dumps({"text": row["text"], "id": i}) + "\n" for i, row in enumerate(corpus)))
+    main(["text-quality", "--manifest", str(manifest), "--keep_fraction", "0.6", "--seed", "3", "--output", str(tmp_path / "o.jsonl"),
+          "--progress", "true"])  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    kept, scores, _ = prune([row["text"] for row in corpus], 0.6, seed=3)
+    assert [row["id"] for row in rows] == kept.tolist()
+    assert [row["quality_score"] for row in rows] == scores[kept].tolist()
+    err = capsys.readouterr().err
+    # --progress true: shown without a tty (each bar is drawn at 0% and cleared when done, leave=False; whether a 100%
+    # frame is drawn in between depends on tqdm's refresh interval, so only the bars' names are checked)
+    assert "filter weights:" in err and "scoring:" in err and "writing:" in err
+
+
+def test_an_interrupted_text_quality_keeps_the_previous_output(corpus, tmp_path, interrupt_writer):
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text("".join(json.dumps({"text": row["text"]}) + "\n" for row in corpus[:60]))
+    output = tmp_path / "kept.jsonl"
+    main(["text-quality", "--manifest", str(manifest), "--output", str(output)])
+    previous = output.read_bytes()
+    calls = interrupt_writer("quality_score", at=5)
+    with pytest.raises(KeyboardInterrupt):
+        main(["text-quality", "--manifest", str(manifest), "--keep_fraction", "0.9", "--output", str(output)])
+    assert len(calls) == 5 and output.read_bytes() == previous
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "kept.jsonl"]
+
+
+def test_cli_text_quality_checks_its_arguments_and_output_before_the_work(tmp_path, capsys, monkeypatch):
+    import litzoo.framework.curation as curation
+
+    monkeypatch.setattr(curation, "filter_weights", lambda *a, **k: pytest.fail("scored before the checks"))
+    manifest = tmp_path / "in.jsonl"
+    manifest.write_text('{"text": "Fine text here."}\n')
+    (tmp_path / "a_file").write_text("")
+    cases = [
+        (["--keep_fraction", "0", "--output", str(tmp_path / "o.jsonl")], "--keep_fraction 0.0: the share of documents kept must be in (0, 1]"),
+        (["--output", str(tmp_path / "a_file" / "o.jsonl")],
+         f"output '{tmp_path / 'a_file' / 'o.jsonl'}' cannot be written: '{tmp_path / 'a_file'}' is a file, not a folder"),
+    ]  # fmt: skip
+    for args, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["text-quality", "--manifest", str(manifest), *args])
+        assert exit_info.value.code == 2 and capsys.readouterr().err == f"litzoo: error: {message}\n"
