@@ -45,15 +45,33 @@ Chosen here (the paper leaves these open, or uses tools litzoo does not ship):
 * A filter that retains no line gets weight 0 (its ``PPL_i`` is undefined); if every weight is 0
   there is nothing to rank by and scoring raises ``ValueError``. A document without tokens scores 0.
 * Pruning keeps ``round(keep_fraction * N)`` documents (at least 1); ties in score are broken by a
-  seeded random order, so the kept set is reproducible.
+  64-bit hash of the seed and the document's id (:func:`tie_keys`; the id defaults to the document's
+  index), then by the id itself, so the kept set is reproducible and does not depend on the order of
+  the documents: a corpus split into shards keeps the same documents as the whole corpus.
+
+How it is computed (the same numbers in memory and on a sharded corpus):
+
+* With the default LM, everything the weights and scores need is gathered in one sweep over the lines,
+  as counts that add up over parts of the corpus (:class:`CorpusStatistics`): the bigram counts per
+  distinct indicator row ("pattern") of the lines, and per line its pattern and token count. Because
+  the LM is fitted on the very lines it scores, no line has an unknown word and the negative
+  log-likelihood of the lines that filter ``i`` retains is ``sum n_i(v, w) * -log P(w | v)`` over the
+  bigram types: :func:`weights_from_statistics` merges the counts of any number of parts and evaluates
+  these sums with :func:`math.fsum` (exactly rounded, so in any order), and :func:`scores_from_statistics`
+  sums each document's lines the same way. The results are therefore bit-identical whether the corpus
+  is one list or many shards in any order (``litzoo.framework.curation.text_quality_pool``), and equal
+  to the per-line formula of :class:`BigramLM` up to rounding (1e-12).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import pairwise
 
 import numpy as np
@@ -67,6 +85,8 @@ TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 TERMINAL_PUNCTUATION = (".", "!", "?", '"')
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 SPECIAL_PHRASES = ("javascript", "lorem ipsum")
+#: add-k smoothing of the default reference LM (:class:`BigramLM`)
+BIGRAM_K = 0.1
 #: closed class of English determiners (articles, demonstratives, possessives, quantifiers)
 DETERMINERS = frozenset({
     "a", "an", "the", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their",
@@ -239,7 +259,7 @@ class BigramLM:
 
     BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
-    def __init__(self, k: float = 0.1, lowercase: bool = False) -> None:
+    def __init__(self, k: float = BIGRAM_K, lowercase: bool = False) -> None:
         if not k > 0:
             raise ValueError(f"k must be positive, got {k}")
         self.k = k
@@ -292,6 +312,266 @@ class BigramLM:
     __call__ = perplexity
 
 
+# ----------------------------------------------------------------------------- statistics that add up over a corpus's parts
+_INDEX_ARRAYS = ("bigram_pattern", "bigram_prev", "bigram_next", "bigram_count", "line_pattern", "line_tokens", "document_lines")
+
+
+@dataclass
+class CorpusStatistics:
+    """What the filter weights (with the default :class:`BigramLM`) and the document scores of a corpus need, in a
+    form whose counts add up over parts of the corpus (one per shard); made by :func:`corpus_statistics`.
+
+    A line's *pattern* is its row of filter indicators ``I_i(line)``; the distinct patterns are numbered per part.
+
+    Attributes:
+        filters: the filter names, in the order of the pattern columns.
+        tokens: the part's token types (``<s>`` and ``</s>`` included); the bigram arrays index into it.
+        patterns: ``(P, F)`` booleans, the distinct patterns of the part's lines.
+        bigram_pattern, bigram_prev, bigram_next, bigram_count: the bigram ``(tokens[prev], tokens[next])`` occurs
+            ``count`` times in the lines of pattern ``patterns[pattern]`` (one row per distinct triple; empty when
+            the statistics were made without bigrams).
+        line_pattern, line_tokens: per non-blank line, in order: its pattern and its token count ``tc_line``.
+        document_lines: per document, in order: its number of non-blank lines.
+    """
+
+    filters: tuple[str, ...]
+    tokens: list[str]
+    patterns: np.ndarray
+    bigram_pattern: np.ndarray
+    bigram_prev: np.ndarray
+    bigram_next: np.ndarray
+    bigram_count: np.ndarray
+    line_pattern: np.ndarray
+    line_tokens: np.ndarray
+    document_lines: np.ndarray
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Plain NumPy arrays (no object arrays: ``numpy.savez`` / ``numpy.load(allow_pickle=False)`` round-trip them)."""
+        # a token never holds a line break (word_tokens splits at white space), so one "\n"-joined UTF-8 blob keeps them
+        blob = "\n".join(self.tokens).encode("utf-8")
+        return {
+            "filters": np.array(self.filters, dtype=np.str_).reshape(len(self.filters)),
+            "tokens": np.frombuffer(blob, dtype=np.uint8),
+            "token_count": np.array(len(self.tokens), dtype=np.int64),
+            "patterns": self.patterns,
+            **{name: getattr(self, name) for name in _INDEX_ARRAYS},
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CorpusStatistics:
+        """The inverse of :meth:`to_arrays` (extra keys are ignored)."""
+        count = int(arrays["token_count"])
+        text = bytes(np.asarray(arrays["tokens"], dtype=np.uint8)).decode("utf-8")
+        tokens = text.split("\n") if count else []
+        if len(tokens) != count:
+            raise ValueError(f"the token blob holds {len(tokens)} tokens, expected {count}")
+        return cls(filters=tuple(str(name) for name in arrays["filters"]), tokens=tokens, patterns=np.asarray(arrays["patterns"], dtype=bool),
+                   **{name: np.asarray(arrays[name], dtype=np.int64) for name in _INDEX_ARRAYS})  # fmt: skip
+
+    @property
+    def documents(self) -> int:
+        return len(self.document_lines)
+
+
+def corpus_statistics(
+    documents: Iterable[str],
+    filters: Sequence[str] | Mapping[str, LineFilter] | None = None,
+    count_tokens: Callable[[str], int] | None = None,
+    bigrams: bool = True,
+) -> CorpusStatistics:
+    """One sweep over ``documents`` (any iterable, consumed once: a shard can be streamed through it).
+
+    Args:
+        documents: the texts; each is split into its non-blank lines (:func:`split_lines`).
+        filters: as :func:`filter_weights` (default: :data:`PAPER_FILTERS`).
+        count_tokens: ``tc_line`` (default: the number of :func:`word_tokens`); must return a non-negative int.
+        bigrams: count the bigrams of the default reference LM (needed for the weights, not for the scores).
+    """
+    if isinstance(documents, str):
+        raise ValueError("documents must be a sequence of strings, not one string")
+    resolved = resolve_filters(filters)
+    functions = tuple(resolved.values())
+    pattern_index: dict[int, int] = {}  # indicator bits of a line -> pattern number (a Python int holds any number of filters)
+    counters: list[Counter[tuple[str, str]]] = []
+    line_pattern, line_tokens, document_lines = array("q"), array("q"), array("q")
+    bos, eos = BigramLM.BOS, BigramLM.EOS
+    for document in documents:
+        if not isinstance(document, str):
+            raise ValueError(f"documents must be strings, got {type(document).__name__}")
+        lines = split_lines(document)
+        document_lines.append(len(lines))
+        for line in lines:
+            bits = 0
+            for i, function in enumerate(functions):
+                if function(line):
+                    bits |= 1 << i
+            pattern = pattern_index.get(bits)
+            if pattern is None:
+                pattern = pattern_index[bits] = len(counters)
+                counters.append(Counter())
+            tokens = word_tokens(line)
+            if count_tokens is None:
+                count = len(tokens)
+            else:
+                count = count_tokens(line)
+                if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 0:
+                    raise ValueError(f"count_tokens must return a non-negative int, got {count!r} for line {line[:40]!r}")
+            line_pattern.append(pattern)
+            line_tokens.append(int(count))
+            if bigrams:
+                counters[pattern].update(pairwise([bos, *tokens, eos]))
+    patterns = np.array([[bool(bits >> i & 1) for i in range(len(functions))] for bits in pattern_index], dtype=bool).reshape(-1, len(functions))
+    vocabulary: dict[str, int] = {}
+    rows: list[tuple[int, int, int, int]] = []
+    for pattern, counter in enumerate(counters):
+        for (previous, word), count in counter.items():
+            rows.append((pattern, vocabulary.setdefault(previous, len(vocabulary)), vocabulary.setdefault(word, len(vocabulary)), count))
+    table = np.array(rows, dtype=np.int64).reshape(-1, 4)
+    return CorpusStatistics(
+        filters=tuple(resolved), tokens=list(vocabulary), patterns=patterns,
+        bigram_pattern=table[:, 0].copy(), bigram_prev=table[:, 1].copy(), bigram_next=table[:, 2].copy(), bigram_count=table[:, 3].copy(),
+        line_pattern=np.frombuffer(line_pattern, dtype=np.int64).copy(), line_tokens=np.frombuffer(line_tokens, dtype=np.int64).copy(),
+        document_lines=np.frombuffer(document_lines, dtype=np.int64).copy(),
+    )  # fmt: skip
+
+
+def _sum_rows(pattern: np.ndarray, previous: np.ndarray, word: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, ...]:
+    """One row per distinct ``(pattern, previous, word)``, its counts summed (rows sorted by the triple)."""
+    if len(count) == 0:
+        return pattern, previous, word, count
+    order = np.lexsort((word, previous, pattern))
+    pattern, previous, word, count = pattern[order], previous[order], word[order], count[order]
+    starts = np.flatnonzero(np.concatenate([[True], (pattern[1:] != pattern[:-1]) | (previous[1:] != previous[:-1]) | (word[1:] != word[:-1])]))
+    return pattern[starts], previous[starts], word[starts], np.add.reduceat(count, starts)
+
+
+class _BigramTable:
+    """The bigram counts per pattern of a whole corpus, merged part by part (token types and patterns renumbered into
+    one numbering; the counts of the same ``(pattern, previous, word)`` summed, so the merged table does not depend on
+    how the corpus was split or in which order its parts came)."""
+
+    def __init__(self) -> None:
+        self.filters: tuple[str, ...] | None = None
+        self.vocabulary: dict[str, int] = {}
+        self.pattern_index: dict[bytes, int] = {}
+        self.patterns: list[np.ndarray] = []
+        self.documents = 0
+        self.lines = 0
+        self._merged: tuple[np.ndarray, ...] = tuple(np.zeros(0, dtype=np.int64) for _ in range(4))
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._pending_rows = 0
+
+    def add(self, part: CorpusStatistics) -> None:
+        if self.filters is None:
+            self.filters = part.filters
+        elif part.filters != self.filters:
+            raise ValueError(f"statistics of different filters cannot be merged: {list(part.filters)} vs {list(self.filters)}")
+        self.documents += part.documents
+        self.lines += len(part.line_pattern)
+        tokens = np.array([self.vocabulary.setdefault(token, len(self.vocabulary)) for token in part.tokens], dtype=np.int64)
+        patterns = np.zeros(len(part.patterns), dtype=np.int64)
+        for p, row in enumerate(part.patterns):
+            key = np.packbits(row).tobytes()
+            if key not in self.pattern_index:
+                self.pattern_index[key] = len(self.patterns)
+                self.patterns.append(np.array(row, dtype=bool))
+            patterns[p] = self.pattern_index[key]
+        if len(part.bigram_count):
+            self._pending.append((patterns[part.bigram_pattern], tokens[part.bigram_prev], tokens[part.bigram_next], part.bigram_count))
+            self._pending_rows += len(part.bigram_count)
+        if self._pending_rows > max(len(self._merged[3]), 1 << 20):  # merge now and then: memory stays near the merged table's
+            self._merge()
+
+    def _merge(self) -> None:
+        if self._pending:
+            columns = [np.concatenate([self._merged[c], *(rows[c] for rows in self._pending)]) for c in range(4)]
+            self._merged = _sum_rows(*columns)
+            self._pending, self._pending_rows = [], 0
+
+    def rows(self) -> tuple[np.ndarray, ...]:
+        self._merge()
+        return self._merged
+
+
+def weights_from_statistics(parts: Iterable[CorpusStatistics], k: float = BIGRAM_K) -> dict[str, float]:
+    """The filter weights (paper, eq. 1) with a :class:`BigramLM` (add-``k``) fitted on all the lines of ``parts``.
+
+    ``parts`` (e.g. one :class:`CorpusStatistics` per shard, loaded one at a time) are merged; ``PPL_i`` is
+    ``exp(sum n_i(v, w) * -log P(w | v) / sum n_i(v, w))`` over the merged bigram types, with ``n_i`` the counts in
+    the lines filter ``i`` retains (the LM predicts every token of its own training lines, so no ``<unk>`` occurs).
+    The sums are :func:`math.fsum` of per-type terms: the same weights, to the last bit, for any split of the corpus
+    and any order of its parts.
+    """
+    if not k > 0:
+        raise ValueError(f"k must be positive, got {k}")
+    table = _BigramTable()
+    for part in parts:
+        table.add(part)
+    if table.filters is None:
+        raise ValueError("no statistics to compute the weights from")
+    if table.lines == 0:
+        raise ValueError("the documents have no non-blank line to score")
+    pattern, previous, word, count = table.rows()
+    vocabulary = set(table.vocabulary) - {BigramLM.BOS}
+    vocabulary_size = len(vocabulary | {BigramLM.EOS, BigramLM.UNK})  # BigramLM.fit's vocabulary
+    contexts = np.zeros(len(table.vocabulary), dtype=np.int64)
+    np.add.at(contexts, previous, count)  # c(v): every context position starts exactly one bigram
+    order = np.lexsort((word, previous))  # c(v, w): summed over the patterns
+    starts = np.flatnonzero(np.concatenate([[True], (previous[order][1:] != previous[order][:-1]) | (word[order][1:] != word[order][:-1])]))
+    pair_counts = np.empty(len(count), dtype=np.int64)
+    pair_counts[order] = np.repeat(np.add.reduceat(count[order], starts), np.diff(np.append(starts, len(order))))
+    nll = count * -np.log((pair_counts + k) / (contexts[previous] + k * vocabulary_size))  # per row: n * -log P(w | v)
+    patterns = np.array(table.patterns, dtype=bool).reshape(-1, len(table.filters))
+
+    def perplexity(rows: np.ndarray | slice) -> tuple[float, int]:
+        predicted = int(count[rows].sum())
+        return (math.exp(math.fsum(nll[rows].tolist()) / predicted), predicted) if predicted else (math.nan, 0)
+
+    ppl_all, _ = perplexity(slice(None))
+    if not (ppl_all > 0 and math.isfinite(ppl_all)):
+        raise ValueError(f"the perplexity of all lines must be positive and finite, got {ppl_all}")
+    weights = {}
+    for i, name in enumerate(table.filters):
+        ppl_i, predicted = perplexity(patterns[pattern, i])
+        weights[name] = max(0.0, (ppl_all - ppl_i) / ppl_all) if predicted else 0.0
+    return weights
+
+
+def _weight_vector(weights: Mapping[str, float], names: Sequence[str]) -> np.ndarray:
+    missing = [name for name in names if name not in weights]
+    if missing:
+        raise ValueError(f"no weight for filters {missing}")
+    w = np.array([float(weights[name]) for name in names], dtype=np.float64)
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"filter weights must be finite and non-negative, got {dict(weights)}")
+    if w.sum() <= 0:
+        raise ValueError("every filter weight is 0: no filter retains lower-perplexity text, so there is nothing to rank by")
+    return w
+
+
+def scores_from_statistics(statistics: CorpusStatistics, weights: Mapping[str, float]) -> np.ndarray:
+    """Document scores (paper, eqs. 2-3) from the lines' patterns and token counts: ``sum tc score_line / sum tc``.
+
+    Each pattern's line score is ``fsum(w_i of its filters) / fsum(w)`` and each document's sum is an ``fsum``, so a
+    document's score depends on its own lines only, never on where it lies in a corpus or a shard.
+    """
+    w = _weight_vector(weights, statistics.filters)
+    total = math.fsum(w.tolist())
+    pattern_scores = np.array([math.fsum(w[row].tolist()) / total for row in statistics.patterns], dtype=np.float64)
+    weighted = statistics.line_tokens * pattern_scores[statistics.line_pattern] if len(statistics.line_pattern) else np.zeros(0)
+    bounds = np.concatenate([[0], np.cumsum(statistics.document_lines)])
+    tokens = np.concatenate([[0], np.cumsum(statistics.line_tokens)])
+    if bounds[-1] != len(statistics.line_pattern):
+        raise ValueError(f"the documents' line counts add up to {bounds[-1]}, but there are {len(statistics.line_pattern)} lines")
+    scores = np.zeros(statistics.documents, dtype=np.float64)
+    for d in range(statistics.documents):
+        start, stop = int(bounds[d]), int(bounds[d + 1])
+        count = int(tokens[stop] - tokens[start])
+        if count > 0:
+            scores[d] = math.fsum(weighted[start:stop].tolist()) / count
+    return scores
+
+
 # ----------------------------------------------------------------------------- weights, scores, pruning
 def _all_lines(documents: Sequence[str]) -> list[str]:
     if isinstance(documents, str):
@@ -310,13 +590,15 @@ def filter_weights(
     """``w_i = max(0, (PPL_all - PPL_i) / PPL_all)`` for every filter (paper, eq. 1).
 
     ``PPL_all`` is the perplexity of all non-blank lines, ``PPL_i`` that of the lines filter ``i``
-    passes. ``perplexity`` defaults to a :class:`BigramLM` fitted on these lines. A filter passing
-    no line gets 0.
+    passes. ``perplexity`` defaults to a :class:`BigramLM` fitted on these lines, evaluated through
+    :func:`corpus_statistics` and :func:`weights_from_statistics` (one sweep, and the same weights as a
+    sharded corpus gets). A filter passing no line gets 0.
     """
+    if perplexity is None:
+        _all_lines(documents)
+        return weights_from_statistics([corpus_statistics(documents, filters)])
     lines = _all_lines(documents)
     filters = resolve_filters(filters)
-    if perplexity is None:
-        perplexity = BigramLM().fit(lines)
     ppl_all = float(perplexity(lines))
     if not (ppl_all > 0 and math.isfinite(ppl_all)):
         raise ValueError(f"the perplexity of all lines must be positive and finite, got {ppl_all}")
@@ -335,15 +617,7 @@ def _check_weights(weights: Mapping[str, float], filters: Mapping[str, LineFilte
     if filters is None:
         filters = list(weights)
     resolved = resolve_filters(filters)
-    missing = [name for name in resolved if name not in weights]
-    if missing:
-        raise ValueError(f"no weight for filters {missing}")
-    w = np.array([float(weights[name]) for name in resolved], dtype=np.float64)
-    if (w < 0).any() or not np.isfinite(w).all():
-        raise ValueError(f"filter weights must be finite and non-negative, got {dict(weights)}")
-    if w.sum() <= 0:
-        raise ValueError("every filter weight is 0: no filter retains lower-perplexity text, so there is nothing to rank by")
-    return resolved, w
+    return resolved, _weight_vector(weights, list(resolved))
 
 
 def line_scores(
@@ -367,37 +641,83 @@ def document_scores(
     """``score_doc = sum tc_line score_line / sum tc_line`` (paper, eq. 3), one value per document.
 
     ``count_tokens`` gives ``tc_line`` (default: the number of :func:`word_tokens`). A document
-    without tokens scores 0.
+    without tokens scores 0. Computed by :func:`scores_from_statistics`: a document's score does not
+    depend on the other documents.
     """
     if isinstance(documents, str):
         raise ValueError("documents must be a sequence of strings, not one string")
-    resolved, w = _check_weights(weights, filters)
-    count_tokens = count_tokens or (lambda line: len(word_tokens(line)))
-    per_document = [split_lines(document) for document in documents]
-    flat = [line for lines in per_document for line in lines]
-    scores = indicators(flat, resolved).astype(np.float64) @ w / w.sum() if flat else np.zeros(0)
-    counts = np.array([count_tokens(line) for line in flat], dtype=np.float64)
-    result = np.zeros(len(per_document), dtype=np.float64)
-    start = 0
-    for d, lines in enumerate(per_document):
-        stop = start + len(lines)
-        total = counts[start:stop].sum()
-        if total > 0:
-            result[d] = float((counts[start:stop] * scores[start:stop]).sum() / total)
-        start = stop
-    return result
+    resolved, _ = _check_weights(weights, filters)
+    return scores_from_statistics(corpus_statistics(documents, resolved, count_tokens, bigrams=False), weights)
 
 
-def top_fraction(scores: Sequence[float] | np.ndarray, keep_fraction: float, seed: int = 0) -> np.ndarray:
-    """Sorted indices of the ``round(keep_fraction * N)`` (at least 1) highest scores; ties in a seeded random order."""
+# ----------------------------------------------------------------------------- the cut, independent of the documents' order
+def tie_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
+    """A uint64 per id: the first 8 bytes of BLAKE2b of the id (UTF-8), keyed by the seed; a pure function of
+    ``(seed, id)``, the same on every platform, whatever other ids are hashed with it."""
+    if isinstance(ids, str):
+        raise ValueError("ids must be a sequence of strings, not one string")
+    bad = next((i for i in ids if not isinstance(i, str)), None)
+    if bad is not None:
+        raise ValueError(f"document ids must be strings, got {type(bad).__name__} {bad!r}")
+    key = hashlib.blake2b(str(int(seed)).encode(), digest_size=32).digest()  # any int seed, as a BLAKE2b key (<= 64 bytes)
+    digests = b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest() for i in ids)
+    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+
+
+def score_keys(scores: Sequence[float] | np.ndarray) -> np.ndarray:
+    """A uint64 per score that sorts ascending as the scores sort *descending* (the IEEE bits made monotone; -0.0 = 0.0).
+
+    Raises:
+        ValueError: a score is not finite.
+    """
+    scores = np.asarray(scores, dtype=np.float64) + 0.0  # + 0.0 turns -0.0 into 0.0
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores must be finite, got {scores[~np.isfinite(scores)][:3].tolist()}")
+    bits = scores.view(np.uint64)
+    ascending = np.where(bits >> np.uint64(63) == 1, ~bits, bits | np.uint64(1 << 63))
+    return ~ascending
+
+
+def score_of_key(key: int) -> float:
+    """The score of a :func:`score_keys` value."""
+    ascending = ~np.uint64(key)
+    bits = ascending & ~np.uint64(1 << 63) if ascending >> np.uint64(63) == 1 else ~ascending
+    return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
+
+
+def top_fraction(scores: Sequence[float] | np.ndarray, keep_fraction: float, seed: int = 0, ids: Sequence[str] | None = None) -> np.ndarray:
+    """Sorted indices of the ``round(keep_fraction * N)`` (at least 1) highest scores.
+
+    Documents are ranked by score (descending), then by :func:`tie_keys` of ``(seed, id)``, then by the id; ``ids``
+    default to the indices as strings (``"0"``, ``"1"``, ...). The kept set depends on each document's score and id
+    only, not on the order of the documents.
+
+    Raises:
+        ValueError: a bad ``keep_fraction``, empty or non-finite scores, ids not matching the scores, or the cut falls
+            between two documents of the same score and the same id (nothing tells them apart).
+    """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1 or len(scores) == 0:
         raise ValueError(f"scores must be a non-empty 1-D sequence, got shape {scores.shape}")
+    ids = [str(i) for i in range(len(scores))] if ids is None else list(ids)
+    if len(ids) != len(scores):
+        raise ValueError(f"{len(ids)} ids for {len(scores)} scores")
     keep = max(1, int(round(keep_fraction * len(scores))))
-    tie_break = np.random.default_rng(seed).permutation(len(scores))
-    order = np.lexsort((tie_break, -scores))  # by score descending, then the random key
+    primary, ties = score_keys(scores), tie_keys(ids, seed)
+    order = np.lexsort((ties, primary))
+    if keep < len(order):
+        # equal (score, hash) pairs (the same id twice, or a 64-bit hash collision): the one straddling the cut is
+        # ordered by id
+        last = order[keep - 1]
+        run = np.flatnonzero((primary[order] == primary[last]) & (ties[order] == ties[last]))
+        if run[-1] >= keep:  # the run goes on past the cut: which of its documents are kept is decided by id
+            by_id = sorted(order[run], key=lambda i: ids[i])
+            cut = keep - 1 - int(run[0])
+            if ids[by_id[cut]] == ids[by_id[cut + 1]]:
+                raise ValueError(f"the cut falls between documents with the same score and the same id {ids[by_id[cut]]!r}: ids must be unique")
+            order[run] = by_id
     return np.sort(order[:keep])
 
 
@@ -408,17 +728,26 @@ def prune(
     perplexity: Perplexity | None = None,
     seed: int = 0,
     count_tokens: Callable[[str], int] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """Weights, document scores, and the sorted indices of the top ``keep_fraction`` documents.
 
-    The paper keeps 60-80% (``keep_fraction`` 0.6 on OpenWebText, 0.8 on Wikipedia).
+    The paper keeps 60-80% (``keep_fraction`` 0.6 on OpenWebText, 0.8 on Wikipedia). With the default LM the
+    lines are swept once (:func:`corpus_statistics`); ``ids`` (default: the indices) break ties in score
+    (:func:`top_fraction`). ``litzoo.framework.curation.text_quality_pool.prune_pool`` gives the same result on a
+    corpus in shards.
 
     Returns:
         ``(kept_indices, scores, weights)``.
     """
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-    weights = filter_weights(documents, filters, perplexity)
-    resolved = resolve_filters(filters)
-    scores = document_scores(documents, weights, resolved, count_tokens)
-    return top_fraction(scores, keep_fraction, seed), scores, weights
+    if perplexity is None:
+        _all_lines(documents)
+        statistics = corpus_statistics(documents, filters, count_tokens)
+        weights = weights_from_statistics([statistics])
+        scores = scores_from_statistics(statistics, weights)
+    else:
+        weights = filter_weights(documents, filters, perplexity)
+        scores = document_scores(documents, weights, resolve_filters(filters), count_tokens)
+    return top_fraction(scores, keep_fraction, seed, ids), scores, weights

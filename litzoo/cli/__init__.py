@@ -39,7 +39,7 @@ COMMANDS: dict[str, str] = {
     "list": "litzoo.cli.registry:list_command",
     "export": "litzoo.cli.export:export_command",
     "curate": "litzoo.cli.curation:curate_command",
-    "text-quality": "litzoo.cli.curation:text_quality_command",
+    "text-quality": "litzoo.cli.text_quality:text_quality_command",
     "graph": "litzoo.cli.graph:graph_command",
     "architectures": "litzoo.cli.nas:architectures_command",
     "architecture-tasks": "litzoo.cli.nas:architecture_tasks_command",

@@ -4,8 +4,11 @@ and the score separating junk on the synthetic corpus."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,16 +21,23 @@ from litzoo.framework.curation.text_quality import (
     FILTERS,
     PAPER_FILTERS,
     BigramLM,
+    CorpusStatistics,
+    corpus_statistics,
     digit_punctuation_ratio,
     document_scores,
     filter_weights,
     line_scores,
     prune,
+    score_keys,
+    scores_from_statistics,
     split_lines,
+    tie_keys,
     top_fraction,
+    weights_from_statistics,
     word_repetition_ratio,
     word_tokens,
 )
+from litzoo.framework.errors import LitzooError
 
 CLEAN = "The old farmer carried the basket to the market with his son."
 
@@ -278,3 +288,252 @@ def test_cli_text_quality_checks_its_arguments_and_output_before_the_work(tmp_pa
         with pytest.raises(SystemExit) as exit_info:
             main(["text-quality", "--manifest", str(manifest), *args])
         assert exit_info.value.code == 2 and capsys.readouterr().err == f"litzoo: error: {message}\n"
+
+
+# ----------------------------------------------------------------------------- one sweep, mergeable statistics, the id-keyed cut
+def test_default_weights_equal_the_bigram_lm_formula_line_by_line(corpus):
+    documents = [row["text"] for row in corpus]
+    lines = [line for document in documents for line in split_lines(document)]
+    # reference: the paper's eq. 1 with BigramLM.perplexity evaluated on the retained lines, one line at a time
+    reference = filter_weights(documents, perplexity=BigramLM().fit(lines))
+    weights = filter_weights(documents)
+    assert weights.keys() == reference.keys()
+    assert max(abs(weights[name] - reference[name]) for name in weights) < 1e-12
+    assert max(reference.values()) > 0.1
+    # negative control: another smoothing constant gives other weights
+    other = weights_from_statistics([corpus_statistics(documents)], k=1.0)
+    assert max(abs(other[name] - reference[name]) for name in weights) > 1e-4
+
+
+def test_statistics_of_any_split_give_the_same_weights_and_scores_to_the_last_bit(corpus, tmp_path):
+    documents = [row["text"] for row in corpus]
+    whole = corpus_statistics(documents)
+    weights = weights_from_statistics([whole])
+    scores = scores_from_statistics(whole, weights)
+    rng = np.random.default_rng(0)
+    for trial in range(3):
+        cuts = np.sort(rng.choice(np.arange(1, len(documents)), size=4 + trial, replace=False))
+        parts = [corpus_statistics(part) for part in np.split(np.array(documents, dtype=object), cuts)]
+        # through the on-disk arrays (numpy.savez / load without pickle), in another order
+        saved = []
+        for i, part in enumerate(parts):
+            np.savez(tmp_path / f"part{i}.npz", **part.to_arrays())
+            with np.load(tmp_path / f"part{i}.npz", allow_pickle=False) as data:
+                saved.append(CorpusStatistics.from_arrays({name: data[name] for name in data.files}))
+        assert weights_from_statistics(saved[::-1]) == weights
+        assert weights_from_statistics(rng.permutation(np.array(saved, dtype=object)).tolist()) == weights
+        assert np.array_equal(np.concatenate([scores_from_statistics(part, weights) for part in saved]), scores)
+    # and the same as the public functions
+    assert filter_weights(documents) == weights
+    assert np.array_equal(document_scores(documents, weights), scores)
+    np.testing.assert_allclose(scores, prune(documents, perplexity=BigramLM().fit([x for d in documents for x in split_lines(d)]))[1], atol=1e-12)
+
+
+def test_statistics_count_bigrams_per_pattern_by_hand():
+    filters = {"dot": lambda line: line.endswith("."), "caps": lambda line: line[0].isupper()}
+    stats = corpus_statistics(["A b.\nc d", "", "A b."], filters)
+    assert stats.filters == ("dot", "caps")
+    assert stats.patterns.tolist() == [[True, True], [False, False]]
+    assert stats.line_pattern.tolist() == [0, 1, 0] and stats.line_tokens.tolist() == [3, 2, 3] and stats.document_lines.tolist() == [2, 0, 1]
+    rows = {(int(p), stats.tokens[v], stats.tokens[w]): int(n) for p, v, w, n in
+            zip(stats.bigram_pattern, stats.bigram_prev, stats.bigram_next, stats.bigram_count, strict=True)}  # fmt: skip
+    assert rows == {(0, "<s>", "A"): 2, (0, "A", "b"): 2, (0, "b", "."): 2, (0, ".", "</s>"): 2,
+                    (1, "<s>", "c"): 1, (1, "c", "d"): 1, (1, "d", "</s>"): 1}  # fmt: skip
+    # by hand: V = {A, b, ., c, d, </s>, <unk>} = 7, k = 0.1; filter "dot" retains the two "A b." lines
+    k, v = 0.1, 7
+    log_p = {("<s>", "A"): (2 + k) / (3 + k * v), ("A", "b"): (2 + k) / (2 + k * v), ("b", "."): (2 + k) / (2 + k * v),
+             (".", "</s>"): (2 + k) / (2 + k * v), ("<s>", "c"): (1 + k) / (3 + k * v), ("c", "d"): (1 + k) / (1 + k * v),
+             ("d", "</s>"): (1 + k) / (1 + k * v)}  # fmt: skip
+    nll = {pair: -math.log(p) for pair, p in log_p.items()}
+    dot = math.exp(2 * sum(nll[pair] for pair in list(nll)[:4]) / 8)
+    every = math.exp((2 * sum(nll[pair] for pair in list(nll)[:4]) + sum(nll[pair] for pair in list(nll)[4:])) / 11)
+    assert weights_from_statistics([stats]) == pytest.approx({"dot": (every - dot) / every, "caps": (every - dot) / every}, abs=1e-12)
+    with pytest.raises(ValueError, match="non-negative int"):
+        corpus_statistics(["A b."], filters, count_tokens=lambda line: 1.5)
+    with pytest.raises(ValueError, match="different filters"):
+        weights_from_statistics([stats, corpus_statistics(["x"])])
+
+
+def test_top_fraction_keeps_the_same_ids_whatever_the_order(corpus):
+    documents = [row["text"] for row in corpus]
+    ids = [f"doc-{i}" for i in range(len(documents))]
+    kept, scores, _ = prune(documents, 0.5, seed=4, ids=ids)
+    assert (scores == scores[kept].min()).sum() > 2  # the cut falls among tied scores: the ids decide
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        order = rng.permutation(len(documents))
+        again, _, _ = prune([documents[i] for i in order], 0.5, seed=4, ids=[ids[i] for i in order])
+        assert sorted(ids[order[i]] for i in again) == sorted(ids[i] for i in kept)
+    assert sorted(prune(documents, 0.5, seed=5, ids=ids)[0].tolist()) != sorted(kept.tolist())  # the seed matters
+    # the hash is a pure function of (seed, id)
+    assert tie_keys(["a", "b"], 3)[1] == tie_keys(["b"], 3)[0] != tie_keys(["b"], 4)[0]
+    assert tie_keys(["x"], 0).dtype == np.uint64
+
+
+def test_top_fraction_breaks_equal_hashes_by_id_and_refuses_a_cut_between_equal_ids(monkeypatch):
+    import litzoo.framework.curation.text_quality as text_quality
+
+    monkeypatch.setattr(text_quality, "tie_keys", lambda ids, seed=0: np.zeros(len(ids), dtype=np.uint64))  # every hash collides
+    scores = [0.5, 0.9, 0.5, 0.5, 0.1]
+    assert text_quality.top_fraction(scores, 0.6, ids=["d", "a", "c", "b", "e"]).tolist() == [1, 2, 3]
+    assert text_quality.top_fraction(scores, 0.4, ids=["d", "a", "c", "b", "e"]).tolist() == [1, 3]  # "b" < "c" < "d"
+    with pytest.raises(ValueError, match="same id 'x'"):
+        text_quality.top_fraction(scores, 0.4, ids=["x", "a", "x", "y", "e"])
+    assert text_quality.top_fraction(scores, 0.8, ids=["x", "a", "x", "y", "e"]).tolist() == [0, 1, 2, 3]  # the cut is not between the two
+    with pytest.raises(ValueError, match="finite"):
+        top_fraction([0.1, math.nan], 0.5)
+
+
+@pytest.mark.parametrize("collide", [False, True])
+def test_select_boundary_equals_the_in_memory_top_fraction(monkeypatch, collide):
+    import litzoo.framework.curation.text_quality as text_quality
+    from litzoo.framework.curation.text_quality_pool import select_boundary
+
+    rng = np.random.default_rng(2)
+    scores = rng.choice([0.0, 0.25, 0.5, 0.75, 1.0, 0.3333333333333333], size=500)  # heavy ties
+    ids = [f"s{i}" for i in range(len(scores))]
+    if collide:  # 64-bit hashes that collide: 4 values only, so the ids decide within (score, hash)
+        monkeypatch.setattr(text_quality, "tie_keys", lambda ids, seed=0: np.array([int(i[1:]) % 4 for i in ids], dtype=np.uint64))
+    cuts = [0, 7, 7, 130, 420, 500]  # an empty chunk included
+    chunks = [(scores[a:b], ids[a:b]) for a, b in itertools.pairwise(cuts)]
+    for keep_fraction in (0.01, 0.3, 0.5, 0.77, 1.0):
+        expected = {ids[i] for i in text_quality.top_fraction(scores, keep_fraction, seed=9, ids=ids)}
+        keep = max(1, round(keep_fraction * len(scores)))
+        for limit in (1, 3, 10_000):  # 1: the radix passes go down to the last 16 bits
+            loaders = [lambda c=c: (score_keys(c[0]), text_quality.tie_keys(c[1], 9)) for c in chunks]
+            boundary = select_boundary(loaders, [len(c[0]) for c in chunks], keep, [lambda c=c: c[1] for c in chunks], limit=limit)
+            kept = {i for c, load in zip(chunks, loaders, strict=True) for i, k in zip(c[1], boundary.kept(*load(), lambda c=c: c[1]), strict=True) if k}
+            assert kept == expected, (keep_fraction, limit)
+            assert boundary.score == scores[[ids.index(i) for i in expected]].min()
+
+
+# ----------------------------------------------------------------------------- the sharded pipeline
+def write_jsonl_shards(folder, corpus, cuts, name="part-{}.jsonl"):
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for k, (a, b) in enumerate(itertools.pairwise(cuts)):
+        path = folder / name.format(k)
+        path.write_text("".join(json.dumps({"text": corpus[i]["text"], "id": f"doc-{i}", "image": f"img/{i}.png"}) + "\n" for i in range(a, b)))
+        paths.append(path)
+    return paths
+
+
+def read_output(manifest):
+    return {name: [json.loads(line) for line in Path(path).read_text().splitlines()]
+            for name, path in zip(manifest["shards_in"], manifest["shards_out"], strict=True)}  # fmt: skip
+
+
+def test_prune_pool_equals_prune_on_the_concatenated_corpus(corpus, tmp_path):
+    from litzoo.framework.curation.text_quality_pool import prune_pool
+
+    corpus = corpus[:150]
+    shards = write_jsonl_shards(tmp_path / "pool", corpus, [0, 40, 41, 100, 150])
+    ids = [f"doc-{i}" for i in range(len(corpus))]
+    kept, scores, weights = prune([row["text"] for row in corpus], 0.5, seed=7, ids=ids)
+    expected = {ids[i]: float(scores[i]) for i in kept}
+    results = {}
+    for label, order, workers in (("forward", shards, 1), ("reversed", shards[::-1], 1), ("two workers", shards[::-1], 2)):
+        out = tmp_path / label
+        manifest = prune_pool(order, out, keep_fraction=0.5, id_key="id", seed=7, workers=workers)
+        assert manifest["weights"] == weights, label  # bit-identical
+        rows = [row for shard_rows in read_output(manifest).values() for row in shard_rows]
+        assert {row["id"]: row["quality_score"] for row in rows} == expected, label
+        assert manifest["kept_total"] == len(kept) == sum(manifest["kept"]) and manifest["documents_total"] == len(corpus)
+        assert manifest["lowest_kept_score"] == min(expected.values())
+        results[label] = {Path(p).name: Path(p).read_bytes() for p in manifest["shards_out"]}
+        for shard, shard_rows in read_output(manifest).items():  # kept records unchanged, in shard order, paths rebased
+            originals = {row["id"]: row for row in map(json.loads, Path(shard).read_text().splitlines())}
+            assert [row["id"] for row in shard_rows] == sorted((row["id"] for row in shard_rows), key=lambda i: int(i[4:]))
+            for row in shard_rows:
+                assert row == {**originals[row["id"]], "image": f"../pool/{originals[row['id']]['image']}", "quality_score": expected[row["id"]]}
+    assert results["forward"] == results["reversed"] == results["two workers"]
+    assert (scores == min(expected.values())).sum() > sum(1 for s in expected.values() if s == min(expected.values()))  # ties were cut
+
+
+def test_prune_pool_default_ids_and_negative_control(corpus, tmp_path):
+    from litzoo.framework.curation.text_quality_pool import prune_pool
+
+    corpus = corpus[:90]
+    shards = write_jsonl_shards(tmp_path / "pool", corpus, [0, 30, 90])
+    # without id_key a document's id is "<shard name>:<index in its shard>"
+    ids = [f"part-0.jsonl:{i}" for i in range(30)] + [f"part-1.jsonl:{i}" for i in range(60)]
+    kept, _, _ = prune([row["text"] for row in corpus], 0.4, ids=ids)
+    manifest = prune_pool(shards, tmp_path / "out", keep_fraction=0.4)
+    rows = [row for shard_rows in read_output(manifest).values() for row in shard_rows]
+    assert sorted(row["id"] for row in rows) == sorted(f"doc-{i}" for i in kept)
+    # negative control: the in-memory cut with other ids (the indices) keeps another set among the ties
+    assert sorted(prune([row["text"] for row in corpus], 0.4)[0].tolist()) != sorted(kept.tolist())
+
+
+def test_prune_pool_resumes_where_it_stopped(corpus, tmp_path, monkeypatch):
+    import litzoo.framework.curation.text_quality_pool as pool
+
+    corpus = corpus[:90]
+    shards = write_jsonl_shards(tmp_path / "pool", corpus, [0, 30, 60, 90])
+    reference = pool.prune_pool(shards, tmp_path / "reference", keep_fraction=0.5, id_key="id")
+    calls = []
+
+    def recorded(name, function):
+        def task(*args):
+            calls.append((name, Path(args[0]).name))
+            return function(*args)
+
+        return task
+
+    for name in ("_statistics_task", "_score_task", "_write_task"):
+        monkeypatch.setattr(pool, name, recorded(name, getattr(pool, name)))
+    real_write = pool._write_task
+
+    def killed_at_the_second_shard(*args):
+        if sum(1 for call in calls if call[0] == "_write_task") == 1:
+            raise KeyboardInterrupt
+        return real_write(*args)
+
+    monkeypatch.setattr(pool, "_write_task", killed_at_the_second_shard)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pool.prune_pool(shards, out, keep_fraction=0.5, id_key="id")
+    assert not (out / "manifest.json").exists() and (out / "part-0.jsonl").exists() and not (out / "part-1.jsonl").exists()
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]  # nothing half-written left behind
+    monkeypatch.setattr(pool, "_write_task", real_write)
+    calls.clear()
+    manifest = pool.prune_pool(shards, out, keep_fraction=0.5, id_key="id")
+    assert calls == [("_write_task", "part-1.jsonl"), ("_write_task", "part-2.jsonl")]  # resumed at the first unfinished shard
+    assert len(read_output(manifest)) == 3
+    assert [Path(p).read_bytes() for p in manifest["shards_out"]] == [Path(p).read_bytes() for p in reference["shards_out"]]
+    calls.clear()
+    pool.prune_pool(shards, out, keep_fraction=0.5, id_key="id")
+    assert calls == []  # everything done: nothing recomputed
+    # another argument that changes the scores (the seed of the tie keys): statistics kept, scores and outputs redone
+    pool.prune_pool(shards, out, keep_fraction=0.5, id_key="id", seed=1)
+    assert {name for name, _ in calls} == {"_score_task", "_write_task"}
+    # a run that changes the outputs and is killed: the earlier run's manifest no longer describes them, so it is gone
+    monkeypatch.setattr(pool, "_write_task", killed_at_the_second_shard)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        pool.prune_pool(shards, out, keep_fraction=0.4, id_key="id", seed=1)
+    assert not (out / "manifest.json").exists()
+    monkeypatch.setattr(pool, "_write_task", real_write)
+    # a shard that changed: its statistics are redone (fingerprint: size + mtime), the others kept
+    calls.clear()
+    shards[1].write_text(shards[1].read_text().replace("doc-3", "doc-X3"))
+    os.utime(shards[1], ns=(1, 1))
+    pool.prune_pool(shards, out, keep_fraction=0.5, id_key="id", seed=1)
+    assert [call for call in calls if call[0] == "_statistics_task"] == [("_statistics_task", "part-1.jsonl")]
+
+
+def test_prune_pool_refuses_colliding_outputs_and_bad_arguments(corpus, tmp_path):
+    from litzoo.framework.curation.text_quality_pool import prune_pool
+
+    a = write_jsonl_shards(tmp_path / "a", corpus[:5], [0, 5])
+    b = write_jsonl_shards(tmp_path / "b", corpus[5:10], [0, 5])
+    with pytest.raises(LitzooError, match="have the same name"):
+        prune_pool([*a, *b], tmp_path / "out")
+    with pytest.raises(LitzooError, match="would overwrite the input shard"):
+        prune_pool(a, tmp_path / "a")
+    with pytest.raises(ValueError, match="keep_fraction"):
+        prune_pool(a, tmp_path / "out", keep_fraction=0)
+    with pytest.raises(ValueError, match="workers"):
+        prune_pool(a, tmp_path / "out", workers=0)
+    with pytest.raises(LitzooError, match="does not exist"):
+        prune_pool([tmp_path / "missing.jsonl"], tmp_path / "out")
