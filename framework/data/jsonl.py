@@ -59,18 +59,20 @@ def rebase_paths(record: dict, keys: Sequence[str], source: str | Path, target: 
     relative form from ``target`` (another drive on Windows) becomes absolute. The new paths are relative, not
     absolute, so that a folder holding both the files and the manifest can still be moved as a whole.
     """
-    source, target = Path(source).absolute(), Path(target).absolute()
+    source, target = os.path.abspath(source), os.path.abspath(target)
     if source == target:
         return record
     rebased = dict(record)
     for key in keys:
         value = record.get(key)
-        if not isinstance(value, str) or not value or value.startswith("~") or Path(value).is_absolute():
+        if not isinstance(value, str) or not value or value.startswith("~") or os.path.isabs(value):
             continue
+        # os.path, not pathlib: curation rebases millions of records, and this is a third of the time
+        path = os.path.join(source, value)
         try:
-            rebased[key] = Path(os.path.relpath(source / value, target)).as_posix()
+            rebased[key] = os.path.relpath(path, target).replace(os.sep, "/")
         except ValueError:
-            rebased[key] = str(source / value)
+            rebased[key] = path
     return rebased
 
 

@@ -30,8 +30,8 @@ TRAINING_COMMANDS: dict[str, str] = {
 COMMAND_SUMMARIES: dict[str, str] = {
     "list": "every method, DataModule, callback and shipped config, one line each",
     "export": "the deploy model of a checkpoint as ONNX, TorchScript or int8, verified against torch",
-    "curate": "MetaCLIP curation of an image-text JSONL manifest: sub-string matching, then balancing",
-    "text-quality": "text quality-based pruning of a JSONL corpus: keep the best-scored fraction",
+    "curate": "MetaCLIP curation of a caption pool (JSONL, Parquet or WebDataset shards): sub-string matching, then balancing",
+    "text-quality": "text quality-based pruning of a corpus (JSONL, Parquet or WebDataset shards): keep the best-scored fraction",
     "graph": "the computation graph of a config's network, as JSON",
     "architectures": "generate (or resume) a labelled NAS benchmark of networks trained on the digits",
     "architecture-tasks": "AIO-P's extra task labels for the networks of an architecture benchmark",
