@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from typing_extensions import override
 
 from litzoo.framework.random_state import derive_seed, isolated_rng
@@ -128,6 +128,13 @@ class ResumableLoader(DataLoader):
     length (Lightning reads a loader without one a batch ahead). The iterator is started on its first
     ``next``, after Lightning has set the epoch (it creates it earlier, in its data set-up).
 
+    A streamed dataset (an ``IterableDataset`` with ``set_epoch``, such as
+    :class:`~litzoo.framework.data.shard_stream.ShardStream`) takes the epoch as a sampler does: the loader sets it
+    at the start of every pass (Lightning sets the epoch of samplers only), and its ``seed`` on ``load_state_dict``.
+    As Lightning starts one pass per epoch, a pass begun after one cut short (``limit_train_batches``) is the next
+    epoch. (A checkpoint written at the end of such a cut epoch holds the cut pass's position: resumed from it, the
+    loader replays that epoch's order.)
+
     Raises:
         ValueError: ``persistent_workers=True``: a worker kept across epochs carries its random state over.
     """
@@ -146,11 +153,17 @@ class ResumableLoader(DataLoader):
         """The epoch the next pass reads: the sampler's when it has one (Lightning sets it), else the loader's."""
         return int(getattr(self.sampler, "epoch", self._epoch))
 
+    def _streamed(self) -> bool:
+        """Whether the dataset is an IterableDataset that takes the epoch itself (``set_epoch``)."""
+        return isinstance(self.dataset, IterableDataset) and callable(getattr(self.dataset, "set_epoch", None))
+
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch of the next pass (on the sampler too, when it has ``set_epoch``)."""
+        """Set the epoch of the next pass (on the sampler, or the streamed dataset, too, when it has ``set_epoch``)."""
         self._epoch = int(epoch)
         if callable(getattr(self.sampler, "set_epoch", None)):
             self.sampler.set_epoch(int(epoch))
+        if self._streamed():
+            self.dataset.set_epoch(int(epoch))
 
     def _length(self) -> int | None:
         try:
@@ -164,7 +177,11 @@ class ResumableLoader(DataLoader):
 
     def _start(self) -> Iterator[Any]:
         """The iterator of the current epoch, moved past the batches to skip after a resume."""
+        if self._streamed() and self._resume is None and self._running is not None and self._running[1] > 0:
+            self.set_epoch(self._running[0] + 1)  # the last pass was cut short: Lightning is in the next epoch
         epoch = self.epoch
+        if self._streamed():
+            self.dataset.set_epoch(epoch)  # before the workers start with a copy of it
         skip = 0
         if self._resume is not None:
             resume_epoch, batches = self._resume
@@ -202,6 +219,8 @@ class ResumableLoader(DataLoader):
         self.seed = int(state_dict["seed"])
         if isinstance(self.sampler, EpochShuffleSampler):
             self.sampler.seed = self.seed
+        if self._streamed() and hasattr(self.dataset, "seed"):
+            self.dataset.seed = self.seed
         epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])
         self.set_epoch(epoch)
         self._running = None

@@ -302,3 +302,29 @@ def test_digits_captions_concurrent_construction(tmp_path):
     assert len(list((folder / "images").iterdir())) == 1797
     assert [len(_lines(folder / f"{s}.jsonl")) for s in ("train", "val", "test")] == [1257, 180, 360]
     assert DigitsCaptionsDataModule(root=str(root)).dataset("test").labels.shape == (360,)
+
+
+# ------------------------------------------------------------------------------------------ WebDataset shards from the CLI
+
+
+def test_the_cli_takes_shard_specs(tmp_path):
+    """``--data.init_args.train_shards`` takes a brace range or a list (more in test_image_text_webdataset.py)."""
+    from litzoo.cli import LitzooCLI
+    from litzoo.framework.data.shard_stream import ShardStream
+    from litzoo.framework.data.shards import ShardWriter
+
+    manifest = _write_pool(tmp_path / "pool")
+    for number in range(2):
+        with ShardWriter(tmp_path / f"part-{number}.tar") as writer:
+            writer.write({"__key__": f"k{number}", "png": (tmp_path / "pool" / "images" / "grey.png").read_bytes(), "txt": f"grey square {number}"})
+    config = str(Path(__file__).parents[2] / "configs" / "clip" / "digits_captions.yaml")
+    common = ["-c", config, "--data", "litzoo.datamodules.image_text.ImageTextDataModule", "--data.init_args.channels", "1",
+              "--data.init_args.image_size", "8", "--data.init_args.vocab_size", "256", "--data.init_args.context_length", "16"]  # fmt: skip
+    brace = str(tmp_path / "part-{0..1}.tar")
+    dm = LitzooCLI(args=[*common, "--data.init_args.train_shards", brace, "--data.init_args.val_manifest", str(manifest)], run=False).datamodule
+    assert dm.shard_specs["train"] == brace and dm.manifests["val"] == str(manifest) and dm.hparams.train_shards == brace
+    dm.setup("fit")
+    assert isinstance(dm.train_dataset, ShardStream) and dm.train_dataset.shards == [tmp_path / "part-0.tar", tmp_path / "part-1.tar"]
+    listed = f"[{tmp_path / 'part-1.tar'}, {tmp_path / 'part-0.tar'}]"
+    dm = LitzooCLI(args=[*common, "--data.init_args.train_shards", listed], run=False).datamodule
+    assert dm.shard_specs["train"] == [str(tmp_path / "part-1.tar"), str(tmp_path / "part-0.tar")]
