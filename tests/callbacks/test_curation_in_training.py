@@ -158,6 +158,67 @@ def test_rounds_continue_through_the_pool_and_resume_from_a_checkpoint():
     assert callback.pass_index >= 1
 
 
+def test_an_in_memory_pool_keeps_its_checkpoint_format():
+    # pool_shards=None: the pool's size and, per rank, the producer position and the round being trained (pool indices)
+    options = dict(batch_size=2, curate_every=3, threshold=0.5, min_ratio=0.01, producer_batch_size=4)
+    callback = make_callback([0.9] * 30, **options)
+    callback.start_round()
+    callback.round_position = 2
+    state = callback.state_dict()
+    assert state == {"rounds": 1, "pool_size": 30, "ranks": [{"pass_index": 0, "offset": 8, "round": callback.current_round, "round_position": 2}]}
+    assert all(isinstance(i, int) for i in state["ranks"][0]["round"]) and callback.current_round == callback._shard_order(0)[:6].tolist()
+    resumed = make_callback([0.9] * 30, **options)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state  # loaded and not used yet: saved as it was
+    following = callback.curate()
+    assert resumed.start_round() == callback.current_round and resumed.curate() == following
+    # negative control: with the offset lost, the round saved mid-way is still finished, but the next one differs
+    control = make_callback([0.9] * 30, **options)
+    control.load_state_dict({**state, "ranks": [{**state["ranks"][0], "offset": 0}]})
+    assert control.start_round() == callback.current_round and control.curate() != following
+
+
+def test_the_flat_checkpoint_format_of_before_per_rank_states_still_loads_on_one_process():
+    # the format before per-rank states (issue 18): one flat position, read as rank 0's of a 1-process run
+    options = dict(batch_size=2, curate_every=3, threshold=0.5, min_ratio=0.01, producer_batch_size=4)
+    callback = make_callback([0.9] * 30, **options)
+    callback.start_round()
+    training = callback.start_round()  # the second round, 2 of its 6 pairs trained
+    flat = {"pass_index": callback.pass_index, "offset": callback.offset, "rounds": 2, "round": training, "round_position": 2}
+    following = [callback.start_round() for _ in range(3)]
+    resumed = make_callback([0.9] * 30, **options)
+    resumed.load_state_dict(flat)
+    assert resumed.start_round() == training  # the round saved mid-way
+    assert [resumed.start_round() for _ in range(3)] == following and resumed.rounds == callback.rounds
+    older = make_callback([0.9] * 30, **options)  # before issue 18: no round, nothing to finish
+    older.load_state_dict({key: flat[key] for key in ("pass_index", "offset", "rounds")})
+    assert older.start_round() == following[0]
+    # on two processes the flat position is one rank's only: refused in one line rather than trained by both ranks
+    two = make_callback([0.9] * 30, world_size=2, rank=1, **options)
+    two.load_state_dict(flat)
+    with pytest.raises(LitzooError, match=r"one producer position .* but this fit has 2 DDP ranks; resume it on one process$"):
+        two.start_round()
+
+
+def test_an_in_memory_checkpoint_of_another_pool_or_number_of_ranks_is_refused_in_one_line():
+    options = dict(batch_size=2, curate_every=3, threshold=0.5, min_ratio=0.01, producer_batch_size=4)
+    callback = make_callback([0.9] * 30, **options)
+    callback.start_round()
+    callback.round_position = 2
+    state = callback.state_dict()
+    cases = [
+        (make_callback([0.9] * 31, **options), state, r"pool of 30 pairs on 1 DDP ranks; this fit has 31 pairs on 1; resume with the same"),
+        (make_callback([0.9] * 30, world_size=2, rank=1, **options), state, r"pool of 30 pairs on 1 DDP ranks; this fit has 30 pairs on 2;"),
+        (make_callback([0.9] * 30, **options), {**state, "ranks": [{**state["ranks"][0], "round": [0, 30, 1]}]}, r"pool index 30, but the training"),
+    ]
+    for resumed, saved, message in cases:
+        resumed.load_state_dict(saved)
+        with pytest.raises(LitzooError, match=message):
+            resumed.start_round()
+    with pytest.raises(LitzooError, match="saved streaming pool_shards; resume with the same pool_shards$"):
+        make_callback([0.9] * 30, **options).load_state_dict({"rounds": 1, "pool": "0123", "num_shards": 2, "ranks": [{}]})
+
+
 def test_ranks_curate_disjoint_equal_shards():
     similarities = [0.9] * 41
     shards = [make_callback(similarities, batch_size=2, curate_every=2, world_size=2, rank=r)._shard_order(0) for r in (0, 1)]
@@ -200,3 +261,4 @@ def test_fit_trains_on_curated_rounds_and_restores_the_datamodule(tmp_path_facto
     assert "train_dataloader" not in vars(datamodule)  # the DataModule's own loader is back
     assert len(datamodule.train_dataloader()) == math.ceil(1257 / 16)
     assert 0 < curation.last_round["curation/selected_ratio"] <= 1
+
