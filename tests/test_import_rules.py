@@ -109,3 +109,17 @@ def test_the_checker_catches_each_kind_of_wrong_arrow(tmp_path, room, stem, sour
     path = tmp_path / room / f"{stem}.py"
     path.write_text(source + "\n")
     assert bool(violations_in(path, root=tmp_path)) is broken
+
+
+def test_curation_workers_start_without_torch():
+    """Curation and text-quality worker processes (spawned, or Dask's) import the shard readers and the matchers only:
+    importing them must not import torch or Lightning, which would cost seconds per worker (framework/data's
+    ``__init__`` is lazy for this)."""
+    import subprocess
+    import sys
+
+    modules = ["litzoo.framework.data.shards", "litzoo.framework.curation", "litzoo.framework.curation.sharded",
+               "litzoo.framework.curation.text_quality_pool"]  # fmt: skip
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
