@@ -15,8 +15,8 @@ map-reduce that :func:`curate_pool` runs:
    ``output_format``) with their matched entries under ``"entries"``, and a per-shard summary to
    ``output_dir/.pass2/<shard name>.npz``.
 
-Then ``output_dir/entry_counts.npy`` (shape ``(2, E)``: the counts before / after balancing) and
-``output_dir/manifest.json`` (written last: a folder with a manifest holds a finished run). Unlike the reference,
+Then ``output_dir/entry_counts.npy`` (shape ``(2, E)``: the counts before / after balancing), ``output_dir/sizes.json``
+(the kept samples per curated shard, open_clip's file, so a loader need not count them) and ``output_dir/manifest.json`` (written last: a folder with a manifest holds a finished run). Unlike the reference,
 whose coins come from a global RNG stream, the result — the kept ids of every shard, the bytes of every curated
 shard — does not depend on the number of workers, the engine, the order of the shards, or a run killed and resumed.
 
@@ -76,6 +76,7 @@ BATCH = 4096
 LAYOUT_VERSION = 1
 
 PASS1, PASS2, RUN_RECORD, MANIFEST, ENTRY_COUNTS = ".pass1", ".pass2", ".run.json", "manifest.json", "entry_counts.npy"
+SIZES = "sizes.json"  # open_clip's per-folder sample counts, read by its WebDataset loader and by ShardStream
 
 
 # ---- the metadata index of a worker process -------------------------------------------------------------------------
@@ -457,11 +458,11 @@ def _prepare_folder(output_dir: Path, arguments: dict, outputs: list[str], shard
                 target.unlink(missing_ok=True)
         for folder in (PASS1, PASS2):
             shutil.rmtree(output_dir / folder, ignore_errors=True)
-        for name in (MANIFEST, ENTRY_COUNTS, RUN_RECORD):
+        for name in (MANIFEST, ENTRY_COUNTS, SIZES, RUN_RECORD):
             (output_dir / name).unlink(missing_ok=True)
         previous = None
     if previous is None:
-        foreign = [name for name in [*outputs, MANIFEST, ENTRY_COUNTS] if (output_dir / name).exists()]
+        foreign = [name for name in [*outputs, MANIFEST, ENTRY_COUNTS, SIZES] if (output_dir / name).exists()]
         if foreign and not overwrite:
             raise LitzooError(f"output folder '{output_dir}' already holds '{foreign[0]}', not written by a curation run with these "
                               "arguments; use a new --output_dir, or --overwrite to replace it")  # fmt: skip
@@ -640,6 +641,8 @@ def curate_pool(shards: Sequence[str | Path], metadata: Sequence[str] | Metadata
     }  # fmt: skip
     with write_files_atomically(out / ENTRY_COUNTS) as (staged,):
         np.save(staged, np.stack([before, after]))
+    with write_files_atomically(out / SIZES) as (staged,):  # a loader knows the curated shards' lengths without a pass
+        staged.write_text(json.dumps({s["output"]: s["kept"] for s in per_shard}, indent=1) + "\n", encoding="utf-8")
     if log_dir is not None:
         _write_tensorboard(Path(log_dir), before, after, per_shard)
     manifest["seconds"] = time.perf_counter() - started

@@ -291,6 +291,12 @@ def test_webdataset_tar_in_and_out_copies_every_member_and_adds_entries_to_the_j
             assert meta.pop("entries") == [ENTRIES[e] for e in index.match(original["txt"].decode())]
             assert meta == (json.loads(original["json"]) if "json" in original else {})  # created when absent
 
+    # open_clip's sizes.json beside the curated shards: what a loader reads instead of counting them
+    from litzoo.framework.data.shard_stream import read_shard_sizes
+
+    curated = [tmp_path / "out" / s["output"] for s in manifest["shards"]]
+    assert read_shard_sizes(curated) == [len(read_samples(p)) for p in curated] == [s["kept"] for s in manifest["shards"]]
+
     as_parquet = curate_pool(paths, ENTRIES, 5, tmp_path / "parquet", text_key="txt", output_format="parquet", progress=False)
     rows = read_samples(tmp_path / "parquet" / as_parquet["shards"][0]["output"])
     assert as_parquet["shards"][0]["output"] == "shard-000.parquet"
