@@ -118,8 +118,9 @@ def test_curation_workers_start_without_torch():
     import subprocess
     import sys
 
+    # litzoo.cli: a spawned worker of `litzoo curate --workers N` imports the console script's module again
     modules = ["litzoo.framework.data.shards", "litzoo.framework.curation", "litzoo.framework.curation.sharded",
-               "litzoo.framework.curation.text_quality_pool"]  # fmt: skip
+               "litzoo.framework.curation.text_quality_pool", "litzoo.cli", "litzoo.cli.curation", "litzoo.cli.text_quality"]  # fmt: skip
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint(sorted(m for m in ('torch', 'lightning') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -50,12 +50,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import shutil
 import sys
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -85,10 +87,11 @@ _WORKER_LOCK = threading.Lock()
 _WORKER: dict[str, Any] = {"digest": None, "index": None}
 
 
-def worker_index(metadata: MetadataIndex | tuple[str, Sequence[str]] | None) -> MetadataIndex:
+def worker_index(metadata: MetadataIndex | tuple[str, Sequence[str] | bytes] | None) -> MetadataIndex:
     """The metadata index a per-shard function matches with.
 
-    ``metadata`` is an index (in-process runs), ``(digest, entries)`` (the pool's initializer, Dask tasks: the index
+    ``metadata`` is an index (in-process runs), ``(digest, entries)`` (the pool's initializer, Dask tasks, a caller's
+    pool, whose tasks carry the entries pickled by the parent of the job: the index
     is built once per process and kept until another digest arrives; a lock makes threads of one Dask worker build
     it once), or None (a pool worker: the index its initializer built).
     """
@@ -102,6 +105,8 @@ def worker_index(metadata: MetadataIndex | tuple[str, Sequence[str]] | None) -> 
         digest, entries = metadata
         if _WORKER["digest"] != digest:
             _WORKER["index"], _WORKER["digest"] = None, None  # free the previous one before building
+            if isinstance(entries, bytes):  # pickled once by this job's parent (a caller's pool): unpickled only here
+                entries = pickle.loads(entries)
             _WORKER["index"], _WORKER["digest"] = MetadataIndex(entries), digest
         return _WORKER["index"]
 
@@ -351,7 +356,8 @@ def curate_shard(shard: str, output_path: str, summary_path: str, pass1_path: st
 
 
 @contextmanager
-def _engine(engine: str, workers: int, scheduler_address: str | None, digest: str, index: MetadataIndex) -> Iterator[Callable]:
+def _engine(engine: str, workers: int, scheduler_address: str | None, digest: str, index: MetadataIndex,
+            executor: Executor | None = None) -> Iterator[Callable]:  # fmt: skip
     """``run(function, per_shard_args, common, on_result, on_progress)`` on the chosen engine, open for both passes
     (one pool, one index per worker process). ``on_result(i, result)`` is called as each shard finishes;
     ``on_progress(captions)`` per batch in-process, per shard otherwise."""
@@ -378,15 +384,22 @@ def _engine(engine: str, workers: int, scheduler_address: str | None, digest: st
             yield run_dask
         finally:
             client.close()
-    elif workers > 1:
+    elif workers > 1 or executor is not None:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=init_worker, initargs=(digest, index.entries))  # fmt: skip
+        owned = executor is None
+        if owned:
+            executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=init_worker, initargs=(digest, index.entries))  # fmt: skip
+            task_metadata = None  # the initializer built it
+        else:
+            # sent with every task, since any process may get any task: pickled once here, so that a task costs a copy of
+            # bytes, and unpickled and built only by a process that does not hold this digest's index yet (worker_index)
+            task_metadata = (digest, pickle.dumps(index.entries, protocol=pickle.HIGHEST_PROTOCOL))
 
         def run_pool(function, per_shard, common, on_result, on_progress):
-            futures = {executor.submit(function, *args, **common): i for i, args in enumerate(per_shard)}
+            futures = {executor.submit(function, *args, **common, metadata=task_metadata): i for i, args in enumerate(per_shard)}
             results: list[Any] = [None] * len(per_shard)
             for future in as_completed(futures):
                 results[futures[future]] = result = future.result()
@@ -397,7 +410,8 @@ def _engine(engine: str, workers: int, scheduler_address: str | None, digest: st
         try:
             yield run_pool
         finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+            if owned:
+                executor.shutdown(wait=True, cancel_futures=True)
     else:
 
         def run_here(function, per_shard, common, on_result, on_progress):
@@ -479,7 +493,8 @@ def curate_pool(shards: Sequence[str | Path], metadata: Sequence[str] | Metadata
                 text_key: str = "text", id_key: str | None = None, seed: int = 0, workers: int = 1, engine: str = "local",
                 scheduler_address: str | None = None, output_format: str | None = None,
                 path_keys: Sequence[str] = ("image",), progress: bool | None = True, log_dir: str | Path | None = None,
-                overwrite: bool = False, paths_relative_to: str | Path | None = None) -> dict:  # fmt: skip
+                overwrite: bool = False, paths_relative_to: str | Path | None = None,
+                executor: Executor | None = None) -> dict:  # fmt: skip
     """MetaCLIP curation of a sharded pool into ``output_dir`` (the module docstring describes the passes).
 
     Args:
@@ -505,6 +520,10 @@ def curate_pool(shards: Sequence[str | Path], metadata: Sequence[str] | Metadata
         overwrite: delete what an earlier run with other arguments left in ``output_dir`` instead of refusing.
         paths_relative_to: the folder the rewritten paths are relative to, when the curated shards are moved after
             the run (``litzoo curate --manifest``); default ``output_dir``.
+        executor: a process pool of the caller's (``concurrent.futures.ProcessPoolExecutor``), kept across calls as a
+            Dask cluster is: the shards go to it instead of ``workers`` new processes, and each of its processes builds
+            the index at its first task and keeps it (as Dask workers do), so a second call pays no start-up. Not
+            shut down here.
 
     Returns:
         The manifest (also written to ``output_dir/manifest.json``): ``shards`` (per shard: input, output, captions,
@@ -522,6 +541,8 @@ def curate_pool(shards: Sequence[str | Path], metadata: Sequence[str] | Metadata
         raise ValueError(f"t must be a positive number of captions per entry, got {t!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive number of processes, got {workers!r}")
+    if executor is not None and (engine != "local" or workers != 1):
+        raise ValueError("executor is a process pool of the caller's: give it alone, without workers or engine='dask'")
     if engine not in ("local", "dask"):
         raise ValueError(f"engine must be 'local' or 'dask', got {engine!r}")
     if scheduler_address is not None and engine != "dask":
@@ -562,7 +583,7 @@ def curate_pool(shards: Sequence[str | Path], metadata: Sequence[str] | Metadata
     todo1 = [i for i, path in enumerate(pass1_paths) if _recorded_fingerprint(path) != pass1_fp[i]]
     common1 = {"text_key": text_key, "id_key": id_key}
 
-    with _engine(engine, workers, scheduler_address, digest, index) as run:
+    with _engine(engine, workers, scheduler_address, digest, index, executor) as run:
         bar = _bar("matching", None, progress)
         shards_done = [len(shard_paths) - len(todo1)]
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from jsonargparse import ArgumentError
 
 from litzoo.cli.console import all_commands, error_line, overview, parse_error_hint, quiet_third_party_noise, user_error
-from litzoo.cli.lightning_cli import LitzooCLI, find_checkpoint, run_name
 from litzoo.framework.errors import LitzooError
+
+if TYPE_CHECKING:
+    from litzoo.cli.lightning_cli import LitzooCLI, find_checkpoint, run_name
 
 __all__ = ["COMMANDS", "LitzooCLI", "command", "find_checkpoint", "main", "run_name"]
 
@@ -45,6 +48,15 @@ COMMANDS: dict[str, str] = {
     "architecture-tasks": "litzoo.cli.nas:architecture_tasks_command",
     "nas-search": "litzoo.cli.nas:nas_search_command",
 }
+
+
+def __getattr__(name: str) -> Any:
+    """``LitzooCLI``, ``find_checkpoint`` and ``run_name`` (``lightning_cli.py``: Lightning, torch) are imported on first
+    use: ``litzoo curate`` / ``text-quality`` and their spawned worker processes, which import the console script's
+    module again, start without them."""
+    if name in ("LitzooCLI", "find_checkpoint", "run_name"):
+        return getattr(importlib.import_module("litzoo.cli.lightning_cli"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def command(name: str) -> Callable[[Sequence[str]], object]:
@@ -69,9 +81,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 raise SystemExit(2)
         elif argv[0] in COMMANDS:
             command(argv[0])(argv[1:])
-        elif not argv[0].startswith("-") and argv[0] not in LitzooCLI.subcommands():
-            raise LitzooError(f"unknown command '{argv[0]}'; the commands are {all_commands(COMMANDS)} (`litzoo --help` describes them)")
         else:
+            from litzoo.cli.lightning_cli import LitzooCLI
+
+            if not argv[0].startswith("-") and argv[0] not in LitzooCLI.subcommands():
+                raise LitzooError(f"unknown command '{argv[0]}'; the commands are {all_commands(COMMANDS)} (`litzoo --help` describes them)")
             # exit_on_error=False: jsonargparse raises its errors instead of printing its whole usage before them
             LitzooCLI(args=argv, parser_kwargs={"exit_on_error": False})
     except ArgumentError as error:

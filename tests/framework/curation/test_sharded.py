@@ -178,6 +178,17 @@ def test_pool_equals_the_in_memory_balance_for_one_and_two_workers_and_any_shard
     reference_bytes = shard_bytes(tmp_path / "one", one)
     assert shard_bytes(tmp_path / "two", two) == reference_bytes == shard_bytes(tmp_path / "backwards", backwards)
     assert np.array_equal(np.load(tmp_path / "two" / "entry_counts.npy"), counts)
+    # a process pool of the caller's, used for two runs: its workers build the index at their first task and keep it
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for run in ("kept_pool_a", "kept_pool_b"):
+            kept_pool = curate_pool(paths, ENTRIES, t, tmp_path / run, seed=seed, executor=pool, progress=False)
+            assert shard_bytes(tmp_path / run, kept_pool) == reference_bytes
+        assert pool.submit(sum, [1, 2]).result() == 3  # still open: the caller's to shut down
+    with pytest.raises(ValueError, match="executor"):
+        curate_pool(paths, ENTRIES, t, tmp_path / "both", executor=pool, workers=2)
     # negative control: another seed curates another subset
     other = curate_pool(paths, ENTRIES, t, tmp_path / "other", seed=seed + 1, progress=False)
     assert shard_bytes(tmp_path / "other", other) != reference_bytes
