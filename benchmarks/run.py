@@ -4,31 +4,29 @@
 
 Every number in BENCHMARKS.md comes from this run: speeds are ratios against a baseline measured
 in the same process, in alternating rounds.
+
+    .venv/bin/python benchmarks/run.py --reuse                  # keep sections already in runs/benchmarks/
+    .venv/bin/python benchmarks/run.py --reuse --rerun curation # ... but run these again
+
+``--reuse`` re-reads the raw results a previous run saved in runs/benchmarks/<module>.json instead of
+running that benchmark again (an interrupted ``make bench`` continues where it stopped); BENCHMARKS.md
+then says which sections were re-read and when they were measured.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
-import aio_p
-import common
-import curation
-import framework_overhead
-import fusion_latency
-import gradient_reparam
-import masked_modelling
-import nas_predictors
-import nas_predictors_transfer
-import nas_search
-import pruning
-import quantization
-import structural_reparam
-import text_quality
-
-OUTPUT = common.ROOT / "BENCHMARKS.md"
+# The benchmark modules (and torch) are imported in main(), not here: a benchmark's spawned worker processes (the
+# curation engines') import this script again as their __main__, and should not pay for every benchmark's imports.
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUT = ROOT / "BENCHMARKS.md"
 COMMAND = "make bench  # = .venv/bin/python benchmarks/run.py"
 
 
@@ -49,12 +47,30 @@ def overhead_verdict(results: dict) -> str:
     return f"Goal: litzoo/plain throughput ≥ {results['goal_ratio']}. " + "; ".join(parts) + "."
 
 
-RESULTS_DIR = common.ROOT / "runs" / "benchmarks"
+RESULTS_DIR = ROOT / "runs" / "benchmarks"
 
 
-def _section(label: str, run) -> dict:
+REUSED: dict[str, str] = {}
+
+
+class _SavedDict(dict):
+    """A dict read back from JSON, where number keys became strings: ``d[0.5]`` finds ``d["0.5"]``."""
+
+    def __missing__(self, key):
+        if isinstance(key, (int, float)) and not isinstance(key, bool) and str(key) in self:
+            return self[str(key)]
+        raise KeyError(key)
+
+
+def _section(label: str, run, reuse: bool = False, rerun: tuple[str, ...] = ()) -> dict:
     """Run one benchmark, saying what runs and how long it took on stderr; its raw results are kept in
-    runs/benchmarks/<module>.json, so a table can be re-read without running it again."""
+    runs/benchmarks/<module>.json, so a table can be re-read without running it again (``reuse``)."""
+    saved = RESULTS_DIR / f"{run.__module__}.json"
+    if reuse and run.__module__ not in rerun and saved.is_file():
+        measured = datetime.datetime.fromtimestamp(saved.stat().st_mtime, datetime.timezone.utc)
+        REUSED[run.__module__] = measured.strftime("%Y-%m-%d %H:%M UTC")
+        print(f"{label}: re-read {saved} (measured {REUSED[run.__module__]})", file=sys.stderr, flush=True)
+        return json.loads(saved.read_text(), object_hook=_SavedDict)
     print(f"{label} ...", file=sys.stderr, flush=True)
     results = run()
     print(f"  done in {results['seconds']:.0f} s", file=sys.stderr, flush=True)
@@ -63,32 +79,60 @@ def _section(label: str, run) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true", help="re-read sections saved in runs/benchmarks/ instead of running them")
+    parser.add_argument("--rerun", nargs="*", default=[], help="benchmark modules to run even with --reuse (e.g. curation)")
+    args = parser.parse_args(argv)
+    options = {"reuse": args.reuse, "rerun": tuple(args.rerun)}
+    import aio_p
+    import common
+    import curation
+    import curation_pool
+    import curation_scale
+    import framework_overhead
+    import fusion_latency
+    import gradient_reparam
+    import masked_modelling
+    import nas_predictors
+    import nas_predictors_transfer
+    import nas_search
+    import pruning
+    import quantization
+    import structural_reparam
+    import text_quality
     common.setup_threads()
     machine = common.machine_info()
     start = time.perf_counter()
 
-    fusion = _section("fusion latency", fusion_latency.main)
-    overhead = _section("framework overhead", framework_overhead.main)
-    grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main)
-    pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main)
-    gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (30 trainings)", gradient_reparam.main)
-    quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main)
-    curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main)
-    text_pruned = _section("text quality-based pruning: tiny GPT on full vs pruned corpus (6 trainings)", text_quality.main)
-    masked = _section("masked modelling: MAE on digits with probes (3 trainings), masked vs all-token step time", masked_modelling.main)
-    predictors = _section("NAS predictors: GENNAPE ablations per held-out family (36 predictor trainings)", nas_predictors.main)
-    transfer = _section("NAS predictors: the transferable predictor's pretraining (24 predictor trainings)", nas_predictors_transfer.main)
-    aio = _section("NAS predictors: AIO-P on an unseen task", aio_p.main)
-    search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main)
+    fusion = _section("fusion latency", fusion_latency.main, **options)
+    overhead = _section("framework overhead", framework_overhead.main, **options)
+    grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main, **options)
+    pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main, **options)
+    gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (30 trainings)", gradient_reparam.main, **options)
+    quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main, **options)
+    curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main, **options)
+    matchers = _section("curation at scale: MetaCLIP matchers, official brute force / Aho-Corasick vs litzoo, 1 and 2 workers", curation_scale.main, **options)
+    pooled = _section("curation at scale: a sharded pool end to end, 1 / 2 workers / Dask, kill and resume, memory", curation_pool.main, **options)
+    text_pruned = _section("text quality-based pruning: tiny GPT on full vs pruned corpus (6 trainings)", text_quality.main, **options)
+    masked = _section("masked modelling: MAE on digits with probes (3 trainings), masked vs all-token step time", masked_modelling.main, **options)
+    predictors = _section("NAS predictors: GENNAPE ablations per held-out family (36 predictor trainings)", nas_predictors.main, **options)
+    transfer = _section("NAS predictors: the transferable predictor's pretraining (24 predictor trainings)", nas_predictors_transfer.main, **options)
+    aio = _section("NAS predictors: AIO-P on an unseen task", aio_p.main, **options)
+    search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main, **options)
 
-    total = time.perf_counter() - start
+    # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
+    total = sum(r["seconds"] for r in (fusion, overhead, grafted, pruned, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
+                                       predictors, transfer, aio, search))
+    del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         load_end = "n/a"
     machine["load average at end (1/5/15 min)"] = load_end
 
+    if REUSED:
+        machine["sections re-read from an earlier run (--reuse)"] = ", ".join(f"{name} (measured {when})" for name, when in REUSED.items())
     machine_lines = "\n".join(f"- {key}: {value}" for key, value in machine.items())
     text = f"""# litzoo benchmarks
 
@@ -100,6 +144,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
 `.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
 `.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
+`.venv/bin/python benchmarks/curation_scale.py`, `.venv/bin/python benchmarks/curation_pool.py`,
 `.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`,
 `.venv/bin/python benchmarks/nas_predictors.py`, `.venv/bin/python benchmarks/nas_predictors_transfer.py`,
 `.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`). Total wall time: {total:.0f} s.
@@ -151,6 +196,10 @@ noisy, the alternating-round ratios less so.
 
 {curation.format_section(curated)}
 
+{curation_scale.format_section(matchers)}
+
+{curation_pool.format_section(pooled)}
+
 {text_quality.format_section(text_pruned)}
 
 {masked_modelling.format_section(masked)}
@@ -163,7 +212,9 @@ noisy, the alternating-round ratios less so.
 
 {nas_search.format_section(search)}
 """
-    OUTPUT.write_text(text)
+    partial = OUTPUT.with_name(OUTPUT.name + ".partial")
+    partial.write_text(text)
+    partial.replace(OUTPUT)
     print(text)
     print(f"wrote {OUTPUT} ({total:.0f} s)", file=sys.stderr)
 
