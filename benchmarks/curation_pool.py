@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from curation_scale import synthetic_pool  # noqa: E402 (the benchmarks' folder is put on the path just above)
+from curation_scale import cores, load_average, synthetic_pool  # noqa: E402 (the benchmarks' folder is put on the path just above)
 
 from litzoo.framework.curation import MetadataIndex, balance  # noqa: E402
 
@@ -168,7 +168,7 @@ def main() -> dict:
     index = MetadataIndex(entries)
     build_seconds = time.perf_counter() - build_start
     results: dict = {"shards": SHARDS, "per_shard": PER_SHARD, "captions": len(captions), "entries": len(entries), "t": T,
-                     "build_seconds": build_seconds, "cores": _cores(), "load_at_start": _load()}  # fmt: skip
+                     "build_seconds": build_seconds, "cores": cores(), "load_at_start": load_average()}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="litzoo-curation-pool-") as tmp:
         root = Path(tmp)
         paths = write_pool(root / "pool", captions, SHARDS, PER_SHARD)
@@ -238,20 +238,6 @@ def main() -> dict:
     results["memory_ratio"] = memory[SHARDS]["peak_kib"] / memory[1]["peak_kib"]
     results["seconds"] = time.perf_counter() - started
     return results
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _load() -> str:
-    try:
-        return ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "n/a"
 
 
 def format_section(results: dict) -> str:

@@ -238,7 +238,7 @@ def measure(entries: list[str], captions: list[str], rounds: int = ROUNDS, worke
     cpu_rates["litzoo_workers"] = len(captions) / statistics.median(worker_cpu)  # per CPU second of the workers
     return {
         "entries": len(entries), "captions": len(captions), "rounds": rounds, "workers": workers, "block": block,
-        "worker_processes": len(pids), "cores": _cores(), "load_at_start": _load(),
+        "worker_processes": len(pids), "cores": cores(), "load_at_start": load_average(),
         "mean_matches": float(np.mean([len(m) for m in first["litzoo_1"]])),
         "matched_fraction": float(np.mean([bool(m) for m in first["litzoo_1"]])),
         "build_seconds": {"official_ac": build_official, "litzoo": build_litzoo, "litzoo_workers": start_workers},
@@ -251,14 +251,16 @@ def measure(entries: list[str], captions: list[str], rounds: int = ROUNDS, worke
     }  # fmt: skip
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-def _load() -> str:
+def load_average() -> str:
+    """The 1 / 5 / 15-minute load averages, as text."""
     try:
         return ", ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
