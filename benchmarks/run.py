@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     import curation
     import curation_pool
     import curation_scale
+    import deploy_speed
     import framework_overhead
     import fusion_latency
     import gradient_reparam
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
 
     fusion = _section("fusion latency", fusion_latency.main, **options)
+    deploy = _section("deploy speed at 224x224: RepVGG-A0 fused / unfused, float / int8, eager / torch.compile / onnxruntime", deploy_speed.main, **options)
     overhead = _section("framework overhead", framework_overhead.main, **options)
     grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main, **options)
     pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main, **options)
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
-    total = sum(r["seconds"] for r in (fusion, overhead, grafted, pruned, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
+    total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
                                        predictors, transfer, aio, search))
     del start
     try:
@@ -141,6 +143,7 @@ medians), so that the numbers compare across machines better than absolute times
 written by `benchmarks/run.py`; do not edit it by hand.
 
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
+`.venv/bin/python benchmarks/deploy_speed.py`,
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
 `.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
 `.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
@@ -161,6 +164,8 @@ noisy, the alternating-round ratios less so.
 {fusion_verdict(fusion)}
 
 {fusion_latency.to_markdown(fusion)}
+
+{deploy_speed.format_section(deploy)}
 
 ## Framework overhead: litzoo (Lightning) vs a plain PyTorch loop (`benchmarks/framework_overhead.py`, {overhead['seconds']:.0f} s)
 
