@@ -1,5 +1,6 @@
 """The data-curation wing of the core: what decides which training examples to keep, on files or streams.
 
+- ``ids.py``: the keyed hash of sample ids that every shard-independent decision below draws on;
 - ``metaclip.py``: MetaCLIP's sub-string matching of captions against metadata entries, then balancing
   (Xu et al., "Demystifying CLIP Data", ICLR 2024);
 - ``sharded.py``: the same curation of a sharded pool, a two-pass map-reduce on local processes or Dask (``curate_pool``);

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from litzoo.framework.curation.ids import id_hashes
 from litzoo.framework.errors import LitzooError
 
 #: the punctuation the official ``spacing`` wraps in spaces
@@ -222,16 +223,12 @@ def _caption_keys(ids: Sequence[str], seed: int) -> np.ndarray:
     seed = int(seed)
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
-    if not all(isinstance(i, str) for i in ids):
-        bad = next(i for i in ids if not isinstance(i, str))
-        raise ValueError(f"caption ids must be strings, got {type(bad).__name__} {bad!r}")
+    keys = id_hashes(ids, seed.to_bytes(8, "little"), "caption")
     if len(set(ids)) != len(ids):
         seen: set[str] = set()
         bad = next(i for i in ids if i in seen or seen.add(i))
         raise ValueError(f"caption id {bad!r} appears more than once: its captions would share their coins")
-    key = seed.to_bytes(8, "little")
-    digests = b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest() for i in ids)
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    return keys
 
 
 def _coins(ids: Sequence[str], lengths: np.ndarray, flat: np.ndarray, seed: int) -> np.ndarray:

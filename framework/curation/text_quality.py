@@ -76,6 +76,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from litzoo.framework.curation.ids import id_hashes
+
 #: a line filter: ``True`` when the line passes (looks like clean prose)
 LineFilter = Callable[[str], bool]
 #: a reference LM's corpus perplexity
@@ -654,14 +656,8 @@ def document_scores(
 def tie_keys(ids: Sequence[str], seed: int = 0) -> np.ndarray:
     """A uint64 per id: the first 8 bytes of BLAKE2b of the id (UTF-8), keyed by the seed; a pure function of
     ``(seed, id)``, the same on every platform, whatever other ids are hashed with it."""
-    if isinstance(ids, str):
-        raise ValueError("ids must be a sequence of strings, not one string")
-    bad = next((i for i in ids if not isinstance(i, str)), None)
-    if bad is not None:
-        raise ValueError(f"document ids must be strings, got {type(bad).__name__} {bad!r}")
     key = hashlib.blake2b(str(int(seed)).encode(), digest_size=32).digest()  # any int seed, as a BLAKE2b key (<= 64 bytes)
-    digests = b"".join(hashlib.blake2b(i.encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest() for i in ids)
-    return np.frombuffer(digests, dtype="<u8").astype(np.uint64)
+    return id_hashes(ids, key, "document")
 
 
 def score_keys(scores: Sequence[float] | np.ndarray) -> np.ndarray:
