@@ -27,6 +27,24 @@ The method, as this callback runs it:
    The removal is exact (checked on a real batch); setting the rows to zero is the only change,
    and its effect is reported (``mask_zeroing_error``).
 
+Beyond the paper, ``prune_residual=True`` also prunes what the paper leaves alone, so that the
+pruned model is faster on any CNN (the residual-tied channels of a ResNet hold a large part of its
+latency; EfficientNet's squeeze-excitation, RegNet's grouped convs and DPN's dual paths leave too few
+free channels for half the FLOPs otherwise). Torch-Pruning's dependency graph gives the coupled sets:
+
+* convs whose outputs meet in a residual addition or a squeeze-excitation product are one group:
+  each keeps its own compactor (so each folds into its own conv), the group shares one mask, and a
+  group lasso acts on a channel's rows in all of them together (DepGraph's group-level sparsity, Fang
+  et al. 2023, with ResRep's gradient resetting). A unit of ``n`` rows is penalised by
+  ``lasso_strength * sqrt(n) * ||unit||`` (Yuan and Lin's weighting of a group by its size), so each row
+  gets ``lasso_strength * Q_row / rms`` with ``rms = ||unit|| / sqrt(n)``, the root mean square of its
+  rows' norms, which is also its importance in the global ranking: for one row both are ResRep's, and
+  a tied channel is not ranked last only because it has more rows;
+* a grouped conv must lose the same channels in each of its groups: the channels are removed in units
+  (channel ``j`` of every group), and a grouped conv's own compactor is block-diagonal (a grouped 1x1
+  conv), so that it folds into the grouped conv;
+* the removal stays exact and is checked as for the paper's groups.
+
 Differences from the official code, on purpose: the FLOPs of a selection are counted by
 ``torch.utils.flop_counter`` (once per layer, then scaled; exact for convs and linears) rather
 than a hand-written formula per architecture; coupled channels come from a traced dependency
@@ -92,6 +110,9 @@ class ResRepPruning(EvaluateDeployModel):
             optimizer's first parameter group (the paper uses the base schedule).
         exclude: ``fnmatch`` patterns of conv names to leave unpruned.
         prune_at_end: convert and remove the channels when fit ends.
+        prune_residual: also prune channels tied across convs (residual additions, squeeze-excitation
+            products) and channels of grouped convs, each tied set as one group (see above); off by
+            default, as in the paper.
         tolerance: the pruned model must reproduce the masked one on a real batch to
             ``tolerance * max(1, max|y|)``.
         deploy_filename: the pruned model's checkpoint, written next to the other checkpoints
@@ -111,6 +132,7 @@ class ResRepPruning(EvaluateDeployModel):
         compactor_lr: float | None = None,
         exclude: list[str] | None = None,
         prune_at_end: bool = True,
+        prune_residual: bool = False,
         tolerance: float = 1e-5,
         deploy_filename: str | None = "pruned.ckpt",
     ) -> None:
@@ -142,6 +164,7 @@ class ResRepPruning(EvaluateDeployModel):
         self.compactor_lr = compactor_lr
         self.exclude = list(exclude or [])
         self.prune_at_end = prune_at_end
+        self.prune_residual = prune_residual
         self.tolerance = tolerance
         self.deploy_filename = deploy_filename
 
@@ -153,7 +176,8 @@ class ResRepPruning(EvaluateDeployModel):
         self.report: dict[str, Any] = {}
         self.deploy_path: Path | None = None
         self._warmup_steps = 0
-        self._fit_compactors: dict[str, nn.Module] = {}
+        self._fit_compactors: dict[str, nn.Module] = {}  # every compactor, by placement
+        self._unit_index: list[tuple[Tensor, list[Tensor]]] = []  # per tied group: unit of each channel, each producer's rows
         self._flops_ratio = 1.0
         self._load_hook: Any = None
 
@@ -175,7 +199,7 @@ class ResRepPruning(EvaluateDeployModel):
         if compacted_layers(module):
             raise LitzooError("ResRepPruning: the model already has compactors")
         try:
-            plan = find_channel_groups(module, inputs, self.exclude)
+            plan = find_channel_groups(module, inputs, self.exclude, self.prune_residual)
         except LitzooError as error:
             raise LitzooError(f"ResRepPruning: {error}") from None
         if not plan.groups:
@@ -186,7 +210,7 @@ class ResRepPruning(EvaluateDeployModel):
                 f"({len(plan.skipped)} left alone, e.g. {first[0]}: {first[1]}; the full report is logged above)"
             )
         flops = ChannelFlops(module, inputs, plan.groups)
-        reachable = flops.ratio([min(self.min_channels, g.channels) for g in plan.groups])
+        reachable = flops.ratio([_fewest_kept(g, self.min_channels) for g in plan.groups])
         rank_zero_info(f"ResRepPruning: {plan.summary()}\n  FLOPs/sample {format_count(flops.total)}; with every prunable layer at {self.min_channels} channel(s): {reachable:.3f} of it")
         if reachable > self.flops_target:
             raise LitzooError(
@@ -194,13 +218,47 @@ class ResRepPruning(EvaluateDeployModel):
                 f"hold too little of the FLOPs (at most down to {reachable:.3f}); raise the target or make more layers prunable"
             )
         self.plan, self.flops = plan, flops
-        insert_compactors(module, {g.placement: g.channels for g in self.groups})
+        insert_compactors(module, {p.placement: (g.channels, p.groups) for g in self.groups for p in g.producers})
         return self.plan
 
     def compactors(self, module: nn.Module) -> dict[str, nn.Module]:
-        """``{placement: compactor}`` in the order of :attr:`groups`."""
+        """``{placement: compactor}`` of each group's leader, in the order of :attr:`groups`."""
         layers = compacted_layers(module)
         return {g.placement: layers[g.placement].compactor for g in self.groups}
+
+    def all_compactors(self, module: nn.Module) -> dict[str, nn.Module]:
+        """``{placement: compactor}`` of every conv of every group (the leaders and the convs tied to them)."""
+        layers = compacted_layers(module)
+        return {p.placement: layers[p.placement].compactor for g in self.groups for p in g.producers}
+
+    def unit_norms(self, module: nn.Module) -> list[Tensor]:
+        """Each group's importance per unit (ResRep: the compactor row norms; a unit of a tied group or a
+        grouped conv: the root mean square of the norms of all its rows in all the group's compactors)."""
+        layers = compacted_layers(module)
+        found = []
+        for group in self.groups:
+            if not group.tied and group.unit_size == 1:
+                found.append(layers[group.placement].compactor.row_norms())
+                continue
+            squares = torch.zeros(group.channels, dtype=torch.float64)
+            for producer in group.producers:
+                rows = layers[producer.placement].compactor.row_norms().cpu().double() ** 2
+                squares += rows[producer.rows]
+            units = torch.zeros(group.num_units, dtype=torch.float64)
+            for unit, channels in enumerate(group.units or [[c] for c in range(group.channels)]):
+                units[unit] = squares[channels].sum()
+            found.append((units / _rows_per_unit(group)).sqrt())
+        return found
+
+    def set_masks(self, module: nn.Module, removed_units: list[list[int]]) -> None:
+        """Mark the units ``removed_units[g]`` of each group ``g`` for removal, in every compactor of the group."""
+        layers = compacted_layers(module)
+        for group, units in zip(self.groups, removed_units, strict=True):
+            channels = group.unit_channels(units)
+            for producer in group.producers:
+                mask = layers[producer.placement].compactor.mask
+                mask.fill_(1.0)
+                mask[[producer.rows[c] for c in channels]] = 0.0
 
     def kept_channels(self, module: nn.Module) -> list[int]:
         return [compactor.num_kept for compactor in self.compactors(module).values()]
@@ -213,34 +271,31 @@ class ResRepPruning(EvaluateDeployModel):
     def update_masks(self, module: nn.Module) -> None:
         """Re-select the channels to remove from the current compactor row norms (official
         ``resrep_mask_model``)."""
-        compactors = list(self.compactors(module).values())
-        kept = np.array([c.num_kept for c in compactors], dtype=np.int64)
+        kept = np.array(self.kept_channels(module), dtype=np.int64)
         channels = np.array([g.channels for g in self.groups], dtype=np.int64)
+        unit_size = np.array([g.unit_size for g in self.groups], dtype=np.int64)
+        fewest = np.array([_fewest_kept(g, self.min_channels) for g in self.groups], dtype=np.int64)
         budget = self.flops_target * self.flops.total
-        limit = int(channels.sum() - kept.sum()) + self.granularity if self.flops(kept) > budget else math.inf
-        norms = [c.row_norms().cpu().double().numpy() for c in compactors]
+        limit = int(((channels - kept) // unit_size).sum()) + self.granularity if self.flops(kept) > budget else math.inf
+        norms = [n.cpu().double().numpy() for n in self.unit_norms(module)]
         layer_of = np.concatenate([np.full(len(n), i) for i, n in enumerate(norms)])
-        channel_of = np.concatenate([np.arange(len(n)) for n in norms])
+        unit_of = np.concatenate([np.arange(len(n)) for n in norms])
         order = np.argsort(np.concatenate(norms), kind="stable")
         attempt = channels.copy()
-        selected: list[tuple[int, int]] = []
+        selected: list[list[int]] = [[] for _ in self.groups]
         visited = 0  # candidates gone through, selected or skipped: the official loop's position ``i``
         for position in order:
             if self.flops(attempt) <= budget:
                 break
             visited += 1
             layer = int(layer_of[position])
-            if attempt[layer] <= self.min_channels:
+            if attempt[layer] - unit_size[layer] < fewest[layer]:
                 continue  # the official loop checks its limit only after a selection
-            attempt[layer] -= 1
-            selected.append((layer, int(channel_of[position])))
+            attempt[layer] -= unit_size[layer]
+            selected[layer].append(int(unit_of[position]))
             if visited >= limit:
                 break
-        masks = [torch.ones_like(c.mask) for c in compactors]
-        for layer, channel in selected:
-            masks[layer][channel] = 0.0
-        for compactor, mask in zip(compactors, masks, strict=True):
-            compactor.mask.copy_(mask)
+        self.set_masks(module, selected)
         self.mask_updates += 1
 
     # ---------------------------------------------------------------- fit
@@ -251,7 +306,8 @@ class ResRepPruning(EvaluateDeployModel):
             if not compacted_layers(pl_module):
                 self.attach(pl_module, example_inputs(trainer, pl_module, "ResRepPruning (tracing the model in setup)"))
                 for logger in trainer.loggers:
-                    logger.log_metrics({"resrep/prunable_layers": len(self.groups), "resrep/unpruned_layers": len(self.plan.skipped)}, step=0)
+                    logger.log_metrics({"resrep/prunable_layers": len(self.groups), "resrep/tied_layers": sum(len(g.tied) for g in self.groups),
+                                        "resrep/unpruned_layers": len(self.plan.skipped)}, step=0)  # fmt: skip
             elif self.flops is None:
                 raise LitzooError(
                     f"ResRepPruning: {type(pl_module).__name__} already carries ResRep compactors that this callback did not insert "
@@ -281,7 +337,8 @@ class ResRepPruning(EvaluateDeployModel):
         # The compactors follow the paper's own SGD (momentum 0.99, no weight decay), applied in
         # on_before_optimizer_step; the user's optimizer must not update them a second time.
         # looked up once: the training step uses these, and the model's structure is fixed until fit ends
-        self._fit_compactors = self.compactors(pl_module)
+        self._fit_compactors = self.all_compactors(pl_module)
+        self._unit_index = [_unit_index(g, pl_module.device) for g in self.groups]
         self._flops_ratio = self.flops_ratio(pl_module)  # changes only when the masks do
         own = {id(c.weight) for c in self._fit_compactors.values()}
         for optimizer in trainer.optimizers:
@@ -312,11 +369,16 @@ class ResRepPruning(EvaluateDeployModel):
             return  # an AMP step with overflow: the optimizer skips it, so do the compactors
         lr = self.compactor_lr if self.compactor_lr is not None else optimizer.param_groups[0]["lr"]
         with torch.no_grad():
+            group_norms = self._tied_row_norms(compactors)
             for name, compactor in compactors.items():
                 weight = compactor.weight
                 objective = weight.grad if weight.grad is not None else torch.zeros_like(weight)
-                # gradient resetting: masked rows keep only the lasso pull towards zero
-                row_norms = weight.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                # gradient resetting: masked rows keep only the lasso pull towards zero; a row of a tied
+                # group or a grouped unit is pulled by the group lasso of all the rows of its unit
+                row_norms = group_norms.get(name)
+                if row_norms is None:
+                    row_norms = weight.flatten(1).norm(dim=1)
+                row_norms = row_norms.clamp_min(1e-12).view(-1, 1, 1, 1)
                 grad = objective * compactor.mask.view(-1, 1, 1, 1) + self.lasso_strength * weight / row_norms
                 buffer = self.momentum.get(name)
                 if buffer is None:
@@ -326,6 +388,22 @@ class ResRepPruning(EvaluateDeployModel):
                 weight.sub_(lr * buffer)
                 weight.grad = None  # not in any optimizer: nothing else would clear it
         pl_module.log("flops_ratio", self._flops_ratio, prog_bar=True, on_step=True, on_epoch=False)
+
+    def _tied_row_norms(self, compactors: dict[str, nn.Module]) -> dict[str, Tensor]:
+        """``{placement: the rms row norm of each row's unit}`` for the compactors of tied groups and grouped units."""
+        found: dict[str, Tensor] = {}
+        for group, (unit_of, rows) in zip(self.groups, self._unit_index, strict=True):
+            if not group.tied and group.unit_size == 1:
+                continue
+            weights = [compactors[p.placement].weight for p in group.producers]
+            squares = torch.zeros(group.channels, dtype=weights[0].dtype, device=weights[0].device)
+            for weight, producer_rows in zip(weights, rows, strict=True):
+                squares += weight.flatten(1).square().sum(dim=1)[producer_rows]
+            units = torch.zeros(group.num_units, dtype=squares.dtype, device=squares.device).index_add_(0, unit_of, squares)
+            per_channel = (units / _rows_per_unit(group)).sqrt()[unit_of]  # the unit's rms row norm, in the leader's channel order
+            for producer, producer_rows in zip(group.producers, rows, strict=True):
+                found[producer.placement] = torch.empty_like(per_channel).index_copy_(0, producer_rows, per_channel)
+        return found
 
     def _log_masks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         kept = self.kept_channels(pl_module)
@@ -416,6 +494,7 @@ class ResRepPruning(EvaluateDeployModel):
     def state_dict(self) -> dict[str, Any]:
         return {
             "flops_target": self.flops_target,
+            "prune_residual": self.prune_residual,
             "groups": [g.to_dict() for g in self.groups],
             "momentum": dict(self.momentum),
             "mask_updates": self.mask_updates,
@@ -428,7 +507,8 @@ class ResRepPruning(EvaluateDeployModel):
         if self.groups and saved != [g.leader for g in self.groups]:
             raise LitzooError(
                 f"ResRepPruning: the checkpoint was trained with compactors on {len(saved)} layers ({saved[:3]} ...), "
-                f"this run found {len(self.groups)}; use the same model and exclude patterns"
+                f"this run found {len(self.groups)}; use the same model, exclude patterns and prune_residual "
+                f"(the checkpoint's: {state_dict.get('prune_residual', False)})"
             )
         saved_target = state_dict.get("flops_target", self.flops_target)
         if saved_target != self.flops_target:
@@ -438,6 +518,23 @@ class ResRepPruning(EvaluateDeployModel):
             )
         self.momentum = dict(state_dict.get("momentum", {}))
         self.mask_updates = int(state_dict.get("mask_updates", 0))
+
+
+def _fewest_kept(group: ChannelGroup, min_channels: int) -> int:
+    """The fewest channels a group may keep: ``min_channels``, rounded up to whole units (at least one)."""
+    return min(group.channels, group.unit_size * max(1, math.ceil(min_channels / group.unit_size)))
+
+
+def _rows_per_unit(group: ChannelGroup) -> int:
+    return group.unit_size * len(group.producers)
+
+
+def _unit_index(group: ChannelGroup, device: torch.device) -> tuple[Tensor, list[Tensor]]:
+    """The unit of each of the leader's channels, and each producer's row of each of them, as index tensors."""
+    unit_of = torch.zeros(group.channels, dtype=torch.long)
+    for unit, channels in enumerate(group.units or [[c] for c in range(group.channels)]):
+        unit_of[channels] = unit
+    return unit_of.to(device), [torch.tensor(p.rows, dtype=torch.long, device=device) for p in group.producers]
 
 
 def _without_compactors(module: nn.Module) -> nn.Module:

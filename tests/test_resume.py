@@ -151,17 +151,21 @@ def test_negative_control_without_the_random_states_main_process_augmentations_d
 
 
 # ---------------------------------------------------------------- ResRep: the same channels masked
-def test_resrep_resumes_with_the_same_masks(tmp_path):
+@pytest.mark.parametrize(("net", "prune_residual"), [("resnet", False), ("grouped_se", True)])
+def test_resrep_resumes_with_the_same_masks(tmp_path, net, prune_residual):
+    """``prune_residual``: residual-tied, squeeze-excitation-tied and grouped-conv channels (one mask per tied set)."""
     from litzoo.callbacks.resrep import ResRepPruning
 
     def make():
-        callback = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=1, granularity=4, prune_at_end=False)
-        return UserClassifier("resnet", weight_decay=1e-3), [callback], ShuffledImages()
+        callback = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=1, granularity=4, prune_at_end=False,
+                                 prune_residual=prune_residual)  # fmt: skip
+        return UserClassifier(net, weight_decay=1e-3), [callback], ShuffledImages()
 
     (straight, [straight_cb], _), (resumed, [resumed_cb], _) = straight_and_resumed(tmp_path, make)
-    masks = [c.mask for c in straight_cb.compactors(straight).values()]
+    masks = [c.mask for c in straight_cb.all_compactors(straight).values()]
     assert resumed_cb.mask_updates == straight_cb.mask_updates > 0 and any((m == 0).any() for m in masks)
-    for a, b in zip(masks, [c.mask for c in resumed_cb.compactors(resumed).values()], strict=True):
+    assert any(g.tied for g in straight_cb.groups) == prune_residual
+    for a, b in zip(masks, [c.mask for c in resumed_cb.all_compactors(resumed).values()], strict=True):
         assert torch.equal(a, b)
     assert_same_weights(straight, resumed)
 

@@ -93,7 +93,7 @@ class UserRepVGG(nn.Module):
         return self.head(self.body(x).mean((2, 3)))
 
 
-NETS = {"resnet": UserResNet, "mobilenetv2": UserMobileNetV2, "repvgg": UserRepVGG}
+NETS = {"resnet": UserResNet, "mobilenetv2": UserMobileNetV2, "repvgg": UserRepVGG, "grouped_se": lambda: UserGroupedSENet(in_channels=1)}
 
 
 class UserModule(L.LightningModule):
@@ -389,9 +389,9 @@ class DepthwiseSEBlock(nn.Module):
 class UserGroupedSENet(nn.Module):
     """Grouped and depthwise convs, squeeze-excitation, residual additions."""
 
-    def __init__(self, classes: int = 4, width: int = 8) -> None:
+    def __init__(self, classes: int = 4, width: int = 8, in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = conv_bn(3, width, 3)
+        self.stem = conv_bn(in_channels, width, 3)
         self.block1 = GroupedSEBlock(width, width, 1)
         self.block2 = GroupedSEBlock(width, 2 * width, 2)
         self.block3 = DepthwiseSEBlock(2 * width, 2 * width)

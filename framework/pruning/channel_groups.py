@@ -49,6 +49,25 @@ from litzoo.framework.verification import non_finite_summary
 
 
 @dataclass
+class Producer:
+    """A conv whose output channels are a group's channels (the leader, or a conv tied to it).
+
+    Attributes:
+        conv: the ``nn.Conv2d`` (name in the deploy form).
+        norm: the BatchNorm2d that alone consumes its output (``None``: the compactor follows the conv).
+        placement: where its compactor attaches in the training-time model.
+        rows: ``rows[c]`` is its output channel that carries the leader's channel ``c``.
+        groups: the conv's groups: its compactor is block-diagonal with as many blocks, so that it folds.
+    """
+
+    conv: str
+    norm: str | None
+    placement: str
+    rows: list[int]
+    groups: int = 1
+
+
+@dataclass
 class ChannelGroup:
     """The output channels of ``leader`` and the layers that lose channels with them.
 
@@ -64,6 +83,13 @@ class ChannelGroup:
         counts: how many of the leader's channels each consumer reads (fewer than its input channels
             when it reads a concatenation of several groups) and each depthwise follower carries:
             what the FLOPs model (:class:`litzoo.framework.pruning.ChannelFlops`) scales.
+        tied: other convs whose output channels are these same channels (``prune_residual``: the convs
+            whose outputs meet in a residual addition or a squeeze-excitation product); each has its
+            own compactor, and a channel is kept or removed in all of them together.
+        units: the leader's channels that are kept or removed together (``prune_residual``: a grouped
+            conv loses the same channel in each of its groups, so channel ``j`` of one group goes with
+            channel ``j`` of the others); empty: every channel on its own.
+        groups: the leader's groups (its compactor has as many diagonal blocks).
     """
 
     leader: str
@@ -73,9 +99,31 @@ class ChannelGroup:
     consumers: list[str] = field(default_factory=list)
     placement: str = ""
     counts: dict[str, int] = field(default_factory=dict)
+    tied: list[Producer] = field(default_factory=list)
+    units: list[list[int]] = field(default_factory=list)
+    groups: int = 1
 
     def __post_init__(self) -> None:
         self.placement = self.placement or self.norm or self.leader
+        self.tied = [t if isinstance(t, Producer) else Producer(**t) for t in self.tied]
+
+    @property
+    def producers(self) -> list[Producer]:
+        """The leader and every conv tied to it, each with its rows for the leader's channels."""
+        return [Producer(self.leader, self.norm, self.placement, list(range(self.channels)), self.groups), *self.tied]
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units) or self.channels
+
+    @property
+    def unit_size(self) -> int:
+        """Channels per unit (all units are the same size)."""
+        return self.channels // self.num_units
+
+    def unit_channels(self, units: list[int]) -> list[int]:
+        """The leader's channels of ``units``, sorted."""
+        return sorted(c for u in units for c in self.units[u]) if self.units else sorted(units)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,10 +139,13 @@ class GroupReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
-        lines = [f"{len(self.groups)} prunable conv layers, {len(self.skipped)} left alone"]
+        tied = sum(len(g.tied) for g in self.groups)
+        lines = [f"{len(self.groups)} prunable conv layers" + (f" (and {tied} convs tied to them)" if tied else "") + f", {len(self.skipped)} left alone"]
         for g in self.groups:
             extra = f" (with {', '.join(g.followers)})" if g.followers else ""
-            lines.append(f"  prunable {g.leader}: {g.channels} channels{extra}")
+            tied = f", tied to {', '.join(t.conv for t in g.tied)}" if g.tied else ""
+            units = f" in {g.num_units} units of {g.unit_size}" if g.unit_size > 1 else ""
+            lines.append(f"  prunable {g.leader}: {g.channels} channels{units}{tied}{extra}")
         lines += [f"  kept     {name}: {reason}" for name, reason in self.skipped.items()]
         return "\n".join(lines)
 
@@ -232,42 +283,100 @@ class _Members:
     consumers: dict[str, list[int]] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     tied: list[str] = field(default_factory=list)  # other convs whose output channels are coupled to the leader's
+    rows: dict[str, list[int]] = field(default_factory=dict)  # prune_residual: each tied conv's row for each leader channel
+    units: list[list[int]] = field(default_factory=list)  # prune_residual: leader channels removed together (empty: one by one)
     reason: str | None = None
 
 
-def _group_members(graph: tp.DependencyGraph, names: dict[nn.Module, str], conv: nn.Conv2d, idxs: list[int]) -> _Members:
+class _Units:
+    """Union-find over the leader's channels: channels that a grouped conv must lose together."""
+
+    def __init__(self, channels: int) -> None:
+        self.parent = list(range(channels))
+
+    def find(self, c: int) -> int:
+        while self.parent[c] != c:
+            self.parent[c] = self.parent[self.parent[c]]
+            c = self.parent[c]
+        return c
+
+    def same_local_index(self, channels: list[int], indices: list[int], width: int) -> None:
+        """Join the leader's ``channels`` whose ``indices`` in a grouped layer fall on the same position of its groups of ``width``."""
+        first: dict[int, int] = {}
+        for channel, index in zip(channels, indices, strict=True):
+            other = first.setdefault(index % width, channel)
+            self.parent[self.find(channel)] = self.find(other)
+
+    def classes(self) -> list[list[int]]:
+        found: dict[int, list[int]] = {}
+        for c in range(len(self.parent)):
+            found.setdefault(self.find(c), []).append(c)
+        return sorted(found.values())
+
+
+def _group_members(graph: tp.DependencyGraph, names: dict[nn.Module, str], conv: nn.Conv2d, idxs: list[int], prune_residual: bool = False) -> _Members:
     """Followers, consumers (with the input indices that hold ``idxs``), the convs tied to the leader,
-    and the reason the group cannot be pruned alone (``None`` if it can)."""
+    and the reason the group cannot be pruned (``None`` if it can).
+
+    Without ``prune_residual`` a tie, or a grouped conv reading the channels, is a reason. With it,
+    a tied conv joins the group when its output channels are exactly the leader's (a residual
+    addition, a squeeze-excitation product; not part of a concatenation), and the channels that
+    grouped convs must lose together become units.
+    """
     found = _Members()
     try:
         group = coupled_channels(graph, conv, idxs)
     except UntrackedChannels as error:
         found.reason = str(error)
         return found
-    for dep, _ in group:
-        module = dep.target.module
+    channels = len(idxs)
+    units = _Units(channels)
+    if conv.groups > 1:
+        units.same_local_index(list(range(channels)), list(range(channels)), conv.out_channels // conv.groups)
+    for item in group.items:
+        module = item.dep.target.module
         name = names.get(module)
         if module is conv or name is None:  # the root, or a traced functional op (add, relu, view ...)
             continue
-        if type(module) in (nn.Conv2d, nn.Linear) and graph.is_out_channel_pruning_fn(dep.handler) and not _is_depthwise(module):
+        if type(module) in (nn.Conv2d, nn.Linear) and graph.is_out_channel_pruning_fn(item.dep.handler) and not _is_depthwise(module):
             found.tied.append(name)
-    if found.tied:
+            if prune_residual:
+                problem = _tied_problem(module, name, item.idxs, item.root_idxs, channels)
+                if problem is not None:
+                    found.reason = problem
+                    return found
+                rows = [0] * channels
+                for index, root in zip(item.idxs, item.root_idxs, strict=True):
+                    rows[root] = int(index)
+                found.rows[name] = rows
+                if module.groups > 1:
+                    units.same_local_index(list(range(channels)), rows, module.out_channels // module.groups)
+    if found.tied and not prune_residual:
         found.reason = tied_reason(found.tied[0])
         return found
-    for dep, dep_idxs in group:
-        module = dep.target.module
+    for item in group.items:
+        module = item.dep.target.module
         name = names.get(module)
-        if module is conv or name is None:
+        dep_idxs = item.idxs
+        if module is conv or name is None or name in found.rows:
             continue
         if _is_depthwise(module) or isinstance(module, nn.modules.batchnorm._BatchNorm):
             if name not in found.followers:
                 found.followers.append(name)
-            if _is_depthwise(module) and graph.is_out_channel_pruning_fn(dep.handler):
+            if _is_depthwise(module) and graph.is_out_channel_pruning_fn(item.dep.handler):
                 found.counts[name] = len(set(dep_idxs))
         elif type(module) in (nn.Conv2d, nn.Linear):
             if isinstance(module, nn.Conv2d) and module.groups != 1:
-                found.reason = f"{name} is a grouped conv (groups={module.groups}) that reads its channels: its input channels are tied in groups"
-                return found
+                if not prune_residual:
+                    found.reason = f"{name} is a grouped conv (groups={module.groups}) that reads its channels: its input channels are tied in groups"
+                    return found
+                if len(set(dep_idxs)) != module.in_channels:
+                    found.reason = (
+                        f"{name} is a grouped conv (groups={module.groups}) that reads these channels together with others: "
+                        "they cannot be removed in equal numbers from each of its groups"
+                    )
+                    return found
+                units.same_local_index([int(r) for r in item.root_idxs], [int(i) for i in dep_idxs], module.in_channels // module.groups)
             found.consumers.setdefault(name, []).extend(int(i) for i in dep_idxs)
         else:
             found.reason = f"{name} ({type(module).__name__}) shares its channels and has no exact channel removal here"
@@ -275,7 +384,25 @@ def _group_members(graph: tp.DependencyGraph, names: dict[nn.Module, str], conv:
     if not found.consumers:
         found.reason = "no layer reads its output channels (it is a model output)"
     found.counts.update({name: len(set(consumer_idxs)) for name, consumer_idxs in found.consumers.items()})
+    classes = units.classes()
+    if len(classes) < channels:
+        if len({len(c) for c in classes}) != 1:
+            found.reason = "its grouped convs tie its channels into sets of different sizes: they cannot be removed in equal numbers from every group"
+        found.units = classes
     return found
+
+
+def _tied_problem(module: nn.Module, name: str, idxs: list[int], root_idxs: list[int], channels: int) -> str | None:
+    """Why a conv tied to the leader cannot share its compactor mask (``None``: it can)."""
+    if type(module) is not nn.Conv2d:
+        return f"its output channels are tied to those of {name} ({type(module).__name__}), which has no compactor here"
+    pairs = {(int(i), int(r)) for i, r in zip(idxs, root_idxs, strict=True)}
+    if module.out_channels != channels or len(pairs) != channels or {i for i, _ in pairs} != set(range(channels)) or {r for _, r in pairs} != set(range(channels)):
+        return (
+            f"its output channels are tied to part of those of {name} ({module.out_channels} channels): the channels meet through a "
+            "split or a concatenation, and a compactor of a conv covers all its channels"
+        )
+    return None
 
 
 def capture_inputs(model: nn.Module, names: list[str], x: Tensor) -> dict[str, Tensor]:
@@ -304,17 +431,18 @@ def _zero_output(_module: nn.Module, _args: Any, output: Tensor) -> Tensor:
     return torch.zeros_like(output)
 
 
-def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[int]], example_inputs: Tensor) -> str | None:
-    """Zero the channels at ``placement`` (float64, random BN statistics) and check at every consumer
+def _absorb_reason(model: nn.Module, placements: list[str], consumers: dict[str, list[int]], example_inputs: Tensor) -> str | None:
+    """Zero the channels at ``placements`` (float64, random BN statistics) and check at every consumer
     that they arrive as an input-independent value the consumer can absorb (``None``: they do)."""
-    handle = model.get_submodule(placement).register_forward_hook(_zero_output)
+    handles = [model.get_submodule(placement).register_forward_hook(_zero_output) for placement in placements]
     try:
         generator = torch.Generator().manual_seed(0)
         x1 = torch.randn(example_inputs.shape, generator=generator, dtype=torch.float64)
         x2 = torch.randn(example_inputs.shape, generator=generator, dtype=torch.float64) * 2 + 1
         seen = [capture_inputs(model, list(consumers), x) for x in (x1, x2)]
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     for name, idxs in consumers.items():
         consumer = model.get_submodule(name)
         a, b = (_select(s[name], consumer, idxs) for s in seen)
@@ -333,6 +461,8 @@ def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[i
                 f"its channels reach {name} as an input-independent but not spatially uniform map (a padded conv between them "
                 "turns a non-zero constant into a border pattern), which no bias can absorb"
             )
+        if consumer.groups != 1:
+            return f"its channels reach {name} as a non-zero constant, and {name} is a grouped conv, whose bias cannot take it in here"
         if consumer.kernel_size != (1, 1) or consumer.padding not in ((0, 0), 0):
             return (
                 f"its channels reach {name} as a non-zero constant (through a depthwise conv's BatchNorm or an activation with f(0) != 0) "
@@ -341,7 +471,9 @@ def _absorb_reason(model: nn.Module, placement: str, consumers: dict[str, list[i
     return None
 
 
-def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[str] | tuple[str, ...] = ()) -> GroupReport:
+def find_channel_groups(
+    model: nn.Module, example_inputs: Tensor, exclude: list[str] | tuple[str, ...] = (), prune_residual: bool = False
+) -> GroupReport:
     """The prunable output-channel groups of ``model`` (which is not changed: a copy is analysed).
 
     The analysis runs on the deploy form of the model (re-parameterizable blocks fused, see
@@ -356,6 +488,11 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
         model: any module whose forward takes ``example_inputs``.
         example_inputs: a batch with the model's input shape (its values are not used).
         exclude: ``fnmatch`` patterns of conv names (in the deploy form) to leave alone.
+        prune_residual: also prune channels tied across convs, as one group each: the convs whose
+            outputs meet in residual additions or squeeze-excitation products (every one of them gets a
+            compactor, and a channel is removed from all of them or none), and channels read or
+            produced by grouped convs (removed in equal numbers from each of their groups). Off, only
+            the paper's internal layers are pruned.
 
     Returns:
         The groups, and for every other conv with ``groups=1`` the reason it is left alone.
@@ -374,40 +511,62 @@ def find_channel_groups(model: nn.Module, example_inputs: Tensor, exclude: list[
     deploy = dict(copy.named_modules())
     names = {module: name for name, module in deploy.items()}
     tied: dict[str, str] = {}  # convs found coupled to an earlier one: the same coupled set, searched once
+    claimed: set[str] = set()  # prune_residual: convs tied into an accepted group
+
+    def own_reason(name: str, conv: nn.Conv2d, placement: str) -> str | None:
+        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
+            return "excluded"
+        if type(conv) is not nn.Conv2d:
+            return f"{type(conv).__name__} is not a plain nn.Conv2d"
+        if calls.get(name, 0) != 1:
+            return f"called {calls.get(name, 0)} times in one forward (shared or unused)"
+        if conv.out_channels < 2:
+            return "a single output channel"
+        if isinstance(placement, _NoPlacement):
+            return placement.reason
+        return None
+
     report = GroupReport()
     for name, conv in deploy.items():
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
-            continue  # depthwise and grouped convs follow the conv that feeds them
-        reason = None
+        if not isinstance(conv, nn.Conv2d) or _is_depthwise(conv) or name in claimed:
+            continue  # depthwise convs follow the conv that feeds them
+        if conv.groups != 1 and not prune_residual:
+            continue  # so do grouped convs, unless their channels are pruned in units
         placement = _placement(original, deploy, name, pairs.get(name))
-        if any(fnmatch.fnmatch(name, pattern) for pattern in exclude):
-            reason = "excluded"
-        elif type(conv) is not nn.Conv2d:
-            reason = f"{type(conv).__name__} is not a plain nn.Conv2d"
-        elif calls.get(name, 0) != 1:
-            reason = f"called {calls.get(name, 0)} times in one forward (shared or unused)"
-        elif conv.out_channels < 2:
-            reason = "a single output channel"
-        elif name in tied:
-            reason = tied[name]
-        elif isinstance(placement, _NoPlacement):
-            reason = placement.reason
+        reason = tied.get(name) or own_reason(name, conv, placement)
+        members = _Members()
         if reason is None:
-            members = _group_members(graph, names, conv, list(range(conv.out_channels)))
+            members = _group_members(graph, names, conv, list(range(conv.out_channels)), prune_residual)
             reason = members.reason
-            for other in members.tied:
-                tied.setdefault(other, tied_reason(name))
         if reason is None:
-            norm = pairs.get(name)
-            group = ChannelGroup(name, norm, conv.out_channels, [f for f in members.followers if f != norm], list(members.consumers), placement, members.counts)
-            reason = _absorb_reason(copy, norm or name, members.consumers, x)
+            producers = [Producer(other, pairs.get(other), _placement(original, deploy, other, pairs.get(other)), rows, deploy[other].groups)
+                         for other, rows in members.rows.items()]  # fmt: skip
+            for producer in producers:
+                problem = own_reason(producer.conv, deploy[producer.conv], producer.placement)
+                if problem is not None:
+                    reason = f"tied to {producer.conv}, which cannot be pruned: {problem}"
+                    break
+        if reason is None:
+            norms = {pairs.get(name)} | {p.norm for p in producers}
+            group = ChannelGroup(
+                name, pairs.get(name), conv.out_channels, [f for f in members.followers if f not in norms], list(members.consumers),
+                placement, members.counts, producers, members.units, conv.groups,
+            )  # fmt: skip
+            reason = _absorb_reason(copy, [p.norm or p.conv for p in group.producers], members.consumers, x)
         if reason is None:
             report.groups.append(group)
+            claimed.update(p.conv for p in group.tied)
         else:
             report.skipped[name] = reason
+        for other in members.tied:  # the same coupled set: not searched again
+            tied.setdefault(other, f"tied to {name}, whose group is left alone: {reason}" if prune_residual else tied_reason(name))
     for group in _inexact_removals(copy, report.groups, x):
         report.groups.remove(group)
         report.skipped[group.leader] = "removing its channels changes the model's outputs (checked on a float64 copy): a coupling the traced graph does not show"
+    if prune_residual:  # a tied conv is reported with the group that holds it, or left alone with its leader's reason
+        for group in report.groups:
+            for producer in group.tied:
+                report.skipped.pop(producer.conv, None)
     return report
 
 
@@ -444,26 +603,28 @@ def _placement(original: dict[str, nn.Module], deploy: dict[str, nn.Module], nam
 
 
 def _zero_channels(model: nn.Module, group: ChannelGroup, idxs: list[int]) -> None:
-    """Make ``idxs`` of the group's channels zero at its placement in the deploy form (as masked compactor rows do)."""
-    conv = model.get_submodule(group.leader)
-    with torch.no_grad():
-        conv.weight[idxs] = 0.0
-        if conv.bias is not None:
-            conv.bias[idxs] = 0.0
-        if group.norm is not None:  # BN(0) = 0 too: no shift (running mean) and no offset (beta)
-            norm = model.get_submodule(group.norm)
-            if norm.running_mean is not None:
-                norm.running_mean[idxs] = 0.0
-            if norm.bias is not None:
-                norm.bias[idxs] = 0.0
+    """Make the leader's channels ``idxs`` zero at every producer's placement in the deploy form (as masked compactor rows do)."""
+    for producer in group.producers:
+        rows = [producer.rows[c] for c in idxs]
+        conv = model.get_submodule(producer.conv)
+        with torch.no_grad():
+            conv.weight[rows] = 0.0
+            if conv.bias is not None:
+                conv.bias[rows] = 0.0
+            if producer.norm is not None:  # BN(0) = 0 too: no shift (running mean) and no offset (beta)
+                norm = model.get_submodule(producer.norm)
+                if norm.running_mean is not None:
+                    norm.running_mean[rows] = 0.0
+                if norm.bias is not None:
+                    norm.bias[rows] = 0.0
 
 
 def _removal_is_exact(model: nn.Module, groups: list[ChannelGroup], x: Tensor) -> bool:
-    """Zero the first half of every group's channels, remove them, and compare the outputs (float64)."""
+    """Zero the first half of every group's units, remove them, and compare the outputs (float64)."""
     from litzoo.framework.pruning.removal import remove_channels  # removal builds on this module
 
     copy = detached_copy(model)
-    plan = {g.leader: list(range(g.channels // 2)) for g in groups}
+    plan = {g.leader: g.unit_channels(list(range(g.num_units // 2))) for g in groups}
     for group in groups:
         _zero_channels(copy, group, plan[group.leader])
     with torch.no_grad():

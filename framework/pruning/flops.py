@@ -47,7 +47,8 @@ class ChannelFlops:
         carried: dict[str, dict[int, int]] = {}  # depthwise convs: channels of each group they carry
         read: dict[str, dict[int, int]] = {}  # consumers: input channels of each group they read
         for index, group in enumerate(groups):
-            out_group[group.leader] = index
+            for producer in group.producers:  # the leader and the convs tied to it lose the same channels
+                out_group[producer.conv] = index
             for name in group.followers:
                 if _is_depthwise(copy.get_submodule(name)):
                     carried.setdefault(name, {})[index] = group.counts.get(name, group.channels)

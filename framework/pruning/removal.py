@@ -77,7 +77,7 @@ def fold_compactors(model: nn.Module, example_inputs: Tensor | None = None) -> d
                 conv = model.get_submodule(conv_name)
                 kernel, bias = fuse_conv_bn(conv.weight, inner, conv.bias)
                 model.set_submodule(name, nn.Identity())
-            kernel, bias = fold_compactor(kernel, bias, layer.compactor.weight)
+            kernel, bias = fold_compactor(kernel, bias, layer.compactor.weight, layer.compactor.groups)
             folded = nn.Conv2d(
                 conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
@@ -141,10 +141,11 @@ def remove_channels(model: nn.Module, removed: dict[str, list[int]], example_inp
     try:
         graph = dependency_graph(model, example_inputs)
         names = {module: name for name, module in model.named_modules()}
-        groups = {name: coupled_channels(graph, model.get_submodule(name), idxs) for name, idxs in removed.items()}
+        groups = _one_group_per_tied_set(graph, model, names, removed)
         consumers = {name: _consumer_idxs(group, names, graph) for name, group in groups.items()}
         _absorb_constants(model, consumers, example_inputs)
-        for name, idxs in removed.items():
+        for name in groups:
+            idxs = removed[name]
             conv = model.get_submodule(name)
             if len(idxs) >= conv.out_channels:
                 raise ValueError(f"cannot remove all {conv.out_channels} output channels of {name}")
@@ -154,6 +155,29 @@ def remove_channels(model: nn.Module, removed: dict[str, list[int]], example_inp
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def _one_group_per_tied_set(graph: tp.DependencyGraph, model: nn.Module, names: dict[nn.Module, str], removed: dict[str, list[int]]) -> dict[str, Any]:
+    """The Torch-Pruning group of each conv of ``removed``, once per set of tied convs (a residual stream,
+    a squeeze-excitation product): the first conv's group removes the channels of the others too, which
+    must list exactly the channels it maps to theirs."""
+    groups: dict[str, Any] = {}
+    covered: dict[str, str] = {}
+    for name, idxs in removed.items():
+        if name in covered:
+            continue
+        group = coupled_channels(graph, model.get_submodule(name), idxs)
+        for dep, dep_idxs in group:
+            other = names.get(dep.target.module)
+            if other != name and other in removed and graph.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, nn.Conv2d):
+                if sorted(set(dep_idxs)) != removed[other]:
+                    raise ValueError(
+                        f"{other} is tied to {name} (their channels meet in an elementwise operation), but its removed channels "
+                        f"{removed[other][:8]} are not those of {name} mapped to it ({sorted(set(dep_idxs))[:8]})"
+                    )
+                covered[other] = name
+        groups[name] = group
+    return groups
 
 
 def _absorb_constants(model: nn.Module, consumers: dict[str, dict[str, list[int]]], example_inputs: Tensor) -> None:
@@ -167,6 +191,10 @@ def _absorb_constants(model: nn.Module, consumers: dict[str, dict[str, list[int]
                 index = torch.as_tensor(idxs, device=inputs.device)
                 if isinstance(consumer, nn.Conv2d):
                     value = inputs.index_select(1, index).mean(dim=(0, 2, 3))
+                    if consumer.groups != 1:
+                        if value.abs().max() == 0:
+                            continue
+                        raise ValueError(f"removed channels reach the grouped conv {name} as a non-zero constant, which its bias cannot take in here")
                     weight = consumer.weight[:, idxs].sum(dim=(2, 3))  # 1x1 (checked when the group was accepted)
                 else:
                     value = inputs.index_select(inputs.dim() - 1, index).reshape(-1, len(idxs)).mean(dim=0)
@@ -230,10 +258,16 @@ def apply_layer_shapes(model: nn.Module, shapes: dict[str, dict[str, Any]]) -> N
         model.set_submodule(name, layer)
 
 
-def compactors_in(state_dict: dict[str, Tensor]) -> dict[str, int]:
-    """``{module name: channels}`` of every compactor whose weights ``state_dict`` holds."""
+def compactors_in(state_dict: dict[str, Tensor]) -> dict[str, int | tuple[int, int]]:
+    """``{module name: channels}`` of every compactor whose weights ``state_dict`` holds
+    (``(channels, groups)`` for a block-diagonal one), as :func:`insert_compactors` takes them."""
     suffix = ".compactor.weight"
-    return {key[: -len(suffix)]: int(value.shape[0]) for key, value in state_dict.items() if key.endswith(suffix)}
+    found: dict[str, int | tuple[int, int]] = {}
+    for key, value in state_dict.items():
+        if key.endswith(suffix) and value.dim() == 4 and value.shape[0] % value.shape[1] == 0:
+            channels, groups = int(value.shape[0]), int(value.shape[0] // value.shape[1])
+            found[key[: -len(suffix)]] = channels if groups == 1 else (channels, groups)
+    return found
 
 
 def prune_compacted(model: nn.Module, example_inputs: Tensor) -> dict[str, list[int]]:

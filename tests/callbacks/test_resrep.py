@@ -131,6 +131,77 @@ def test_fit_meets_the_flops_target_and_removes_the_channels(tmp_path, net):
     assert all(k <= g.channels for k, g in zip(kept, callback.groups)) and sum(kept) < sum(g.channels for g in callback.groups)
 
 
+@pytest.mark.parametrize("net", ["resnet", "mobilenetv2", "grouped_se"])
+def test_prune_residual_prunes_tied_and_grouped_channels_to_the_target(tmp_path, net):
+    """A residual network, an inverted residual network, and one with grouped convs, squeeze-excitation and a
+    depthwise block: with ``prune_residual`` the tied convs lose channels too, all alike, and the removal is exact."""
+    module = UserClassifier(net)
+    module.example_input_array = INPUT
+    callback = fast_resrep(prune_residual=True, deploy_filename=None)
+    trainer(tmp_path, callback, enable_checkpointing=False).fit(module, loader(), loader(seed=1))
+    r = callback.report
+    assert callback.pruned and r["removal_error"] < 1e-5 and r["flops_ratio"] <= 0.5
+    assert count_flops(module.net, torch.randn(1, 1, 12, 12)) == r["flops_after"]
+    tied = [g for g in callback.groups if g.tied]
+    widths = [[module.get_submodule(p.conv).out_channels for p in g.producers] for g in tied]
+    assert tied and all(len(set(w)) == 1 for w in widths)  # every conv of a tied set keeps the same channels
+    assert any(w[0] < g.channels for w, g in zip(widths, tied, strict=True))  # and tied channels were removed
+    for group in callback.groups:  # grouped convs lose whole units: still divisible into their groups
+        kept = module.get_submodule(group.leader).out_channels
+        assert kept % group.unit_size == 0 and kept >= group.unit_size
+
+
+def test_tied_groups_follow_the_group_lasso_and_are_masked_in_units(tmp_path):
+    """One step by hand on a tied set (the stem and the two conv2 of stage 1 of UserResNet): each row gets
+    ``lasso * Q_row / rms`` with ``rms`` the root mean square of the row norms of its channel in the three
+    compactors; then one mask update masks the lowest-rms channel in all three."""
+    module = UserClassifier("resnet")
+    callback = ResRepPruning(lasso_strength=0.3, warmup_epochs=100, prune_residual=True, prune_at_end=False)
+    callback.attach(module, torch.randn(2, 1, 12, 12))
+    group = next(g for g in callback.groups if g.leader == "net.stem.0")
+    compactors = [callback.all_compactors(module)[p.placement] for p in group.producers]
+    assert len(compactors) == 3
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for c in compactors:
+            c.weight.add_(0.2 * torch.randn(c.weight.shape, generator=generator))
+        compactors[1].weight[5].mul_(0.1)  # channel 5 is weakest in one compactor only
+        for c in compactors:
+            c.mask[[2]] = 0.0
+    before = [c.weight.detach().clone() for c in compactors]
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen["grads"] = [c.weight.grad.detach().clone() for c in compactors]
+            seen["lr"] = optimizer.param_groups[0]["lr"]
+
+    trainer_ = trainer(tmp_path, callback, max_steps=1, enable_checkpointing=False, num_sanity_val_steps=0)
+    trainer_.callbacks.insert(0, Spy())
+    trainer_.fit(module, loader())
+    squares = sum(w.flatten(1).square().sum(1) for w in before)
+    rms = (squares / 3).sqrt().view(-1, 1, 1, 1)
+    mask = torch.ones(8)
+    mask[2] = 0.0
+    for c, w, grad in zip(compactors, before, seen["grads"], strict=True):
+        expected = w - seen["lr"] * (grad * mask.view(-1, 1, 1, 1) + 0.3 * w / rms)
+        assert (c.weight.detach() - expected).abs().max() < 1e-7
+    # the mask update ranks the tied channels by that rms: with room for one channel, channel 5 goes, in all three
+    # every other compactor row has norm 1; channel 5 of the tied set has rows of norm 1, 0.5, 1 (rms 0.866):
+    # the lowest of all (a sum of norms, 2.5, would rank it last)
+    callback.granularity = 1
+    with torch.no_grad():
+        for c in [*callback.all_compactors(module).values()]:
+            c.weight.copy_(torch.eye(c.channels).reshape(c.weight.shape))
+            c.mask.fill_(1.0)
+        compactors[1].weight[5].mul_(0.5)
+    norms = callback.unit_norms(module)[callback.groups.index(group)]
+    assert norms[5].item() == pytest.approx((2.25 / 3) ** 0.5) and norms[5] == torch.cat(callback.unit_norms(module)).min()
+    callback.update_masks(module)
+    assert all(c.mask.tolist() == [0.0 if i == 5 else 1.0 for i in range(8)] for c in compactors)
+    assert all(c.num_kept == c.channels for g in callback.groups if g is not group for c in [callback.compactors(module)[g.placement]])
+
+
 def test_resume_continues_the_schedule_exactly(tmp_path):
     def run(max_epochs, ckpt_path=None, root="a"):
         L.seed_everything(0)
@@ -206,18 +277,19 @@ class SaveRankWeights(L.Callback):
         torch.save({{"state": state, "world_size": trainer.world_size, "updates": resrep.mask_updates}}, f"{out}/rank{{trainer.global_rank}}.pt")
 
 L.seed_everything(0)
-resrep = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=0, granularity=8)
+resrep = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=0, granularity=8, prune_residual={prune_residual})
 trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
                     enable_progress_bar=False, enable_model_summary=False, callbacks=[resrep, SaveRankWeights()])
 # each rank sees different batches: the masks must still be decided identically (from synchronised gradients)
-module = UserClassifier("mobilenetv2")
+module = UserClassifier({net!r})
 module.example_input_array = torch.zeros(2, 1, 12, 12)  # traced in setup, before the loaders passed to fit are built
 trainer.fit(module, loader(n=96), loader(seed=1))
 """
 
 
 @pytest.mark.slow
-def test_two_process_ddp_prunes_identically_on_both_ranks(tmp_path):
+@pytest.mark.parametrize(("net", "prune_residual"), [("mobilenetv2", False), ("grouped_se", True)])
+def test_two_process_ddp_prunes_identically_on_both_ranks(tmp_path, net, prune_residual):
     import subprocess
     import sys
     import textwrap
@@ -225,7 +297,7 @@ def test_two_process_ddp_prunes_identically_on_both_ranks(tmp_path):
 
     tests = str(Path(__file__).parents[1])
     script = tmp_path / "ddp_resrep.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=tmp_path, tests=tests)))
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(out=tmp_path, tests=tests, net=net, prune_residual=prune_residual)))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
     assert result.returncode == 0, result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]

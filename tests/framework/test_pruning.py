@@ -267,7 +267,7 @@ def test_the_coupled_channels_are_searched_once_per_coupled_set(monkeypatch):
 
     searched = []
     original = channel_groups._group_members
-    monkeypatch.setattr(channel_groups, "_group_members", lambda graph, names, conv, idxs: searched.append(conv) or original(graph, names, conv, idxs))
+    monkeypatch.setattr(channel_groups, "_group_members", lambda graph, names, conv, idxs, *rest: searched.append(conv) or original(graph, names, conv, idxs, *rest))
     report = find_channel_groups(UserResNet(), X)
     assert len(searched) == 6 and len(report.groups) == 4 and len(report.skipped) == 6
 
@@ -315,3 +315,102 @@ def test_flops_model_equals_flop_counter_on_the_pruned_network(net, randomize_bn
         with torch.no_grad():
             assert (model(x) - masked).abs().max() < 1e-5
         assert flops(kept) == pytest.approx(count_flops(model, x[:1]), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- prune_residual: tied convs, grouped units
+def test_prune_residual_puts_tied_convs_in_one_group_and_grouped_channels_in_units():
+    from user_models import UserGroupedSENet
+
+    plan = {g.leader: g for g in find_channel_groups(UserResNet(), X, prune_residual=True).groups}
+    assert set(plan) == {"stem.0", "layer1.0.conv1", "layer1.1.conv1", "layer2.0.conv1", "layer2.0.conv2", "layer2.1.conv1"}
+    assert {t.conv for t in plan["stem.0"].tied} == {"layer1.0.conv2", "layer1.1.conv2"}  # stage 1's residual stream
+    assert {t.conv for t in plan["layer2.0.conv2"].tied} == {"layer2.1.conv2", "layer2.0.shortcut.0"}
+    assert set(plan["layer2.0.conv2"].consumers) == {"layer2.1.conv1", "head"}
+    assert all(t.rows == list(range(16)) for t in plan["layer2.0.conv2"].tied)
+
+    report = find_channel_groups(UserGroupedSENet(), torch.randn(2, 3, 8, 8), prune_residual=True)
+    plan = {g.leader: g for g in report.groups}
+    assert not report.skipped and len(plan) == 11
+    # conv1 feeds a grouped conv (groups=2, 4 channels a group): channel j goes with channel j + 4
+    assert plan["block1.conv1"].units == [[0, 4], [1, 5], [2, 6], [3, 7]] and plan["block1.conv1"].unit_size == 2
+    # the grouped conv itself is tied to the squeeze-excitation's gate (their product), in the same units
+    assert [t.conv for t in plan["block1.conv2"].tied] == ["block1.se.fc2"] and plan["block1.conv2"].groups == 2
+    assert plan["block1.conv2"].units == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    # the depthwise block: the expansion and the SE gate are one group, the depthwise conv follows
+    assert [t.conv for t in plan["block3.expand.0"].tied] == ["block3.se.fc2"]
+    assert plan["block3.expand.0"].followers == ["block3.depthwise.0", "block3.depthwise.1"]
+    # off, the paper's behaviour: every one of these is left alone (grouped convs are not even candidates)
+    off = find_channel_groups(UserGroupedSENet(), torch.randn(2, 3, 8, 8))
+    assert {"stem.0", "block1.conv1", "block3.expand.0"} <= set(off.skipped) and "block1.conv2" not in {g.leader for g in off.groups}
+
+
+def test_a_tied_conv_that_is_excluded_leaves_its_whole_group_alone():
+    report = find_channel_groups(UserResNet(), X, exclude=["layer1.1.conv2"], prune_residual=True)
+    assert "stem.0" not in {g.leader for g in report.groups}
+    assert report.skipped["stem.0"] == "tied to layer1.1.conv2, which cannot be pruned: excluded"
+
+
+def test_grouped_compactor_folds_block_by_block():
+    g = torch.Generator().manual_seed(0)
+    kernel = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)  # a conv with 3 groups of 2 channels
+    bias = torch.randn(6, generator=g, dtype=torch.float64)
+    q = torch.randn(6, 2, 1, 1, generator=g, dtype=torch.float64)  # a block-diagonal compactor, 3 blocks
+    x = torch.randn(2, 6, 5, 5, generator=g, dtype=torch.float64)
+    k2, b2 = fold_compactor(kernel, bias, q, groups=3)
+    expected = F.conv2d(F.conv2d(x, kernel, bias, padding=1, groups=3), q, groups=3)
+    assert (F.conv2d(x, k2, b2, padding=1, groups=3) - expected).abs().max() < 1e-12
+    # by hand: one block [[1, 2], [0, 1]] on kernel rows (1, 10) gives rows (21, 10)
+    q = torch.tensor([[1.0, 2.0], [0.0, 1.0]]).reshape(2, 2, 1, 1)
+    k, b = fold_compactor(torch.tensor([1.0, 10.0]).reshape(2, 1, 1, 1), torch.tensor([1.0, 0.0]), q, groups=1)
+    assert k.flatten().tolist() == [21.0, 10.0] and b.tolist() == [1.0, 0.0]
+    from litzoo.framework.pruning import Compactor
+
+    compactor = Compactor(6, groups=3)
+    assert compactor.weight.shape == (6, 2, 1, 1) and torch.equal(compactor(x.float()), x.float())  # identity at start
+    with pytest.raises(ValueError, match="groups must be a positive divisor"):
+        Compactor(6, groups=4)
+
+
+@pytest.mark.parametrize("net", ["resnet", "mobilenetv2", "grouped_se"])
+def test_prune_residual_removal_is_exact_smaller_and_counted_by_the_flops_model(net, randomize_bn):
+    """Random unit masks on every group (tied convs masked together): the pruned model equals the masked one,
+    the tied convs are physically smaller, and ChannelFlops equals torch.utils.flop_counter on it."""
+    from user_models import NETS
+
+    from litzoo.framework.pruning import compactors_in, prune_compacted
+
+    for seed in range(2):
+        model = randomize_bn(NETS[net](), seed).double().eval()
+        x = X.double()
+        report = find_channel_groups(model, x, prune_residual=True)
+        assert any(g.tied for g in report.groups)
+        flops = ChannelFlops(model, x, report.groups)
+        insert_compactors(model, {p.placement: (g.channels, p.groups) for g in report.groups for p in g.producers})
+        generator = torch.Generator().manual_seed(seed)
+        kept, widths = [], {}
+        with torch.no_grad():
+            for group in report.groups:
+                keep = int(torch.randint(1, group.num_units + 1, (1,), generator=generator))
+                gone = group.unit_channels(torch.randperm(group.num_units, generator=generator)[keep:].tolist())
+                for producer in group.producers:
+                    compactor = model.get_submodule(producer.placement).compactor
+                    compactor.weight.add_(0.3 * torch.randn(compactor.weight.shape, generator=generator, dtype=torch.float64))
+                    compactor.mask[[producer.rows[c] for c in gone]] = 0.0
+                    widths[producer.conv] = group.channels - len(gone)
+                kept.append(group.channels - len(gone))
+        state = compactors_in(model.state_dict())
+        assert all(state[p.placement] == (g.channels if p.groups == 1 else (g.channels, p.groups)) for g in report.groups for p in g.producers)
+        zero_masked_rows(model)
+        with torch.no_grad():
+            masked = model(x)
+        prune_compacted(model, x)
+        with torch.no_grad():
+            assert (model(x) - masked).abs().max() < 1e-10
+        assert {name: model.get_submodule(name).out_channels for name in widths} == widths  # tied convs cut alike
+        assert flops(kept) == pytest.approx(count_flops(model, x[:1]), rel=1e-12)
+
+
+def test_tied_convs_with_different_removed_channels_are_refused():
+    model = UserResNet().eval()
+    with pytest.raises(ValueError, match=r"layer1.0.conv2 is tied to stem.0 .* are not those of stem.0"):
+        remove_channels(model, {"stem.0": [1, 2], "layer1.0.conv2": [1, 3], "layer1.1.conv2": [1, 2]}, X)
