@@ -13,10 +13,10 @@ The machinery is torchao's (``torchao.quantization.pt2e``): ``torch.export`` cap
 ``prepare_pt2e`` / ``prepare_qat_pt2e`` insert observers / fake-quantizers where the x86 quantizer
 annotates the graph (conv, linear, their fused BN / ReLU, pooling, adds), ``convert_pt2e`` writes the
 quantize / dequantize reference graph, which ``lower_pt2e_quantized_to_x86`` turns into oneDNN int8
-kernels for CPU latency. The configurations here are the x86 default (int8 per-channel symmetric
-weights, uint8 affine activations with a histogram observer for PTQ) with the survey's options:
-per-tensor weights, fewer bits (a 4-bit grid stored in int8 for stress tests), min-max or percentile
-calibration.
+kernels for CPU latency (:func:`lower_to_x86`, which also removes per-call costs that lowering leaves).
+The configurations here are the x86 default (int8 per-channel symmetric weights, uint8 affine
+activations with a histogram observer for PTQ) with the survey's options: per-tensor weights, fewer
+bits (a 4-bit grid stored in int8 for stress tests), min-max or percentile calibration.
 """
 
 from __future__ import annotations
@@ -292,16 +292,196 @@ def convert_qat(network: FakeQuantizedNetwork) -> torch.fx.GraphModule:
     return quantize_pt2e.convert_pt2e(graph)
 
 
-def lower_to_x86(model: torch.fx.GraphModule, example: Tensor) -> nn.Module:
-    """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency), for ``example``'s batch size."""
-    pt2e, _, _ = _torchao()
+# ---------------------------------------------------------------------------- oneDNN int8 kernels
+def _data_movement_ops() -> frozenset:
+    """Ops that only reshape, reorder or copy elements: an elementwise (per-tensor) quantize commutes with them."""
+    aten = torch.ops.aten
+    return frozenset({
+        aten.view.default, aten.reshape.default, aten._unsafe_view.default, aten.flatten.using_ints, aten.squeeze.dim,
+        aten.squeeze.dims, aten.unsqueeze.default, aten.permute.default, aten.clone.default,
+    })  # fmt: skip
+
+
+def _recompiled(graph: torch.fx.GraphModule, edits: int) -> int:
+    """Check ``graph`` and regenerate its code after ``edits`` in-place edits (none: nothing to do); returns ``edits``."""
+    if edits:
+        graph.graph.lint()
+        graph.recompile()
+    return edits
+
+
+def _decomposed_activation(graph: torch.fx.Graph, node: torch.fx.Node, x: torch.fx.Node) -> torch.fx.Node | None:
+    """The nodes of inductor's decomposed form of activation ``node`` applied to ``x`` (inserted before ``node``), or ``None``."""
+    aten = torch.ops.aten
+    target = node.target
+    with graph.inserting_before(node):
+        if target in (aten.hardtanh.default, aten.hardtanh_.default):
+            low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+            high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+            if not (isinstance(low, (int, float)) and isinstance(high, (int, float)) and low <= high):
+                return None
+            return graph.call_function(aten.clamp_max.default, (graph.call_function(aten.clamp_min.default, (x, low)), high))
+        if target in (aten.silu.default, aten.silu_.default):  # x / (exp(-x) + 1)
+            denominator = graph.call_function(
+                aten.add.Tensor, (graph.call_function(aten.exp.default, (graph.call_function(aten.neg.default, (x,)),)), 1)
+            )
+            return graph.call_function(aten.div.Tensor, (x, denominator))
+        if target in (aten.hardswish.default, aten.hardswish_.default):  # x * clamp(x + 3, 0, 6) / 6
+            gate = graph.call_function(aten.clamp_min.default, (graph.call_function(aten.add.Tensor, (x, 3)), 0))
+            gate = graph.call_function(aten.clamp_max.default, (gate, 6))
+            return graph.call_function(aten.div.Tensor, (graph.call_function(aten.mul.Tensor, (x, gate)), 6))
+    return None
+
+
+def decompose_conv_activations(graph: torch.fx.GraphModule) -> int:
+    """Write ReLU6 / hardtanh, SiLU and hardswish after a ``conv2d`` in inductor's decomposed form, in place.
+
+    The x86 lowering's conv + activation fusion patterns (inductor's, which decomposes activations before
+    matching) only match ``clamp_max(clamp_min(x))``, ``x / (exp(-x) + 1)`` and ``x * clamp(x + 3, 0, 6) / 6``,
+    while ``torch.export`` keeps ``hardtanh`` / ``silu`` / ``hardswish``. Unrewritten, such a conv writes
+    float32, the activation runs in float and a separate quantize follows (several elementwise passes over
+    the feature map); rewritten, the activation becomes the int8 conv's oneDNN post-op and the conv writes
+    uint8, as conv + ReLU already does. The clamp form of hardtanh gives the same values; SiLU and
+    hardswish compute the same function in float32 in another order, so an output can move by one step
+    of the 8-bit grid where a value sits within rounding of a grid boundary. An activation is rewritten
+    only where it is the conv output's one reader (an in-place one then writes nothing anyone else sees).
+    Returns the number of activations rewritten.
+    """
+    aten = torch.ops.aten
+    rewritten = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function":
+            continue
+        source = node.args[0] if node.args else None
+        if not (isinstance(source, torch.fx.Node) and source.target == aten.conv2d.default and len(source.users) == 1):
+            continue
+        replacement = _decomposed_activation(graph.graph, node, source)
+        if replacement is None:
+            continue
+        node.replace_all_uses_with(replacement)
+        graph.graph.erase_node(node)
+        rewritten += 1
+    return _recompiled(graph, rewritten)
+
+
+def drop_requantization(graph: torch.fx.GraphModule) -> int:
+    """Remove ``dequantize -> [view / reshape / ...] -> quantize`` on one grid, in place: the reshapes act on the integers.
+
+    The x86 quantizer gives reshapes (a flatten before the classifier) the grid of their input, so the
+    lowered graph dequantizes, reshapes in float and quantizes again onto the same grid, two Python-level
+    ops per call. ``quantize(dequantize(k)) = k`` exactly for every integer ``k`` of a full 8-bit grid
+    (``round(S (k - Z) / S)`` is within ``255 * 3 * 2^-24`` of ``k - Z``; the clamp to the dtype's range is
+    then the identity), and an elementwise map commutes with a reshape, so the chain is the reshape of
+    ``k``. Only per-tensor pairs with equal (scale, zero point, range, dtype), scalar parameters and a
+    range that is the dtype's full range are removed. Returns the number of quantize nodes removed.
+    """
+    _torchao()  # registers the quantized_decomposed operators
+    decomposed = torch.ops.quantized_decomposed
+    movement = _data_movement_ops()
+    removed = 0
+    for quantize in list(graph.graph.nodes):
+        if quantize.op != "call_function" or quantize.target != decomposed.quantize_per_tensor.default:
+            continue
+        chain, node = [], quantize.args[0]
+        while isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in movement and len(node.users) == 1:
+            chain.append(node)
+            node = node.args[0]
+        if not (isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target == decomposed.dequantize_per_tensor.default):
+            continue
+        dequantize, params = node, tuple(quantize.args[1:6])
+        if (
+            quantize.kwargs
+            or dequantize.kwargs
+            or tuple(dequantize.args[1:6]) != params
+            or any(isinstance(p, torch.fx.Node) for p in params)
+        ):
+            continue
+        _, _, low, high, dtype = params
+        if dtype not in (torch.uint8, torch.int8) or (low, high) != (torch.iinfo(dtype).min, torch.iinfo(dtype).max):
+            continue
+        integers = dequantize.args[0]
+        if chain:
+            chain[-1].replace_input_with(dequantize, integers)
+            quantize.replace_all_uses_with(chain[0])
+        else:
+            quantize.replace_all_uses_with(integers)
+        graph.graph.erase_node(quantize)
+        if not dequantize.users:
+            graph.graph.erase_node(dequantize)
+        removed += 1
+    return _recompiled(graph, removed)
+
+
+def reshape_views(graph: torch.fx.GraphModule) -> int:
+    """Turn every ``aten.view`` of the lowered graph into ``aten.reshape``, in place; returns how many.
+
+    oneDNN's int8 convs write channels-last tensors, on which a flatten exported as ``view`` (a VGG or
+    LeNet head flattening a conv feature map) raises "view size is not compatible with input tensor's
+    size and stride" at every call of torchao's lowered graph. ``reshape`` gives the same elements: the
+    same view where one exists, a copy in the logical order otherwise.
+    """
+    reshaped = 0
+    for node in graph.graph.nodes:
+        if node.op == "call_function" and node.target == torch.ops.aten.view.default:
+            node.target = torch.ops.aten.reshape.default
+            reshaped += 1
+    return _recompiled(graph, reshaped)
+
+
+class LoweredInt8(nn.Module):
+    """The int8 graph of :func:`lower_to_x86`, called directly, for inputs of one shape and dtype.
+
+    ``torch.export``'s modules run Python forward hooks at every call (the input checked against the
+    exported signature, graph inputs of module type switched on and off): on the 16x16 digits RepVGG
+    about 0.1 ms of a 0.5 ms int8 forward. The graph is a plain ``torch.fx.GraphModule`` instead, and
+    since it is specialised to the example's shape (a flatten to ``[batch, C]`` is a constant in it), a
+    comparison of shape and dtype keeps the protection against other inputs at a fraction of a microsecond.
+    """
+
+    def __init__(self, graph: torch.fx.GraphModule, input_shape: tuple[int, ...], input_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.graph = graph
+        self.input_shape = torch.Size(input_shape)
+        self.input_dtype = input_dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape != self.input_shape or x.dtype != self.input_dtype:
+            raise ValueError(
+                f"this int8 model was lowered for {self.input_dtype} inputs of shape {tuple(self.input_shape)}, "
+                f"got {x.dtype} {tuple(x.shape)}: lower it again (lower_to_x86) with an example of that shape"
+            )
+        return self.graph(x)
+
+
+def lower_to_x86(model: torch.fx.GraphModule, example: Tensor) -> LoweredInt8:
+    """The int8 reference graph lowered to oneDNN int8 kernels (for CPU latency), for ``example``'s shape.
+
+    torchao's ``lower_pt2e_quantized_to_x86`` re-exports the graph and runs inductor's freezing passes:
+    weights are prepacked once (constants of the graph, no prepack per call), and quantize -> conv ->
+    (ReLU | add + ReLU) -> quantize patterns become single ``onednn.qconv_pointwise`` /
+    ``qconv2d_pointwise.binary`` calls that read and write uint8. Three changes cut the per-call cost
+    it leaves without changing the outputs (beyond the rounding noted in :func:`decompose_conv_activations`):
+    that function before lowering (ReLU6, SiLU and hardswish fused into the int8 conv, as ReLU is),
+    :func:`drop_requantization` after it (no dequantize / quantize around a reshape), and the graph
+    called without ``torch.export``'s per-call hooks (:class:`LoweredInt8`). :func:`reshape_views`
+    makes a flatten of an int8 conv's (channels-last) output run at all. ``model`` is not changed.
+    """
+    _torchao()
     from torchao.quantization.pt2e.lowering import lower_pt2e_quantized_to_x86
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        aten = torch.ops.aten
+        activations = {aten.hardtanh.default, aten.hardtanh_.default, aten.silu.default, aten.silu_.default, aten.hardswish.default,
+                       aten.hardswish_.default}  # fmt: skip
+        if any(n.target in activations for n in model.graph.nodes):
+            model = copy.deepcopy(model)  # the rewrite is in place; the caller's reference graph stays as it was
+            decompose_conv_activations(model)
         lowered = lower_pt2e_quantized_to_x86(model, (example,))
-    # an exported module refuses .eval(); an inference-only graph has nothing to switch
-    return pt2e.allow_exported_model_train_eval(lowered)
+    graph = torch.fx.GraphModule(lowered, lowered.graph)  # the same graph and constants, without the exported module's hooks
+    drop_requantization(graph)
+    reshape_views(graph)
+    return LoweredInt8(graph, tuple(example.shape), example.dtype)
 
 
 # ---------------------------------------------------------------------------- files
