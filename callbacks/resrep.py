@@ -113,6 +113,13 @@ class ResRepPruning(EvaluateDeployModel):
         prune_residual: also prune channels tied across convs (residual additions, squeeze-excitation
             products) and channels of grouped convs, each tied set as one group (see above); off by
             default, as in the paper.
+        round_to: every pruned layer keeps a multiple of this many channels (``None``: any number, the
+            paper's rule). Runtimes' fast conv kernels work on channel blocks (onnxruntime's NCHWc
+            kernels take multiples of 8 with AVX2 and 16 with AVX-512, oneDNN's blocked formats alike):
+            a pruned layer with 37 channels can be slower than the dense one with 64. The mask update
+            then removes a layer's channels a block at a time (its lowest-ranked ones; the first block
+            takes what is above the last multiple), so every kept count is a multiple of ``round_to``
+            (and of the layer's unit).
         tolerance: the pruned model must reproduce the masked one on a real batch to
             ``tolerance * max(1, max|y|)``.
         deploy_filename: the pruned model's checkpoint, written next to the other checkpoints
@@ -133,6 +140,7 @@ class ResRepPruning(EvaluateDeployModel):
         exclude: list[str] | None = None,
         prune_at_end: bool = True,
         prune_residual: bool = False,
+        round_to: int | None = None,
         tolerance: float = 1e-5,
         deploy_filename: str | None = "pruned.ckpt",
     ) -> None:
@@ -144,6 +152,8 @@ class ResRepPruning(EvaluateDeployModel):
             raise ValueError(f"mask_interval must be >= 1 optimizer step, got {mask_interval}")
         if warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+        if round_to is not None and round_to < 1:
+            raise ValueError(f"round_to must be a positive number of channels (or None), got {round_to}")
         if granularity < 1:
             raise ValueError(f"granularity must be >= 1 channel, got {granularity}")
         if min_channels < 1:
@@ -165,6 +175,7 @@ class ResRepPruning(EvaluateDeployModel):
         self.exclude = list(exclude or [])
         self.prune_at_end = prune_at_end
         self.prune_residual = prune_residual
+        self.round_to = round_to
         self.tolerance = tolerance
         self.deploy_filename = deploy_filename
 
@@ -210,7 +221,7 @@ class ResRepPruning(EvaluateDeployModel):
                 f"({len(plan.skipped)} left alone, e.g. {first[0]}: {first[1]}; the full report is logged above)"
             )
         flops = ChannelFlops(module, inputs, plan.groups)
-        reachable = flops.ratio([_fewest_kept(g, self.min_channels) for g in plan.groups])
+        reachable = flops.ratio([_fewest_kept(g, self.min_channels, self.round_to) for g in plan.groups])
         rank_zero_info(f"ResRepPruning: {plan.summary()}\n  FLOPs/sample {format_count(flops.total)}; with every prunable layer at {self.min_channels} channel(s): {reachable:.3f} of it")
         if reachable > self.flops_target:
             raise LitzooError(
@@ -274,25 +285,37 @@ class ResRepPruning(EvaluateDeployModel):
         kept = np.array(self.kept_channels(module), dtype=np.int64)
         channels = np.array([g.channels for g in self.groups], dtype=np.int64)
         unit_size = np.array([g.unit_size for g in self.groups], dtype=np.int64)
-        fewest = np.array([_fewest_kept(g, self.min_channels) for g in self.groups], dtype=np.int64)
+        step = np.array([_step(g, self.round_to) for g in self.groups], dtype=np.int64)  # kept counts move by this
+        fewest = np.array([_fewest_kept(g, self.min_channels, self.round_to) for g in self.groups], dtype=np.int64)
         budget = self.flops_target * self.flops.total
         limit = int(((channels - kept) // unit_size).sum()) + self.granularity if self.flops(kept) > budget else math.inf
         norms = [n.cpu().double().numpy() for n in self.unit_norms(module)]
         layer_of = np.concatenate([np.full(len(n), i) for i, n in enumerate(norms)])
         unit_of = np.concatenate([np.arange(len(n)) for n in norms])
         order = np.argsort(np.concatenate(norms), kind="stable")
+        own_order = [iter(np.argsort(n, kind="stable").tolist()) for n in norms]  # round_to: a block's other units
         attempt = channels.copy()
         selected: list[list[int]] = [[] for _ in self.groups]
+        taken: list[set[int]] = [set() for _ in self.groups]
         visited = 0  # candidates gone through, selected or skipped: the official loop's position ``i``
         for position in order:
             if self.flops(attempt) <= budget:
                 break
+            layer, unit = int(layer_of[position]), int(unit_of[position])
+            if unit in taken[layer]:
+                continue  # removed already, with the block of a lower-ranked unit
             visited += 1
-            layer = int(layer_of[position])
-            if attempt[layer] - unit_size[layer] < fewest[layer]:
+            block = int(attempt[layer] % step[layer]) or int(step[layer])  # channels down to the next multiple
+            if attempt[layer] - block < fewest[layer]:
                 continue  # the official loop checks its limit only after a selection
-            attempt[layer] -= unit_size[layer]
-            selected[layer].append(int(unit_of[position]))
+            attempt[layer] -= block
+            members = [unit]
+            while len(members) * unit_size[layer] < block:  # round_to: the layer's next lowest-ranked units
+                other = next(own_order[layer])
+                if other != unit and other not in taken[layer]:
+                    members.append(other)
+            taken[layer].update(members)
+            selected[layer].extend(members)
             if visited >= limit:
                 break
         self.set_masks(module, selected)
@@ -520,9 +543,15 @@ class ResRepPruning(EvaluateDeployModel):
         self.mask_updates = int(state_dict.get("mask_updates", 0))
 
 
-def _fewest_kept(group: ChannelGroup, min_channels: int) -> int:
-    """The fewest channels a group may keep: ``min_channels``, rounded up to whole units (at least one)."""
-    return min(group.channels, group.unit_size * max(1, math.ceil(min_channels / group.unit_size)))
+def _step(group: ChannelGroup, round_to: int | None) -> int:
+    """The channels a group's kept count moves by: its unit, or the least multiple of it and ``round_to``."""
+    return math.lcm(group.unit_size, round_to or 1)
+
+
+def _fewest_kept(group: ChannelGroup, min_channels: int, round_to: int | None = None) -> int:
+    """The fewest channels a group may keep: ``min_channels``, rounded up to whole steps (at least one)."""
+    step = _step(group, round_to)
+    return min(group.channels, step * max(1, math.ceil(min_channels / step)))
 
 
 def _rows_per_unit(group: ChannelGroup) -> int:

@@ -462,3 +462,41 @@ def test_a_block_without_a_nonlinearity_submodule_is_named_for_what_it_lacks():
 
     report = find_channel_groups(net, torch.randn(2, 3, 8, 8))
     assert "has no nonlinearity submodule" in report.skipped["0.rbr_reparam"]
+
+
+@pytest.mark.parametrize("net", ["resnet", "grouped_se"])
+def test_round_to_keeps_multiples_and_removes_each_layers_lowest_ranked_channels(net):
+    """``round_to=4``: a layer's channels go a block at a time, its lowest-ranked ones, so every kept count is a
+    multiple of 4 (and of the layer's unit); without it the same norms leave counts that are not."""
+
+    def masked_plan(round_to):
+        module = UserClassifier(net)
+        callback = ResRepPruning(flops_target=0.5, granularity=10**6, prune_residual=True, round_to=round_to)
+        callback.attach(module, torch.randn(2, 1, 12, 12))
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():  # every unit's rows scaled by its own factor: a random ranking
+            for group in callback.groups:
+                factors = torch.rand(group.num_units, generator=generator) + 0.5
+                for unit in range(group.num_units):
+                    for producer in group.producers:
+                        compactor = callback.all_compactors(module)[producer.placement]
+                        rows = [producer.rows[c] for c in group.unit_channels([unit])]
+                        compactor.weight[rows] *= factors[unit]
+        callback.update_masks(module)
+        return module, callback
+
+    module, callback = masked_plan(4)
+    assert callback.flops_ratio(module) <= 0.5
+    kept = callback.kept_channels(module)
+    assert all(k % 4 == 0 and k % g.unit_size == 0 for k, g in zip(kept, callback.groups, strict=True) if k < g.channels)
+    for group, norms in zip(callback.groups, callback.unit_norms(module), strict=True):
+        mask = callback.compactors(module)[group.placement].mask
+        gone = sorted({u for u in range(group.num_units) if mask[group.unit_channels([u])[0]] == 0})
+        assert gone == sorted(norms.argsort()[: len(gone)].tolist())  # the layer's lowest-ranked units
+    plain_module, plain = masked_plan(None)
+    assert any(k % 4 for k in plain.kept_channels(plain_module))
+
+
+def test_round_to_is_checked():
+    with pytest.raises(ValueError, match="round_to must be a positive number"):
+        ResRepPruning(round_to=0)
