@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: thread setup, the digits config, machine facts, markdown tables."""
+"""Shared pieces of the benchmarks: thread setup, the digits config, machine facts, markdown tables, Torch-Pruning to a FLOPs target."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import os
 import platform
 import subprocess
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "configs" / "repvgg" / "digits.yaml"
@@ -118,3 +120,55 @@ def mean_sd(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def torch_pruning_to_flops(
+    model: nn.Module,
+    example: torch.Tensor,
+    flops_target: float,
+    ignored_layers: Iterable[nn.Module] = (),
+    iterative_steps: int = 200,
+    pruning_ratio: float = 0.9,
+    round_to: int | None = None,
+) -> tuple[float, int]:
+    """Prune ``model`` in place with Torch-Pruning until its FLOPs are at most ``flops_target`` of what they were.
+
+    The baseline both pruning benchmarks compare against: ``MetaPruner`` with group L2 magnitude
+    (``GroupMagnitudeImportance(p=2)``), one global ranking over all groups, and the dependency graph
+    free to prune every coupled group, the channels tied by residual additions included. The pruner's
+    schedule goes linearly to ``pruning_ratio`` of the channels in ``iterative_steps`` steps; it is
+    stepped only until ``litzoo.framework.profiling.count_flops`` on ``example`` (FLOPs depend on the
+    spatial size: pass the deployed one) reaches the target, so one step overshoots it by at most
+    ``pruning_ratio / iterative_steps`` of the channels.
+
+    Args:
+        model: the network (eval mode: the dependency graph is traced with a forward on ``example``).
+        example: one input batch.
+        flops_target: the FLOPs ratio to reach, in (0, 1).
+        ignored_layers: layers whose output channels stay (the classifier).
+        iterative_steps: steps of the pruner's schedule.
+        pruning_ratio: fraction of every group's channels the schedule reaches at its last step.
+        round_to: keep every group's channels a multiple of this (Torch-Pruning's ``round_to``; ``None``: any count).
+
+    Returns:
+        The FLOPs ratio reached (pruned / dense) and the number of steps taken.
+
+    Raises:
+        RuntimeError: the schedule ended before the FLOPs target was reached.
+    """
+    import torch_pruning as tp
+
+    from litzoo.framework.profiling import count_flops
+
+    if not 0.0 < flops_target < 1.0:
+        raise ValueError(f"flops_target must be in (0, 1), got {flops_target}")
+    dense = count_flops(model, example)
+    pruner = tp.pruner.MetaPruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=pruning_ratio,
+        iterative_steps=iterative_steps, global_pruning=True, ignored_layers=list(ignored_layers), round_to=round_to,
+    )  # fmt: skip
+    while (ratio := count_flops(model, example) / dense) > flops_target:
+        if pruner.current_step >= iterative_steps:
+            raise RuntimeError(f"Torch-Pruning: FLOPs ratio {ratio:.3f} after all {iterative_steps} steps, target {flops_target}")
+        pruner.step()
+    return ratio, pruner.current_step

@@ -1,81 +1,158 @@
-"""Deploy speed at the size users deploy: RepVGG-A0 at 224x224, batch 1 and 32, on 2 intra-op threads.
+"""Deploy speed at the size users deploy: RepVGG-A0, ResNet-18 and ResNet-50 at 224x224, batch 1 and 32, on 2 intra-op threads.
 
-Issue 20, item 1 (first slice). The digits-size benchmarks (``fusion_latency.py``, ``quantization.py``)
-time models whose forward takes a fraction of a millisecond, where per-call overhead decides every
-ratio. This one times the paper's RepVGG-A0 (1000 classes, random weights; every BatchNorm gets random
-statistics with ``litzoo.framework.reparam.randomize_batchnorm`` so fusion is not a near-identity) as a
-user would serve it:
+Issue 20, item 1 (and the item-4 profile of fusion at batch 1). The digits-size benchmarks
+(``fusion_latency.py``, ``quantization.py``) time models whose forward takes a fraction of a
+millisecond, where per-call overhead decides every ratio. This one times networks of the paper sizes
+(1000 classes, random weights; every BatchNorm gets random statistics with
+``litzoo.framework.reparam.randomize_batchnorm`` so that folding it is not a near-identity) as a user
+would serve them. ``NETWORKS`` lists them, each a named builder; every network gives the same rows:
 
-* variants: the training-time network in eval mode (``unfused``: 3x3, 1x1 and identity branches with
-  their BatchNorms), the deploy network (``fused``: ``litzoo.framework.reparam.fuse_model``) and its int8
-  post-training quantization (``int8``);
+* variants: the training-time network in eval mode (``unfused``), its float deploy network (``fused``),
+  the int8 post-training quantization of ``fused`` (``int8``) and the pruned deploy networks of
+  :func:`pruned_variants` (``torch-pruning``: Torch-Pruning's global group-L2 pruning at
+  ``FLOPS_TARGET`` of the FLOPs). RepVGG-A0's ``fused`` is ``litzoo.framework.reparam.fuse_model``
+  (each block's three branches and BatchNorms become one 3x3 conv). A plain ResNet has no fusable
+  block, so ``fuse_model`` returns it unchanged (its convs still run conv then BatchNorm in eager
+  torch); its ``fused`` is every conv -> BatchNorm pair folded into the conv by
+  ``torch.fx.experimental.optimization.fuse`` (what ``benchmarks/quantization.py`` does too);
 * runtimes: eager torch; ``torch.compile`` (default backend, ``dynamic=False``, compile seconds reported);
   onnxruntime on the files ``litzoo.framework.export`` writes (float: ``export_model(..., "onnx")``, what
   ``litzoo export --format onnx`` writes; int8: ``export_onnx_int8_checked``, the QDQ file of
-  ``litzoo export --format onnx-int8``), CPU execution provider, default graph optimisations;
+  ``litzoo export --format onnx-int8``), CPU execution provider, default graph optimisations (which
+  fold an unfused ResNet's BatchNorms into its convs themselves);
 * torch int8: ``litzoo.framework.quantization.quantize_ptq`` with the default x86 config (what
   ``litzoo export --format int8`` does), lowered to oneDNN int8 kernels by ``lower_to_x86`` for the batch
   shape (the ``.pt2`` file itself holds the quantize/dequantize reference graph, which is not a fast path).
 
-Both int8 models calibrate on the same few random batches. Every model of one batch size is timed in
-alternating rounds (``litzoo.framework.profiling.compare_latency``: order reversed every other round,
-median over rounds), so each ratio compares latencies measured side by side in one run.
+Both int8 models calibrate on the same few random batches. Every model of one network and batch size is
+timed in alternating rounds (``litzoo.framework.profiling.compare_latency``: order reversed every other
+round, median over rounds), so each ratio compares latencies measured side by side in one run.
 
     .venv/bin/python benchmarks/deploy_speed.py
 """
 
 from __future__ import annotations
 
+import copy
+import os
+import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import markdown_table
+from common import markdown_table, torch_pruning_to_flops
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from litzoo.framework.export import export_model, export_onnx_int8_checked
-from litzoo.framework.profiling import compare_latency, count_flops
+from litzoo.framework.profiling import compare_latency, count_flops, count_parameters
 from litzoo.framework.quantization import lower_to_x86, quantization_config, quantize_ptq
 from litzoo.framework.reparam import fuse_model, randomize_batchnorm
 from litzoo.modules.repvgg import RepVGG
+from litzoo.modules.resnet import ResNet
 
 #: intra-op threads for torch and onnxruntime (the issue's measurements use 2)
 THREADS = 2
 IMAGE = (3, 224, 224)
-#: goals of issue 20: fused/unfused and int8/float latency at most these
-GOAL_FUSED, GOAL_INT8 = 0.6, 0.5
+#: goals of issue 20: fused/unfused and int8/float latency at most these; pruned/dense latency at most
+#: GOAL_PRUNED times the pruned/dense FLOPs ratio
+GOAL_FUSED, GOAL_INT8, GOAL_PRUNED = 0.6, 0.5, 1.15
+#: the pruned variants keep at most this fraction of the dense deploy model's FLOPs
+FLOPS_TARGET = 0.5
+#: Torch-Pruning's schedule: linear to 0.9 of every group's channels in this many steps (stepped until the
+#: FLOPs target). Fewer than ``benchmarks/pruning.py``'s 200 at 32x32: a step of ResNet-50 at 224x224 (global
+#: ranking, then a FLOPs count) costs about a second; one step moves the FLOPs by about 2-3 %.
+PRUNING_STEPS = 50
 CALIBRATION = (4, 8)  # batches x images, random normal inputs
 #: int8 is checked against float with this tolerance (relative to max(1, max|y|)): with random weights and
 #: random calibration images the logits are not a trained model's, so only gross errors are caught
 INT8_ATOL = 2.0
+RUNTIMES = ("eager", "torch.compile", "onnxruntime")
+RUNTIME_LABEL = {
+    ("int8", "eager"): "torch int8 (PT2E, lowered to oneDNN)",
+    ("int8", "onnxruntime"): "onnxruntime (QDQ int8)",
+}
 
 
 @dataclass(frozen=True)
 class Timing:
     batch: int
     rounds: int  # alternating rounds (one sample of every model each)
-    warmup: int  # untimed forwards of every model first
+    warmup: int  # untimed forwards of every model first (the first one is the output check)
     min_sample_s: float  # a sample repeats forwards until it lasts this long (0: one forward)
 
 
-# an A0 forward at batch 32 takes ~0.25 s fused on 2 cores (unfused ~2x): few rounds there
-TIMINGS = (Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=7, warmup=1, min_sample_s=0.0))
+@dataclass(frozen=True)
+class Network:
+    """One benchmarked network: how to build it, what its deploy form is, how long to time it.
 
-RUNTIMES = ("eager", "torch.compile", "onnxruntime")
-#: (variant, runtime) pairs timed, in table order
-ROWS = (
-    ("unfused", "eager"), ("fused", "eager"), ("int8", "eager"),
-    ("unfused", "torch.compile"), ("fused", "torch.compile"),
-    ("unfused", "onnxruntime"), ("fused", "onnxruntime"), ("int8", "onnxruntime"),
+    Args:
+        name: the table's name.
+        build: seed -> the training-time network in eval mode, BatchNorm statistics randomised.
+        deploy: training-time network -> a float deploy copy (eval mode).
+        fusion: what ``fused`` means for this network (table text).
+        fusion_goal: whether the issue's fused/unfused goal applies (structural re-parameterization;
+            a ResNet's BatchNorm folding is reported without a goal).
+        prune_deploy: Torch-Pruning prunes the deploy network (``True``) or the training-time network,
+            whose BatchNorms it prunes with their convs and which is then deployed (``False``).
+        timings: one per batch size.
+        profile_fusion: also profile fused vs unfused at batch 1 (issue 20, item 4).
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    deploy: Callable[[nn.Module], nn.Module]
+    fusion: str
+    fusion_goal: bool
+    prune_deploy: bool
+    timings: tuple[Timing, ...]
+    profile_fusion: bool = False
+
+
+def repvgg_a0(seed: int) -> nn.Module:
+    """RepVGG-A0 (paper layout, training-time blocks), eval mode, random BatchNorm statistics."""
+    torch.manual_seed(seed)
+    return randomize_batchnorm(RepVGG.from_variant("A0").eval(), seed)
+
+
+def resnet(depth: int) -> Callable[[int], nn.Module]:
+    """A builder of the paper's ResNet-``depth`` (ImageNet stem), eval mode, random BatchNorm statistics."""
+
+    def build(seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return randomize_batchnorm(ResNet(depth=depth, stem="imagenet").eval(), seed)
+
+    return build
+
+
+def fuse_blocks(network: nn.Module) -> nn.Module:
+    """litzoo's deploy walker: every re-parameterized block fused (a copy)."""
+    return fuse_model(network).eval()
+
+
+def fold_batchnorm(network: nn.Module) -> nn.Module:
+    """A copy with every conv -> BatchNorm pair folded into the conv (a ``torch.fx`` GraphModule)."""
+    from torch.fx.experimental.optimization import fuse
+
+    return fuse(copy.deepcopy(network).eval())
+
+
+# ResNet-50's forward at batch 32 takes ~1 s on 2 cores (11 models a round): fewer rounds there
+NETWORKS = (
+    Network("RepVGG-A0", repvgg_a0, fuse_blocks, "`fuse_model`: three branches and their BatchNorms -> one 3x3 conv",
+            fusion_goal=True, prune_deploy=True, profile_fusion=True,
+            timings=(Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=7, warmup=1, min_sample_s=0.0))),
+    Network("ResNet-18", resnet(18), fold_batchnorm, "BatchNorms folded into the convs (`torch.fx.experimental.optimization.fuse`)",
+            fusion_goal=False, prune_deploy=False,
+            timings=(Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=5, warmup=1, min_sample_s=0.0))),
+    Network("ResNet-50", resnet(50), fold_batchnorm, "BatchNorms folded into the convs (`torch.fx.experimental.optimization.fuse`)",
+            fusion_goal=False, prune_deploy=False,
+            timings=(Timing(1, rounds=15, warmup=2, min_sample_s=0.05), Timing(32, rounds=3, warmup=1, min_sample_s=0.0))),
 )  # fmt: skip
-RUNTIME_LABEL = {
-    ("int8", "eager"): "torch int8 (PT2E, lowered to oneDNN)",
-    ("int8", "onnxruntime"): "onnxruntime (QDQ int8)",
-}
 
 
 class OnnxModel(nn.Module):
@@ -88,6 +165,10 @@ class OnnxModel(nn.Module):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = THREADS
         options.inter_op_num_threads = 1
+        # no busy-waiting between calls: a session's idle worker threads spin by default and take the cores from
+        # the model timed next in the round (fused RepVGG-A0 in eager torch read 14.8 ms next to spinning sessions,
+        # 12.0 ms without; onnxruntime's own fused/unfused moved between 0.8 and 1.3)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
@@ -96,14 +177,62 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(y)
 
 
-def build(seed: int) -> tuple[nn.Module, nn.Module]:
-    """RepVGG-A0 (training-time, eval mode, random BN statistics) and its fused copy."""
-    torch.manual_seed(seed)
-    net = RepVGG.from_variant("A0").eval()
-    randomize_batchnorm(net, seed)
-    return net, fuse_model(net).eval()
+def onnxruntime_op_counts(path: Path) -> dict[str, int]:
+    """Node types of ``path`` after onnxruntime's CPU graph optimisations (what a session runs): tells a QDQ
+    pattern that became an int8 kernel (``QLinearConv``) from one left in float (``Conv`` with dequantized weights)."""
+    import collections
+
+    import onnx
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory(prefix="litzoo-ort-optimized-") as folder:
+        options = onnxruntime.SessionOptions()
+        options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        graph = onnx.load(options.optimized_model_filepath).graph
+    return dict(collections.Counter(node.op_type for node in graph.node).most_common())
 
 
+# ----------------------------------------------------------------------------- pruned variants
+def classifier_layers(network: nn.Module) -> list[nn.Module]:
+    """The layers whose outputs pruning must keep: the linear classifier (every ``nn.Linear`` of these CNNs)."""
+    return [m for m in network.modules() if isinstance(m, nn.Linear)]
+
+
+def torch_pruning_deploy(network: Network, unfused: nn.Module, fused: nn.Module, example: torch.Tensor) -> nn.Module:
+    """Torch-Pruning at ``FLOPS_TARGET`` of the FLOPs (``common.torch_pruning_to_flops``), as a float deploy network.
+
+    RepVGG-A0 is pruned in its deploy form (a plain conv-ReLU stack); a ResNet in its training form, so
+    that each BatchNorm is pruned with its conv (and counts in the group's magnitude), then its BatchNorms
+    are folded. The FLOPs are counted on ``example`` (224x224: the FLOPs ratio depends on the size).
+    """
+    if network.prune_deploy:
+        pruned = copy.deepcopy(fused).eval()
+        torch_pruning_to_flops(pruned, example, FLOPS_TARGET, classifier_layers(pruned), iterative_steps=PRUNING_STEPS)
+        return pruned
+    pruned = copy.deepcopy(unfused).eval()
+    torch_pruning_to_flops(pruned, example, FLOPS_TARGET, classifier_layers(pruned), iterative_steps=PRUNING_STEPS)
+    return network.deploy(pruned)
+
+
+def pruned_variants(network: Network, unfused: nn.Module, fused: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The pruned float deploy networks of ``network``, by variant name; each is timed in every runtime
+    against the dense ``fused`` network, next to its FLOPs ratio.
+
+    The hook for issue 20, item 3: the ResRep rows (``ResRepPruning`` with and without
+    ``prune_residual``, at ``FLOPS_TARGET``) go here, each as a fused, physically pruned float network
+    in eval mode that takes ``example``-shaped batches (any batch size).
+
+    Args:
+        network: the network's entry of ``NETWORKS``.
+        unfused: its training-time network (eval mode, random BatchNorm statistics); not modified.
+        fused: its dense deploy network; not modified.
+        example: one image at the deployed size (FLOPs are counted on it).
+    """
+    return {"torch-pruning": torch_pruning_deploy(network, unfused, fused, example)}
+
+
+# ----------------------------------------------------------------------------- measurements
 def _relative_difference(reference: torch.Tensor, actual: torch.Tensor) -> float:
     return ((reference - actual).abs().max() / reference.abs().max().clamp_min(1.0)).item()
 
@@ -115,54 +244,67 @@ def _graph_flops(graph: nn.Module, x: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def main(timings: tuple[Timing, ...] = TIMINGS, seed: int = 0) -> dict:
-    """Time every (variant, runtime) at every batch size; returns ``{"rows", "goals", "flops", "setup_s", ...}``."""
-    torch.set_num_threads(THREADS)
+def row_keys(pruned: list[str]) -> list[tuple[str, str]]:
+    """(variant, runtime) pairs timed, in table order: by runtime, then unfused, fused, int8, pruned."""
+    return [(variant, runtime) for runtime in RUNTIMES for variant in ("unfused", "fused", "int8", *pruned)
+            if not (variant == "int8" and runtime == "torch.compile")]  # fmt: skip
+
+
+def measure_network(network: Network, seed: int, timings: tuple[Timing, ...] | None = None) -> dict:
+    """Build, export, compile and time every (variant, runtime) of ``network``; rows, goals and set-up times."""
+    timings = timings or network.timings
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    unfused, fused = build(seed)
+    unfused = network.build(seed)
+    fused = network.deploy(unfused)
     calibration = [torch.randn(CALIBRATION[1], *IMAGE, generator=generator) for _ in range(CALIBRATION[0])]
     held_out = torch.randn(CALIBRATION[1], *IMAGE, generator=generator)
     one = held_out[:1]
     setup_s: dict[str, float] = {}
 
     begin = time.perf_counter()
+    pruned = pruned_variants(network, unfused, fused, one)
+    setup_s[f"pruning ({', '.join(pruned)})"] = time.perf_counter() - begin
+    begin = time.perf_counter()
     int8_reference = quantize_ptq(fused, calibration, quantization_config())
     setup_s["torch int8: PTQ (calibration + convert)"] = time.perf_counter() - begin
-    flops = {"unfused": count_flops(unfused, one), "fused": count_flops(fused, one), "int8": _graph_flops(int8_reference, one)}
+    floats = {"unfused": unfused, "fused": fused, **pruned}
+    flops = {v: count_flops(m, one) for v, m in floats.items()} | {"int8": _graph_flops(int8_reference, one)}
+    params = {v: count_parameters(m) for v, m in floats.items()}
 
     folder = tempfile.TemporaryDirectory(prefix="litzoo-deploy-speed-")
-    paths = {v: Path(folder.name) / f"a0_{v}.onnx" for v in ("unfused", "fused")}
-    for variant, model in (("unfused", unfused), ("fused", fused)):
+    paths = {v: Path(folder.name) / f"{v}.onnx" for v in floats}
+    for variant, model in floats.items():
         begin = time.perf_counter()
         export_model(model, held_out, paths[variant], "onnx")
         setup_s[f"ONNX export, {variant}"] = time.perf_counter() - begin
     begin = time.perf_counter()
-    check = export_onnx_int8_checked(fused, calibration, Path(folder.name) / "a0_fused.int8.onnx", held_out, atol=INT8_ATOL,
+    check = export_onnx_int8_checked(fused, calibration, Path(folder.name) / "fused.int8.onnx", held_out, atol=INT8_ATOL,
                                      compare_torch_int8=False)  # fmt: skip
     setup_s["ONNX int8 export (float export + quant_pre_process + quantize_static)"] = time.perf_counter() - begin
     paths["int8"] = check.path
+    int8_ops = onnxruntime_op_counts(check.path)
     sessions = {v: OnnxModel(p) for v, p in paths.items()}
     with torch.inference_mode():
         torch_int8_vs_float = _relative_difference(fused(held_out), int8_reference(held_out))
         onnx_int8_vs_torch_int8 = _relative_difference(int8_reference(held_out), sessions["int8"](held_out))
-    compiled = {v: torch.compile(m, dynamic=False) for v, m in (("unfused", unfused), ("fused", fused))}
-    import torch._inductor.config as inductor_config
+    compiled = {v: torch.compile(m, dynamic=False) for v, m in floats.items()}
 
-    caches = inductor_config.force_disable_caches
-    inductor_config.force_disable_caches = True  # compile seconds from scratch, not from an earlier run's cache
-
+    keys = row_keys(list(pruned))
     rows, goals = [], []
+    profile = None
     for timing in timings:
         x = torch.randn(timing.batch, *IMAGE, generator=generator)
+        if network.profile_fusion and timing.batch == 1:
+            profile = fusion_profile(unfused, fused, x)
         models: dict[tuple[str, str], nn.Module] = {}
         compile_s: dict[tuple[str, str], float] = {}
         begin = time.perf_counter()
         int8 = lower_to_x86(int8_reference, x)  # specialised to this batch shape
         setup_s[f"torch int8: lower_to_x86, batch {timing.batch}"] = time.perf_counter() - begin
-        for variant, runtime in ROWS:
+        for variant, runtime in keys:
             if runtime == "eager":
-                models[variant, runtime] = {"unfused": unfused, "fused": fused, "int8": int8}[variant]
+                models[variant, runtime] = int8 if variant == "int8" else floats[variant]
             elif runtime == "onnxruntime":
                 models[variant, runtime] = sessions[variant]
             else:
@@ -171,116 +313,369 @@ def main(timings: tuple[Timing, ...] = TIMINGS, seed: int = 0) -> dict:
                     compiled[variant](x)  # compile for this shape outside the timing
                 compile_s[variant, runtime] = time.perf_counter() - begin
                 models[variant, runtime] = compiled[variant]
-        with torch.inference_mode():
+        with torch.inference_mode():  # the first warm-up forward of every model
             outputs = {key: model(x) for key, model in models.items()}
-        seconds = compare_latency(list(models.values()), x, rounds=timing.rounds, warmup=timing.warmup,
+        seconds = compare_latency(list(models.values()), x, rounds=timing.rounds, warmup=timing.warmup - 1,
                                   min_sample_seconds=timing.min_sample_s, threads=THREADS)  # fmt: skip
         ms = {key: 1e3 * s for key, s in zip(models, seconds)}
-        baseline = ms["fused", "eager"]
-        for variant, runtime in ROWS:
+        for variant, runtime in keys:
             key = (variant, runtime)
-            runtime_base = ms["fused", runtime]
+            # a pruned network computes another function: its runtimes are checked against its own eager output
+            reference = outputs[variant, "eager"] if variant in pruned else outputs["unfused", "eager"]
             rows.append({
-                "variant": variant, "runtime": runtime, "label": RUNTIME_LABEL.get(key, runtime), "batch": timing.batch,
-                "ms": ms[key], "vs_fused_eager": ms[key] / baseline, "vs_fused_runtime": ms[key] / runtime_base,
-                "flops_vs_fused": flops[variant] / flops["fused"], "compile_s": compile_s.get(key),
-                "max_rel_diff_vs_unfused": _relative_difference(outputs["unfused", "eager"], outputs[key]),
+                "network": network.name, "variant": variant, "runtime": runtime, "label": RUNTIME_LABEL.get(key, runtime),
+                "batch": timing.batch, "ms": ms[key], "vs_fused_eager": ms[key] / ms["fused", "eager"],
+                "vs_fused_runtime": ms[key] / ms["fused", runtime], "flops_vs_fused": flops[variant] / flops["fused"],
+                "compile_s": compile_s.get(key), "max_rel_diff": _relative_difference(reference, outputs[key]),
             })  # fmt: skip
+        goal = {"network": network.name, "batch": timing.batch}
         for runtime in RUNTIMES:
-            ratio = ms["fused", runtime] / ms["unfused", runtime]
-            goals.append({"goal": "fused/unfused", "runtime": runtime, "batch": timing.batch, "ratio": ratio, "target": GOAL_FUSED,
-                          "flops_ratio": flops["fused"] / flops["unfused"]})  # fmt: skip
+            goals.append(goal | {"goal": "fused/unfused", "runtime": runtime, "ratio": ms["fused", runtime] / ms["unfused", runtime],
+                                 "target": GOAL_FUSED if network.fusion_goal else None, "flops_ratio": flops["fused"] / flops["unfused"]})  # fmt: skip
         int8_pairs = (("torch (int8 oneDNN / float fused eager)", ("int8", "eager"), ("fused", "eager")),
                       ("torch (int8 oneDNN / float fused torch.compile)", ("int8", "eager"), ("fused", "torch.compile")),
                       ("onnxruntime (QDQ int8 / float fused)", ("int8", "onnxruntime"), ("fused", "onnxruntime")))  # fmt: skip
         for runtime, numerator, denominator in int8_pairs:
-            goals.append({"goal": "int8/float", "runtime": runtime, "batch": timing.batch, "ratio": ms[numerator] / ms[denominator],
-                          "target": GOAL_INT8, "flops_ratio": flops["int8"] / flops["fused"]})  # fmt: skip
-        print(f"  batch {timing.batch}: " + ", ".join(f"{v} {r} {ms[v, r]:.2f} ms" for v, r in ROWS), file=sys.stderr, flush=True)
+            goals.append(goal | {"goal": "int8/float", "runtime": runtime, "ratio": ms[numerator] / ms[denominator],
+                                 "target": GOAL_INT8, "flops_ratio": flops["int8"] / flops["fused"]})  # fmt: skip
+        for variant in pruned:
+            flops_ratio = flops[variant] / flops["fused"]
+            for runtime in RUNTIMES:
+                goals.append(goal | {"goal": f"{variant}/dense", "runtime": runtime, "ratio": ms[variant, runtime] / ms["fused", runtime],
+                                     "target": GOAL_PRUNED * flops_ratio, "flops_ratio": flops_ratio})  # fmt: skip
+        print(f"  {network.name} batch {timing.batch}: " + ", ".join(f"{v} {r} {ms[v, r]:.2f} ms" for v, r in keys), file=sys.stderr, flush=True)
     folder.cleanup()
-    inductor_config.force_disable_caches = caches
-    for goal in goals:
-        goal["met"] = goal["ratio"] <= goal["target"]
     return {
-        "rows": rows, "goals": goals, "flops": flops, "setup_s": setup_s, "threads": THREADS,
-        "timings": [vars(t) for t in timings], "calibration": list(CALIBRATION), "int8_atol": INT8_ATOL,
-        "onnx_int8_vs_float": check.max_abs_error, "onnx_int8_allowed": check.allowed,
-        "torch_int8_vs_float": torch_int8_vs_float, "onnx_int8_vs_torch_int8": onnx_int8_vs_torch_int8,
-        "seconds": time.perf_counter() - start,
+        "rows": rows, "goals": goals, "flops": flops, "params": params, "setup_s": setup_s, "timings": [vars(t) for t in timings],
+        "fusion": network.fusion, "onnx_int8_vs_float": check.max_abs_error, "onnx_int8_allowed": check.allowed,
+        "torch_int8_vs_float": torch_int8_vs_float, "onnx_int8_vs_torch_int8": onnx_int8_vs_torch_int8, "fusion_profile": profile,
+        "int8_onnx_ops": int8_ops, "seconds": time.perf_counter() - start,
     }  # fmt: skip
 
 
+# ----------------------------------------------------------------------------- item 4: fusion at batch 1
+#: torch.profiler op names -> the categories of the fusion profile
+OP_CATEGORIES = {
+    "aten::native_batch_norm": "BatchNorm", "aten::add": "branch / residual additions", "aten::add_": "branch / residual additions",
+    "aten::clamp_min": "ReLU", "aten::clamp_min_": "ReLU", "aten::addmm": "linear", "aten::mean": "pooling", "aten::sum": "pooling",
+}  # fmt: skip
+PROFILE_FORWARDS = 20
+
+
+def _op_profile(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Self CPU ms per forward by category (convs by kernel size), ``torch.profiler`` over ``PROFILE_FORWARDS`` forwards."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            for _ in range(PROFILE_FORWARDS):
+                model(x)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.key == "aten::mkldnn_convolution":
+            kernel = event.input_shapes[1][2:]
+            category = f"conv {kernel[0]}x{kernel[1]}"
+        else:
+            category = OP_CATEGORIES.get(event.key, "other (allocation, dispatch, reshapes)")
+        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / PROFILE_FORWARDS
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+#: a oneDNN verbose line of an executed primitive: kind, ..., problem description, milliseconds
+VERBOSE_EXEC = re.compile(r"^onednn_verbose,(?:v\d+,)?(?:primitive,)?exec,cpu,(\w+),.*,([^,]*),([0-9.]+)$")
+
+
+def _onednn_profile(model: nn.Module, x: torch.Tensor, forwards: int = 5) -> dict[str, float]:
+    """Milliseconds per forward inside oneDNN (its verbose mode): convolutions, and the reorders of weights
+    (a weight's shape) and of activations (anything else), read from oneDNN's lines on the process's stdout."""
+    weights = {"x".join(map(str, m.weight.shape)) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile(mode="w+") as log, torch.inference_mode():
+        for _ in range(3):
+            model(x)
+        os.dup2(log.fileno(), 1)  # oneDNN prints to the C stdout
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(forwards):
+                    model(x)
+        finally:
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = log.read().splitlines()
+    totals: dict[str, float] = {}
+    for line in lines:
+        match = VERBOSE_EXEC.match(line)
+        if match is None:
+            continue
+        kind, problem, milliseconds = match.groups()
+        if kind == "reorder":
+            category = "weight reorders" if problem in weights else "activation reorders"
+        elif kind == "convolution":
+            category = "conv 1x1" if "kh1" in problem else "conv 3x3+"
+        else:
+            category = kind
+        totals[category] = totals.get(category, 0.0) + float(milliseconds) / forwards
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def deploy_layout(model: nn.Module) -> nn.Module:
+    """A copy in ``channels_last`` with in-place ReLUs (the deploy-side choices item 4 asks about)."""
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    for module in model.modules():
+        if isinstance(module, nn.ReLU):
+            module.inplace = True
+    return model
+
+
+class PrePacked(nn.Module):
+    """``model`` with its convolution weights packed once into oneDNN's layout (``torch.utils.mkldnn.to_mkldnn``,
+    which takes and returns oneDNN tensors): a diagnostic of what the per-call weight reorders cost, not a deploy path."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        from torch.utils import mkldnn
+
+        self.model = mkldnn.to_mkldnn(copy.deepcopy(model).eval())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.to_mkldnn()).to_dense()
+
+
+def fusion_profile(unfused: nn.Module, fused: nn.Module, x: torch.Tensor, rounds: int = 30) -> dict:
+    """Where the fused and the unfused network spend a batch-1 forward, and what memory format and in-place
+    ReLU change, like for like (both networks in each layout), timed in alternating rounds."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        ops = {"unfused": _op_profile(unfused, x), "fused": _op_profile(fused, x)}
+        onednn = {"unfused": _onednn_profile(unfused, x), "fused": _onednn_profile(fused, x)}
+    finally:
+        torch.set_num_threads(previous)
+    layouts = {
+        "unfused": unfused, "fused": fused, "unfused, channels_last": copy.deepcopy(unfused).to(memory_format=torch.channels_last),
+        "fused, channels_last": copy.deepcopy(fused).to(memory_format=torch.channels_last),
+        "fused, in-place ReLU": deploy_layout(fused).to(memory_format=torch.contiguous_format),
+        "unfused, channels_last + in-place ReLU": deploy_layout(unfused), "fused, channels_last + in-place ReLU": deploy_layout(fused),
+        "fused, weights pre-packed": PrePacked(fused),  # the unfused network's BatchNorms do not run on oneDNN tensors
+    }  # fmt: skip
+    with torch.inference_mode():
+        reference = unfused(x)
+        differences = {name: _relative_difference(reference, model(x)) for name, model in layouts.items()}
+    seconds = compare_latency(list(layouts.values()), x, rounds=rounds, warmup=3, min_sample_seconds=0.05, threads=THREADS)
+    ms = {name: 1e3 * s for name, s in zip(layouts, seconds)}
+    return {"ops": ops, "onednn": onednn, "ms": ms, "max_rel_diff": differences, "rounds": rounds, "forwards": PROFILE_FORWARDS}
+
+
+# ----------------------------------------------------------------------------- run and report
+def main(networks: tuple[Network, ...] = NETWORKS, seed: int = 0, timings: tuple[Timing, ...] | None = None) -> dict:
+    """Every network's rows and goals; ``timings`` replaces every network's own (a short run)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    start = time.perf_counter()
+    import torch._inductor.config as inductor_config
+
+    caches = inductor_config.force_disable_caches
+    inductor_config.force_disable_caches = True  # compile seconds from scratch, not from an earlier run's cache
+    try:
+        results = {network.name: measure_network(network, seed, timings) for network in networks}
+    finally:
+        inductor_config.force_disable_caches = caches
+        torch.set_num_threads(previous)
+    goals = [goal for result in results.values() for goal in result["goals"]]
+    for goal in goals:
+        goal["met"] = None if goal["target"] is None else goal["ratio"] <= goal["target"]
+    return {
+        "networks": results, "goals": goals, "threads": THREADS, "calibration": list(CALIBRATION), "int8_atol": INT8_ATOL,
+        "flops_target": FLOPS_TARGET, "pruning_steps": PRUNING_STEPS, "seconds": time.perf_counter() - start,
+    }  # fmt: skip
+
+
+def _target(goal: dict) -> str:
+    if goal["target"] is None:
+        return f"{goal['goal']} (no goal)"
+    if goal["goal"] in ("fused/unfused", "int8/float"):
+        return f"{goal['goal']} ≤ {goal['target']}"
+    return f"{goal['goal']} ≤ {GOAL_PRUNED} x FLOPs ratio = {goal['target']:.2f}"
+
+
 def _miss(goal: dict) -> str:
+    if goal["met"] is None:
+        return "-"
     if goal["met"]:
         return "yes"
     return f"**no**: {goal['ratio'] - goal['target']:+.2f} over ({goal['ratio'] / goal['target']:.2f}x the goal)"
 
 
 def verdict(results: dict) -> str:
-    goals = results["goals"]
-    failed = [f"{g['goal']} {g['runtime']} batch {g['batch']} ({g['ratio']:.2f} vs ≤ {g['target']})" for g in goals if not g["met"]]
-    text = f"Goals (issue 20): fused/unfused ≤ {GOAL_FUSED}, int8/float ≤ {GOAL_INT8}, at batch 1 and 32. Met in {len(goals) - len(failed)} of {len(goals)}"
-    return text + (f"; not met: {'; '.join(failed)}." if failed else ".")
+    goals = [g for g in results["goals"] if g["met"] is not None]
+    lines = [f"Goals (issue 20), each a latency ratio in one run at batch 1 and 32: fused/unfused ≤ {GOAL_FUSED} (RepVGG-A0), "
+             f"int8/float ≤ {GOAL_INT8}, pruned/dense ≤ {GOAL_PRUNED} x the FLOPs ratio (pruned at ≤ {results['flops_target']} of the "
+             f"FLOPs). Met in {sum(g['met'] for g in goals)} of {len(goals)}:"]  # fmt: skip
+    for kind in ("fused/unfused", "int8/float", "pruned/dense"):
+        mine = [g for g in goals if (g["goal"] == kind) or (kind == "pruned/dense" and g["goal"] not in ("fused/unfused", "int8/float"))]
+        failed = [f"{g['network']} {g['goal']} {g['runtime']} batch {g['batch']} ({g['ratio']:.2f} vs ≤ {g['target']:.2f})"
+                  for g in mine if not g["met"]]  # fmt: skip
+        lines.append(f"- {kind}: {len(mine) - len(failed)} of {len(mine)}" + (f"; not met: {'; '.join(failed)}." if failed else "."))
+    return "\n".join(lines)
 
 
-def format_section(results: dict) -> str:
-    flops = results["flops"]
-    lines = [
-        f"## Deploy speed at 224x224: RepVGG-A0 fused / unfused, float / int8, eager / torch.compile / onnxruntime "
-        f"(`benchmarks/deploy_speed.py`, {results['seconds']:.0f} s)",
-        "",
-        verdict(results),
+def _network_table(name: str, result: dict) -> str:
+    flops, params = result["flops"], result["params"]
+    pruned = [v for v in flops if v not in ("unfused", "fused", "int8")]
+    return "\n".join([
+        f"### {name} ({result['seconds']:.0f} s): fused = {result['fusion']}",
         "",
         markdown_table(
             ["variant", "runtime", "batch", "ms", "/ float fused eager", "/ float fused, same runtime", "FLOPs / fused", "compile s",
-             "max \\|y - y_unfused\\| / max(1, max\\|y\\|)"],
+             "max \\|y - y_ref\\| / max(1, max\\|y_ref\\|)"],
             [[r["variant"], r["label"], r["batch"], f"{r['ms']:.2f}", f"{r['vs_fused_eager']:.2f}", f"{r['vs_fused_runtime']:.2f}",
-              f"{r['flops_vs_fused']:.3f}", "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}", f"{r['max_rel_diff_vs_unfused']:.2g}"]
-             for r in results["rows"]],
-        ),  # fmt: skip
+              f"{r['flops_vs_fused']:.3f}", "-" if r["compile_s"] is None else f"{r['compile_s']:.0f}", f"{r['max_rel_diff']:.2g}"]
+             for r in result["rows"]],
+        ),
         "",
-        "Goals, each a latency ratio of two rows above (same batch, same run), with the FLOPs ratio beside it:",
+        f"FLOPs per image: unfused {flops['unfused'] / 1e9:.3f} G, fused {flops['fused'] / 1e9:.3f} G, int8 {flops['int8'] / 1e9:.3f} G"
+        + "".join(f", {v} {flops[v] / 1e9:.3f} G ({flops[v] / flops['fused']:.3f} of fused, parameters {params[v] / params['fused']:.3f})"
+                  for v in pruned)
+        + f". Parameters: unfused {params['unfused'] / 1e6:.2f} M, fused {params['fused'] / 1e6:.2f} M. int8 vs float on held-out "
+        f"random images: torch {result['torch_int8_vs_float']:.2g}, onnxruntime vs torch int8 {result['onnx_int8_vs_torch_int8']:.2g}; "
+        f"ONNX int8 check {result['onnx_int8_vs_float']:.3g} (allowed {result['onnx_int8_allowed']:.3g}). int8 ONNX as onnxruntime runs it "
+        f"(after its graph optimisations): {_int8_kernels(result['int8_onnx_ops'])}. Rounds: "
+        + "; ".join(f"batch {t['batch']}: {t['rounds']} after {t['warmup']} warm-up forward(s)"
+                    + (f", samples ≥ {t['min_sample_s']} s" if t["min_sample_s"] else ", one forward a sample") for t in result["timings"])
+        + ". Set-up (not timed): " + ", ".join(f"{k} {v:.0f} s" for k, v in result["setup_s"].items()) + ".",
+    ])  # fmt: skip
+
+
+def _int8_kernels(ops: dict[str, int]) -> str:
+    convs = ops.get("QLinearConv", 0) + ops.get("Conv", 0) + ops.get("FusedConv", 0)
+    text = f"{ops.get('QLinearConv', 0)} of {convs} convs as `QLinearConv`"
+    if ops.get("Add", 0) or ops.get("QLinearAdd", 0):
+        text += f", {ops.get('QLinearAdd', 0)} of {ops.get('QLinearAdd', 0) + ops.get('Add', 0)} additions as `QLinearAdd`"
+    if convs > ops.get("QLinearConv", 0):
+        text += (f"; the other convs run in float, with {ops.get('DequantizeLinear', 0)} `DequantizeLinear` nodes left to run at "
+                 "every call (onnxruntime keeps the QDQ additions in float with S8 activations, and the convs that feed them too)")  # fmt: skip
+    return text
+
+
+def _shares(profile: dict[str, float], top: int = 6) -> str:
+    total = sum(profile.values())
+    return ", ".join(f"{k} {v:.2f} ms ({v / total:.0%})" for k, v in list(profile.items())[:top]) + f"; total {total:.2f} ms"
+
+
+def fusion_paragraph(profile: dict, eager_ratio: float | None) -> str:
+    """Issue 20, item 4: where the fused RepVGG-A0 spends its batch-1 time, from the measured profile.
+
+    Every statement is computed from ``profile``; which way a comparison went decides the wording.
+    """
+    ms, ops, onednn = profile["ms"], profile["ops"], profile["onednn"]
+    unfused_total, fused_total = sum(ops["unfused"].values()), sum(ops["fused"].values())
+    conv_unfused, conv_fused = ops["unfused"].get("conv 3x3", 0.0), ops["fused"].get("conv 3x3", 0.0)
+    conv_share = conv_fused / fused_total if fused_total else float("nan")
+    ratio = ms["fused"] / ms["unfused"]  # alternating rounds: steadier than two profiles taken one after the other
+    best, best_unfused = ms["fused, channels_last + in-place ReLU"], ms["unfused, channels_last + in-place ReLU"]
+    like_for_like, packed = best / best_unfused, ms["fused, weights pre-packed"] / ms["unfused"]
+    weights, activations = onednn["fused"].get("weight reorders", 0.0), onednn["fused"].get("activation reorders", 0.0)
+    fused_onednn = sum(onednn["fused"].values()) or float("nan")  # nan: oneDNN printed nothing (a build without it)
+    table = "" if eager_ratio is None else f"fused/unfused in eager torch reads {eager_ratio:.2f} in the table above (goal ≤ {GOAL_FUSED}). "
+    if ratio > GOAL_FUSED:
+        # fused = convs + rest; reaching GOAL_FUSED * unfused by faster convs alone needs them this much faster
+        needed = (ratio - GOAL_FUSED) / (ratio * conv_share)
+        need = f"The goal would need the fused network's 3x3 convolutions to take {needed:.0%} less time than they do."
+    else:
+        need = f"In these rounds the goal is met ({ratio:.2f})."
+    layout = (f"like for like, fused/unfused is {like_for_like:.2f}: a layout gain, not a fusion gain"
+              if like_for_like >= ratio else f"like for like, fused/unfused is {like_for_like:.2f}")  # fmt: skip
+    packing = ("the per-call weight reorders are not what keeps the ratio above the goal" if packed > GOAL_FUSED
+               else "without the per-call weight reorders the goal would be met")  # fmt: skip
+    return (
+        f"**Fusion at batch 1 (issue 20, item 4).** RepVGG-A0, batch 1, {THREADS} threads: {table}"
+        f"Self CPU time per forward (`torch.profiler`, {profile['forwards']} forwards): unfused: {_shares(ops['unfused'])}; "
+        f"fused: {_shares(ops['fused'])}. Fusion keeps the 3x3 convolutions (the same shapes and FLOPs with other weights: "
+        f"{conv_unfused:.2f} ms in the unfused forward, {conv_fused:.2f} ms in the fused one, {conv_share:.0%} of it) and removes "
+        f"the rest (the 1x1 convs, BatchNorms, branch additions and their allocations: {1 - conv_unfused / unfused_total:.0%} of the "
+        f"unfused forward), so at batch 1 fused/unfused cannot go much below the 3x3 convolutions' share of the unfused forward, "
+        f"{conv_unfused / unfused_total:.2f} here; in alternating rounds it reads {ratio:.2f}. The removed extras are mostly "
+        "memory-bound work on activations, small at batch 1 and large at batch 32, where the same fusion reads lower in the table. " + need
+        + f" Inside the convolutions (oneDNN verbose, fused network: {_shares(onednn['fused'], top=4)}) eager PyTorch reorders every "
+        f"weight into oneDNN's blocked layout on every call ({weights:.2f} ms) and, in the default NCHW layout, the activations in "
+        f"and out ({activations:.2f} ms): {(weights + activations) / fused_onednn:.0%} of the fused network's oneDNN time. Deploy-side "
+        f"choices, timed in alternating rounds ({profile['rounds']} rounds, ms per forward): " + ", ".join(f"{k} {v:.2f}" for k, v in ms.items())
+        + f". channels_last + in-place ReLU make the fused network {best / ms['fused']:.2f} of its NCHW self and {best / ms['unfused']:.2f} "
+        f"of the unfused network as it is, but the same change makes the unfused network {best_unfused / ms['unfused']:.2f} of itself: "
+        f"{layout}. `fuse_model` keeps the layout it is given (`deploy_model.to(memory_format=torch.channels_last)` is a user's "
+        f"one-line choice). Weights packed once (`torch.utils.mkldnn`, oneDNN tensors in and out: a diagnostic, not a deploy path) "
+        f"give {packed:.2f} of the unfused network: {packing}."
+    )
+
+
+def format_section(results: dict) -> str:
+    networks = results["networks"]
+    names = list(networks)
+    lines = [
+        f"## Deploy speed at 224x224: {', '.join(names)}; unfused / fused, float / int8, dense / pruned; eager / torch.compile / "
+        f"onnxruntime (`benchmarks/deploy_speed.py`, {results['seconds']:.0f} s)",
+        "",
+        verdict(results),
+        "",
+    ]
+    for name, result in networks.items():
+        lines += [_network_table(name, result), ""]
+    lines += [
+        "Goals, each a latency ratio of two rows above (same network, batch and run), with the FLOPs ratio beside it:",
         "",
         markdown_table(
-            ["goal", "runtime", "batch", "latency ratio", "FLOPs ratio", "met?"],
-            [[f"{g['goal']} ≤ {g['target']}", g["runtime"], g["batch"], f"{g['ratio']:.2f}", f"{g['flops_ratio']:.3f}", _miss(g)]
+            ["network", "goal", "runtime", "batch", "latency ratio", "FLOPs ratio", "met?"],
+            [[g["network"], _target(g), g["runtime"], g["batch"], f"{g['ratio']:.2f}", f"{g['flops_ratio']:.3f}", _miss(g)]
              for g in results["goals"]],
         ),  # fmt: skip
         "",
-        f"FLOPs per image (`litzoo.framework.profiling.count_flops`, `torch.utils.flop_counter`, 2 x MACs, convs and the linear "
-        f"layer): unfused {flops['unfused'] / 1e9:.3f} G, fused {flops['fused'] / 1e9:.3f} G, int8 {flops['int8'] / 1e9:.3f} G (the "
-        "int8 model runs the fused model's convolutions as int8 MACs; its FLOPs are counted on the quantize/dequantize reference graph). "
-        f"Fusion removes only {1 - flops['fused'] / flops['unfused']:.0%} of the FLOPs (the 1x1 branches): a fused/unfused latency "
-        f"ratio below {flops['fused'] / flops['unfused']:.2f} comes from the unfused graph's memory-bound extras (BatchNorms, branch "
-        "additions, more kernel launches), which a runtime that folds BatchNorms and fuses the additions into the convs does not pay.",
+        "FLOPs: `litzoo.framework.profiling.count_flops` (`torch.utils.flop_counter`, 2 x MACs, convs and linear layers; BatchNorm, "
+        "ReLU, pooling and additions are not counted). int8 runs the fused network's convolutions as int8 MACs (its FLOPs are counted "
+        "on the quantize/dequantize reference graph). RepVGG fusion removes only the 1x1 branches' FLOPs: a fused/unfused latency ratio "
+        "below the FLOPs ratio comes from the unfused graph's memory-bound extras (BatchNorms, branch additions, more kernel launches), "
+        "which a runtime that folds BatchNorms and fuses the additions into the convs does not pay. A plain ResNet has no block "
+        "`fuse_model` fuses (it returns the network unchanged, conv then BatchNorm in eager torch: the `unfused` rows); its `fused` "
+        "rows fold each BatchNorm into its conv, which removes no counted FLOPs, and onnxruntime folds the unfused ResNet's "
+        "BatchNorms itself.",
         "",
-        f"Protocol: RepVGG-A0 (paper layout, 1000 classes), random weights, every BatchNorm given random statistics before fusion; "
+        f"Pruned rows: Torch-Pruning (`MetaPruner`, `GroupMagnitudeImportance(p=2)`, global ranking, its dependency graph free to "
+        f"prune the channels tied by residual additions, the classifier kept), stepped (linear schedule to 0.9 of the channels in "
+        f"{results['pruning_steps']} steps, `benchmarks/common.py::torch_pruning_to_flops`, the loop of `benchmarks/pruning.py`) until "
+        f"the FLOPs at 224x224 are ≤ {results['flops_target']} of the dense network's (one step moves them by 2-3 %); RepVGG-A0 is pruned in its fused form, a ResNet with its BatchNorms, "
+        "which are then folded. Random weights: the magnitudes are not a trained network's, so the pruned widths are not the ones "
+        "a trained network would get; the latency of a given width is. The pruned rows' output differences are against their own "
+        "eager output; every other row's against the unfused network's. ResRep rows (with and without `prune_residual`) come with "
+        "item 3 of issue 20 (`pruned_variants`).",
+        "",
+        f"Protocol: each network (1000 classes, ImageNet layout) with random weights, every BatchNorm given random statistics; "
         f"random 224x224 inputs. {results['threads']} intra-op threads in torch and in onnxruntime (inter-op 1). Latency: "
-        "`litzoo.framework.profiling.compare_latency`, all eight models of one batch size in alternating rounds (order reversed every "
-        "other round), median of the rounds, `torch.inference_mode`; "
-        + "; ".join(f"batch {t['batch']}: {t['rounds']} rounds after {t['warmup']} warm-up forward(s)"
-                    + (f", a sample repeats forwards for ≥ {t['min_sample_s']} s" if t["min_sample_s"] else ", one forward a sample")
-                    for t in results["timings"])
-        + ". `torch.compile`: default backend (inductor), `dynamic=False`, compiled once per batch shape before the rounds (compile s: "
-        "the first call, inductor caches disabled). "
-        "onnxruntime: the ONNX files `litzoo.framework.export` writes (`export_model(..., \"onnx\")`, dynamic batch, verified against "
-        "torch to 1e-4), CPU provider, default graph optimisations (which fold the unfused model's BatchNorms into its convs, but not its "
-        "branches). torch int8: `quantize_ptq` with the default x86 config (as `litzoo export --format int8`), lowered with "
-        "`lower_to_x86` to oneDNN int8 kernels for each batch shape (not `torch.compile`d). onnxruntime int8: "
-        "`export_onnx_int8_checked` (as `litzoo export --format onnx-int8`: QDQ, int8 per-channel weights, S8 activations, min-max).",
+        "`litzoo.framework.profiling.compare_latency`, all the models of one network and batch size in alternating rounds (order "
+        "reversed every other round), median of the rounds, `torch.inference_mode`; the rounds of each network are under its table "
+        "(fewer for ResNet-50 at batch 32, whose forward takes ~1 s). `torch.compile`: default backend (inductor), `dynamic=False`, "
+        "compiled once per batch shape before the rounds (compile s: the first call, inductor caches disabled). onnxruntime: the ONNX "
+        "files `litzoo.framework.export` writes (`export_model(..., \"onnx\")`, dynamic batch, verified against torch to 1e-4), CPU "
+        "provider, default graph optimisations (which fold BatchNorms into convs, but not RepVGG's branches), worker threads not "
+        "spinning between calls (`session.intra_op.allow_spinning` 0: an idle session's spinning threads slow the model timed next). torch int8: "
+        "`quantize_ptq` with the default x86 config (as `litzoo export --format int8`), lowered with `lower_to_x86` to oneDNN int8 "
+        "kernels for each batch shape (not `torch.compile`d). onnxruntime int8: `export_onnx_int8_checked` (as `litzoo export "
+        "--format onnx-int8`: QDQ, int8 per-channel weights, S8 activations, min-max).",
         "",
         f"int8 accuracy is not measured here (random weights): both int8 models calibrate on {results['calibration'][0]} random batches "
         f"of {results['calibration'][1]} images, and the ONNX int8 file is checked against float with a deliberately loose "
-        f"atol={results['int8_atol']} (relative to max(1, max|y|); allowed {results['onnx_int8_allowed']:.3g}, measured "
-        f"{results['onnx_int8_vs_float']:.3g}), only to catch a broken file. On held-out random images: torch int8 vs float "
-        f"{results['torch_int8_vs_float']:.2g}, onnxruntime int8 vs torch int8 {results['onnx_int8_vs_torch_int8']:.2g} (max abs "
-        "difference / max(1, max|y|)). Accuracy drops are measured on the digits configs in the quantization section.",
-        "",
-        "Set-up time (not timed in the table): " + ", ".join(f"{k} {v:.0f} s" for k, v in results["setup_s"].items()) + ".",
-        "",
-        "Not in this slice: ResNet-18/50, and the pruning rows (ResRep with and without `prune_residual`, Torch-Pruning, each at 0.5 "
-        "of the FLOPs); they come with item 3 of issue 20.",
+        f"atol={results['int8_atol']} (relative to max(1, max|y|)), only to catch a broken file. Accuracy drops are measured on the "
+        "digits configs in the quantization section.",
     ]
+    for result in networks.values():
+        if result.get("fusion_profile"):
+            eager = next((g["ratio"] for g in result["goals"] if g["goal"] == "fused/unfused" and g["runtime"] == "eager" and g["batch"] == 1), None)
+            lines += ["", fusion_paragraph(result["fusion_profile"], eager)]
     return "\n".join(lines)
 
 

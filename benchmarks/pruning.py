@@ -32,9 +32,8 @@ import time
 
 import lightning as L
 import torch
-import torch_pruning as tp
 import yaml
-from common import ROOT, markdown_table, quiet_lightning, setup_threads
+from common import ROOT, markdown_table, quiet_lightning, setup_threads, torch_pruning_to_flops
 from lightning.pytorch.callbacks import ModelPruning
 from torch import nn
 from torch.optim import SGD
@@ -107,12 +106,7 @@ def train(variant: str, seed: int, epochs: int, width: int, dense_epochs: int) -
         _trainer(dense_epochs, []).fit(model, data)
         target = resrep_args.get("flops_target", 0.5)
         model.eval()
-        pruner = tp.pruner.MetaPruner(
-            model, sample, importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=0.9, iterative_steps=200,
-            global_pruning=True, ignored_layers=[model.net.fc] if hasattr(model.net, "fc") else [],
-        )
-        while _flops(model, sample) > target * base_flops:
-            pruner.step()
+        torch_pruning_to_flops(model, sample, target, ignored_layers=[model.net.fc] if hasattr(model.net, "fc") else [])
         model.train()
         _trainer(epochs - dense_epochs, []).fit(model, data)  # a fresh optimizer and cosine schedule
     else:

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     import nas_predictors
     import nas_predictors_transfer
     import nas_search
+    import prune_residual
     import pruning
     import quantization
     import structural_reparam
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     overhead = _section("framework overhead", framework_overhead.main, **options)
     grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main, **options)
     pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main, **options)
+    residual = _section("pruning residual-tied channels: ResRep with / without prune_residual vs Torch-Pruning on 5 CIFAR networks", prune_residual.main, **options)
     gradient = _section("gradient re-parameterization: RepOpt-VGG, SGS, FastClip (30 trainings)", gradient_reparam.main, **options)
     quantized = _section("quantization: float / PTQ / QAT int8 of plain VGG, RepVGG, RepOpt-VGG (9 trainings + 9 QAT fine-tunes)", quantization.main, **options)
     curated = _section("data curation: CiT vs the raw pool (9 trainings), MetaCLIP balancing statements", curation.main, **options)
@@ -124,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
-    total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
+    total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
                                        predictors, transfer, aio, search))
     del start
     try:
@@ -145,7 +147,8 @@ written by `benchmarks/run.py`; do not edit it by hand.
 Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmarks/fusion_latency.py`,
 `.venv/bin/python benchmarks/deploy_speed.py`,
 `.venv/bin/python benchmarks/framework_overhead.py`, `.venv/bin/python benchmarks/structural_reparam.py`,
-`.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/gradient_reparam.py`,
+`.venv/bin/python benchmarks/pruning.py`, `.venv/bin/python benchmarks/prune_residual.py`,
+`.venv/bin/python benchmarks/gradient_reparam.py`,
 `.venv/bin/python benchmarks/quantization.py`, `.venv/bin/python benchmarks/curation.py`,
 `.venv/bin/python benchmarks/curation_scale.py`, `.venv/bin/python benchmarks/curation_pool.py`,
 `.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`,
@@ -186,6 +189,8 @@ noisy, the alternating-round ratios less so.
 {pruning.to_markdown(pruned)}
 
 {pruning.PROTOCOL}
+
+{prune_residual.format_section(residual)}
 
 ## Gradient re-parameterization and spectral control: RepOptimizers, SGS, FastClip (`benchmarks/gradient_reparam.py`, {gradient['seconds']:.0f} s)
 
