@@ -222,7 +222,8 @@ class ResRepPruning(EvaluateDeployModel):
             )
         flops = ChannelFlops(module, inputs, plan.groups)
         reachable = flops.ratio([_fewest_kept(g, self.min_channels, self.round_to) for g in plan.groups])
-        rank_zero_info(f"ResRepPruning: {plan.summary()}\n  FLOPs/sample {format_count(flops.total)}; with every prunable layer at {self.min_channels} channel(s): {reachable:.3f} of it")
+        rank_zero_info(f"ResRepPruning: {plan.summary()}\n  FLOPs/sample {format_count(flops.total)}; with every prunable layer at its fewest channels "
+                       f"(min_channels={self.min_channels}, whole units, round_to={self.round_to}): {reachable:.3f} of it")
         if reachable > self.flops_target:
             raise LitzooError(
                 f"ResRepPruning: flops_target={self.flops_target} cannot be reached: the layers that can be pruned "
