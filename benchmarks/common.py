@@ -10,11 +10,14 @@ import subprocess
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 from torch import nn
+
+if TYPE_CHECKING:
+    from litzoo.callbacks.resrep import ResRepPruning
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_CONFIG = ROOT / "configs" / "repvgg" / "digits.yaml"
@@ -172,3 +175,50 @@ def torch_pruning_to_flops(
             raise RuntimeError(f"Torch-Pruning: FLOPs ratio {ratio:.3f} after all {iterative_steps} steps, target {flops_target}")
         pruner.step()
     return ratio, pruner.current_step
+
+
+#: ResRep without training: every unit's compactor rows are scaled by one factor drawn from U(low, high), seeded (:func:`spread_units`)
+RESREP_SPREAD = (0.5, 1.5)
+
+
+def spread_units(callback: ResRepPruning, model: nn.Module, seed: int, spread: tuple[float, float] = RESREP_SPREAD) -> None:
+    """Scale all the compactor rows of each unit (its channels in every tied conv) by one seeded U(``spread``) factor.
+
+    Identity compactors would make every unit tie. One factor per unit makes each unit's rms row norm,
+    its importance, exactly that factor, so the global ranking is a uniformly random order of the units;
+    a factor per row would not (the rms of a unit of many rows is close to the mean, so units of one row
+    would always be ranked lowest and pruned first).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    compactors = callback.all_compactors(model)
+    factors = []
+    with torch.no_grad():
+        for group in callback.groups:
+            per_unit = torch.empty(group.num_units).uniform_(*spread, generator=generator)
+            factors.append(per_unit)
+            per_channel = torch.empty(group.channels)
+            for unit in range(group.num_units):
+                per_channel[group.unit_channels([unit])] = per_unit[unit]
+            for producer in group.producers:
+                weight = compactors[producer.placement].weight
+                scale = torch.empty(group.channels)
+                scale[torch.tensor(producer.rows)] = per_channel  # row rows[c] carries the leader's channel c
+                weight.mul_(scale.view(-1, 1, 1, 1).to(weight))
+    # the callback's own importance must now be the factors (identity compactor rows have norm 1)
+    error = max((norms.double() - f.double()).abs().max().item() for norms, f in zip(callback.unit_norms(model), factors, strict=True))
+    if error > 1e-5:
+        raise RuntimeError(f"the unit importances differ from the planted factors by {error:.3g}")
+
+
+def resrep_prune(model: nn.Module, x: torch.Tensor, flops_target: float, prune_residual: bool, seed: int, round_to: int | None = None) -> dict:
+    """ResRep to ``flops_target`` in one mask update, in place, without training: the units ranked in a seeded
+    random order (:func:`spread_units`); the prune report with the mask updates added."""
+    from litzoo.callbacks.resrep import ResRepPruning
+
+    # one mask update reaches the target
+    callback = ResRepPruning(flops_target=flops_target, granularity=10**9, prune_residual=prune_residual, round_to=round_to)
+    callback.attach(model, x)
+    spread_units(callback, model, seed)
+    callback.update_masks(model)
+    report = callback.prune(model, x)
+    return {k: report[k] for k in ("flops_ratio", "removal_error", "removed_channels")} | {"mask_updates": callback.mask_updates}

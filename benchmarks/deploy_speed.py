@@ -9,8 +9,10 @@ would serve them. ``NETWORKS`` lists them, each a named builder; every network g
 
 * variants: the training-time network in eval mode (``unfused``), its float deploy network (``fused``),
   the int8 post-training quantization of ``fused`` (``int8``) and the pruned deploy networks of
-  :func:`pruned_variants` (``torch-pruning``: Torch-Pruning's global group-L2 pruning at
-  ``FLOPS_TARGET`` of the FLOPs). RepVGG-A0's ``fused`` is ``litzoo.framework.reparam.fuse_model``
+  :func:`pruned_variants` at ``FLOPS_TARGET`` of the FLOPs: ResRep with ``prune_residual=True`` (``resrep``),
+  the same keeping multiples of ``ROUND_TO`` channels (``resrep-r16``), ResRep with the paper's rule
+  (``resrep-off``: residual-tied channels kept; ResNets only) and Torch-Pruning's global group-L2 pruning
+  (``torch-pruning``). RepVGG-A0's ``fused`` is ``litzoo.framework.reparam.fuse_model``
   (each block's three branches and BatchNorms become one 3x3 conv). A plain ResNet has no fusable
   block, so ``fuse_model`` returns it unchanged (its convs still run conv then BatchNorm in eager
   torch); its ``fused`` is every conv -> BatchNorm pair folded into the conv by
@@ -44,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import markdown_table, torch_pruning_to_flops
+from common import markdown_table, resrep_prune, torch_pruning_to_flops
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -67,6 +69,15 @@ FLOPS_TARGET = 0.5
 #: FLOPs target). Fewer than ``benchmarks/pruning.py``'s 200 at 32x32: a step of ResNet-50 at 224x224 (global
 #: ranking, then a FLOPs count) costs about a second; one step moves the FLOPs by about 2-3 %.
 PRUNING_STEPS = 50
+#: ResRep's aligned variant keeps multiples of this many channels (``ResRepPruning(round_to=...)``): onnxruntime's
+#: and oneDNN's blocked conv kernels take channel multiples of 8/16 (see ``benchmarks/prune_residual.py``)
+ROUND_TO = 16
+PRUNED_LABELS = {
+    "resrep": "ResRep, `prune_residual=True`",
+    f"resrep-r{ROUND_TO}": f"ResRep, `prune_residual=True, round_to={ROUND_TO}`",
+    "resrep-off": "ResRep, `prune_residual=False` (the paper's rule)",
+    "torch-pruning": "Torch-Pruning",
+}
 CALIBRATION = (4, 8)  # batches x images, random normal inputs
 #: int8 is checked against float with this tolerance (relative to max(1, max|y|)): with random weights and
 #: random calibration images the logits are not a trained model's, so only gross errors are caught
@@ -101,6 +112,9 @@ class Network:
             whose BatchNorms it prunes with their convs and which is then deployed (``False``).
         timings: one per batch size.
         profile_fusion: also profile fused vs unfused at batch 1 (issue 20, item 4).
+        tied_channels: the network has output channels tied across convs (residual additions), which
+            ``ResRepPruning(prune_residual=False)`` leaves alone; RepVGG has none (its compactors follow each
+            block's branch sum), so there both ResRep settings prune alike and only one is timed.
     """
 
     name: str
@@ -111,6 +125,7 @@ class Network:
     prune_deploy: bool
     timings: tuple[Timing, ...]
     profile_fusion: bool = False
+    tied_channels: bool = True
 
 
 def repvgg_a0(seed: int) -> nn.Module:
@@ -144,7 +159,7 @@ def fold_batchnorm(network: nn.Module) -> nn.Module:
 # ResNet-50's forward at batch 32 takes ~1 s on 2 cores (11 models a round): fewer rounds there
 NETWORKS = (
     Network("RepVGG-A0", repvgg_a0, fuse_blocks, "`fuse_model`: three branches and their BatchNorms -> one 3x3 conv",
-            fusion_goal=True, prune_deploy=True, profile_fusion=True,
+            fusion_goal=True, prune_deploy=True, profile_fusion=True, tied_channels=False,
             timings=(Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=7, warmup=1, min_sample_s=0.0))),
     Network("ResNet-18", resnet(18), fold_batchnorm, "BatchNorms folded into the convs (`torch.fx.experimental.optimization.fuse`)",
             fusion_goal=False, prune_deploy=False,
@@ -215,13 +230,25 @@ def torch_pruning_deploy(network: Network, unfused: nn.Module, fused: nn.Module,
     return network.deploy(pruned)
 
 
-def pruned_variants(network: Network, unfused: nn.Module, fused: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
-    """The pruned float deploy networks of ``network``, by variant name; each is timed in every runtime
-    against the dense ``fused`` network, next to its FLOPs ratio.
+def resrep_deploy(network: Network, unfused: nn.Module, example: torch.Tensor, prune_residual: bool, round_to: int | None) -> nn.Module:
+    """ResRep (``ResRepPruning``) at ``FLOPS_TARGET`` of the FLOPs, without training, as a float deploy network.
 
-    The hook for issue 20, item 3: the ResRep rows (``ResRepPruning`` with and without
-    ``prune_residual``, at ``FLOPS_TARGET``) go here, each as a fused, physically pruned float network
-    in eval mode that takes ``example``-shaped batches (any batch size).
+    ``common.resrep_prune`` on a copy of the training-time network: compactors attached, the units
+    ranked in a seeded random order (random weights have no trained importance), one mask update to the
+    target, then the physical removal (``ResRepPruning.prune`` checks the pruned network against the
+    masked one) and the network's deploy transform (RepVGG's branch fusion, a ResNet's BatchNorm folding).
+    """
+    pruned = copy.deepcopy(unfused).eval()
+    resrep_prune(pruned, example, FLOPS_TARGET, prune_residual, seed=0, round_to=round_to)
+    return network.deploy(pruned)
+
+
+def pruned_variants(network: Network, unfused: nn.Module, fused: nn.Module, example: torch.Tensor) -> dict[str, nn.Module]:
+    """The pruned float deploy networks of ``network``, by variant name (:data:`PRUNED_LABELS`); each is timed in
+    every runtime against the dense ``fused`` network, next to its FLOPs ratio.
+
+    ResRep with ``prune_residual`` (with and without ``round_to``), ResRep without it where the network has
+    residual-tied channels (``network.tied_channels``), and Torch-Pruning; all at ``FLOPS_TARGET`` of the FLOPs.
 
     Args:
         network: the network's entry of ``NETWORKS``.
@@ -229,7 +256,14 @@ def pruned_variants(network: Network, unfused: nn.Module, fused: nn.Module, exam
         fused: its dense deploy network; not modified.
         example: one image at the deployed size (FLOPs are counted on it).
     """
-    return {"torch-pruning": torch_pruning_deploy(network, unfused, fused, example)}
+    variants = {
+        "resrep": resrep_deploy(network, unfused, example, prune_residual=True, round_to=None),
+        f"resrep-r{ROUND_TO}": resrep_deploy(network, unfused, example, prune_residual=True, round_to=ROUND_TO),
+    }
+    if network.tied_channels:
+        variants["resrep-off"] = resrep_deploy(network, unfused, example, prune_residual=False, round_to=None)
+    variants["torch-pruning"] = torch_pruning_deploy(network, unfused, fused, example)
+    return variants
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -541,7 +575,8 @@ def _network_table(name: str, result: dict) -> str:
         ),
         "",
         f"FLOPs per image: unfused {flops['unfused'] / 1e9:.3f} G, fused {flops['fused'] / 1e9:.3f} G, int8 {flops['int8'] / 1e9:.3f} G"
-        + "".join(f", {v} {flops[v] / 1e9:.3f} G ({flops[v] / flops['fused']:.3f} of fused, parameters {params[v] / params['fused']:.3f})"
+        + "".join(f", {v} ({PRUNED_LABELS.get(v, v)}) {flops[v] / 1e9:.3f} G ({flops[v] / flops['fused']:.3f} of fused, parameters "
+                  f"{params[v] / params['fused']:.3f})"
                   for v in pruned)
         + f". Parameters: unfused {params['unfused'] / 1e6:.2f} M, fused {params['fused'] / 1e6:.2f} M. int8 vs float on held-out "
         f"random images: torch {result['torch_int8_vs_float']:.2g}, onnxruntime vs torch int8 {result['onnx_int8_vs_torch_int8']:.2g}; "
@@ -560,7 +595,7 @@ def _int8_kernels(ops: dict[str, int]) -> str:
         text += f", {ops.get('QLinearAdd', 0)} of {ops.get('QLinearAdd', 0) + ops.get('Add', 0)} additions as `QLinearAdd`"
     if convs > ops.get("QLinearConv", 0):
         text += (f"; the other convs run in float, with {ops.get('DequantizeLinear', 0)} `DequantizeLinear` nodes left to run at "
-                 "every call (onnxruntime keeps the QDQ additions in float with S8 activations, and the convs that feed them too)")  # fmt: skip
+                 "every call (onnxruntime keeps QDQ additions in float with S8 activations, and the convs that feed them too)")  # fmt: skip
     return text
 
 
@@ -645,14 +680,19 @@ def format_section(results: dict) -> str:
         "rows fold each BatchNorm into its conv, which removes no counted FLOPs, and onnxruntime folds the unfused ResNet's "
         "BatchNorms itself.",
         "",
-        f"Pruned rows: Torch-Pruning (`MetaPruner`, `GroupMagnitudeImportance(p=2)`, global ranking, its dependency graph free to "
+        f"Pruned rows, all at ≤ {results['flops_target']} of the dense network's FLOPs at 224x224. ResRep (`ResRepPruning`, "
+        "`benchmarks/common.py::resrep_prune`): compactors attached to the training-time network, every unit's compactor rows "
+        "scaled by one seeded random factor (random weights have no trained importance: the units are ranked in a random order), "
+        "one mask update to the target, the physical removal (checked against the masked network), then the deploy transform; "
+        "`resrep` prunes the residual-tied channels too (`prune_residual=True`), `resrep-r16` keeps multiples of 16 channels "
+        "(`round_to=16`), `resrep-off` is the paper's rule (tied channels kept; RepVGG-A0 has none, so only the ResNets get "
+        "it). Torch-Pruning (`MetaPruner`, `GroupMagnitudeImportance(p=2)`, global ranking, its dependency graph free to "
         f"prune the channels tied by residual additions, the classifier kept), stepped (linear schedule to 0.9 of the channels in "
         f"{results['pruning_steps']} steps, `benchmarks/common.py::torch_pruning_to_flops`, the loop of `benchmarks/pruning.py`) until "
-        f"the FLOPs at 224x224 are ≤ {results['flops_target']} of the dense network's (one step moves them by 2-3 %); RepVGG-A0 is pruned in its fused form, a ResNet with its BatchNorms, "
-        "which are then folded. Random weights: the magnitudes are not a trained network's, so the pruned widths are not the ones "
-        "a trained network would get; the latency of a given width is. The pruned rows' output differences are against their own "
-        "eager output; every other row's against the unfused network's. ResRep rows (with and without `prune_residual`) come with "
-        "item 3 of issue 20 (`pruned_variants`).",
+        "the target (one step moves the FLOPs by 2-3 %); RepVGG-A0 is pruned in its fused form, a ResNet with its BatchNorms, "
+        "which are then folded. Random weights: the pruned widths are not the ones a trained network would get; the latency of "
+        "a given width is. The pruned rows' output differences are against their own eager output; every other row's against "
+        "the unfused network's.",
         "",
         f"Protocol: each network (1000 classes, ImageNet layout) with random weights, every BatchNorm given random statistics; "
         f"random 224x224 inputs. {results['threads']} intra-op threads in torch and in onnxruntime (inter-op 1). Latency: "
@@ -665,7 +705,9 @@ def format_section(results: dict) -> str:
         "spinning between calls (`session.intra_op.allow_spinning` 0: an idle session's spinning threads slow the model timed next). torch int8: "
         "`quantize_ptq` with the default x86 config (as `litzoo export --format int8`), lowered with `lower_to_x86` to oneDNN int8 "
         "kernels for each batch shape (not `torch.compile`d). onnxruntime int8: `export_onnx_int8_checked` (as `litzoo export "
-        "--format onnx-int8`: QDQ, int8 per-channel weights, S8 activations, min-max).",
+        "--format onnx-int8`: QDQ, int8 per-channel weights, U8 per-tensor activations (its default since issue 20: with S8 "
+        "activations onnxruntime 1.32 left the ResNets' residual additions and the convs around them in float, and their int8 "
+        "files ran at 1.0-1.6x the float ones), min-max).",
         "",
         f"int8 accuracy is not measured here (random weights): both int8 models calibrate on {results['calibration'][0]} random batches "
         f"of {results['calibration'][1]} images, and the ONNX int8 file is checked against float with a deliberately loose "

@@ -36,12 +36,12 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 from cifar_nets import NETS
-from common import markdown_table, torch_pruning_to_flops
+from common import RESREP_SPREAD, markdown_table, resrep_prune, torch_pruning_to_flops
 from deploy_speed import THREADS, OnnxModel, classifier_layers, fold_batchnorm
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from litzoo.callbacks.resrep import ResRepPruning, _fewest_kept
+from litzoo.callbacks.resrep import _fewest_kept
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.export import export_model
 from litzoo.framework.profiling import compare_latency, count_flops, count_parameters
@@ -51,8 +51,6 @@ from litzoo.framework.reparam import randomize_batchnorm
 TARGET = 0.5
 #: the issue's goal: pruned/dense latency at most this times the FLOPs ratio
 GOAL_FACTOR = 1.15
-#: every unit's compactor rows are scaled by one factor drawn from U(low, high), seeded (:func:`spread_units`)
-SPREAD = (0.5, 1.5)
 #: set-up (plan, pruning, export) runs on one thread: on 2 shared cores under load, two OpenMP threads
 #: spin-wait on each other (a float64 EfficientNet forward took 16x longer than on one); timing uses THREADS
 SETUP_THREADS = 1
@@ -134,46 +132,6 @@ def plan_row(model: nn.Module, plan: GroupReport, flops: ChannelFlops, prune_res
     }
 
 
-def spread_units(callback: ResRepPruning, model: nn.Module, seed: int) -> None:
-    """Scale all the compactor rows of each unit (its channels in every tied conv) by one seeded U(SPREAD) factor.
-
-    Identity compactors would make every unit tie. One factor per unit makes each unit's rms row norm,
-    its importance, exactly that factor, so the global ranking is a uniformly random order of the units;
-    a factor per row would not (the rms of a unit of many rows is close to the mean, so units of one row
-    would always be ranked lowest and pruned first).
-    """
-    generator = torch.Generator().manual_seed(seed)
-    compactors = callback.all_compactors(model)
-    factors = []
-    with torch.no_grad():
-        for group in callback.groups:
-            per_unit = torch.empty(group.num_units).uniform_(*SPREAD, generator=generator)
-            factors.append(per_unit)
-            per_channel = torch.empty(group.channels)
-            for unit in range(group.num_units):
-                per_channel[group.unit_channels([unit])] = per_unit[unit]
-            for producer in group.producers:
-                weight = compactors[producer.placement].weight
-                scale = torch.empty(group.channels)
-                scale[torch.tensor(producer.rows)] = per_channel  # row rows[c] carries the leader's channel c
-                weight.mul_(scale.view(-1, 1, 1, 1).to(weight))
-    # the callback's own importance must now be the factors (identity compactor rows have norm 1)
-    error = max((norms.double() - f.double()).abs().max().item() for norms, f in zip(callback.unit_norms(model), factors, strict=True))
-    if error > 1e-5:
-        raise RuntimeError(f"the unit importances differ from the planted factors by {error:.3g}")
-
-
-def resrep_prune(model: nn.Module, x: torch.Tensor, prune_residual: bool, seed: int, round_to: int | None = None) -> dict:
-    """ResRep to TARGET in one mask update, in place; the prune report with the mask updates added."""
-    # one mask update reaches the target
-    callback = ResRepPruning(flops_target=TARGET, granularity=10**9, prune_residual=prune_residual, round_to=round_to)
-    callback.attach(model, x)
-    spread_units(callback, model, seed)
-    callback.update_masks(model)
-    report = callback.prune(model, x)
-    return {k: report[k] for k in ("flops_ratio", "removal_error", "removed_channels")} | {"mask_updates": callback.mask_updates}
-
-
 def run_network(name: str, seed: int, folder: Path) -> dict:
     """Plan with ``prune_residual`` off and on; where 0.5 is reachable with it on, prune with ResRep (off too
     where it reaches 0.5) and Torch-Pruning, and time every variant in both runtimes."""
@@ -198,7 +156,7 @@ def run_network(name: str, seed: int, folder: Path) -> dict:
         started = time.perf_counter()
         model = copy.deepcopy(dense)
         try:
-            report = resrep_prune(model, x, key == "on", seed, round_to)
+            report = resrep_prune(model, x, TARGET, key == "on", seed, round_to)
         except LitzooError as error:
             result["variants"][variant] = {"error": str(error)}
             continue
@@ -268,7 +226,7 @@ def main(models: tuple[str, ...] = tuple(NETS), seed: int = 0) -> dict:
             networks = [run_network(name, seed, Path(folder)) for name in models]
     finally:
         torch.set_num_threads(threads)
-    return {"networks": networks, "target": TARGET, "goal_factor": GOAL_FACTOR, "spread": list(SPREAD), "threads": THREADS,
+    return {"networks": networks, "target": TARGET, "goal_factor": GOAL_FACTOR, "spread": list(RESREP_SPREAD), "threads": THREADS,
             "round_to": ROUND_TO, "seed": seed, "load": [load_start, _load()], "seconds": time.perf_counter() - start}  # fmt: skip
 
 

@@ -252,14 +252,9 @@ class ResRepPruning(EvaluateDeployModel):
             if not group.tied and group.unit_size == 1:
                 found.append(layers[group.placement].compactor.row_norms())
                 continue
-            squares = torch.zeros(group.channels, dtype=torch.float64)
-            for producer in group.producers:
-                rows = layers[producer.placement].compactor.row_norms().cpu().double() ** 2
-                squares += rows[producer.rows]
-            units = torch.zeros(group.num_units, dtype=torch.float64)
-            for unit, channels in enumerate(group.units or [[c] for c in range(group.channels)]):
-                units[unit] = squares[channels].sum()
-            found.append((units / _rows_per_unit(group)).sqrt())
+            unit_of, rows = _unit_index(group, torch.device("cpu"))
+            weights = [layers[p.placement].compactor.weight.detach().cpu().double() for p in group.producers]
+            found.append(_unit_rms(group, weights, unit_of, rows))
         return found
 
     def set_masks(self, module: nn.Module, removed_units: list[list[int]]) -> None:
@@ -420,11 +415,7 @@ class ResRepPruning(EvaluateDeployModel):
             if not group.tied and group.unit_size == 1:
                 continue
             weights = [compactors[p.placement].weight for p in group.producers]
-            squares = torch.zeros(group.channels, dtype=weights[0].dtype, device=weights[0].device)
-            for weight, producer_rows in zip(weights, rows, strict=True):
-                squares += weight.flatten(1).square().sum(dim=1)[producer_rows]
-            units = torch.zeros(group.num_units, dtype=squares.dtype, device=squares.device).index_add_(0, unit_of, squares)
-            per_channel = (units / _rows_per_unit(group)).sqrt()[unit_of]  # the unit's rms row norm, in the leader's channel order
+            per_channel = _unit_rms(group, weights, unit_of, rows)[unit_of]  # the unit's rms row norm, in the leader's channel order
             for producer, producer_rows in zip(group.producers, rows, strict=True):
                 found[producer.placement] = torch.empty_like(per_channel).index_copy_(0, producer_rows, per_channel)
         return found
@@ -555,8 +546,15 @@ def _fewest_kept(group: ChannelGroup, min_channels: int, round_to: int | None = 
     return min(group.channels, step * max(1, math.ceil(min_channels / step)))
 
 
-def _rows_per_unit(group: ChannelGroup) -> int:
-    return group.unit_size * len(group.producers)
+def _unit_rms(group: ChannelGroup, weights: list[Tensor], unit_of: Tensor, rows: list[Tensor]) -> Tensor:
+    """The root mean square of the row norms of each unit of ``group``: all its rows in every producer's
+    compactor ``weights`` (``unit_of``, ``rows``: :func:`_unit_index`). The unit's importance, and the
+    denominator of its group lasso; for a single row, ResRep's row norm."""
+    squares = torch.zeros(group.channels, dtype=weights[0].dtype, device=weights[0].device)
+    for weight, producer_rows in zip(weights, rows, strict=True):
+        squares += weight.flatten(1).square().sum(dim=1)[producer_rows]
+    units = torch.zeros(group.num_units, dtype=squares.dtype, device=squares.device).index_add_(0, unit_of, squares)
+    return (units / (group.unit_size * len(group.producers))).sqrt()
 
 
 def _unit_index(group: ChannelGroup, device: torch.device) -> tuple[Tensor, list[Tensor]]:

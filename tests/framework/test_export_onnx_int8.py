@@ -6,11 +6,15 @@ litzoo's torch int8 model, with a negative control calibrated on all-zero batche
 
 from __future__ import annotations
 
+import collections
+import copy
+
 import onnx
 import onnxruntime
 import pytest
 import torch
 from onnx import numpy_helper
+from torch.fx.experimental.optimization import fuse
 
 from litzoo.cli import find_checkpoint, main
 from litzoo.datamodules.digits import DigitsDataModule
@@ -24,8 +28,9 @@ from litzoo.framework.export import (
     load_lightning_module,
     sample_batch,
 )
-from litzoo.framework.reparam import fuse_model
+from litzoo.framework.reparam import fuse_model, randomize_batchnorm
 from litzoo.modules.repvgg import RepVGGClassifier
+from litzoo.modules.resnet import ResNet
 
 #: top-1 agreement of the int8 file with the float model (and with the torch int8 model) on held-out digits
 MIN_AGREEMENT = 0.95
@@ -156,6 +161,38 @@ def test_no_calibration_data_and_nan_weights_are_refused_before_export(digits, t
         export_onnx_int8(diverged, calibration, output, test[:8])
     one_line(excinfo)
     assert not list(tmp_path.iterdir())
+
+
+def onnxruntime_kernels(path, folder) -> collections.Counter:
+    """Node types onnxruntime runs for ``path`` (its CPU graph after the QDQ fusions)."""
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(folder / f"{path.stem}.optimized.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_the_default_uint8_activations_run_every_conv_and_residual_addition_of_a_resnet_in_int8(tmp_path):
+    """Why ``activation_type`` defaults to uint8: with int8 (S8S8) activations onnxruntime leaves the QDQ residual
+    additions, and the convs feeding them, in float (a ResNet-18 at 224x224 then runs at 1.0x its float latency,
+    ``benchmarks/deploy_speed.py``); with uint8 every conv becomes a ``QLinearConv`` and every addition a ``QLinearAdd``."""
+    torch.manual_seed(0)
+    resnet = randomize_batchnorm(ResNet(depth=18, num_classes=10, in_channels=1, stem="cifar", width=8).eval(), seed=0)
+    deploy = fuse(copy.deepcopy(resnet))  # BatchNorms folded, as a deploy model
+    calibration = [torch.randn(8, 1, 16, 16) for _ in range(4)]
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in deploy.modules())
+    kernels = {}
+    for activation in ("uint8", "int8"):
+        path = tmp_path / f"{activation}.onnx"
+        check = export_onnx_int8_checked(deploy, calibration, path, torch.randn(8, 1, 16, 16), atol=0.5, activation_type=activation)
+        assert check.torch_int8_top1_agreement is not None
+        kernels[activation] = onnxruntime_kernels(path, tmp_path)
+    assert kernels["uint8"]["QLinearConv"] == convs and kernels["uint8"]["QLinearAdd"] == 8  # 8 basic blocks
+    assert kernels["uint8"]["Conv"] + kernels["uint8"]["FusedConv"] == 0
+    # the negative control: S8S8 leaves convs in float
+    assert kernels["int8"]["QLinearConv"] < convs and kernels["int8"]["QLinearAdd"] < 8
+    with pytest.raises(LitzooError, match="activation_type must be int8 or uint8") as excinfo:
+        export_onnx_int8(deploy, calibration, tmp_path / "x.onnx", activation_type="int4")
+    one_line(excinfo)
 
 
 # ---------------------------------------------------------------- the command, end to end on a checkpoint
