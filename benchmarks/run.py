@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
 
     fusion = _section("fusion latency", fusion_latency.main, **options)
-    deploy = _section("deploy speed at 224x224: RepVGG-A0 fused / unfused, float / int8, eager / torch.compile / onnxruntime", deploy_speed.main, **options)
+    deploy = _section("deploy speed at 224x224: RepVGG-A0, ResNet-18, ResNet-50; fused / unfused, float / int8, dense / ResRep / Torch-Pruning; eager / torch.compile / onnxruntime", deploy_speed.main, **options)
     overhead = _section("framework overhead", framework_overhead.main, **options)
     grafted = _section("structural re-parameterization on a plain CNN (12 trainings)", structural_reparam.main, **options)
     pruned = _section("pruning: dense / ResRep / Torch-Pruning / GSM / L1 unstructured on ResNet-18 (15 trainings)", pruning.main, **options)
