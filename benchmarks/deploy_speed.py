@@ -112,6 +112,7 @@ class Network:
             whose BatchNorms it prunes with their convs and which is then deployed (``False``).
         timings: one per batch size.
         profile_fusion: also profile fused vs unfused at batch 1 (issue 20, item 4).
+        profile_pruning: also profile the pruned networks against the dense one at batch 1 (where their time goes).
         tied_channels: the network has output channels tied across convs (residual additions), which
             ``ResRepPruning(prune_residual=False)`` leaves alone; RepVGG has none (its compactors follow each
             block's branch sum), so there both ResRep settings prune alike and only one is timed.
@@ -126,6 +127,7 @@ class Network:
     timings: tuple[Timing, ...]
     profile_fusion: bool = False
     tied_channels: bool = True
+    profile_pruning: bool = False
 
 
 def repvgg_a0(seed: int) -> nn.Module:
@@ -162,7 +164,7 @@ NETWORKS = (
             fusion_goal=True, prune_deploy=True, profile_fusion=True, tied_channels=False,
             timings=(Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=7, warmup=1, min_sample_s=0.0))),
     Network("ResNet-18", resnet(18), fold_batchnorm, "BatchNorms folded into the convs (`torch.fx.experimental.optimization.fuse`)",
-            fusion_goal=False, prune_deploy=False,
+            fusion_goal=False, prune_deploy=False, profile_pruning=True,
             timings=(Timing(1, rounds=20, warmup=3, min_sample_s=0.05), Timing(32, rounds=5, warmup=1, min_sample_s=0.0))),
     Network("ResNet-50", resnet(50), fold_batchnorm, "BatchNorms folded into the convs (`torch.fx.experimental.optimization.fuse`)",
             fusion_goal=False, prune_deploy=False,
@@ -326,11 +328,13 @@ def measure_network(network: Network, seed: int, timings: tuple[Timing, ...] | N
 
     keys = row_keys(list(pruned))
     rows, goals = [], []
-    profile = None
+    profile = pruning = None
     for timing in timings:
         x = torch.randn(timing.batch, *IMAGE, generator=generator)
         if network.profile_fusion and timing.batch == 1:
             profile = fusion_profile(unfused, fused, x)
+        if network.profile_pruning and timing.batch == 1:
+            pruning = pruning_profile(fused, pruned, x)
         models: dict[tuple[str, str], nn.Module] = {}
         compile_s: dict[tuple[str, str], float] = {}
         begin = time.perf_counter()
@@ -382,7 +386,7 @@ def measure_network(network: Network, seed: int, timings: tuple[Timing, ...] | N
     return {
         "rows": rows, "goals": goals, "flops": flops, "params": params, "setup_s": setup_s, "timings": [vars(t) for t in timings],
         "fusion": network.fusion, "onnx_int8_vs_float": check.max_abs_error, "onnx_int8_allowed": check.allowed,
-        "torch_int8_vs_float": torch_int8_vs_float, "onnx_int8_vs_torch_int8": onnx_int8_vs_torch_int8, "fusion_profile": profile,
+        "torch_int8_vs_float": torch_int8_vs_float, "onnx_int8_vs_torch_int8": onnx_int8_vs_torch_int8, "fusion_profile": profile, "pruning_profile": pruning,
         "int8_onnx_ops": int8_ops, "seconds": time.perf_counter() - start,
     }  # fmt: skip
 
@@ -392,6 +396,7 @@ def measure_network(network: Network, seed: int, timings: tuple[Timing, ...] | N
 OP_CATEGORIES = {
     "aten::native_batch_norm": "BatchNorm", "aten::add": "branch / residual additions", "aten::add_": "branch / residual additions",
     "aten::clamp_min": "ReLU", "aten::clamp_min_": "ReLU", "aten::addmm": "linear", "aten::mean": "pooling", "aten::sum": "pooling",
+    "aten::max_pool2d_with_indices": "pooling", "aten::max_pool2d": "pooling",
 }  # fmt: skip
 PROFILE_FORWARDS = 20
 
@@ -411,6 +416,11 @@ def _op_profile(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
         if event.key == "aten::mkldnn_convolution":
             kernel = event.input_shapes[1][2:]
             category = f"conv {kernel[0]}x{kernel[1]}"
+        elif event.key == "aten::_slow_conv2d_forward":
+            # PyTorch's native conv: at batch 1 it takes oneDNN only for inputs of more than 20480 elements (ConvUtils.h),
+            # which a pruned late-stage conv (7x7 maps, < 418 channels) falls under
+            kernel = event.input_shapes[1][2:]
+            category = f"conv {kernel[0]}x{kernel[1]} (native, not oneDNN)"
         else:
             category = OP_CATEGORIES.get(event.key, "other (allocation, dispatch, reshapes)")
         totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / PROFILE_FORWARDS
@@ -505,6 +515,25 @@ def fusion_profile(unfused: nn.Module, fused: nn.Module, x: torch.Tensor, rounds
     seconds = compare_latency(list(layouts.values()), x, rounds=rounds, warmup=3, min_sample_seconds=0.05, threads=THREADS)
     ms = {name: 1e3 * s for name, s in zip(layouts, seconds)}
     return {"ops": ops, "onednn": onednn, "ms": ms, "max_rel_diff": differences, "rounds": rounds, "forwards": PROFILE_FORWARDS}
+
+
+def pruning_profile(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor) -> dict:
+    """Where the dense and each pruned deploy network spend a forward of ``x`` in eager torch: self CPU ms by op
+    category (``torch.profiler``), the oneDNN split into convolutions and reorders, and the FLOPs (counted convs
+    and linear layers), so that a latency ratio above the FLOPs ratio can be attributed."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        models = {"dense": dense, **pruned}
+        return {
+            "ops": {name: _op_profile(model, x) for name, model in models.items()},
+            "onednn": {name: _onednn_profile(model, x) for name, model in models.items()},
+            "flops": {name: count_flops(model, x) for name, model in models.items()},
+            "conv_channels": {name: sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) for name, model in models.items()},
+            "batch": x.shape[0], "forwards": PROFILE_FORWARDS,
+        }  # fmt: skip
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------- run and report
@@ -650,6 +679,59 @@ def fusion_paragraph(profile: dict, eager_ratio: float | None) -> str:
     )
 
 
+def pruning_paragraph(name: str, profile: dict) -> str:
+    """Where a pruned network's time goes against the dense one's, from the measured profile: every number and
+    every comparison's wording computed from ``profile``."""
+    ops, onednn, flops, channels = profile["ops"], profile["onednn"], profile["flops"], profile["conv_channels"]
+
+    def conv_ms(variant: str) -> float:
+        return sum(v for k, v in ops[variant].items() if k.startswith("conv"))
+
+    def onednn_ms(variant: str, kind: str) -> float:
+        return sum(v for k, v in onednn[variant].items() if kind in k)
+
+    dense_total = sum(ops["dense"].values())
+    dense_conv, dense_rest = conv_ms("dense"), dense_total - conv_ms("dense")
+    parts, slower_convs, rest_above = [], [], []
+    for variant in ops:
+        if variant == "dense":
+            continue
+        flops_ratio = flops[variant] / flops["dense"]
+        total = sum(ops[variant].values())
+        conv_ratio, rest_ratio = conv_ms(variant) / dense_conv, (total - conv_ms(variant)) / dense_rest
+        # the profiled ratio minus the FLOPs ratio, split into what the convolutions and the rest add to it
+        conv_excess, rest_excess = dense_conv * (conv_ratio - flops_ratio) / dense_total, dense_rest * (rest_ratio - flops_ratio) / dense_total
+        throughput = (flops[variant] / 1e6 / conv_ms(variant), flops["dense"] / 1e6 / dense_conv)
+        native = sum(v for k, v in ops[variant].items() if "native" in k)
+        if throughput[0] < throughput[1]:
+            slower_convs.append(variant)
+        if rest_excess > 0:
+            rest_above.append(variant)
+        parts.append(
+            f"{variant} (FLOPs {flops_ratio:.3f}, conv output channels {channels[variant] / channels['dense']:.2f} of dense): profiled "
+            f"forward {total / dense_total:.2f} of dense = FLOPs ratio {conv_excess + rest_excess:+.2f}, of which the convolutions "
+            f"(time ratio {conv_ratio:.2f}, {throughput[0]:.0f} GFLOP/s vs {throughput[1]:.0f} dense"
+            + (f"; {native:.2f} ms of them on PyTorch's native path, not oneDNN" if native else "") + ") add "
+            f"{conv_excess:+.2f} and everything else (pooling, ReLU, additions, allocation, dispatch; time ratio {rest_ratio:.2f}) "
+            f"{rest_excess:+.2f}; oneDNN reorders {onednn_ms(variant, 'reorder'):.2f} ms vs {onednn_ms('dense', 'reorder'):.2f} ms dense"
+        )  # fmt: skip
+    reasons = []
+    if slower_convs:
+        reasons.append(f"narrower convolutions run at a lower throughput ({', '.join(slower_convs)})")
+    if rest_above:
+        reasons.append(
+            "the work outside the convolutions scales with the activations, by the channel fraction (not its square, as a conv's "
+            "FLOPs do: input and output channels both shrink) or not at all (per-op dispatch and allocation), so it cannot follow "
+            f"the FLOPs ratio ({', '.join(rest_above)})"
+        )
+    return (
+        f"**Where the pruned networks' time goes ({name}, batch {profile['batch']}, eager torch, {THREADS} threads, `torch.profiler` "
+        f"over {profile['forwards']} forwards and oneDNN verbose; profiled one after the other, so the ratios here are rougher than "
+        f"the alternating rounds of the table).** Dense: {_shares(ops['dense'])}. " + "; ".join(parts) + ". "
+        + (f"What keeps the latency ratio above the FLOPs ratio: {'; and '.join(reasons)}." if reasons else "In this profile the pruned forwards track their FLOPs ratio.")
+    )
+
+
 def format_section(results: dict) -> str:
     networks = results["networks"]
     names = list(networks)
@@ -714,7 +796,9 @@ def format_section(results: dict) -> str:
         f"atol={results['int8_atol']} (relative to max(1, max|y|)), only to catch a broken file. Accuracy drops are measured on the "
         "digits configs in the quantization section.",
     ]
-    for result in networks.values():
+    for name, result in networks.items():
+        if result.get("pruning_profile"):
+            lines += ["", pruning_paragraph(name, result["pruning_profile"])]
         if result.get("fusion_profile"):
             eager = next((g["ratio"] for g in result["goals"] if g["goal"] == "fused/unfused" and g["runtime"] == "eager" and g["batch"] == 1), None)
             lines += ["", fusion_paragraph(result["fusion_profile"], eager)]
