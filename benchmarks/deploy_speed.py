@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import statistics
 import sys
 import tempfile
 import time
@@ -401,15 +402,15 @@ OP_CATEGORIES = {
 PROFILE_FORWARDS = 20
 
 
-def _op_profile(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
-    """Self CPU ms per forward by category (convs by kernel size), ``torch.profiler`` over ``PROFILE_FORWARDS`` forwards."""
+def _op_profile(model: nn.Module, x: torch.Tensor, forwards: int = PROFILE_FORWARDS) -> dict[str, float]:
+    """Self CPU ms per forward by category (convs by kernel size), ``torch.profiler`` over ``forwards`` forwards."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode():
         for _ in range(3):
             model(x)
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for _ in range(PROFILE_FORWARDS):
+            for _ in range(forwards):
                 model(x)
     totals: dict[str, float] = {}
     for event in prof.key_averages(group_by_input_shape=True):
@@ -423,7 +424,7 @@ def _op_profile(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
             category = f"conv {kernel[0]}x{kernel[1]} (native, not oneDNN)"
         else:
             category = OP_CATEGORIES.get(event.key, "other (allocation, dispatch, reshapes)")
-        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / PROFILE_FORWARDS
+        totals[category] = totals.get(category, 0.0) + event.self_cpu_time_total / 1e3 / forwards
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
 
@@ -517,23 +518,41 @@ def fusion_profile(unfused: nn.Module, fused: nn.Module, x: torch.Tensor, rounds
     return {"ops": ops, "onednn": onednn, "ms": ms, "max_rel_diff": differences, "rounds": rounds, "forwards": PROFILE_FORWARDS}
 
 
+#: the pruning profile interleaves the networks: this many rounds of PROFILE_FORWARDS // PROFILE_ROUNDS forwards each,
+#: median per category (a burst of other work on the shared cores then spoils one round, not a whole network's profile)
+PROFILE_ROUNDS = 5
+
+
+def _median_profile(rounds: list[dict[str, float]]) -> dict[str, float]:
+    categories = {k for r in rounds for k in r}
+    median = {k: statistics.median(r.get(k, 0.0) for r in rounds) for k in categories}
+    return dict(sorted(median.items(), key=lambda item: -item[1]))
+
+
 def pruning_profile(dense: nn.Module, pruned: dict[str, nn.Module], x: torch.Tensor) -> dict:
     """Where the dense and each pruned deploy network spend a forward of ``x`` in eager torch: self CPU ms by op
     category (``torch.profiler``), the oneDNN split into convolutions and reorders, and the FLOPs (counted convs
-    and linear layers), so that a latency ratio above the FLOPs ratio can be attributed."""
+    and linear layers), so that a latency ratio above the FLOPs ratio can be attributed. The networks are
+    profiled in interleaved rounds, median per category."""
     previous = torch.get_num_threads()
     torch.set_num_threads(THREADS)
+    models = {"dense": dense, **pruned}
+    ops: dict[str, list] = {name: [] for name in models}
+    onednn: dict[str, list] = {name: [] for name in models}
     try:
-        models = {"dense": dense, **pruned}
-        return {
-            "ops": {name: _op_profile(model, x) for name, model in models.items()},
-            "onednn": {name: _onednn_profile(model, x) for name, model in models.items()},
-            "flops": {name: count_flops(model, x) for name, model in models.items()},
-            "conv_channels": {name: sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) for name, model in models.items()},
-            "batch": x.shape[0], "forwards": PROFILE_FORWARDS,
-        }  # fmt: skip
+        for _ in range(PROFILE_ROUNDS):
+            for name, model in models.items():
+                ops[name].append(_op_profile(model, x, forwards=max(1, PROFILE_FORWARDS // PROFILE_ROUNDS)))
+                onednn[name].append(_onednn_profile(model, x, forwards=2))
     finally:
         torch.set_num_threads(previous)
+    return {
+        "ops": {name: _median_profile(r) for name, r in ops.items()},
+        "onednn": {name: _median_profile(r) for name, r in onednn.items()},
+        "flops": {name: count_flops(model, x) for name, model in models.items()},
+        "conv_channels": {name: sum(m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)) for name, model in models.items()},
+        "batch": x.shape[0], "forwards": PROFILE_FORWARDS, "rounds": PROFILE_ROUNDS,
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- run and report
@@ -726,8 +745,8 @@ def pruning_paragraph(name: str, profile: dict) -> str:
         )
     return (
         f"**Where the pruned networks' time goes ({name}, batch {profile['batch']}, eager torch, {THREADS} threads, `torch.profiler` "
-        f"over {profile['forwards']} forwards and oneDNN verbose; profiled one after the other, so the ratios here are rougher than "
-        f"the alternating rounds of the table).** Dense: {_shares(ops['dense'])}. " + "; ".join(parts) + ". "
+        f"over {profile['forwards']} forwards and oneDNN verbose, the networks interleaved in {profile.get('rounds', 1)} rounds, median "
+        f"per op category; a profile, rougher than the alternating latency rounds of the table).** Dense: {_shares(ops['dense'])}. " + "; ".join(parts) + ". "
         + (f"What keeps the latency ratio above the FLOPs ratio: {'; and '.join(reasons)}." if reasons else "In this profile the pruned forwards track their FLOPs ratio.")
     )
 
