@@ -109,3 +109,38 @@ def blr_warmup_cosine(module: Any, optimizer: Callable, lr_scheduler: Callable |
     total_steps = int(module.trainer.estimated_stepping_batches)
     warmup_steps = warmup_epochs_to_steps(module.trainer, warmup_epochs)
     return {"optimizer": built, "lr_scheduler": warmup_cosine_per_step(built, total_steps, warmup_steps)}
+
+
+def cosine_schedule(
+    step: int, total_steps: int, start: float, end: float, warmup_steps: int = 0, warmup_start: float = 0.0, freeze_steps: int = 0
+) -> float:
+    """The value at ``step`` of DINOv2's per-iteration schedules (``dinov2/utils/utils.py`` ``CosineScheduler``).
+
+    DINOv2 drives lr, weight decay, teacher momentum and teacher temperature with it. Over ``total_steps``:
+    ``freeze_steps`` zeros, then ``warmup_steps`` values linear from ``warmup_start`` to ``start`` *both
+    included* (``numpy.linspace``), then ``n = total − freeze − warmup`` cosine values
+    ``end + ½ (start − end)(1 + cos(π i / n))``, ``i = 0 … n−1`` (so the last one is just above ``end``);
+    ``end`` from ``total_steps`` on. The teacher temperature uses ``total_steps == warmup_steps`` (a pure
+    linear warm-up, then constant); the momentum 0.992 → 1.0 has no warm-up. DINOv2's last-layer freeze is not
+    ``freeze_steps`` (which shifts the schedule): it overwrites the lr schedule's first steps with 0, i.e.
+    ``0.0 if step < freeze_last_layer_steps else cosine_schedule(step, ...)``.
+    """
+    if total_steps < 0 or warmup_steps < 0 or freeze_steps < 0 or warmup_steps + freeze_steps > total_steps:
+        raise ValueError(f"cosine_schedule needs 0 <= freeze_steps + warmup_steps <= total_steps; got freeze_steps={freeze_steps}, "
+                         f"warmup_steps={warmup_steps}, total_steps={total_steps}")  # fmt: skip
+    if step < 0:
+        raise ValueError(f"cosine_schedule: step must be non-negative, got {step}")
+    if step >= total_steps:
+        return float(end)
+    if step < freeze_steps:
+        return 0.0
+    step -= freeze_steps
+    if step < warmup_steps:
+        if warmup_steps == 1:  # numpy.linspace(a, b, 1) == [a]
+            return float(warmup_start)
+        if step == warmup_steps - 1:  # linspace's endpoint is exact
+            return float(start)
+        return step * ((start - warmup_start) / (warmup_steps - 1)) + warmup_start  # numpy.linspace's arithmetic
+    step -= warmup_steps
+    cosine_steps = total_steps - freeze_steps - warmup_steps
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * step / cosine_steps))

@@ -1,6 +1,6 @@
 """Exact resume: a fit killed mid-epoch on a shuffling DataModule (random augmentations, workers) and resumed
 from its last checkpoint ends with the weights (to 1e-6), masks, curated sets and sparsity pattern of the run
-that was never interrupted — for a plain fit, ResRep, GSM, StructuralReparam, CiT and MAE.
+that was never interrupted — for a plain fit, ResRep, GSM, StructuralReparam, CiT, MAE and DINOv2.
 
 Each resumed run starts from another seed and another initialisation, so everything must come from the file.
 The negative controls show the comparison can fail: the same interruption with the loader litzoo had before
@@ -279,6 +279,24 @@ def test_cit_resumes_mid_round_with_the_same_curated_sets(tmp_path):
     assert resumed_rounds.rounds == straight_rounds.rounds[1:]  # the round saved mid-epoch, then the same new one
     assert (straight_cb.pass_index, straight_cb.offset) == (resumed_cb.pass_index, resumed_cb.offset)
     assert_same_weights(straight, resumed)
+
+
+# ---------------------------------------------------------------- DINOv2: views from the global RNG, EMA teacher and centers
+def test_dinov2_resumes_with_the_same_teacher_and_centers(tmp_path):
+    """Crops, iBOT masks and drop paths are drawn in the training step; the teacher, the centers and the schedules'
+    step must all come back from the file."""
+    from litzoo.modules.dinov2 import DINOv2Module
+
+    def make():
+        module = DINOv2Module(image_size=12, patch_size=4, in_chans=1, dim=16, depth=1, num_heads=2, drop_path_rate=0.2, local_crops_size=8,
+                              local_crops_number=2, crop_mean=(0.5,), crop_std=(0.5,), head_n_prototypes=16, head_hidden_dim=16,
+                              head_bottleneck_dim=8, base_lr=0.05, warmup_epochs=1, freeze_last_layer_epochs=1, warmup_teacher_temp_epochs=1,
+                              momentum_teacher=0.9)  # fmt: skip
+        return module, [], ShuffledImages(num_workers=0, dict_items=True)
+
+    (straight, _, _), (resumed, _, _) = straight_and_resumed(tmp_path, make)
+    assert straight.dino_loss.center.abs().sum() > 0 and any(k.startswith("teacher.") for k in straight.state_dict())
+    assert_same_weights(straight, resumed)  # student, teacher and both centers
 
 
 # ---------------------------------------------------------------- the graph DataModules keep their seed

@@ -1,4 +1,5 @@
-"""Fixed sine-cosine position embeddings (Vaswani et al. 2017; 2-D form of MoCo v3 / MAE).
+"""Position embeddings: fixed sine-cosine tables (Vaswani et al. 2017; 2-D form of MoCo v3 / MAE) and the
+resampling of a learned 2-D table to another patch grid (DINO / DINOv2, :func:`interpolate_pos_embed`).
 
 1-D: position ``m`` → ``[sin(m·ω_0) … sin(m·ω_{D/2−1}), cos(m·ω_0) … cos(m·ω_{D/2−1})]`` with
 ``ω_i = 1 / 10000^(2i/D)``. 2-D on an ``h × w`` grid (tokens in row-major order, token ``n`` at row
@@ -12,7 +13,10 @@ the two agree to ~1e-6, and released checkpoints carry their own copies anyway).
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -42,3 +46,67 @@ def sincos_pos_embed_2d(dim: int, grid_size: int | tuple[int, int], cls_token: b
     if cls_token:
         embed = torch.cat([torch.zeros(1, dim), embed], dim=0)
     return embed
+
+
+def interpolate_pos_embed(
+    pos_embed: Tensor,
+    grid_hw: tuple[int, int],
+    num_prefix_tokens: int = 1,
+    offset: float = 0.1,
+    antialias: bool = False,
+    source_hw: tuple[int, int] | None = None,
+) -> Tensor:
+    """A learned ``(1, P + h₀·w₀, D)`` position table resampled to an ``h × w`` patch grid, as DINOv2's
+    ``DinoVisionTransformer.interpolate_pos_encoding`` (facebookresearch/dinov2
+    ``dinov2/models/vision_transformer.py``).
+
+    The ``P`` prefix rows (class token) are kept as they are; the patch rows, seen as a ``D``-channel
+    ``h₀ × w₀`` image, are resampled bicubically in float32 and cast back to the input's dtype. With
+    ``offset > 0`` the resampling is given as ``scale_factor = ((h + offset) / h₀, (w + offset) / w₀)``,
+    DINO's historical work-around against ``floor(h₀ · h / h₀)`` rounding to ``h − 1``: the output size
+    is still ``h × w``, but PyTorch places the samples with the given scale, so the offset shifts the
+    values slightly and the released models were trained with it (their register variants use
+    ``offset = 0``, i.e. ``size = (h, w)``, with ``antialias=True``).
+
+    Args:
+        pos_embed: ``(1, P + h₀·w₀, D)`` (or ``(P + h₀·w₀, D)``), patch rows in row-major order.
+        grid_hw: the target grid ``(h, w)``.
+        num_prefix_tokens: ``P``, leading rows that are not patches (1: the class token).
+        offset: DINOv2's ``interpolate_offset`` (0.1); 0 resamples to ``size = (h, w)`` instead.
+        antialias: DINOv2's ``interpolate_antialias`` (only acts when shrinking).
+        source_hw: the stored grid ``(h₀, w₀)``; default: square, ``h₀ = w₀ = sqrt(rows − P)``.
+
+    Returns:
+        The resampled table, same rank and dtype; ``pos_embed`` itself when the grid is unchanged.
+    """
+    squeeze = pos_embed.ndim == 2
+    table = pos_embed[None] if squeeze else pos_embed
+    if table.ndim != 3 or table.shape[0] != 1:
+        raise ValueError(f"pos_embed must be (1, tokens, dim) or (tokens, dim), got shape {tuple(pos_embed.shape)}")
+    if num_prefix_tokens < 0 or offset < 0:
+        raise ValueError(f"num_prefix_tokens and offset must be non-negative, got {num_prefix_tokens} and {offset}")
+    height, width = int(grid_hw[0]), int(grid_hw[1])
+    if height <= 0 or width <= 0:
+        raise ValueError(f"grid_hw must be positive, got {tuple(grid_hw)}")
+    patches = table.shape[1] - num_prefix_tokens
+    if source_hw is None:
+        side = math.isqrt(max(patches, 0))
+        if patches <= 0 or side * side != patches:
+            raise ValueError(f"pos_embed has {patches} patch rows, not a square grid; pass source_hw")
+        source_hw = (side, side)
+    src_h, src_w = int(source_hw[0]), int(source_hw[1])
+    if src_h * src_w != patches:
+        raise ValueError(f"source_hw {src_h}x{src_w} does not match the {patches} patch rows of pos_embed")
+    if (height, width) == (src_h, src_w):
+        return pos_embed
+    dim = table.shape[-1]
+    grid = table[:, num_prefix_tokens:].float().reshape(1, src_h, src_w, dim).permute(0, 3, 1, 2)  # (1, D, h0, w0)
+    if offset:
+        resized = F.interpolate(grid, scale_factor=((height + offset) / src_h, (width + offset) / src_w), mode="bicubic", antialias=antialias)
+    else:
+        resized = F.interpolate(grid, size=(height, width), mode="bicubic", antialias=antialias)
+    if tuple(resized.shape[-2:]) != (height, width):  # an offset too small for this ratio
+        raise ValueError(f"resampling {src_h}x{src_w} to {height}x{width} with offset {offset} gave {tuple(resized.shape[-2:])}")
+    resized = resized.permute(0, 2, 3, 1).reshape(1, height * width, dim)
+    out = torch.cat([table[:, :num_prefix_tokens].float(), resized], dim=1).to(pos_embed.dtype)
+    return out[0] if squeeze else out

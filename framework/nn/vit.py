@@ -1,5 +1,11 @@
 """Transformer building blocks shared by every ViT-based method: attention, MLP, pre-norm block, patch embedding.
 
+The block optionally carries DINOv2's LayerScale (``ls1`` / ``ls2`` with a learned per-channel ``gamma``,
+Touvron et al., "Going deeper with Image Transformers", ICCV 2021) and stochastic depth, either timm's
+per-sample mask (:class:`~litzoo.framework.nn.drop.DropPath`) or DINOv2's batch-subset variant
+(facebookresearch/dinov2 ``dinov2/layers/block.py``, ``drop_add_residual_stochastic_depth``); with the
+defaults it is the plain pre-norm block, parameter for parameter and output for output.
+
 Parameter names follow timm / MAE / DINOv2 (``patch_embed.proj``, ``cls_token``, ``pos_embed``,
 ``blocks.{i}.norm1``, ``blocks.{i}.attn.qkv``, ``blocks.{i}.attn.proj``, ``blocks.{i}.mlp.fc1`` …, ``norm``)
 so that released checkpoints map onto them by name (Dosovitskiy et al., "An Image is Worth 16x16 Words",
@@ -8,9 +14,13 @@ ICLR 2021; reference: timm ``models/vision_transformer.py``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from litzoo.framework.nn.drop import DropPath
 
 
 class Attention(nn.Module):
@@ -80,28 +90,118 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    """``x · gamma``: a learned per-channel scale of a residual branch, ``gamma`` initialised to ``init``
+    (CaiT's LayerScale; DINOv2 trains with ``init = 1e-5``, its released hub models are built with 1.0).
+
+    Args:
+        dim: channels (the last dimension of the input).
+        init: initial value of every entry of ``gamma``.
+    """
+
+    def __init__(self, dim: int, init: float = 1e-5) -> None:
+        super().__init__()
+        if dim <= 0:
+            raise ValueError(f"dim must be positive, got {dim}")
+        self.init = float(init)
+        self.gamma = nn.Parameter(torch.full((dim,), self.init))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"dim={self.gamma.numel()}, init={self.init:g}"
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    With ``layer_scale_init`` each branch is multiplied by a :class:`LayerScale` (``ls1``, ``ls2``);
+    with ``drop_path`` each branch is dropped per sample in training (stochastic depth):
+
+    * default: timm's :class:`~litzoo.framework.nn.drop.DropPath` (``drop_path1`` / ``drop_path2``),
+      each sample's branch zeroed with probability ``p``, survivors scaled by ``1 / (1 − p)``;
+    * ``subset_drop_path=True`` and ``p > 0.1`` (DINOv2's rule: below 0.1 the saving does not pay for
+      the indexing): the branch is computed only on a random subset of ``max(⌊B·(1 − p)⌋, 1)`` samples
+      and added to them scaled by ``B / subset`` (the others pass unchanged), which saves the compute
+      of the dropped samples; at ``p ≤ 0.1`` it falls back to the per-sample mask.
+
+    Both are the identity in eval mode.
 
     Args:
         dim: token width.
         num_heads: attention heads.
         mlp_ratio: hidden width of the MLP over ``dim`` (ViT: 4).
         qkv_bias: bias on the q/k/v projection.
+        layer_scale_init: initial ``gamma`` of the LayerScales; ``None`` or 0 = no LayerScale (as
+            DINOv2's ``init_values``: no ``ls1`` / ``ls2`` parameters at all).
+        drop_path: stochastic-depth rate of both branches, in ``[0, 1)``.
+        subset_drop_path: use DINOv2's batch-subset stochastic depth above rate 0.1.
+        mlp_layer: ``(dim, hidden) -> module`` building the feed-forward layer instead of :class:`Mlp`
+            (e.g. DINOv2-g's SwiGLU); it is stored as ``mlp``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        layer_scale_init: float | None = None,
+        drop_path: float = 0.0,
+        subset_drop_path: bool = False,
+        mlp_layer: Callable[[int, int], nn.Module] | None = None,
+    ) -> None:
         super().__init__()
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        hidden = int(dim * mlp_ratio)
+        self.mlp = Mlp(dim, hidden) if mlp_layer is None else mlp_layer(dim, hidden)
+        # Optional parts are registered only when used, so a default block has exactly the plain
+        # block's modules and state dict (released ViT checkpoints have no ls / drop-path entries).
+        self.ls1: LayerScale | None = LayerScale(dim, layer_scale_init) if layer_scale_init else None
+        self.ls2: LayerScale | None = LayerScale(dim, layer_scale_init) if layer_scale_init else None
+        self.drop_path1: DropPath | None = DropPath(drop_path) if drop_path > 0 else None
+        self.drop_path2: DropPath | None = DropPath(drop_path) if drop_path > 0 else None
+        self.drop_path_rate = float(drop_path)
+        self.subset_drop_path = subset_drop_path
+
+    def _attn_branch(self, x: Tensor, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
+        out = self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask)
+        return out if self.ls1 is None else self.ls1(out)
+
+    def _mlp_branch(self, x: Tensor) -> Tensor:
+        out = self.mlp(self.norm2(x))
+        return out if self.ls2 is None else self.ls2(out)
 
     def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask)
-        return x + self.mlp(self.norm2(x))
+        if self.training and self.subset_drop_path and self.drop_path_rate > 0.1:
+            x = add_residual_on_subset(
+                x, lambda rows, idx: self._attn_branch(rows, causal, None if key_padding_mask is None else key_padding_mask[idx]), self.drop_path_rate
+            )
+            return add_residual_on_subset(x, lambda rows, idx: self._mlp_branch(rows), self.drop_path_rate)
+        branch = self._attn_branch(x, causal, key_padding_mask)
+        x = x + (branch if self.drop_path1 is None else self.drop_path1(branch))
+        branch = self._mlp_branch(x)
+        return x + (branch if self.drop_path2 is None else self.drop_path2(branch))
+
+
+def add_residual_on_subset(x: Tensor, branch: Callable[[Tensor, Tensor], Tensor], rate: float) -> Tensor:
+    """DINOv2's batch-subset stochastic depth: ``x`` with ``branch`` added, scaled by ``B / k``, to a
+    random subset of ``k = max(⌊B·(1 − rate)⌋, 1)`` samples (drawn with ``torch.randperm``).
+
+    ``branch(rows, idx)`` gets the chosen rows ``x[idx]`` and their indices and returns their residuals.
+    """
+    batch = x.shape[0]
+    kept = max(int(batch * (1 - rate)), 1)
+    idx = torch.randperm(batch, device=x.device)[:kept]
+    residual = branch(x[idx], idx)
+    return torch.index_add(x, 0, idx, residual.to(x.dtype), alpha=batch / kept)
 
 
 def _pair(value: int | tuple[int, int] | list[int]) -> tuple[int, int]:
@@ -115,9 +215,21 @@ class PatchEmbed(nn.Module):
     multiples of the patch sides. Sizes are an int (square) or ``(h, w)`` — e.g. Audio-MAE's
     ``1024 × 128`` time × frequency spectrograms. ``grid_size`` is an int for square int sizes (as
     before) and ``(h, w)`` otherwise; ``grid_hw`` is always ``(h, w)``.
+
+    With ``dynamic_size=True`` any input whose sides are multiples of the patch sides is accepted
+    (DINOv2 / timm's ``dynamic_img_size``: the caller then interpolates its position embeddings to
+    the input's grid, :func:`litzoo.framework.nn.pos_embed.interpolate_pos_embed`); ``image_size`` is
+    then the size the positions are stored for.
     """
 
-    def __init__(self, image_size: int | tuple[int, int], patch_size: int | tuple[int, int], in_chans: int, dim: int) -> None:
+    def __init__(
+        self,
+        image_size: int | tuple[int, int],
+        patch_size: int | tuple[int, int],
+        in_chans: int,
+        dim: int,
+        dynamic_size: bool = False,
+    ) -> None:
         super().__init__()
         size, patch = _pair(image_size), _pair(patch_size)
         if min(patch) <= 0 or size[0] % patch[0] or size[1] % patch[1]:
@@ -128,11 +240,24 @@ class PatchEmbed(nn.Module):
         self.grid_hw = (size[0] // patch[0], size[1] // patch[1])
         self.grid_size: int | tuple[int, int] = self.grid_hw[0] if square else self.grid_hw
         self.num_patches = self.grid_hw[0] * self.grid_hw[1]
+        self.dynamic_size = dynamic_size
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
 
-    def forward(self, images: Tensor) -> Tensor:
-        if tuple(images.shape[-2:]) != self.input_hw:
+    def grid_for(self, images: Tensor) -> tuple[int, int]:
+        """The ``(h, w)`` patch grid of ``images``; ``ValueError`` for a size this embedding does not take."""
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        if self.dynamic_size:
+            if height % self.patch_hw[0] or width % self.patch_hw[1] or height == 0 or width == 0:
+                raise ValueError(
+                    f"input sides must be positive multiples of the patch ({self.patch_hw[0]}x{self.patch_hw[1]}), got shape {tuple(images.shape)}"
+                )
+            return height // self.patch_hw[0], width // self.patch_hw[1]
+        if (height, width) != self.input_hw:
             raise ValueError(f"expected {self.input_hw[0]}x{self.input_hw[1]} inputs, got shape {tuple(images.shape)}")
+        return self.grid_hw
+
+    def forward(self, images: Tensor) -> Tensor:
+        self.grid_for(images)  # refuses a size this embedding does not take
         return self.proj(images).flatten(2).transpose(1, 2)  # (B, D, h, w) -> (B, N, D)
 
 

@@ -397,6 +397,9 @@ UNTRACEABLE = {
     # selects the removed tokens with a boolean mask, pred[removed], a data-dependent size (torch.export)
     "HieraMAEModule": "torch.export failed",
 }
+#: modules that hold more than their forward runs: DINOv2's forward is the EMA teacher's backbone (the student and the
+#: heads are off that path), so its graph has fewer parameters than the module
+PARTIAL_FORWARD = {"DINOv2Module"}
 #: LightningModules without a config of their own: tiny constructor arguments
 TINY = {"AudioMAEClassifier": {"num_classes": 8, "input_size": (32, 16), "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2}}
 
@@ -442,7 +445,10 @@ def test_every_litzoo_model_has_a_computation_graph():
         assert ComputationGraph.from_json(g.to_json()).to_dict() == g.to_dict(), name
         assert g.total_flops == math_attention_flops(network, sample) > 0, name
         assert all(n.flops > 0 for n in g.nodes if n.op in ("conv", "depthwise_conv", "linear", "attention")), name
-        assert g.total_params == count_parameters(network), name
+        if name in PARTIAL_FORWARD:
+            assert 0 < g.total_params < count_parameters(network), name
+        else:
+            assert g.total_params == count_parameters(network), name
         assert ops(g)["input"] >= 1 and ops(g)["output"] == 1 and all(s < d for s, d in g.edges), name
         assert ops(g)["other"] <= 0.15 * len(g.nodes), (name, [n.name for n in g.nodes if n.op == "other"])
         built[name] = g

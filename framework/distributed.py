@@ -1,0 +1,58 @@
+"""The torch.distributed helpers new code uses: the world size and in-place all-reduces that are no-ops alone.
+
+Losses and teachers that keep statistics over the *global* batch (DINOv2's centers and Sinkhorn-Knopp,
+``framework/losses/dino.py``) all-reduce small tensors inside the training step. These helpers make that code
+read the same with and without a process group: without an initialised default group (one process, a CPU
+test, ``fast_dev_run``) the world size is 1 and every reduction returns its argument untouched.
+
+(``framework/losses/contrastive.py`` keeps its own private ``_distributed_world_size``.)
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["all_reduce_max_", "all_reduce_mean_", "all_reduce_sum_", "is_distributed", "world_size"]
+
+
+def is_distributed() -> bool:
+    """True when torch.distributed is available and its default process group is initialised."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """The number of processes of the default process group, 1 without an initialised one."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sum ``tensor`` over the ranks of the default group, in place; returns it. A no-op in one process.
+
+    A collective: every rank must call it with a tensor of the same shape and dtype.
+    """
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_mean_(tensor: Tensor) -> Tensor:
+    """Average ``tensor`` over the ranks of the default group, in place; returns it. A no-op in one process.
+
+    Floating-point tensors only (an integer mean would be truncated): a ValueError otherwise, also in one
+    process, so the mistake shows up in single-process tests.
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        raise ValueError(f"all_reduce_mean_ needs a floating-point tensor (an integer mean would be truncated); got {tensor.dtype}")
+    size = world_size()
+    if size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor.div_(size)
+    return tensor
+
+
+def all_reduce_max_(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over the ranks of the default group, in place; returns it. A no-op alone."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
