@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from litzoo.framework.losses import ClipLoss, gather_with_grad
+from tests.gloo_ranks import run_ranks
 
-REPO_ROOT = Path(__file__).parents[2]
 WORLD_SIZE = 2
 GLOBAL_BATCH = 8
 IN_IMAGE, IN_TEXT, EMBED = 6, 7, 5
@@ -178,12 +174,6 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _make_setup() -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(0)
 
@@ -231,27 +221,7 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     script = out / "rank.py"
     script.write_text(textwrap.dedent(RANK_SCRIPT.format(variants=VARIANTS)))
     # separate interpreters (not multiprocessing inside pytest): robust under pytest-xdist workers
-    port = _free_port()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), str(WORLD_SIZE), str(port), str(out)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=120))
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
+    run_ranks(script, WORLD_SIZE, out)
     return {
         "setup": setup,
         "ranks": [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)],

@@ -4,10 +4,6 @@
 from __future__ import annotations
 
 import math
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +11,7 @@ import torch.nn.functional as F
 
 from litzoo.framework import distributed
 from litzoo.framework.losses import DINOLoss, IBOTPatchLoss, koleo_loss, sinkhorn_knopp
-
-REPO_ROOT = Path(__file__).parents[2]
+from tests.gloo_ranks import run_ranks
 
 
 def _official_sinkhorn(
@@ -340,12 +335,6 @@ dist.destroy_process_group()
 """
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Runs the rank script once on 2 gloo processes (separate interpreters: robust under pytest-xdist)."""
@@ -361,27 +350,7 @@ def ddp_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     torch.save(setup, out / "setup.pt")
     script = out / "rank.py"
     script.write_text(RANK_SCRIPT)
-    port = _free_port()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(rank), str(WORLD_SIZE), str(port), str(out)],
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for rank in range(WORLD_SIZE)
-    ]
-    outputs = []
-    for process in processes:
-        try:
-            outputs.append(process.communicate(timeout=120))
-        except subprocess.TimeoutExpired:
-            for other in processes:
-                other.kill()
-            raise
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
+    run_ranks(script, WORLD_SIZE, out)
     return {"setup": setup, "ranks": [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]}
 
 
