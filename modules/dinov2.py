@@ -74,7 +74,7 @@ from torch.optim import AdamW
 from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, register_official_key_map, rename_keys
 from litzoo.framework.data.batches import batch_inputs
 from litzoo.framework.data.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
-from litzoo.framework.distributed import all_reduce_max_
+from litzoo.framework.distributed import all_reduce_max_, world_size
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses.dino import DINOLoss, IBOTPatchLoss, koleo_loss
 from litzoo.framework.network_args import check_network_kwargs
@@ -631,7 +631,9 @@ class DINOv2Module(L.LightningModule):
       global and ``local_crops_number`` local crops (:class:`~litzoo.framework.data.multicrop.MultiCropAugmentation`,
       normalised with ``crop_mean`` / ``crop_std``) and ``int(2B · ibot_mask_sample_probability)`` of the 2B global
       crops get iBOT block masks with stratified ratios (:func:`~litzoo.framework.nn.block_masking.ibot_masks`);
-      both from torch's global RNG, which ``ExactResume`` checkpoints;
+      both from a CPU RNG seeded per step and rank (:meth:`view_seed_of_step`): every DDP rank draws its own crops
+      and masks (from one global RNG, seeded alike on every rank, all ranks would cut their images the same way), and
+      a resumed run draws the same ones (the seed and the step count are in the checkpoint);
     * the teacher (eval mode, no gradient) sees the unmasked global crops; its class tokens are swapped
       (crop B's first) so the student's crop A is matched with the teacher's crop B, then go through the teacher's
       DINO head; the patch tokens at the masked positions through the same head (or the iBOT head with
@@ -714,6 +716,8 @@ class DINOv2Module(L.LightningModule):
         layerwise_decay: layer-wise lr decay of the backbone (0.9).
         patch_embed_lr_mult: extra lr factor of the patch embedding (0.2).
         val_seed: seed of the fixed validation crops and masks (batch ``i`` draws them from ``val_seed + i``).
+        view_seed: seed of the training crops and masks (see :meth:`view_seed_of_step`); None: ``torch.initial_seed()``
+            at construction (the run's ``seed_everything``), kept in the checkpoint.
         optimizer: called with the parameter groups; default AdamW(0.9, 0.999).
         **net_kwargs: the :class:`DinoVisionTransformer`'s arguments (``arch``, ``image_size``, ``patch_size``,
             ``in_chans``, ``dim``, ``depth``, ``num_heads``, ``num_register_tokens``, ...). The paper trains the
@@ -762,6 +766,7 @@ class DINOv2Module(L.LightningModule):
         layerwise_decay: float = 0.9,
         patch_embed_lr_mult: float = 0.2,
         val_seed: int = 0,
+        view_seed: int | None = None,
         optimizer: OptimizerCallable = adamw_dinov2,
         **net_kwargs: Any,
     ) -> None:
@@ -832,6 +837,9 @@ class DINOv2Module(L.LightningModule):
         # the values of the schedules at the current step: set in on_train_batch_start (step 0's until then)
         self.schedules = DINOv2Schedules(0.0, 0.0, weight_decay, momentum_teacher, warmup_teacher_temp if warmup_teacher_temp_epochs > 0 else teacher_temp)
         self.example_input_array = torch.zeros(2, in_chans, global_size, global_size)
+        # checkpointed with the weights, so that a resumed run (started from another seed) draws the same views
+        self.register_buffer("view_seed", torch.tensor(int(torch.initial_seed() % 2**31) if view_seed is None else int(view_seed)))
+        self.register_buffer("views_drawn", torch.zeros((), dtype=torch.long))  # training steps whose views were drawn
 
     # ------------------------------------------------------------------------------ modes and features
     def train(self, mode: bool = True) -> DINOv2Module:
@@ -855,7 +863,7 @@ class DINOv2Module(L.LightningModule):
 
     # ------------------------------------------------------------------------------ one step
     def draw_masks(self, num_global_images: int) -> IBOTMasks:
-        """The iBOT masks of the ``2B`` global crops, drawn from torch's global RNG. Drawn and applied to the
+        """The iBOT masks of the ``2B`` global crops, drawn from torch's CPU RNG. Drawn and applied to the
         student's global crops also when the iBOT loss is off, as the official collate and step do."""
         hp = self.hparams
         return ibot_masks(num_global_images, self.mask_generator, hp.ibot_mask_sample_probability, tuple(hp.ibot_mask_ratio_min_max))
@@ -962,16 +970,24 @@ class DINOv2Module(L.LightningModule):
 
     def views(self, images: Tensor) -> tuple[Tensor, Tensor | None, IBOTMasks]:
         """The crops and masks of a step: ``(2B, C, G, G)`` global crops, ``(n_local · B, C, L, L)`` local crops
-        (None without), the iBOT masks of the global crops; all drawn from torch's global RNG."""
+        (None without), the iBOT masks of the global crops; all drawn from torch's CPU RNG as it is (the steps seed it)."""
         crops = self.multicrop(images)
         masks = self.draw_masks(2 * images.shape[0])
         local_crops = torch.cat(crops.local_crops) if crops.local_crops else None
         return torch.cat(crops.global_crops), local_crops, masks
 
+    def view_seed_of_step(self, step: int) -> int:
+        """The CPU RNG seed of training step ``step``'s crops and masks on this rank:
+        ``view_seed + step · world_size + rank`` (distinct for every step and rank)."""
+        return int(self.view_seed) + step * world_size() + self.global_rank
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images = batch_inputs(batch)
         batch_size = images.shape[0]
-        global_crops, local_crops, masks = self.views(images)
+        with torch.random.fork_rng(devices=[]):  # the crops and masks draw on the CPU; the run's own RNG is left as it was
+            torch.manual_seed(self.view_seed_of_step(int(self.views_drawn)))
+            global_crops, local_crops, masks = self.views(images)
+        self.views_drawn += 1
         losses, monitors = self.forward_losses(global_crops, local_crops, masks, self.schedules.teacher_temp)
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), prog_bar=name == "loss", batch_size=batch_size)

@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import unittest.mock
 from pathlib import Path
 
 import lightning as L
@@ -170,9 +171,31 @@ def test_training_step_draws_the_views_then_computes_the_same_loss():
     images = torch.rand(6, 1, 16, 16)
     torch.manual_seed(3)
     loss = module.training_step({"image": images, "label": torch.zeros(6, dtype=torch.long)}, 0)
+    assert int(module.views_drawn) == 1
+    # the views come from the step's own seed; the run's RNG (drop path) is left as it was
+    torch.manual_seed(twin.view_seed_of_step(0))
+    views = twin.views(images)
     torch.manual_seed(3)
-    expected, _ = twin.forward_losses(*twin.views(images), teacher_temp=0.04)  # step 0's teacher temperature
+    expected, _ = twin.forward_losses(*views, teacher_temp=0.04)  # step 0's teacher temperature
     torch.testing.assert_close(loss, expected["loss"])
+    # the next step draws other views; another rank of the same step too
+    torch.manual_seed(twin.view_seed_of_step(1))
+    assert not torch.equal(twin.views(images)[0], views[0])
+    assert twin.view_seed_of_step(0) != twin.view_seed_of_step(1) and len({twin.view_seed_of_step(s) for s in range(50)}) == 50
+
+
+def test_every_ddp_rank_draws_its_own_views_and_a_module_keeps_its_view_seed():
+    module = _module(view_seed=7)
+    assert [module.view_seed_of_step(s) for s in range(3)] == [7, 8, 9]  # one process
+    seeds = {}
+    with unittest.mock.patch("litzoo.modules.dinov2.world_size", return_value=2):
+        for rank in range(2):
+            with unittest.mock.patch.object(DINOv2Module, "global_rank", new_callable=unittest.mock.PropertyMock, return_value=rank):
+                seeds.update({(s, rank): module.view_seed_of_step(s) for s in range(4)})
+    assert len(set(seeds.values())) == len(seeds) and seeds[3, 0] == 13 and seeds[3, 1] == 14  # distinct for every step and rank
+    torch.manual_seed(123)
+    assert int(_module().view_seed) == 123  # default: the run's seed
+    assert {"view_seed", "views_drawn"} <= set(module.state_dict())  # checkpointed
 
 
 def test_collapse_monitors_by_hand():
