@@ -37,7 +37,7 @@ import torch
 import torch_pruning as tp
 from cifar_nets import NETS
 from common import RESREP_SPREAD, markdown_table, resrep_prune, torch_pruning_to_flops
-from deploy_speed import THREADS, OnnxModel, classifier_layers, fold_batchnorm
+from deploy_speed import PRUNED_LABELS, ROUND_TO, THREADS, OnnxModel, classifier_layers, fold_batchnorm
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -72,21 +72,13 @@ TIMINGS = {
     "RegNetX-200MF": Timing(16, 9),
     "DPN26": Timing(8, 9),
 }
-#: Torch-Pruning's ``round_to`` for the aligned variant. onnxruntime's NchwcTransformer moves a conv to its
-#: blocked NCHWc kernels only when the channel counts are multiples of MLAS's block (16 with AVX-512, 8 with
-#: AVX2; for a depthwise or grouped conv: its output channels, and a grouped conv's per group); a pruned model
-#: with arbitrary counts runs those convs on the plain NCHW path
-ROUND_TO = 16
-#: pruned variants, in table order (those a network does not get are left out)
+#: pruned variants, in table order (those a network does not get are left out); ROUND_TO (deploy_speed's) is also
+#: Torch-Pruning's ``round_to`` for its aligned variant: onnxruntime's NchwcTransformer moves a conv to its blocked
+#: NCHWc kernels only when the channel counts are multiples of MLAS's block (16 with AVX-512, 8 with AVX2; for a
+#: depthwise or grouped conv: its output channels, and a grouped conv's per group); a pruned model with arbitrary
+#: counts runs those convs on the plain NCHW path
 VARIANTS = ("resrep", f"resrep-r{ROUND_TO}", "resrep-off", "torch-pruning", f"torch-pruning-r{ROUND_TO}")
-LABELS = {
-    "dense": "dense",
-    "resrep": "ResRep, `prune_residual=True`",
-    f"resrep-r{ROUND_TO}": f"ResRep, `prune_residual=True, round_to={ROUND_TO}`",
-    "resrep-off": "ResRep, `prune_residual=False`",
-    "torch-pruning": "Torch-Pruning",
-    f"torch-pruning-r{ROUND_TO}": f"Torch-Pruning, `round_to={ROUND_TO}`",
-}
+LABELS = {"dense": "dense", **PRUNED_LABELS, f"torch-pruning-r{ROUND_TO}": f"Torch-Pruning, `round_to={ROUND_TO}`"}
 RUNTIMES = ("eager", "onnxruntime")
 
 

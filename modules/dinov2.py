@@ -850,8 +850,7 @@ class DINOv2Module(L.LightningModule):
 
     def normalize(self, images: Tensor) -> Tensor:
         """Images in ``[0, 1]`` normalised with the crops' mean and std."""
-        mean, std = self.multicrop.mean.to(images.dtype), self.multicrop.std.to(images.dtype)
-        return (images - mean) / std
+        return self.multicrop.normalize(images)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """``(B, D)``: the teacher backbone's normalised class token of ``images`` in ``[0, 1]`` (what probes read)."""

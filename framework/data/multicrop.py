@@ -294,7 +294,8 @@ class MultiCropAugmentation(nn.Module):
         size = self.local_size if local else self.global_size
         return resized_crops(images, boxes, size, [k % batch for k in range(copies * batch)])
 
-    def _normalize(self, images: Tensor) -> Tensor:
+    def normalize(self, images: Tensor) -> Tensor:
+        """``(images − mean) / std`` per channel, with the augmentation's statistics."""
         return (images - self.mean.to(images.device, images.dtype)) / self.std.to(images.device, images.dtype)
 
     @torch.no_grad()
@@ -312,12 +313,12 @@ class MultiCropAugmentation(nn.Module):
         with torch.autocast(images.device.type, enabled=False):  # augment in float32 under mixed precision too
             images = images.float()
             global_crops = self._crops(images, local=False, copies=2)
-            global_1 = self._normalize(self.global_1(global_crops[:batch]))
-            global_2 = self._normalize(self.global_2(global_crops[batch:]))
+            global_1 = self.normalize(self.global_1(global_crops[:batch]))
+            global_2 = self.normalize(self.global_2(global_crops[batch:]))
             local_crops: list[Tensor] = []
             if self.num_local_crops:
                 crops = self._crops(images, local=True, copies=self.num_local_crops)
-                local_crops = list(self._normalize(self.local(crops)).split(batch))
+                local_crops = list(self.normalize(self.local(crops)).split(batch))
         return MultiCrops([global_1, global_2], local_crops)
 
     def extra_repr(self) -> str:
