@@ -415,3 +415,38 @@ def test_two_process_ddp_fit_ends_with_identical_teachers_and_centers(tmp_path):
     assert a["dino_loss.center"].abs().sum() > 0 and a["ibot_patch_loss.center"].abs().sum() > 0
     initial = ranks[0]["initial_teacher"]
     assert any(not torch.equal(a[f"teacher.{k}"], v) for k, v in initial.items())  # the EMA moved the teacher
+
+
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_bf16_autocast_losses_stay_close_to_float32_and_state_stays_float32(centering):
+    """Mixed precision (the official trains in fp16 under FSDP; bf16 is what a CPU autocasts to): the targets,
+    Sinkhorn-Knopp, the centers and KoLeo are computed in float32, so each term stays within bf16's resolution of the
+    float32 step, and the centers and the EMA teacher stay float32."""
+    module = _distinguishing(_module(layer_scale_init=1.0, centering=centering)).train()
+    global_crops, local_crops, masks = _views(module)
+    twin = copy.deepcopy(module)
+    torch.manual_seed(0)
+    reference, _ = module.forward_losses(global_crops, local_crops, masks, teacher_temp=0.05)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, monitors = twin.forward_losses(global_crops, local_crops, masks, teacher_temp=0.05)
+    assert set(mixed) == set(reference)
+    for name, value in reference.items():
+        assert torch.isfinite(mixed[name]), name
+        torch.testing.assert_close(mixed[name].float(), value, rtol=1e-2, atol=5e-3, msg=name)
+    assert module.student["backbone"].blocks[0].attn.qkv.weight.dtype == torch.float32  # autocast casts per op only
+    assert twin.dino_loss.center.dtype == torch.float32 and twin.ibot_patch_loss.center.dtype == torch.float32
+    if centering == "centering":  # the centers took the same step, within bf16's rounding of the logits
+        torch.testing.assert_close(twin.dino_loss.center, module.dino_loss.center, rtol=0.05, atol=0.01)
+    mixed["loss"].backward()
+    assert torch.isfinite(twin.student["backbone"].blocks[0].attn.qkv.weight.grad).all()
+
+
+def test_a_bf16_mixed_fit_keeps_float32_state_and_finite_losses():
+    module = _module(warmup_epochs=0)
+    _trainer(max_steps=2, precision="bf16-mixed").fit(module, _digits())
+    state = {**module.teacher.state_dict(), **module.student.state_dict()}
+    assert all(value.dtype == torch.float32 for value in state.values() if value.is_floating_point())
+    assert module.dino_loss.center.dtype == torch.float32 and torch.isfinite(module.dino_loss.center).all()
+    assert int(module.views_drawn) == 2
+    assert all(torch.isfinite(value).all() for value in state.values() if value.is_floating_point())
