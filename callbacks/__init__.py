@@ -4,6 +4,7 @@ from litzoo.callbacks.curation_in_training import CurationInTraining
 from litzoo.callbacks.fastclip import FastClip
 from litzoo.callbacks.gsm import GlobalSparseMomentum
 from litzoo.callbacks.probe import KNNProbe, LinearProbe
+from litzoo.callbacks.progressive_resolution import ProgressiveResolution
 from litzoo.callbacks.quantization import Quantization
 from litzoo.callbacks.rep_optimizer import RepOptimizer
 from litzoo.callbacks.reparam_fusion import ReparamFusion
@@ -17,6 +18,7 @@ __all__ = [
     "GlobalSparseMomentum",
     "KNNProbe",
     "LinearProbe",
+    "ProgressiveResolution",
     "Quantization",
     "ReparamFusion",
     "RepOptimizer",

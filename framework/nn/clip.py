@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics.retrieval import RetrievalRecall
 
 from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
+from litzoo.framework.nn.attention_pool import AttentionPool
 from litzoo.framework.nn.text import TextTransformer
 from litzoo.framework.nn.vit import VisionTransformer
 
@@ -30,6 +31,16 @@ class CLIP(nn.Module):
 
     Defaults are the paper's smallest ViT model, ViT-B/32 (embed 512; vision width 768, 12 layers,
     12 heads, patch 32 at 224 px; text width 512, 12 layers, 8 heads, 77 tokens, 49,408 BPE tokens).
+
+    The Perception Encoder's vision options (Bolya et al. 2025; ``core/vision_encoder/pe.py``), all off by
+    default so that every existing CLIP is unchanged: ``use_rope2d`` (RoPE-2D in every vision block),
+    ``pool_type="attn"`` (an :class:`~litzoo.framework.nn.attention_pool.AttentionPool` head with
+    ``attn_pooler_heads`` heads over all tokens instead of the class token), ``vision_class_token``,
+    ``vision_abs_pos_embed``, ``vision_ln_pre`` (PE's ``ln_pre``), ``vision_layer_scale_init``,
+    ``vision_norm_eps``, ``vision_patch_bias``, ``vision_mlp_ratio`` and ``dynamic_size`` (images of any
+    multiple of the patch size, e.g. progressive-resolution training). The pipeline is PE's:
+    patches (+ class token) + positions → ``ln_pre`` → blocks → ``ln_post`` (``visual.norm``) on all tokens →
+    pool → projection.
 
     Args:
         vocab_size: text vocabulary size.
@@ -46,6 +57,18 @@ class CLIP(nn.Module):
         text_heads: text transformer heads.
         end_token_id: id of ``<end_of_text>`` where the text tower pools.
         init_logit_scale: initial ``logit_scale`` (log of the inverse temperature), ``ln(1/0.07)``.
+        pool_type: ``"token"`` (the class token, CLIP) or ``"attn"`` (PE's attention pooling).
+        attn_pooler_heads: heads of the attention-pooling head (PE: 8).
+        use_rope2d: RoPE-2D on the vision queries and keys (PE).
+        rope_theta: RoPE frequency base (PE: 10000).
+        vision_class_token: prepend a class token (PE-G has none; it then needs ``pool_type="attn"``).
+        vision_abs_pos_embed: learned absolute positions in the vision tower (PE keeps them with RoPE).
+        vision_ln_pre: LayerNorm before the vision blocks (PE's ``ln_pre``; OpenAI CLIP has one too).
+        vision_layer_scale_init: LayerScale init of the vision blocks; ``None`` = none (PE-Core: none).
+        vision_norm_eps: epsilon of the vision LayerNorms (litzoo: 1e-6; PE / OpenAI: 1e-5).
+        vision_patch_bias: bias on the patch projection (PE / OpenAI ``conv1``: none).
+        vision_mlp_ratio: MLP width over the vision width (PE-G: 8960 / 1536).
+        dynamic_size: the vision tower takes any multiple of the patch size (positions resampled bilinearly).
     """
 
     def __init__(
@@ -64,12 +87,34 @@ class CLIP(nn.Module):
         text_heads: int = 8,
         end_token_id: int = 3,
         init_logit_scale: float = math.log(1 / 0.07),
+        pool_type: str = "token",
+        attn_pooler_heads: int = 8,
+        use_rope2d: bool = False,
+        rope_theta: float = 10000.0,
+        vision_class_token: bool = True,
+        vision_abs_pos_embed: bool = True,
+        vision_ln_pre: bool = False,
+        vision_layer_scale_init: float | None = None,
+        vision_norm_eps: float = 1e-6,
+        vision_patch_bias: bool = True,
+        vision_mlp_ratio: float = 4.0,
+        dynamic_size: bool = False,
     ) -> None:
         super().__init__()
         if embed_dim <= 0:
             raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+        if pool_type not in ("token", "attn"):
+            raise ValueError(f"pool_type must be 'token' or 'attn', got {pool_type!r}")
+        if pool_type == "token" and not vision_class_token:
+            raise ValueError("pool_type='token' needs a class token (vision_class_token=True); use pool_type='attn' without one")
         self.image_size, self.in_chans = image_size, in_chans  # the input the module's example is made of
-        self.visual = VisionTransformer(image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads)
+        self.pool_type = pool_type
+        self.visual = VisionTransformer(
+            image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads, vision_mlp_ratio,
+            class_token=vision_class_token, abs_pos_embed=vision_abs_pos_embed, use_rope2d=use_rope2d, rope_theta=rope_theta,
+            norm_pre=vision_ln_pre, layer_scale_init=vision_layer_scale_init, norm_eps=vision_norm_eps, patch_bias=vision_patch_bias,
+            dynamic_size=dynamic_size,
+        )  # fmt: skip
         self.visual_projection = nn.Linear(vision_width, embed_dim, bias=False)
         self.text = TextTransformer(vocab_size, context_length, text_width, text_depth, text_heads, end_token_id=end_token_id)
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
@@ -77,9 +122,13 @@ class CLIP(nn.Module):
         # OpenAI CLIP initialises the projections with std width^-0.5
         nn.init.normal_(self.visual_projection.weight, std=vision_width**-0.5)
         nn.init.normal_(self.text_projection.weight, std=text_width**-0.5)
+        # built last, and only when asked for: a default CLIP draws the same random numbers as before
+        self.attn_pool = AttentionPool(vision_width, attn_pooler_heads, norm_eps=vision_norm_eps) if pool_type == "attn" else None
 
     def encode_image(self, images: Tensor, normalize: bool = True) -> Tensor:
-        features = self.visual_projection(self.visual.pool(self.visual(images), "token"))  # (B, E)
+        tokens = self.visual(images)  # (B, T, width) after ln_post
+        pooled = self.visual.pool(tokens, "token") if self.attn_pool is None else self.attn_pool(tokens)
+        features = self.visual_projection(pooled)  # (B, E)
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: Tensor, normalize: bool = True, project: bool = True) -> Tensor:

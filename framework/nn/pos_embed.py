@@ -55,6 +55,7 @@ def interpolate_pos_embed(
     offset: float = 0.1,
     antialias: bool = False,
     source_hw: tuple[int, int] | None = None,
+    mode: str = "bicubic",
 ) -> Tensor:
     """A learned ``(1, P + h₀·w₀, D)`` position table resampled to an ``h × w`` patch grid, as DINOv2's
     ``DinoVisionTransformer.interpolate_pos_encoding`` (facebookresearch/dinov2
@@ -75,6 +76,8 @@ def interpolate_pos_embed(
         offset: DINOv2's ``interpolate_offset`` (0.1); 0 resamples to ``size = (h, w)`` instead.
         antialias: DINOv2's ``interpolate_antialias`` (only acts when shrinking).
         source_hw: the stored grid ``(h₀, w₀)``; default: square, ``h₀ = w₀ = sqrt(rows − P)``.
+        mode: ``F.interpolate`` mode, ``"bicubic"`` (DINOv2) or ``"bilinear"`` (the Perception Encoder's
+            ``_sample_abs_posemb``: bilinear, ``align_corners=False``, ``offset = 0``).
 
     Returns:
         The resampled table, same rank and dtype; ``pos_embed`` itself when the grid is unchanged.
@@ -102,9 +105,9 @@ def interpolate_pos_embed(
     dim = table.shape[-1]
     grid = table[:, num_prefix_tokens:].float().reshape(1, src_h, src_w, dim).permute(0, 3, 1, 2)  # (1, D, h0, w0)
     if offset:
-        resized = F.interpolate(grid, scale_factor=((height + offset) / src_h, (width + offset) / src_w), mode="bicubic", antialias=antialias)
+        resized = F.interpolate(grid, scale_factor=((height + offset) / src_h, (width + offset) / src_w), mode=mode, antialias=antialias)
     else:
-        resized = F.interpolate(grid, size=(height, width), mode="bicubic", antialias=antialias)
+        resized = F.interpolate(grid, size=(height, width), mode=mode, antialias=antialias)
     if tuple(resized.shape[-2:]) != (height, width):  # an offset too small for this ratio
         raise ValueError(f"resampling {src_h}x{src_w} to {height}x{width} with offset {offset} gave {tuple(resized.shape[-2:])}")
     resized = resized.permute(0, 2, 3, 1).reshape(1, height * width, dim)

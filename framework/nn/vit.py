@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litzoo.framework.nn.drop import DropPath
+from litzoo.framework.nn.pos_embed import interpolate_pos_embed
+from litzoo.framework.nn.rope import Rope2D, apply_rope
 
 
 class Attention(nn.Module):
@@ -40,7 +42,9 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None, rope: Tensor | None = None
+    ) -> Tensor:
         """``(B, N, D)`` → ``(B, N, D)``.
 
         Args:
@@ -48,9 +52,13 @@ class Attention(nn.Module):
             key_padding_mask: ``(B, N)``, True where a token must not be attended to.
             attn_mask: broadcastable to ``(B, heads, N, N)``: boolean (True = may attend) or additive
                 float (added to the attention logits, ``-inf`` = never), e.g. Swin's shifted-window mask.
+            rope: ``(N, Dh)`` rotary angles applied to the per-head queries and keys
+                (:func:`litzoo.framework.nn.rope.apply_rope`; the Perception Encoder's RoPE-2D).
         """
         batch, tokens, dim = x.shape
         q, k, v = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 × (B, H, N, Dh)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         masks = []  # each broadcastable to (B, H, N, N); boolean True = may attend, or additive float
         if key_padding_mask is not None:
             masks.append(~key_padding_mask[:, None, None, :])  # (B, 1, 1, N)
@@ -139,6 +147,7 @@ class Block(nn.Module):
         subset_drop_path: use DINOv2's batch-subset stochastic depth above rate 0.1.
         mlp_layer: ``(dim, hidden) -> module`` building the feed-forward layer instead of :class:`Mlp`
             (e.g. DINOv2-g's SwiGLU); it is stored as ``mlp``.
+        norm_eps: epsilon of ``norm1`` / ``norm2`` (timm / DINOv2: 1e-6; OpenAI CLIP / PE: 1e-5).
     """
 
     def __init__(
@@ -151,15 +160,16 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         subset_drop_path: bool = False,
         mlp_layer: Callable[[int, int], nn.Module] | None = None,
+        norm_eps: float = 1e-6,
     ) -> None:
         super().__init__()
         if mlp_ratio <= 0:
             raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), got {drop_path}")
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         hidden = int(dim * mlp_ratio)
         self.mlp = Mlp(dim, hidden) if mlp_layer is None else mlp_layer(dim, hidden)
         # Optional parts are registered only when used, so a default block has exactly the plain
@@ -171,21 +181,22 @@ class Block(nn.Module):
         self.drop_path_rate = float(drop_path)
         self.subset_drop_path = subset_drop_path
 
-    def _attn_branch(self, x: Tensor, causal: bool, key_padding_mask: Tensor | None) -> Tensor:
-        out = self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask)
+    def _attn_branch(self, x: Tensor, causal: bool, key_padding_mask: Tensor | None, rope: Tensor | None = None) -> Tensor:
+        out = self.attn(self.norm1(x), causal=causal, key_padding_mask=key_padding_mask, rope=rope)
         return out if self.ls1 is None else self.ls1(out)
 
     def _mlp_branch(self, x: Tensor) -> Tensor:
         out = self.mlp(self.norm2(x))
         return out if self.ls2 is None else self.ls2(out)
 
-    def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, causal: bool = False, key_padding_mask: Tensor | None = None, rope: Tensor | None = None) -> Tensor:
+        """``rope``: ``(N, Dh)`` rotary angles for the attention's queries and keys (see :class:`Attention`)."""
         if self.training and self.subset_drop_path and self.drop_path_rate > 0.1:
             x = add_residual_on_subset(
-                x, lambda rows, idx: self._attn_branch(rows, causal, None if key_padding_mask is None else key_padding_mask[idx]), self.drop_path_rate
+                x, lambda rows, idx: self._attn_branch(rows, causal, None if key_padding_mask is None else key_padding_mask[idx], rope), self.drop_path_rate
             )
             return add_residual_on_subset(x, lambda rows, idx: self._mlp_branch(rows), self.drop_path_rate)
-        branch = self._attn_branch(x, causal, key_padding_mask)
+        branch = self._attn_branch(x, causal, key_padding_mask, rope)
         x = x + (branch if self.drop_path1 is None else self.drop_path1(branch))
         branch = self._mlp_branch(x)
         return x + (branch if self.drop_path2 is None else self.drop_path2(branch))
@@ -219,7 +230,8 @@ class PatchEmbed(nn.Module):
     With ``dynamic_size=True`` any input whose sides are multiples of the patch sides is accepted
     (DINOv2 / timm's ``dynamic_img_size``: the caller then interpolates its position embeddings to
     the input's grid, :func:`litzoo.framework.nn.pos_embed.interpolate_pos_embed`); ``image_size`` is
-    then the size the positions are stored for.
+    then the size the positions are stored for. ``bias=False``: a projection without bias (OpenAI CLIP's
+    and the Perception Encoder's ``conv1``).
     """
 
     def __init__(
@@ -229,6 +241,7 @@ class PatchEmbed(nn.Module):
         in_chans: int,
         dim: int,
         dynamic_size: bool = False,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         size, patch = _pair(image_size), _pair(patch_size)
@@ -241,7 +254,7 @@ class PatchEmbed(nn.Module):
         self.grid_size: int | tuple[int, int] = self.grid_hw[0] if square else self.grid_hw
         self.num_patches = self.grid_hw[0] * self.grid_hw[1]
         self.dynamic_size = dynamic_size
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch)
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=patch, bias=bias)
 
     def grid_for(self, images: Tensor) -> tuple[int, int]:
         """The ``(h, w)`` patch grid of ``images``; ``ValueError`` for a size this embedding does not take."""
@@ -267,14 +280,35 @@ class VisionTransformer(nn.Module):
     ``forward`` returns all tokens ``(B, 1 + N, D)`` after the final norm; ``pool`` picks the class token
     (``"token"``) or averages the patch tokens (``"avg"``). No classification head: methods add theirs.
 
+    The Perception Encoder's vision options (facebookresearch/perception_models ``core/vision_encoder/pe.py``
+    ``VisionTransformer``) are off by default, and with the defaults the network is the plain ViT above,
+    parameter for parameter and output for output:
+
+    * ``use_rope2d``: PE's RoPE-2D (:mod:`litzoo.framework.nn.rope`) on every block's queries and keys;
+    * ``class_token=False``: no class token (PE-G); ``abs_pos_embed=False``: no learned positions;
+    * ``norm_pre``: PE's ``ln_pre`` after the positions are added; ``layer_scale_init``: LayerScale on every
+      branch; ``norm_eps``: every LayerNorm's epsilon (PE: 1e-5); ``patch_bias=False``: PE's bias-free ``conv1``;
+    * ``dynamic_size``: any input whose sides are multiples of the patch; the learned positions are then
+      resampled to the input's grid (PE: bilinear, ``align_corners=False``; ``pos_embed_mode``), RoPE needs nothing.
+
     Args:
-        image_size: side of the square input images.
+        image_size: side of the square input images (with ``dynamic_size``: the size positions are stored for).
         patch_size: side of a patch.
         in_chans: image channels.
         dim: token width (ViT-S: 384, ViT-B: 768).
         depth: number of blocks.
         num_heads: attention heads.
         mlp_ratio: MLP hidden width over ``dim``.
+        class_token: prepend a learned class token.
+        abs_pos_embed: add learned absolute position embeddings.
+        use_rope2d: rotary 2-D positions in attention (head width a multiple of 4).
+        rope_theta: RoPE frequency base (PE: 10000).
+        norm_pre: LayerNorm on the tokens before the blocks (PE's ``ln_pre``).
+        layer_scale_init: initial LayerScale ``gamma``; ``None`` = no LayerScale.
+        norm_eps: epsilon of every LayerNorm (timm: 1e-6; PE / OpenAI CLIP: 1e-5).
+        patch_bias: bias on the patch projection.
+        dynamic_size: accept any multiple of the patch size (position embeddings resampled).
+        pos_embed_mode: how the positions are resampled, ``"bilinear"`` (PE) or ``"bicubic"`` (DINOv2).
     """
 
     def __init__(
@@ -286,32 +320,65 @@ class VisionTransformer(nn.Module):
         depth: int = 12,
         num_heads: int = 12,
         mlp_ratio: float = 4.0,
+        class_token: bool = True,
+        abs_pos_embed: bool = True,
+        use_rope2d: bool = False,
+        rope_theta: float = 10000.0,
+        norm_pre: bool = False,
+        layer_scale_init: float | None = None,
+        norm_eps: float = 1e-6,
+        patch_bias: bool = True,
+        dynamic_size: bool = False,
+        pos_embed_mode: str = "bilinear",
     ) -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
+        if pos_embed_mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"pos_embed_mode must be 'bilinear' or 'bicubic', got {pos_embed_mode!r}")
+        if dim <= 0 or num_heads <= 0 or dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be a positive multiple of num_heads ({num_heads})")
         self.dim = dim
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.patch_embed.num_patches, dim))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.num_prefix_tokens = int(class_token)
+        self.pos_embed_mode = pos_embed_mode
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_chans, dim, dynamic_size=dynamic_size, bias=patch_bias)
+        # Optional parts exist only when used: the default model has exactly the plain ViT's parameters.
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + self.patch_embed.num_patches, dim)) if abs_pos_embed else None
+        self.norm_pre = nn.LayerNorm(dim, eps=norm_eps) if norm_pre else None
+        self.rope = Rope2D(dim // num_heads, rope_theta, class_token) if use_rope2d else None
+        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio, layer_scale_init=layer_scale_init, norm_eps=norm_eps) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
         init_vit_weights(self)
 
+    def position_embedding(self, grid_hw: tuple[int, int]) -> Tensor:
+        """The learned positions for an ``h × w`` patch grid, resampled when it is not the stored one."""
+        assert self.pos_embed is not None
+        return interpolate_pos_embed(self.pos_embed, grid_hw, self.num_prefix_tokens, offset=0.0, source_hw=self.patch_embed.grid_hw, mode=self.pos_embed_mode)
+
     def forward(self, images: Tensor) -> Tensor:
+        grid = self.patch_embed.grid_for(images)
         x = self.patch_embed(images)  # (B, N, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed  # (B, 1 + N, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, D)
+        if self.pos_embed is not None:
+            x = x + (self.pos_embed if grid == self.patch_embed.grid_hw else self.position_embedding(grid))
+        if self.norm_pre is not None:
+            x = self.norm_pre(x)
+        rope = None if self.rope is None else self.rope(grid, x.device)
         for block in self.blocks:
-            x = block(x)
+            x = block(x) if rope is None else block(x, rope=rope)
         return self.norm(x)
 
-    @staticmethod
-    def pool(tokens: Tensor, mode: str = "token") -> Tensor:
-        """``(B, 1 + N, D)`` → ``(B, D)``: the class token, or the mean of the patch tokens."""
+    def pool(self, tokens: Tensor, mode: str = "token") -> Tensor:
+        """``(B, P + N, D)`` → ``(B, D)``: the class token, or the mean of the ``N`` patch tokens (``P`` = 1 with a
+        class token, 0 without)."""
         if mode == "token":
+            if self.cls_token is None:
+                raise ValueError("pool 'token' needs a class token; this ViT has none (class_token=False): pool with 'avg' or an attention pool")
             return tokens[:, 0]
         if mode == "avg":
-            return tokens[:, 1:].mean(dim=1)
+            return tokens[:, self.num_prefix_tokens :].mean(dim=1)
         raise ValueError(f"pool must be 'token' or 'avg', got {mode!r}")
 
 
@@ -331,4 +398,5 @@ def init_vit_weights(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(sub.bias)
         elif isinstance(sub, PatchEmbed):
             nn.init.xavier_uniform_(sub.proj.weight.view(sub.proj.weight.shape[0], -1))
-            nn.init.zeros_(sub.proj.bias)
+            if sub.proj.bias is not None:
+                nn.init.zeros_(sub.proj.bias)

@@ -213,13 +213,21 @@ def test_vision_transformer_forward_is_the_documented_composition_and_pools():
         expected = F.layer_norm(x, (16,), vit.norm.weight, vit.norm.bias, eps=1e-6)
     assert tokens.shape == (3, 1 + 16, 16)
     torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(VisionTransformer.pool(tokens, "token"), tokens[:, 0])
+    torch.testing.assert_close(vit.pool(tokens, "token"), tokens[:, 0])
     torch.testing.assert_close(vit.pool(tokens, "avg"), tokens[:, 1:].sum(dim=1) / 16)
     assert vit.pool(tokens).shape == (3, 16)
     with pytest.raises(ValueError, match="pool"):
         vit.pool(tokens, "max")
     with pytest.raises(ValueError, match="depth"):
         _tiny_vit(depth=0)
+    # without a class token (PE-G) every token is a patch: 'avg' averages all 16, 'token' is refused
+    headless = VisionTransformer(8, 2, 1, 16, 1, 2, class_token=False)
+    with torch.no_grad():
+        tokens = headless(images)
+    assert tokens.shape == (3, 16, 16)
+    torch.testing.assert_close(headless.pool(tokens, "avg"), tokens.sum(dim=1) / 16)
+    with pytest.raises(ValueError, match="class token"):
+        headless.pool(tokens, "token")
 
 
 def test_vision_transformer_class_token_sees_every_patch():
