@@ -2,11 +2,11 @@
 Multitask Learners", 2019 — GPT-2), the model trained on full vs quality-pruned corpora in the text
 quality-based pruning study (Sharma et al., arXiv:2405.01582, which trains GPT-2, GPT-Neo, Pythia and OPT).
 
-GPT-2's layout: token embedding plus learned position embedding, a stack of pre-norm causal
-transformer blocks (``litzoo.framework.nn.vit.Block`` with ``causal=True``), a final LayerNorm, and an output
-head tied to the token embedding. The defaults are GPT-2 small (124M: width 768, 12 layers, 12 heads,
-context 1024); configs use tiny sizes. Differences from GPT-2: no dropout, and the shared
-timm-style initialisation (``init_vit_weights``) plus GPT-2's N(0, 0.02) for the embeddings.
+The network, :class:`GPT`, is in the core (``litzoo.framework.nn.gpt``): GPT-2's layout, token embedding plus
+learned position embedding, a stack of pre-norm causal transformer blocks (``litzoo.framework.nn.vit.Block`` with
+``causal=True``), a final LayerNorm, and an output head tied to the token embedding. The defaults are GPT-2 small
+(124M: width 768, 12 layers, 12 heads, context 1024); configs use tiny sizes. Differences from GPT-2: no dropout,
+and the shared timm-style initialisation (``init_vit_weights``) plus GPT-2's N(0, 0.02) for the embeddings.
 """
 
 from __future__ import annotations
@@ -17,53 +17,22 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import AdamW
 from torchmetrics.text import Perplexity
 
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
-from litzoo.framework.nn.vit import Block, init_vit_weights
+from litzoo.framework.nn.gpt import GPT
+
+# The network lives in the core (framework/nn/gpt.py), as Altogether's captioner builds on it too and a method may not
+# import another method; it is re-exported here for `from litzoo.modules.gpt import GPT`.
+__all__ = ["GPT", "GPTLanguageModel", "adamw_gpt"]
 
 
 def adamw_gpt(params, lr: float = 6e-4, betas: tuple[float, float] = (0.9, 0.95), weight_decay: float = 0.1) -> AdamW:
     """AdamW lr 6e-4, betas (0.9, 0.95), weight decay 0.1: the common GPT-2 small recipe."""
     return AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-
-
-class GPT(nn.Module):
-    """Decoder-only transformer: ``(B, T)`` token ids → ``(B, T, vocab_size)`` next-token logits.
-
-    Args:
-        vocab_size: tokens in the vocabulary.
-        context_length: longest sequence (learned positions).
-        dim: width.
-        depth: transformer blocks.
-        num_heads: attention heads.
-        mlp_ratio: MLP hidden width over ``dim``.
-    """
-
-    def __init__(self, vocab_size: int, context_length: int = 1024, dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0) -> None:
-        super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("context_length", context_length), ("dim", dim), ("depth", depth)):
-            if value < 1:
-                raise ValueError(f"{name} must be positive, got {value}")
-        self.context_length = context_length
-        self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, context_length, dim))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.head = nn.Linear(dim, vocab_size, bias=False)
-        init_vit_weights(self)
-        self.head.weight = self.token_embedding.weight  # tied input and output embeddings (GPT-2)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        if tokens.shape[1] > self.context_length:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds context_length {self.context_length}")
-        x = self.token_embedding(tokens) + self.pos_embed[:, : tokens.shape[1]]
-        for block in self.blocks:
-            x = block(x, causal=True)
-        return self.head(self.norm(x))
 
 
 class GPTLanguageModel(L.LightningModule):
