@@ -47,6 +47,7 @@ COMMANDS: dict[str, str] = {
     "architectures": "litzoo.cli.nas:architectures_command",
     "architecture-tasks": "litzoo.cli.nas:architecture_tasks_command",
     "nas-search": "litzoo.cli.nas:nas_search_command",
+    "recaption": "litzoo.cli.recaption:recaption_command",
 }
 
 

@@ -36,6 +36,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "architectures": "generate (or resume) a labelled NAS benchmark of networks trained on the digits",
     "architecture-tasks": "AIO-P's extra task labels for the networks of an architecture benchmark",
     "nas-search": "search a family's architectures with a trained performance predictor under a FLOPs limit",
+    "recaption": "rewrite the alt-texts of an image-text manifest into aligned captions with an Altogether captioner",
 }
 
 
