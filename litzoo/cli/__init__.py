@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "architecture-tasks": "litzoo.cli.nas:architecture_tasks_command",
     "nas-search": "litzoo.cli.nas:nas_search_command",
     "recaption": "litzoo.cli.recaption:recaption_command",
+    "mode-cluster": "litzoo.cli.mode:mode_cluster_command",
 }
 
 
