@@ -9,7 +9,8 @@ openai/CLIP ``clip/model.py`` and open_clip ``src/open_clip/model.py`` / ``loss.
 
 Evaluation, as in the paper: zero-shot classification (each class name in prompt templates, the
 normalised mean of their text embeddings is the class weight; argmax of image·weight) and image↔text
-retrieval recall@K on held-out pairs (torchmetrics ``RetrievalRecall``).
+retrieval recall@K on held-out pairs (torchmetrics ``RetrievalRecall``), plus the mean of the text→image
+recalls (``text_to_image_mean_recall``: StickerCLIP's and Chinese-CLIP's "mean recall", R@1/5/10 by default).
 """
 
 from __future__ import annotations
@@ -34,7 +35,24 @@ from litzoo.framework.visualization import image_grid, log_image
 
 # The model and its evaluation helpers live in the core (framework/nn/clip.py), as MoDE, Altogether, the Perception
 # Encoder and StickerCLIP build on them too; they are re-exported here for `from litzoo.modules.clip import CLIP`.
-__all__ = ["CLIP", "CLIPModule", "load_clip_weights", "retrieval_recalls", "zero_shot_weights"]
+__all__ = ["CLIP", "CLIPModule", "load_clip_weights", "retrieval_recalls", "text_to_image_mean_recall", "zero_shot_weights"]
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+def text_to_image_mean_recall(recalls: dict[str, float], top_k: list[int]) -> float:
+    """Mean of the text→image recall@K over ``top_k``: with K = 1, 5, 10, the "mean recall" of Sticker820K /
+    StickerCLIP (official ``sticker_clip/eval/emoji_evaluation.py``: ``(r1 + r5 + r10) / 3``) and of Chinese-CLIP's
+    text-to-image tables. ``recalls`` is :func:`retrieval_recalls`' output.
+
+    Raises:
+        LitzooError: a recall is not finite (features with NaN rank arbitrarily).
+    """
+    values = [recalls[f"text_to_image_R@{k}"] for k in top_k]
+    if not all(math.isfinite(v) for v in values):
+        raise LitzooError(f"text→image recalls are not finite: {values}")
+    return sum(values) / len(values)
+
 
 # ------------------------------------------------------------------------------ the LightningModule
 
@@ -44,7 +62,8 @@ class CLIPModule(L.LightningModule):
 
     Validation (when the DataModule has a validation split): the contrastive loss; zero-shot accuracy
     when batches carry ``label`` and class names are known (``class_names`` here or the DataModule's);
-    image↔text recall@K over the whole split; the top retrieved images of a few captions to TensorBoard.
+    image↔text recall@K over the whole split and the mean of the text→image ones (``<stage>/text_to_image_mean_recall``,
+    StickerCLIP's metric); the top retrieved images of a few captions to TensorBoard.
     The tokenizer for zero-shot prompts is the DataModule's ``tokenizer``.
 
     Args:
@@ -186,7 +205,10 @@ class CLIPModule(L.LightningModule):
             0, order, torch.arange(len(order), device=order.device), reduce="amin", include_self=False
         )
         images, texts, index = images[first], texts[first], index[first]
+        if not (torch.isfinite(images).all() and torch.isfinite(texts).all()):  # NaN features would rank arbitrarily
+            raise LitzooError(f"CLIPModule {stage}: the image or text embeddings are not finite (NaN or inf), so no recall can be measured")
         recalls = retrieval_recalls(images, texts, self.top_k)
+        recalls["text_to_image_mean_recall"] = text_to_image_mean_recall(recalls, self.top_k)
         for name, value in recalls.items():
             self.log(f"{stage}/{name}", value, rank_zero_only=True)
         if stage == "val" and not self.trainer.sanity_checking:
