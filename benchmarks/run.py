@@ -86,21 +86,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     options = {"reuse": args.reuse, "rerun": tuple(args.rerun)}
     import aio_p
+    import altogether
     import common
     import curation
     import curation_pool
     import curation_scale
     import deploy_speed
+    import dinov2
     import framework_overhead
     import fusion_latency
     import gradient_reparam
     import masked_modelling
+    import mode
     import nas_predictors
     import nas_predictors_transfer
     import nas_search
+    import perception_encoder
     import prune_residual
     import pruning
     import quantization
+    import stickerclip
     import structural_reparam
     import text_quality
     common.setup_threads()
@@ -124,10 +129,15 @@ def main(argv: list[str] | None = None) -> None:
     transfer = _section("NAS predictors: the transferable predictor's pretraining (24 predictor trainings)", nas_predictors_transfer.main, **options)
     aio = _section("NAS predictors: AIO-P on an unseen task", aio_p.main, **options)
     search = _section("NAS search: predictor-guided vs random (120 network trainings)", nas_search.main, **options)
+    distilled = _section("self-distillation: DINOv2 on digits, 4 ablations and MAE (18 trainings)", dinov2.main, **options)
+    experts = _section("MoDE: two CLIP data experts on a two-domain pool, metadata-weighted ensemble (9 trainings)", mode.main, **options)
+    realigned = _section("Altogether: captioner with / without the alt-text prompt, CLIP on raw vs re-captioned pool (9 trainings)", altogether.main, **options)
+    pe = _section("Perception Encoder: CLIP vs PE-style tower, fixed vs progressive resolution (9 trainings)", perception_encoder.main, **options)
+    stickers = _section("StickerCLIP: zero-shot vs fine-tuned vs from-scratch sticker retrieval (9 trainings)", stickerclip.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -153,7 +163,9 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/curation_scale.py`, `.venv/bin/python benchmarks/curation_pool.py`,
 `.venv/bin/python benchmarks/text_quality.py`, `.venv/bin/python benchmarks/masked_modelling.py`,
 `.venv/bin/python benchmarks/nas_predictors.py`, `.venv/bin/python benchmarks/nas_predictors_transfer.py`,
-`.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`, `.venv/bin/python benchmarks/dinov2.py`,
+`.venv/bin/python benchmarks/mode.py`, `.venv/bin/python benchmarks/altogether.py`,
+`.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -221,6 +233,16 @@ noisy, the alternating-round ratios less so.
 {aio_p.format_section(aio)}
 
 {nas_search.format_section(search)}
+
+{dinov2.format_section(distilled)}
+
+{mode.format_section(experts)}
+
+{altogether.format_section(realigned)}
+
+{perception_encoder.format_section(pe)}
+
+{stickerclip.format_section(stickers)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
