@@ -530,38 +530,52 @@ def load_expert(path: str | Path) -> CLIP:
 class MoDE(nn.Module):
     """The data experts and their clustering: per task, each expert's zero-shot logits and the metadata weights.
 
-    Expert ``k`` is the CLIP trained on coarse cluster ``k``. Plain PyTorch; :class:`MoDEEnsemble` evaluates it.
+    Expert ``i`` is the CLIP trained on coarse cluster ``expert_clusters[i]`` (default: cluster ``i``). Experts train
+    asynchronously and can be added later, so an ensemble may hold only some clusters' experts: the weights are then
+    the official ``softmax(w / temperature)`` over the clusters present (the official script always has all of them;
+    restricting the softmax is the same as renormalising its weights over the present experts). Plain PyTorch;
+    :class:`MoDEEnsemble` evaluates it.
 
     Args:
-        experts: one CLIP per coarse cluster, in cluster order.
+        experts: CLIPs, one per coarse cluster present.
         clustering: the clustering the experts' pairs came from.
+        expert_clusters: the coarse cluster of each expert (distinct); default ``0 … num_coarse − 1``, all present.
         smooth: ``m``'s factor (the official ``smooth_weight[0]`` = 5.0).
         temperature: the softmax temperature (``smooth_weight[1]`` = 8.0).
         too_many_classes: ``m``'s class offset (``too_many_class`` = 200).
     """
 
     def __init__(self, experts: Sequence[CLIP], clustering: ModeClustering, smooth: float = 5.0, temperature: float = 8.0,
-                 too_many_classes: int = 200) -> None:  # fmt: skip
+                 too_many_classes: int = 200, expert_clusters: Sequence[int] | None = None) -> None:  # fmt: skip
         super().__init__()
-        if len(experts) != clustering.num_coarse:
+        if expert_clusters is None:
+            if len(experts) != clustering.num_coarse:
+                raise ValueError(
+                    f"the clustering has {clustering.num_coarse} coarse clusters, so it needs {clustering.num_coarse} experts "
+                    f"(or expert_clusters naming the cluster of each), got {len(experts)}"
+                )
+            expert_clusters = range(clustering.num_coarse)
+        clusters = [int(k) for k in expert_clusters]
+        if len(clusters) != len(experts) or len(set(clusters)) != len(clusters) or not all(0 <= k < clustering.num_coarse for k in clusters):
             raise ValueError(
-                f"the clustering has {clustering.num_coarse} coarse clusters, so it needs {clustering.num_coarse} experts, got {len(experts)}"
+                f"expert_clusters must give each of the {len(experts)} experts a distinct coarse cluster in 0..{clustering.num_coarse - 1}, "
+                f"got {clusters}"
             )
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.experts = nn.ModuleList(experts)
+        self.expert_clusters = clusters
         self.clustering = clustering
         self.smooth, self.temperature, self.too_many_classes = smooth, temperature, too_many_classes
 
     def task_weights(self, class_names: Sequence[str], templates: Sequence[str]) -> tuple[Tensor, Tensor, Tensor]:
-        """``(weights (E,), d (C,), coarse id (C,))`` of a task from its class names alone."""
+        """``(weights (E,), d (C,), coarse id (C,))`` of a task from its class names alone: the weights of the experts
+        present, in their order (over every coarse cluster when all are present)."""
         distances, fine = self.clustering.class_distances(class_names, templates)
         coarse = self.clustering.fine_to_coarse[fine]
-        return (
-            metadata_weights(distances, coarse, len(self.experts), self.smooth, self.temperature, self.too_many_classes),
-            distances,
-            coarse,
-        )
+        all_weights = metadata_weights(distances, coarse, self.clustering.num_coarse, self.smooth, self.temperature, self.too_many_classes)
+        present = all_weights[self.expert_clusters].double()
+        return (present / present.sum()).float(), distances, coarse
 
     @torch.no_grad()
     def class_embeddings(self, tokenizer: Any, class_names: Sequence[str], templates: Sequence[str]) -> list[Tensor]:
@@ -582,12 +596,15 @@ class MoDEEnsemble(L.LightningModule):
     On each validation / test epoch: the class names (``class_names`` or the DataModule's) give the metadata weights,
     each expert its class embeddings (the DataModule's tokenizer: the one the experts were trained with); per batch,
     zero-shot accuracy of the weighted ensemble, of the uniform average and of each expert is logged as
-    ``<stage>/zero_shot_acc/{weighted,uniform,expert_<k>}``, and the weights as ``<stage>/weight/expert_<k>``; the
+    ``<stage>/zero_shot_acc/{weighted,uniform,expert_<k>}``, and the weights as ``<stage>/weight/expert_<k>`` (``k``: the expert's coarse cluster); the
     classes' nearest clusters and distances go to TensorBoard as text.
 
     Args:
-        experts: ``CLIPModule`` checkpoints, expert ``k`` trained on coarse cluster ``k`` (any order of training).
+        experts: ``CLIPModule`` checkpoints, expert ``i`` trained on coarse cluster ``i`` (any order of training), or on
+            cluster ``expert_clusters[i]``.
         clustering: the clustering file of ``litzoo mode-cluster`` the experts' pairs came from.
+        expert_clusters: the coarse cluster of each checkpoint, when only some clusters have an expert yet (experts can
+            be added later); the weights are renormalised over the clusters present.
         class_names: the task's class names; default the DataModule's ``class_names``.
         zero_shot_templates: prompt templates with one ``{}``, for the experts and for the metadata embedding.
         smooth: ``m``'s factor (official 5.0).
@@ -597,7 +614,7 @@ class MoDEEnsemble(L.LightningModule):
 
     def __init__(
         self, experts: list[str], clustering: str, class_names: list[str] | None = None, zero_shot_templates: list[str] | None = None,
-        smooth: float = 5.0, temperature: float = 8.0, too_many_classes: int = 200,
+        smooth: float = 5.0, temperature: float = 8.0, too_many_classes: int = 200, expert_clusters: list[int] | None = None,
     ) -> None:  # fmt: skip
         super().__init__()
         templates = ["{}"] if zero_shot_templates is None else list(zero_shot_templates)
@@ -611,7 +628,7 @@ class MoDEEnsemble(L.LightningModule):
         if len(shapes) > 1:
             raise LitzooError(f"the experts {experts} take different images (image_size, in_chans): {sorted(shapes)}")
         try:
-            self.model = MoDE(models, ModeClustering.load(clustering), smooth, temperature, too_many_classes)
+            self.model = MoDE(models, ModeClustering.load(clustering), smooth, temperature, too_many_classes, expert_clusters)
         except ValueError as error:
             raise LitzooError(f"MoDE clustering '{clustering}' and experts {experts}: {error}") from None
         self.templates, self.class_names = templates, class_names
@@ -626,7 +643,7 @@ class MoDEEnsemble(L.LightningModule):
         if not names:
             raise LitzooError("MoDEEnsemble needs class names: pass --model.init_args.class_names or a DataModule with class_names")
         self._names = list(names)
-        arms = ["weighted", "uniform", *(f"expert_{k}" for k in range(len(self.model.experts)))]
+        arms = ["weighted", "uniform", *(f"expert_{k}" for k in self.model.expert_clusters)]
         self.accuracy = nn.ModuleDict({arm: MulticlassAccuracy(len(self._names), average="micro") for arm in arms}).to(self.device)
 
     def _start(self, stage: str) -> None:
@@ -640,7 +657,7 @@ class MoDEEnsemble(L.LightningModule):
         for metric in self.accuracy.values():
             metric.reset()
         lines = [f"{name}: cluster {int(k)}, distance {float(d):.4f}" for name, d, k in zip(self._names, distances, coarse, strict=True)]
-        lines.append("weights: " + ", ".join(f"expert_{k} {float(w):.4f}" for k, w in enumerate(weights)))
+        lines.append("weights: " + ", ".join(f"expert_{k} {float(w):.4f}" for k, w in zip(self.model.expert_clusters, weights, strict=True)))
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger) and not self.trainer.sanity_checking:
                 logger.experiment.add_text(f"{stage}/mode_weights", "  \n".join(lines), self.global_step)
@@ -649,12 +666,12 @@ class MoDEEnsemble(L.LightningModule):
         assert self._class_embeddings is not None and self.weights is not None
         logits = self.model(batch["image"], self._class_embeddings)  # (E, B, C)
         arms = {"weighted": ensemble_logits(logits, self.weights), "uniform": logits.mean(dim=0)}
-        arms.update({f"expert_{k}": logits[k] for k in range(len(logits))})
+        arms.update({f"expert_{k}": logits[i] for i, k in enumerate(self.model.expert_clusters)})
         for arm, arm_logits in arms.items():
             metric = self.accuracy[arm]
             metric(arm_logits, batch["label"])
             self.log(f"{stage}/zero_shot_acc/{arm}", metric, prog_bar=arm == "weighted", batch_size=len(batch["label"]))
-        for k, weight in enumerate(self.weights):
+        for k, weight in zip(self.model.expert_clusters, self.weights, strict=True):
             self.log(f"{stage}/weight/expert_{k}", weight, batch_size=len(batch["label"]))
 
     def on_validation_epoch_start(self) -> None:

@@ -356,6 +356,26 @@ def test_ensemble_logits_are_the_weighted_sum_by_hand():
         MoDE(experts[:1], clustering)
 
 
+def test_experts_added_later_get_the_official_weights_renormalised_over_those_present():
+    torch.manual_seed(0)
+    experts = [CLIP(**TINY).eval() for _ in range(3)]
+    clustering = ModeClustering(
+        torch.randn(6, 2), torch.randn(3, 2), torch.tensor([0, 1, 2, 2, 1, 0]), TableEmbedder({"cat": [1.0, 0.0], "dog": [0.0, 1.0]})
+    )
+    names, templates = ["cat", "dog", "cow"], ["{}"]
+    full, distances, coarse = MoDE(experts, clustering, temperature=0.05).task_weights(names, templates)
+    assert len(set(coarse.tolist())) > 1 and not torch.allclose(full, full.flip(0))  # the weights differ per cluster
+    # the experts of clusters 2 and 0 trained so far, listed in that order
+    partial, _, _ = MoDE([experts[2], experts[0]], clustering, temperature=0.05, expert_clusters=[2, 0]).task_weights(names, templates)
+    torch.testing.assert_close(partial, torch.stack([full[2], full[0]]) / (full[2] + full[0]))
+    # all three in another order: the same weights, reordered
+    shuffled, _, _ = MoDE([experts[1], experts[2], experts[0]], clustering, temperature=0.05, expert_clusters=[1, 2, 0]).task_weights(names, templates)
+    torch.testing.assert_close(shuffled, full[[1, 2, 0]])
+    for bad in ([0, 0], [0, 3], [1]):
+        with pytest.raises(ValueError, match="expert_clusters"):
+            MoDE(experts[:2], clustering, expert_clusters=bad)
+
+
 # ------------------------------------------------------------------------------ the SYNTHETIC two-domain pool
 
 
