@@ -79,6 +79,12 @@ class ProgressiveResolution(L.Callback):
         self.resolutions, self.milestones, self.interval = sizes, marks, interval
         self.image_key, self.antialias = image_key, antialias
 
+    @property
+    def run_tag(self) -> str:
+        """Appended to the run folder's method name by ``litzoo fit`` (``runs/clip-progressive/...``): another schedule is
+        another run."""
+        return "progressive"
+
     # ------------------------------------------------------------------------------ the schedule
     def resolution_at(self, progress: float) -> int:
         """The resolution of the stage holding the training fraction ``progress`` (stage ``i`` covers

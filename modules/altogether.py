@@ -160,6 +160,7 @@ class FrozenImageEncoder(nn.Module):
         super().__init__()
         clip.text = None  # the captioner reads images only; the text tower's weights are dropped
         clip.text_projection = None
+        clip.logit_scale = None  # the contrastive temperature is the text tower's partner: unused here
         self.clip = clip
         self.image_size, self.in_chans, self.out_dim = clip.image_size, clip.in_chans, clip.visual_projection.out_features
         self.requires_grad_(False)
