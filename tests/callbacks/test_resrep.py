@@ -279,7 +279,8 @@ class SaveRankWeights(L.Callback):
 L.seed_everything(0)
 resrep = ResRepPruning(flops_target=0.5, lasso_strength=1e-2, mask_interval=1, warmup_epochs=0, granularity=8, prune_residual={prune_residual})
 trainer = L.Trainer(strategy="ddp", devices=2, accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
-                    enable_progress_bar=False, enable_model_summary=False, callbacks=[resrep, SaveRankWeights()])
+                    enable_progress_bar=False, enable_model_summary=False, callbacks=[resrep, SaveRankWeights()],
+                    default_root_dir="{out}")  # where the pruned deploy checkpoint goes, not the repository
 # each rank sees different batches: the masks must still be decided identically (from synchronised gradients)
 module = UserClassifier({net!r})
 module.example_input_array = torch.zeros(2, 1, 12, 12)  # traced in setup, before the loaders passed to fit are built
