@@ -42,6 +42,9 @@ class CLIP(nn.Module):
     patches (+ class token) + positions → ``ln_pre`` → blocks → ``ln_post`` (``visual.norm``) on all tokens →
     pool → projection.
 
+    The Perception Encoder's text options, off by default too: ``text_norm_eps`` (the text blocks' LayerNorms; PE: 1e-5), ``text_pool="argmax"``
+    (PE pools at the largest token id) and ``text_mlp_ratio`` (see :class:`~litzoo.framework.nn.text.TextTransformer`).
+
     Args:
         vocab_size: text vocabulary size.
         embed_dim: dimension of the joint embedding space.
@@ -69,6 +72,9 @@ class CLIP(nn.Module):
         vision_patch_bias: bias on the patch projection (PE / OpenAI ``conv1``: none).
         vision_mlp_ratio: MLP width over the vision width (PE-G: 8960 / 1536).
         dynamic_size: the vision tower takes any multiple of the patch size (positions resampled bilinearly).
+        text_norm_eps: epsilon of the text blocks' LayerNorms (litzoo: 1e-6; PE / OpenAI: 1e-5); ``ln_final`` keeps 1e-5.
+        text_pool: ``"end_token"`` (the first ``end_token_id``) or ``"argmax"`` (the largest token id, PE / OpenAI).
+        text_mlp_ratio: MLP width over the text width (PE-Core and CLIP: 4).
     """
 
     def __init__(
@@ -99,6 +105,9 @@ class CLIP(nn.Module):
         vision_patch_bias: bool = True,
         vision_mlp_ratio: float = 4.0,
         dynamic_size: bool = False,
+        text_norm_eps: float = 1e-6,
+        text_pool: str = "end_token",
+        text_mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
         if embed_dim <= 0:
@@ -116,7 +125,10 @@ class CLIP(nn.Module):
             dynamic_size=dynamic_size,
         )  # fmt: skip
         self.visual_projection = nn.Linear(vision_width, embed_dim, bias=False)
-        self.text = TextTransformer(vocab_size, context_length, text_width, text_depth, text_heads, end_token_id=end_token_id)
+        self.text = TextTransformer(
+            vocab_size, context_length, text_width, text_depth, text_heads, text_mlp_ratio, end_token_id=end_token_id, norm_eps=text_norm_eps,
+            pool=text_pool,
+        )
         self.text_projection = nn.Linear(text_width, embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
         # OpenAI CLIP initialises the projections with std width^-0.5

@@ -1,6 +1,7 @@
 """Perception Encoder (modules/perception_encoder.py): PE-Core layouts, the attention-pooling head against a hand
-computation, official key names of a small configuration loading and giving the official forward's output, one-line
-errors on mismatches, and a default CLIP left as it was."""
+computation, official key names of a small configuration (vision encoder, and a whole CLIP with its text tower) loading
+and giving the official forward's output, one-line errors on mismatches, and a default CLIP / text tower left as they
+were."""
 
 from __future__ import annotations
 
@@ -14,22 +15,23 @@ from litzoo.framework.checkpoints import convert_official_state_dict, official_k
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nn.attention_pool import AttentionPool
 from litzoo.framework.nn.clip import CLIP
-from litzoo.modules.perception_encoder import PE_CORE_CONFIGS, load_pe_vision_weights, pe_core_clip, pe_core_kwargs
+from litzoo.framework.nn.text import TextTransformer
+from litzoo.modules.perception_encoder import PE_CORE_CONFIGS, load_pe_clip_weights, load_pe_vision_weights, pe_core_clip, pe_core_kwargs
 
 # --------------------------------------------------------------------------------------- configurations
 
 
 @pytest.mark.parametrize(
-    "name, width, depth, heads, mlp, embed, cls, image, patch",
-    [  # core/vision_encoder/config.py, PE_VISION_CONFIG
-        ("PE-Core-T16-384", 192, 12, 3, 768, 512, True, 384, 16),
-        ("PE-Core-S16-384", 384, 12, 6, 1536, 512, True, 384, 16),
-        ("PE-Core-B16-224", 768, 12, 12, 3072, 1024, True, 224, 16),
-        ("PE-Core-L14-336", 1024, 24, 16, 4096, 1024, True, 336, 14),
-        ("PE-Core-G14-448", 1536, 50, 16, 8960, 1280, False, 448, 14),
+    "name, width, depth, heads, mlp, embed, cls, image, patch, text",
+    [  # core/vision_encoder/config.py, PE_VISION_CONFIG and PE_TEXT_CONFIG (context, width, heads, layers)
+        ("PE-Core-T16-384", 192, 12, 3, 768, 512, True, 384, 16, (32, 512, 8, 12)),
+        ("PE-Core-S16-384", 384, 12, 6, 1536, 512, True, 384, 16, (32, 512, 8, 12)),
+        ("PE-Core-B16-224", 768, 12, 12, 3072, 1024, True, 224, 16, (32, 1024, 16, 24)),
+        ("PE-Core-L14-336", 1024, 24, 16, 4096, 1024, True, 336, 14, (32, 1024, 16, 24)),
+        ("PE-Core-G14-448", 1536, 50, 16, 8960, 1280, False, 448, 14, (72, 1280, 20, 24)),
     ],
 )
-def test_pe_core_layouts_have_the_official_shapes(name, width, depth, heads, mlp, embed, cls, image, patch):
+def test_pe_core_layouts_have_the_official_shapes(name, width, depth, heads, mlp, embed, cls, image, patch, text):
     with torch.device("meta"):  # shapes only: no memory, no initialisation
         model = pe_core_clip(name)
     state = model.state_dict()
@@ -42,6 +44,14 @@ def test_pe_core_layouts_have_the_official_shapes(name, width, depth, heads, mlp
     assert model.attn_pool.attn.num_heads == 8 and state["attn_pool.probe"].shape == (1, 1, width)
     assert state["visual_projection.weight"].shape == (embed, width) and "visual.norm_pre.weight" in state
     assert not any(".ls1." in key for key in state)  # PE-Core has no LayerScale
+    # the text tower (pe.py TextTransformer): 49,408 BPE tokens, MLP 4x, eps 1e-5 everywhere, argmax pooling, (width, output_dim) projection
+    context, t_width, t_heads, t_layers = text
+    assert state["text.token_embedding.weight"].shape == (49408, t_width) and state["text.positional_embedding"].shape == (1, context, t_width)
+    assert f"text.blocks.{t_layers - 1}.norm1.weight" in state and f"text.blocks.{t_layers}.norm1.weight" not in state
+    assert model.text.blocks[0].attn.num_heads == t_heads and state["text.blocks.0.mlp.fc1.weight"].shape == (4 * t_width, t_width)
+    assert state["text_projection.weight"].shape == (embed, t_width) and not any(k.startswith("text.") and ".ls1." in k for k in state)
+    assert {m.eps for m in model.text.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
+    assert model.text.pool == "argmax" and model.text.end_token_id == 49407
     assert len(PE_CORE_CONFIGS) == 5 and name in PE_CORE_CONFIGS
     with pytest.raises(ValueError, match="PE-Core-L14-336"):
         pe_core_kwargs("PE-Core-L16")
@@ -160,11 +170,16 @@ def official_forward(sd: dict[str, torch.Tensor], x: torch.Tensor, class_token: 
     return pooled.squeeze(1) @ sd["proj"]
 
 
-def small_pe(class_token: bool, layer_scale: bool = False) -> CLIP:
+# the text tower of the small configuration: OpenAI BPE's layout in miniature (<end_of_text> is the largest id)
+VOCAB, CONTEXT, T_WIDTH, T_DEPTH, T_HEADS, SOT, EOT = 64, 8, 16, 2, 2, 62, 63
+
+
+def small_pe(class_token: bool, layer_scale: bool = False, **overrides) -> CLIP:
     return pe_core_clip(
         "PE-Core-T16-384", image_size=IMAGE, patch_size=PATCH, vision_width=WIDTH, vision_depth=DEPTH, vision_heads=HEADS,
         embed_dim=OUT, vision_class_token=class_token, vision_layer_scale_init=0.1 if layer_scale else None,
-        vocab_size=64, end_token_id=63, context_length=8, text_width=16, text_depth=1, text_heads=2,
+        vocab_size=VOCAB, end_token_id=EOT, context_length=CONTEXT, text_width=T_WIDTH, text_depth=T_DEPTH, text_heads=T_HEADS,
+        **overrides,
     )  # fmt: skip
 
 
@@ -194,12 +209,14 @@ def test_official_key_names_load_and_give_the_official_forward(tmp_path: Path, c
 
 def test_a_whole_pe_clip_checkpoint_loads_its_vision_tower(tmp_path: Path):
     official = fake_official_state(True)
-    whole = {f"visual.{k}": v for k, v in official.items()} | {"token_embedding.weight": torch.zeros(64, 16), "logit_scale": torch.tensor(2.0)}
+    whole = {f"visual.{k}": v for k, v in official.items()} | {"token_embedding.weight": torch.zeros(VOCAB, T_WIDTH), "logit_scale": torch.tensor(2.0)}
     path = tmp_path / "PE-Core-whole.pt"
     torch.save({"state_dict": {f"module.{k}": v for k, v in whole.items()}}, path)
     model = small_pe(True).eval()
-    with pytest.warns(UserWarning, match="text-tower keys"):
+    text_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("text") or k == "logit_scale"}
+    with pytest.warns(UserWarning, match="2 text-tower keys .*left out"):
         load_pe_vision_weights(model, path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in text_before.items())  # the text side keeps its values
     images = torch.randn(2, 3, IMAGE, IMAGE)
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(images, normalize=False), official_forward(official, images, True), atol=2e-5, rtol=2e-5)
@@ -229,7 +246,148 @@ def test_mismatches_are_one_line_errors_naming_the_file(tmp_path: Path):
         load_pe_vision_weights(small_pe(True), path)
 
 
+# --------------------------------------------------------------------------------------- a whole PE-Core CLIP (text tower)
+
+
+def fake_official_clip(seed: int = 3) -> dict[str, torch.Tensor]:
+    """A whole PE CLIP's state dict (pe.py CLIP(TextTransformer)): ``visual.*`` and the text tower's official names and
+    shapes at the top level, random values. Embeddings are small so that the LayerNorm eps (1e-5 vs 1e-6) shows."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int, scale: float = 0.2) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * scale
+
+    state = {f"visual.{k}": v for k, v in fake_official_state(True).items()}
+    state |= {"token_embedding.weight": r(VOCAB, T_WIDTH, scale=0.01), "positional_embedding": r(CONTEXT, T_WIDTH, scale=0.005),
+              "ln_final.weight": 1 + r(T_WIDTH), "ln_final.bias": r(T_WIDTH), "text_projection": r(T_WIDTH, OUT),
+              "logit_scale": torch.tensor(2.5)}  # fmt: skip
+    for i in range(T_DEPTH):
+        p = f"transformer.resblocks.{i}."
+        state |= {p + "ln_1.weight": 1 + r(T_WIDTH), p + "ln_1.bias": r(T_WIDTH, scale=0.01), p + "ln_2.weight": 1 + r(T_WIDTH),
+                  p + "ln_2.bias": r(T_WIDTH), p + "attn.in_proj_weight": r(3 * T_WIDTH, T_WIDTH), p + "attn.in_proj_bias": r(3 * T_WIDTH),
+                  p + "attn.out_proj.weight": r(T_WIDTH, T_WIDTH, scale=0.02), p + "attn.out_proj.bias": r(T_WIDTH, scale=0.002),
+                  p + "mlp.c_fc.weight": r(4 * T_WIDTH, T_WIDTH), p + "mlp.c_fc.bias": r(4 * T_WIDTH),
+                  p + "mlp.c_proj.weight": r(T_WIDTH, 4 * T_WIDTH, scale=0.02), p + "mlp.c_proj.bias": r(T_WIDTH, scale=0.002)}  # fmt: skip
+    return state
+
+
+def official_text_forward(sd: dict[str, torch.Tensor], text: torch.Tensor) -> torch.Tensor:
+    """Transcription of pe.py TextTransformer.forward (pool_type='argmax', proj_bias=False, LayerNorm eps 1e-5): the
+    blocks are nn.MultiheadAttention under the additive causal mask (build_causal_mask: -inf above the diagonal)."""
+    seq_len = text.shape[1]
+    x = F.embedding(text, sd["token_embedding.weight"]) + sd["positional_embedding"][:seq_len]
+    mask = torch.full((CONTEXT, CONTEXT), float("-inf")).triu_(1)[:seq_len, :seq_len]
+
+    def ln(t, name):
+        return F.layer_norm(t, (T_WIDTH,), sd[name + ".weight"], sd[name + ".bias"], 1e-5)
+
+    for i in range(T_DEPTH):
+        p = f"transformer.resblocks.{i}."
+        mha = torch.nn.MultiheadAttention(T_WIDTH, T_HEADS, batch_first=True)
+        mha.load_state_dict({k[len(p + "attn.") :]: v for k, v in sd.items() if k.startswith(p + "attn.")})
+        y = ln(x, p + "ln_1")
+        x = x + mha(y, y, y, attn_mask=mask, need_weights=False)[0]
+        hidden = F.gelu(F.linear(ln(x, p + "ln_2"), sd[p + "mlp.c_fc.weight"], sd[p + "mlp.c_fc.bias"]))
+        x = x + F.linear(hidden, sd[p + "mlp.c_proj.weight"], sd[p + "mlp.c_proj.bias"])
+    x = ln(x, "ln_final")
+    pooled = x[torch.arange(x.shape[0]), text.argmax(dim=-1)]  # text_global_pool: "eot_token is the highest number"
+    return pooled @ sd["text_projection"]
+
+
+def official_clip_logits(sd: dict[str, torch.Tensor], images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """pe.py CLIP.forward (normalised features, logit_scale.exp()) → logits per image, as the CLIP loss uses them."""
+    vision = {k[len("visual.") :]: v for k, v in sd.items() if k.startswith("visual.")}
+    image_features = F.normalize(official_forward(vision, images, True), dim=-1)
+    text_features = F.normalize(official_text_forward(sd, text), dim=-1)
+    return sd["logit_scale"].exp() * image_features @ text_features.T
+
+
+# captions as PE's tokenizer writes them: <start> ids <end> 0-padding; row 1 has two end tokens (pooled at the first),
+# row 2 has neither <start> nor <end> (PE pools at its largest id, 61 at position 1, not at position 0; a row that starts
+# with <start>, the second-largest id, would pool at 0 either way)
+CAPTIONS = torch.tensor([[SOT, 5, 17, 40, EOT, 0, 0, 0], [SOT, 9, EOT, 12, EOT, 0, 0, 0], [3, 61, 8, 30, 22, 1, 2, 5], [SOT, EOT, 0, 0, 0, 0, 0, 0]])
+
+
+def test_a_whole_pe_clip_loads_and_gives_the_official_text_features_and_logits(tmp_path: Path):
+    official = fake_official_clip()
+    path = tmp_path / "PE-Core-whole.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in official.items()}}, path)  # as PE's load_ckpt accepts it
+    torch.manual_seed(4)
+    model = load_pe_clip_weights(small_pe(True).eval(), path)
+    assert model.logit_scale.item() == 2.5
+    images = torch.randn(CAPTIONS.shape[0], 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours = model.encode_text(CAPTIONS, normalize=False)
+        expected = official_text_forward(official, CAPTIONS)
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.encode_text(CAPTIONS[:, :5], normalize=False)[:2], official_text_forward(official, CAPTIONS[:2, :5]))
+        image_features, text_features, scale = model(images, CAPTIONS)
+        torch.testing.assert_close(scale * image_features @ text_features.T, official_clip_logits(official, images, CAPTIONS), atol=1e-4, rtol=1e-5)
+    # negative controls: pooling at the first end token differs on the truncated row only; eps 1e-6 differs everywhere
+    for overrides, rows in (({"text_pool": "end_token"}, [2]), ({"text_norm_eps": 1e-6}, [0, 1, 2, 3])):
+        other = small_pe(True, **overrides).eval()
+        with pytest.warns(UserWarning, match="not laid out as PE's"):
+            load_pe_clip_weights(other, path)
+        with torch.no_grad():
+            theirs = other.encode_text(CAPTIONS, normalize=False)
+        for row in range(CAPTIONS.shape[0]):
+            assert torch.allclose(theirs[row], expected[row], atol=1e-5, rtol=1e-5) is (row not in rows), (overrides, row)
+    # the generic loader takes the same file through the registered key map
+    from litzoo.framework.checkpoints import load_official_weights
+
+    generic = load_official_weights(small_pe(True).eval(), "perception_encoder", path)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in generic.state_dict().items())
+
+
+def test_whole_pe_clip_mismatches_are_one_line_errors(tmp_path: Path):
+    path = tmp_path / "pe_clip.pt"
+
+    def refused(state: dict[str, torch.Tensor], match: str) -> None:
+        torch.save(state, path)
+        with pytest.raises(LitzooError, match=match) as error:
+            load_pe_clip_weights(small_pe(True), path)
+        assert "\n" not in str(error.value) and "pe_clip.pt" in str(error.value)
+
+    official = fake_official_clip()
+    refused({k: v for k, v in official.items() if k != "ln_final.bias"}, r"missing: text\.ln_final\.bias")
+    refused({k: v for k, v in official.items() if k != "transformer.resblocks.1.attn.in_proj_weight"}, r"missing: text\.blocks\.1\.attn\.qkv\.weight")
+    refused({k: v for k, v in official.items() if k != "logit_scale"}, "missing: logit_scale")
+    refused(official | {"text_projection": torch.zeros(T_WIDTH, OUT + 1)}, r"other shapes: text_projection\.weight")
+    refused(official | {"positional_embedding": torch.zeros(CONTEXT + 2, T_WIDTH)}, r"other shapes: text\.positional_embedding")
+    refused(official | {"transformer.resblocks.2.ln_1.weight": torch.ones(T_WIDTH)}, r"unexpected: text\.blocks\.2\.norm1\.weight")
+    refused(official | {"logit_bias": torch.tensor([-10.0])}, r"'logit_bias'.*no logit bias")
+    refused(official | {"text_projection.bias": torch.zeros(OUT)}, r"unknown key 'text_projection\.bias'")
+    refused(official | {"attn_pool.probe": torch.zeros(1, 1, T_WIDTH)}, r"unknown key 'attn_pool\.probe'")
+    refused(fake_official_state(True), r"vision encoder only.*load_pe_vision_weights")
+    # the causal mask, were a file to hold it, is skipped (litzoo builds it)
+    torch.save(official | {"attn_mask": torch.full((CONTEXT, CONTEXT), float("-inf")).triu(1)}, path)
+    load_pe_clip_weights(small_pe(True), path)
+
+
 # --------------------------------------------------------------------------------------- defaults unchanged
+
+
+def test_default_text_transformer_is_unchanged():
+    """A default TextTransformer draws the same initial values and computes the same features as before the PE options
+    (recorded from framework/nn/text.py at commit HEAD before them: blocks eps 1e-6, ln_final eps 1e-5, first end token)."""
+    torch.manual_seed(0)
+    model = TextTransformer(vocab_size=20, context_length=6, dim=16, depth=2, num_heads=2, end_token_id=19).eval()
+    assert model.pool == "end_token" and model.blocks[0].norm1.eps == 1e-6 and model.ln_final.eps == 1e-5
+    checksum = sum(float(v.double().abs().sum()) for v in model.state_dict().values())
+    assert checksum == pytest.approx(997.5501245493579, rel=1e-9)
+    tokens = torch.tensor([[18, 5, 7, 19, 0, 0], [18, 3, 19, 4, 19, 0], [18, 11, 12, 13, 14, 15]])  # row 2 has no end token
+    with torch.no_grad():
+        ours = model(tokens)
+        x = model.token_embedding(tokens) + model.positional_embedding  # the plain causal tower, written out
+        for block in model.blocks:
+            x = block(x, causal=True)
+        x = F.layer_norm(x, (16,), model.ln_final.weight, model.ln_final.bias, 1e-5)
+    assert torch.equal(ours, x[torch.arange(3), torch.tensor([3, 2, 0])])  # first end token; position 0 when absent
+    assert float(ours.double().abs().sum()) == pytest.approx(38.70190544612706, rel=1e-6)
+    with pytest.raises(ValueError, match="pool"):
+        TextTransformer(vocab_size=20, pool="mean")
+    with pytest.raises(ValueError, match="norm_eps"):
+        TextTransformer(vocab_size=20, norm_eps=0.0)
 
 
 def test_default_clip_is_unchanged():
