@@ -40,8 +40,16 @@ Chosen here, where the paper or the code says otherwise or nothing:
 * The mapper's LayerNorms use eps 1e-6 (the shared ``Block``), the official's 1e-5.
 * Decoding: greedy and beam search (length-normalised, Hugging Face's ``length_penalty`` rule); the official samples
   (temperature 0.2, top-p 0.7).
-* Only the fine-tuning stage (prompt = the original alt-text) is implemented; the web-data pretraining stage
-  (target = the longest alt-text of an image, prompt = another of its alt-texts) uses the same model and layout.
+
+The two stages (official ``data_altogether_pt.py`` / ``data_altogether_ft.py``): the same model, layout, loss and
+prompt dropout. **Pretraining** on web images with several alt-texts: target = the longest alt-text (by characters,
+after de-duplication), prompt = another of its alt-texts drawn uniformly, or empty for an image with one; verified
+line by line, chosen here: ties go to the first in the manifest (the official's order is a ``set``'s, arbitrary) and
+blank alt-texts are dropped (:class:`~litzoo.datamodules.recaption.AltTextPoolDataModule`, ``configs/altogether/
+digits_pretrain.yaml``). **Fine-tuning** on (alt-text, human caption) pairs (:class:`~litzoo.datamodules.recaption.
+RecaptionDataModule`), started from the pretrained captioner with ``init_from`` (official ``resume`` of the
+pretraining checkpoint: weights only, a fresh optimizer and schedule). The pretrained captioner's tokenizer is kept
+(its ids are what the weights learned; the official's OPT tokenizer is one and the same in both stages).
 """
 
 from __future__ import annotations
@@ -394,6 +402,10 @@ class AltogetherCaptioner(L.LightningModule):
         prompt_dropout: probability that a training prompt is empty instead of the alt-text (official ½).
         warmup_steps: linear warm-up steps of the default schedule (official 200), then cosine to 0.
         num_logged_captions: validation images whose generated captions go to TensorBoard each validation.
+        init_from: an ``AltogetherCaptioner`` checkpoint (the pretraining stage) whose weights start this one (the
+            fine-tuning stage): mapper, LM and frozen encoder, checked key by key and shape by shape, and its tokenizer,
+            which this captioner keeps instead of the DataModule's; the optimizer and schedule start afresh. With a
+            ``clip_checkpoint`` too, the two frozen encoders must hold the same weights.
         optimizer: called with parameter groups; default AdamW(2e-4, (0.9, 0.98), 1e-6, wd 0.2), no decay on 1-D,
             bias and norm parameters (official).
         lr_scheduler: called with the optimizer; ``None`` = warm-up then cosine to 0, per step.
@@ -410,6 +422,7 @@ class AltogetherCaptioner(L.LightningModule):
         prompt_dropout: float = 0.5,
         warmup_steps: int = 200,
         num_logged_captions: int = 4,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = adamw_altogether,
         lr_scheduler: LRSchedulerCallable | None = None,
         **net_kwargs: Any,
@@ -431,8 +444,35 @@ class AltogetherCaptioner(L.LightningModule):
         self.tokenizer: TextTokenizer | None = None
         self.preprocess: dict[str, Any] | None = None  # image_size, channels, mean, std of the DataModule it was trained with
         self._examples: dict[str, Any] | None = None
+        self._pretrained_tokenizer = False  # True once init_from gave the tokenizer: the DataModule's is then not used
+        if init_from is not None:
+            self.init_from_captioner(init_from)
 
     # ------------------------------------------------------------------------------ set-up
+    def init_from_captioner(self, path: str) -> None:
+        """Start from the weights and tokenizer of the ``AltogetherCaptioner`` checkpoint ``path`` (weights only).
+
+        Raises:
+            LitzooError: naming the file: unreadable, not an AltogetherCaptioner checkpoint, weights missing, unexpected
+                or of another shape (another architecture), a frozen encoder that differs from ``clip_checkpoint``'s,
+                no tokenizer.
+        """
+        checkpoint = load_checkpoint(path)
+        check_checkpoint_class(path, checkpoint, AltogetherCaptioner, "init_from needs")
+        state = state_dict_from(checkpoint, path)
+        if self.hparams.clip_checkpoint is not None:
+            # the mapper learned the features of the encoder it was pretrained with: another CLIP would invalidate it
+            ours = {k: v for k, v in self.state_dict().items() if k.startswith("net.image_encoder.")}
+            differ = sorted(k for k, v in ours.items() if k in state and (state[k].shape != v.shape or not torch.equal(state[k].to(v.dtype), v)))
+            if differ:
+                raise LitzooError(f"checkpoint '{path}' was trained with a frozen image encoder other than clip_checkpoint "
+                                  f"'{self.hparams.clip_checkpoint}' ({len(differ)} tensors differ, e.g. {differ[0]})")  # fmt: skip
+        load_state_dict_checked(self, state, path)
+        self.on_load_checkpoint(checkpoint)
+        if self.tokenizer is None:
+            raise LitzooError(f"checkpoint '{path}' holds no tokenizer: the captioner's token ids mean nothing without it")
+        self._pretrained_tokenizer = True
+
     def set_tokenizer(self, tokenizer: TextTokenizer) -> None:
         """Use ``tokenizer`` (checked against the LM's vocabulary, pad and end ids)."""
         net = self.net
@@ -445,7 +485,7 @@ class AltogetherCaptioner(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
-        tokenizer = getattr(datamodule, "tokenizer", None)
+        tokenizer = None if self._pretrained_tokenizer else getattr(datamodule, "tokenizer", None)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         elif self.tokenizer is None:
@@ -456,10 +496,15 @@ class AltogetherCaptioner(L.LightningModule):
             raise LitzooError(f"the DataModule's images are {tuple(shape)} but the frozen CLIP image encoder takes "
                               f"({encoder.in_chans}, {encoder.image_size}, {encoder.image_size})")  # fmt: skip
         if all(hasattr(datamodule, key) for key in ("image_size", "channels", "mean", "std")):
-            self.preprocess = {key: getattr(datamodule, key) for key in ("image_size", "channels", "mean", "std")}
+            preprocess = {key: getattr(datamodule, key) for key in ("image_size", "channels", "mean", "std")}
+            if self._pretrained_tokenizer and self.preprocess is not None and _plain(self.preprocess) != _plain(preprocess):
+                # the pretrained mapper learned features of images normalised one way: refuse another silently
+                raise LitzooError(f"init_from '{self.hparams.init_from}' was trained on images preprocessed as {self.preprocess}, "
+                                  f"but the DataModule gives {preprocess}")  # fmt: skip
+            self.preprocess = preprocess
 
     def on_fit_start(self) -> None:
-        if self.hparams.clip_checkpoint is None:
+        if self.hparams.clip_checkpoint is None and self.hparams.init_from is None:
             rank_zero_warn("AltogetherCaptioner: no clip_checkpoint, so the frozen image encoder is a RANDOMLY initialised CLIP vision tower "
                            "(random features); pass --model.init_args.clip_checkpoint <CLIPModule .ckpt> for a trained one")  # fmt: skip
 
@@ -578,6 +623,7 @@ def load_captioner(path: str, map_location: str = "cpu") -> AltogetherCaptioner:
         raise LitzooError(f"checkpoint '{path}' records no AltogetherCaptioner hyper-parameters (clip_kwargs)")
     kwargs = {k: v for k, v in hparams.items() if not (isinstance(k, str) and k.startswith("_"))}
     kwargs["clip_checkpoint"] = None  # the frozen encoder's weights are in this checkpoint's state dict
+    kwargs["init_from"] = None  # and so are the weights it started from
     try:
         module = AltogetherCaptioner(**kwargs)
     except (TypeError, ValueError) as error:
@@ -587,7 +633,13 @@ def load_captioner(path: str, map_location: str = "cpu") -> AltogetherCaptioner:
     if module.tokenizer is None:
         raise LitzooError(f"checkpoint '{path}' holds no tokenizer (it was saved before the captioner met its DataModule)")
     module.hparams["clip_checkpoint"] = hparams.get("clip_checkpoint")
+    module.hparams["init_from"] = hparams.get("init_from")
     return module.eval()
+
+
+def _plain(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """Preprocessing options comparable across a checkpoint round trip (tuples and lists of floats alike)."""
+    return {k: [float(x) for x in v] if isinstance(v, (list, tuple)) else v for k, v in preprocess.items()}
 
 
 __all__ = [

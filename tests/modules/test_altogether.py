@@ -1,11 +1,12 @@
 """Altogether (modules/altogether.py, datamodules/recaption.py, litzoo recaption): the prompt / label layout, the 50/50
-prompt dropout, the mapper, the frozen encoder, the masked loss against a hand computation, decoding, the SYNTHETIC
+prompt dropout, the pretraining stage (longest alt-text as target, init of the fine-tuning from it), the mapper, the frozen encoder, the masked loss against a hand computation, decoding, the SYNTHETIC
 triples and the re-captioning command."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import lightning as L
@@ -16,9 +17,13 @@ from PIL import Image
 
 from litzoo.cli import main
 from litzoo.datamodules.recaption import (
+    AltTextPoolDataset,
     RecaptionDataModule,
     caption_attributes,
+    digits_alt_text_pool_splits,
     digits_recaption_splits,
+    longest_and_other,
+    read_alt_text_pool,
     read_triples,
     train_caption_tokenizer,
 )
@@ -365,3 +370,185 @@ def test_recaption_bad_manifest_line_is_one_line_naming_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["recaption", "--ckpt", str(ckpt), "--manifest", str(pool), "--output", str(out)])
     assert "line 2: image" in capsys.readouterr().err and not out.exists()
+
+
+# ------------------------------------------------------------------------------------ the pretraining stage
+
+
+def official_pretraining_pair(alt_texts: list[str], pick: int) -> tuple[str, str]:
+    """The official ``Altogether_PT`` selection, transcribed (its ``set`` order replaced by first occurrence)."""
+    alt_list = list(dict.fromkeys(alt_texts))
+    max_len, max_len_idx = 0, -1
+    for alt_idx, alt in enumerate(alt_list):
+        if len(alt) > max_len:
+            max_len, max_len_idx = len(alt), alt_idx
+    if len(alt_list) == 1:
+        return alt_list[max_len_idx], ""
+    return alt_list[max_len_idx], [alt_list[i] for i in range(len(alt_list)) if i != max_len_idx][pick]
+
+
+def test_pretraining_target_is_the_longest_alt_text_and_the_prompt_another_one():
+    asked = []
+
+    def draw(n: int, pick: int = 1) -> int:
+        asked.append(n)
+        return pick
+
+    # hand-built: the duplicate "7" counts once, so the prompt is drawn among the 2 others
+    assert longest_and_other(["7", "my kid wrote a seven!", "IMG_0042", "7"], draw) == ("my kid wrote a seven!", "IMG_0042")
+    assert asked == [2]
+    assert longest_and_other(["7", "my kid wrote a seven!", "IMG_0042"], lambda n: 0) == ("my kid wrote a seven!", "7")
+    # characters, not words: 11 characters in one word beat 9 in three
+    assert longest_and_other(["a b c d e", "abcdefghijk"], lambda n: 0) == ("abcdefghijk", "a b c d e")
+    # a tie goes to the first (the official's strict >); the other tied one is a prompt like any other
+    assert longest_and_other(["abc", "xyz", "ab"], lambda n: 0) == ("abc", "xyz")
+    assert longest_and_other(["xyz", "abc", "ab"], lambda n: 0) == ("xyz", "abc")
+    # one distinct alt-text: target it, empty prompt, nothing drawn
+    asked.clear()
+    assert longest_and_other(["only"], draw) == ("only", "") and longest_and_other(["same", "same"], draw) == ("same", "") and not asked
+    # against the transcription of the official loop on random lists
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        texts = ["".join(rng.choice(list("ab "), size=int(rng.integers(1, 6)))) for _ in range(int(rng.integers(1, 6)))]
+        others = len(dict.fromkeys(texts)) - 1
+        pick = int(rng.integers(max(others, 1)))
+        assert longest_and_other(texts, lambda n, pick=pick: pick) == official_pretraining_pair(texts, pick)
+
+
+def _pool_manifest(folder: Path, lines: list[dict]) -> Path:
+    path = folder / "pool.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_pretraining_prompts_uniform_over_the_others_then_dropped_half_the_time(tmp_path):
+    names = _write_pngs(tmp_path, 2)
+    path = _pool_manifest(tmp_path, [{"image": names[0], "alt_texts": ["a seven", "my kid wrote a seven today", "IMG_7", "7"], "label": 7},
+                                     {"image": names[1], "alt_texts": ["one"], "label": 1}])  # fmt: skip
+    rows = read_alt_text_pool(path)
+    from litzoo.datamodules.image_folder import ImageFileDataset
+
+    dataset = AltTextPoolDataset([r["image"] for r in rows], [r["alt_texts"] for r in rows], ImageFileDataset([], mode="L", image_size=8))
+
+    def draws(count: int) -> list[str]:
+        prompts = []
+        for _ in range(count):
+            target, prompt = dataset.pair(0)
+            assert target == "my kid wrote a seven today"
+            prompts.append(prompt)
+        return drop_prompts(prompts)  # the LightningModule's 50/50 dropout, after the draw
+
+    torch.manual_seed(0)
+    prompts = draws(6000)
+    torch.manual_seed(0)
+    assert draws(6000) == prompts  # the same seed, the same prompts
+    assert set(prompts) == {"", "a seven", "IMG_7", "7"}  # never the target itself
+    share = {text: prompts.count(text) / len(prompts) for text in set(prompts)}
+    assert abs(share[""] - 0.5) < 3 * math.sqrt(0.25 / 6000)
+    for text in ("a seven", "IMG_7", "7"):  # each other alt-text: 1/2 x 1/3
+        assert abs(share[text] - 1 / 6) < 3 * math.sqrt(1 / 6 * 5 / 6 / 6000)
+    item = dataset[1]
+    assert (item["caption"], item["alt_text"], item["image"].shape) == ("one", "", (1, 8, 8))  # a single alt-text: empty prompt
+    fixed = AltTextPoolDataset(dataset.images, dataset.alt_texts, dataset.reader, fixed=True)
+    assert len({fixed.pair(0) for _ in range(20)}) == 1  # validation: the same prompt at every read
+
+
+def test_alt_text_pool_manifest_errors_name_file_and_line(tmp_path):
+    names = _write_pngs(tmp_path, 1)
+    good = {"image": names[0], "alt_texts": ["a seven", "  ", "7"]}
+    assert read_alt_text_pool(_pool_manifest(tmp_path, [good]))[0]["alt_texts"] == ["a seven", "7"]  # the blank one is dropped
+    for bad, message in (
+        ({"image": names[0], "alt_texts": "a seven"}, "'alt_texts' must be a list of alt-text strings"),
+        ({"image": names[0], "alt_texts": ["a seven", 7]}, "'alt_texts' must be a list of alt-text strings"),
+        ({"image": names[0]}, "'alt_texts' must be a list of alt-text strings"),
+        ({"image": names[0], "alt_texts": ["", " "]}, "'alt_texts' holds no non-blank alt-text"),
+        ({"image": names[0], "alt_texts": ["x"], "label": True}, '"label" must be an integer'),
+        ({"image": "images/missing.png", "alt_texts": ["x"]}, "image '.*missing.png' does not exist"),
+    ):
+        path = _pool_manifest(tmp_path, [good, bad])
+        with pytest.raises(LitzooError, match=rf"manifest '{path}' line 2.*{message}") as error:
+            read_alt_text_pool(path)
+        assert "\n" not in str(error.value)
+    path.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(LitzooError, match="line 2"):
+        read_alt_text_pool(path)
+
+
+def test_synthetic_pretraining_pool_keeps_the_fine_tuning_files(tmp_path):
+    paths = digits_alt_text_pool_splits(tmp_path / "pool", seed=0, max_alt_texts=3)
+    alone = digits_recaption_splits(tmp_path / "alone", seed=0)
+    for split in ("train", "val", "pool", "test"):  # the fine-tuning data is unchanged by the pretraining pool
+        assert paths[split].read_bytes() == alone[split].read_bytes()
+    pool = [json.loads(line) for line in alone["pool"].read_text().splitlines()]
+    rows = [json.loads(line) for line in paths["pretrain_train"].read_text().splitlines()]
+    assert [r["image"] for r in rows] == [r["image"] for r in pool] and [r["label"] for r in rows] == [r["label"] for r in pool]
+    assert all(r["alt_texts"][0] == p["text"] and 1 <= len(r["alt_texts"]) == len(r["kinds"]) <= 3 for r, p in zip(rows, pool, strict=True))
+    assert {len(r["alt_texts"]) for r in rows} == {1, 2, 3}
+    for r in rows:  # the planted target: the longest by characters, the first of a tie
+        assert r["longest"] == official_pretraining_pair(r["alt_texts"], 0)[0]
+    from litzoo.datamodules.synthetic import DIGIT_WORDS
+
+    extra = [(kind, text, r["label"]) for r in rows for kind, text in zip(r["kinds"][1:], r["alt_texts"][1:], strict=True)]
+    named = [{w for w in DIGIT_WORDS if re.search(rf"\b{w}\b", text)} for _, text, _ in extra]
+    assert all(words == {DIGIT_WORDS[label]} for words, (kind, _, label) in zip(named, extra, strict=True) if kind == "class")
+    assert all(words and DIGIT_WORDS[label] not in words for words, (kind, _, label) in zip(named, extra, strict=True) if kind == "wrong")
+    assert 0.3 < np.mean([kind == "class" for kind, _, _ in extra]) < 0.5
+    assert len(read_alt_text_pool(paths["pretrain_val"])) == 180
+
+
+def _saved_captioner(module: AltogetherCaptioner, path: Path) -> Path:
+    trainer = L.Trainer(logger=False, accelerator="cpu", enable_progress_bar=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path, weights_only=True)
+    return path
+
+
+def test_fine_tuning_starts_from_the_pretrained_captioner(tmp_path):
+    pretrained = tiny_captioner()
+    pretrained.set_tokenizer(train_caption_tokenizer(["my kid wrote a seven today", "IMG_7"], vocab_size=64))
+    pretrained.preprocess = {"image_size": 8, "channels": 1, "mean": [0.5], "std": [0.5]}
+    with torch.no_grad():
+        for p in pretrained.parameters():
+            p.add_(torch.randn_like(p))  # "pretrained": away from any fresh initialisation, frozen encoder included
+    path = _saved_captioner(pretrained, tmp_path / "pretrained.ckpt")
+    torch.manual_seed(1)
+    tuned = AltogetherCaptioner(clip_kwargs=CLIP_KWARGS, **NET_KWARGS, init_from=str(path))
+    torch.manual_seed(1)
+    scratch = AltogetherCaptioner(clip_kwargs=CLIP_KWARGS, **NET_KWARGS)
+    expected, got, fresh = pretrained.state_dict(), tuned.state_dict(), scratch.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not any(torch.equal(fresh[k], expected[k]) for k in expected if expected[k].numel() > 1)  # negative control
+    assert tuned.tokenizer.tokenizer.to_str() == pretrained.tokenizer.tokenizer.to_str()
+    # the fine-tuning DataModule's own tokenizer is not taken: the pretrained ids are kept
+    other = train_caption_tokenizer(["a thick and wide handwritten seven"], vocab_size=40)
+    from types import SimpleNamespace
+
+    tuned.trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=other, input_shape=(1, 8, 8), image_size=8, channels=1, mean=[0.5], std=[0.5]))
+    tuned.setup("fit")
+    assert tuned.tokenizer.tokenizer.to_str() == pretrained.tokenizer.tokenizer.to_str()
+    tuned.trainer = SimpleNamespace(datamodule=SimpleNamespace(tokenizer=other, input_shape=(1, 8, 8), image_size=8, channels=1, mean=[0.3], std=[0.5]))
+    with pytest.raises(LitzooError, match="preprocessed as"):
+        tuned.setup("fit")
+    # the rebuilt captioner does not need the file it started from
+    tuned.trainer = None
+    path.rename(tmp_path / "moved.ckpt")
+    again = load_captioner(str(_saved_captioner(tuned, tmp_path / "tuned.ckpt")))
+    assert all(torch.equal(again.state_dict()[k], expected[k]) for k in expected)
+
+
+def test_init_from_refuses_what_does_not_fit(tmp_path):
+    pretrained = tiny_captioner()
+    pretrained.set_tokenizer(train_caption_tokenizer(["a seven"], vocab_size=64))
+    path = _saved_captioner(pretrained, tmp_path / "pretrained.ckpt")
+    with pytest.raises(LitzooError, match="pretrained.ckpt"):
+        tiny_captioner(init_from=str(path), dim=32)  # another architecture
+    clip = tmp_path / "clip.pt"
+    torch.save(CLIP(**CLIP_KWARGS).state_dict(), clip)  # another CLIP than the pretrained captioner's random one
+    with pytest.raises(LitzooError, match="frozen image encoder other than clip_checkpoint"):
+        tiny_captioner(init_from=str(path), clip_checkpoint=str(clip))
+    clip_module = _saved_captioner(CLIPModule(**CLIP_KWARGS), tmp_path / "clip.ckpt")
+    with pytest.raises(LitzooError, match="clip.ckpt"):
+        tiny_captioner(init_from=str(clip_module))
+    untokenized = _saved_captioner(tiny_captioner(), tmp_path / "untokenized.ckpt")
+    with pytest.raises(LitzooError, match="holds no tokenizer"):
+        tiny_captioner(init_from=str(untokenized))
