@@ -204,6 +204,41 @@ def write_planted_rule_kg(
     return train_folder
 
 
+class PlantedRuleKGDataModule(KnowledgeGraphDataModule):
+    """The SYNTHETIC planted-rule graph of :func:`write_planted_rule_kg`, generated into
+    ``root/seed<seed>-n<num_entities>-e<edges_per_relation>-noise<noise>`` when missing and read as
+    :class:`KnowledgeGraphDataModule` (transductive: the ``_v1`` folder; ``inductive=True``: test from ``_v1_ind``).
+
+    Args:
+        root: folder the generated graphs are written under.
+        seed, num_entities, edges_per_relation, noise: passed to :func:`write_planted_rule_kg` (default rules).
+        batch_size, inductive, num_workers: as :class:`KnowledgeGraphDataModule`.
+    """
+
+    def __init__(
+        self,
+        root: str = "data/knowledge_graphs",
+        seed: int = 0,
+        num_entities: int = 300,
+        edges_per_relation: int = 300,
+        noise: float = 0.05,
+        batch_size: int = 128,
+        inductive: bool = False,
+        num_workers: int = 0,
+    ) -> None:
+        folder = Path(root).expanduser() / f"seed{seed}-n{num_entities}-e{edges_per_relation}-noise{noise:g}"
+        self.train_folder = write_planted_rule_kg(folder, num_entities=num_entities, edges_per_relation=edges_per_relation, noise=noise, seed=seed)
+        super().__init__(str(self.train_folder), batch_size=batch_size, inductive=inductive, num_workers=num_workers)
+
+    def load(self) -> None:
+        # hparams hold this class's arguments (root is the parent folder), so read the generated folder directly
+        if self.graph is None:
+            if self.hparams.inductive:
+                self.graph, self.test_graph = read_inductive(self.train_folder)
+            else:
+                self.graph = self.test_graph = read_triples_folder(self.train_folder)
+
+
 def read_planted_rules(path: str | Path) -> list[tuple[str, str, str]]:
     """The ground-truth ``(derived, body1, body2)`` rules of a ``rules.tsv`` written by :func:`write_planted_rule_kg`."""
     rules = []
@@ -218,4 +253,12 @@ def read_planted_rules(path: str | Path) -> list[tuple[str, str, str]]:
     return rules
 
 
-__all__ = ["KnowledgeGraphDataModule", "inductive_folder", "planted_rule_triples", "read_planted_rules", "triples_dataset", "write_planted_rule_kg"]
+__all__ = [
+    "KnowledgeGraphDataModule",
+    "PlantedRuleKGDataModule",
+    "inductive_folder",
+    "planted_rule_triples",
+    "read_planted_rules",
+    "triples_dataset",
+    "write_planted_rule_kg",
+]
