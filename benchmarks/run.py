@@ -101,10 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     import nas_predictors
     import nas_predictors_transfer
     import nas_search
+    import pathcon
     import perception_encoder
     import prune_residual
     import pruning
     import quantization
+    import rwr_gae
     import stickerclip
     import structural_reparam
     import text_quality
@@ -134,10 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     realigned = _section("Altogether: captioner with / without the alt-text prompt, CLIP on raw vs re-captioned pool (9 trainings)", altogether.main, **options)
     pe = _section("Perception Encoder: CLIP vs PE-style tower, fixed vs progressive resolution (9 trainings)", perception_encoder.main, **options)
     stickers = _section("StickerCLIP: zero-shot vs fine-tuned vs from-scratch sticker retrieval (9 trainings)", stickerclip.main, **options)
+    paths = _section("PathCon: context only / paths only / both on a planted-rule KG (9 trainings)", pathcon.main, **options)
+    walks = _section("RWR-GAE: GAE / VGAE with and without the random-walk regulariser on karate and an SBM (24 trainings)", rwr_gae.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, walks))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -165,7 +169,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/nas_predictors.py`, `.venv/bin/python benchmarks/nas_predictors_transfer.py`,
 `.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`, `.venv/bin/python benchmarks/dinov2.py`,
 `.venv/bin/python benchmarks/mode.py`, `.venv/bin/python benchmarks/altogether.py`,
-`.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`,
+`.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/rwr_gae.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -243,6 +248,10 @@ noisy, the alternating-round ratios less so.
 {perception_encoder.format_section(pe)}
 
 {stickerclip.format_section(stickers)}
+
+{pathcon.format_section(paths)}
+
+{rwr_gae.format_section(walks)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
