@@ -23,6 +23,7 @@ Chosen: a plain ``LightningDataModule`` (the graph is one full batch, so there i
 from __future__ import annotations
 
 import collections
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -215,7 +216,7 @@ def split_edges(edge_index: torch.Tensor, num_nodes: int, seed: int = 0, val_fra
 # ------------------------------------------------------------------------------------------- the DataModules
 
 
-class NodeGraphDataModule(L.LightningDataModule):
+class NodeGraphDataModule(L.LightningDataModule, ABC):
     """One graph as one full batch: ``x``, ``y``, ``edge_index`` (training edges) and ``{val,test}_{pos,neg}``.
 
     Subclasses give :meth:`load_graph`. ``split_seed`` draws the 85/5/10 split.
@@ -226,8 +227,9 @@ class NodeGraphDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.graph: dict[str, Any] | None = None
 
+    @abstractmethod
     def load_graph(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The graph: ``{"x", "edge_index", "y", ...}`` tensors."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.graph is None:

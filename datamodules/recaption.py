@@ -25,6 +25,7 @@ alt-text as ``"caption"`` and another one (or "") as ``"alt_text"`` (:func:`long
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -117,7 +118,7 @@ class TripleDataset(Dataset):
         return item
 
 
-class _CaptionerData(SplitsDataModule):
+class _CaptionerData(SplitsDataModule, ABC):
     """What both stages' DataModules share: JSONL manifests per split, images read as the frozen encoder expects, and
     the BPE the captioner learns (read from ``tokenizer_path`` or trained on the training split on first use). A subclass
     says how a manifest is read (:meth:`read_manifest`) and which of its texts the tokenizer is trained on
@@ -131,11 +132,13 @@ class _CaptionerData(SplitsDataModule):
         self.reader = ImageFileDataset([], mode="L" if channels == 1 else "RGB", image_size=image_size, normalize=Normalize(mean, std))
         self._tokenizer: TextTokenizer | None = None
 
+    @abstractmethod
     def read_manifest(self, manifest: str) -> list[dict]:
-        raise NotImplementedError
+        """The rows of one split's manifest, checked."""
 
+    @abstractmethod
     def tokenizer_texts(self, rows: list[dict]) -> list[str]:
-        raise NotImplementedError
+        """The texts of the training rows a new BPE is trained on."""
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
