@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     import aio_p
     import altogether
     import common
+    import compile as compile_bench
     import curation
     import curation_pool
     import curation_scale
@@ -137,11 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     pe = _section("Perception Encoder: CLIP vs PE-style tower, fixed vs progressive resolution (9 trainings)", perception_encoder.main, **options)
     stickers = _section("StickerCLIP: zero-shot vs fine-tuned vs from-scratch sticker retrieval (9 trainings)", stickerclip.main, **options)
     paths = _section("PathCon: context only / paths only / both on a planted-rule KG (9 trainings)", pathcon.main, **options)
+    inductive = _section("CoMPILE: inductive relation prediction on unseen entities (3 trainings)", compile_bench.main, **options)
     walks = _section("RWR-GAE: GAE / VGAE with and without the random-walk regulariser on karate and an SBM (24 trainings)", rwr_gae.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, walks))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, walks))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -170,7 +172,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/aio_p.py`, `.venv/bin/python benchmarks/nas_search.py`, `.venv/bin/python benchmarks/dinov2.py`,
 `.venv/bin/python benchmarks/mode.py`, `.venv/bin/python benchmarks/altogether.py`,
 `.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`,
-`.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/rwr_gae.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/compile.py`,
+`.venv/bin/python benchmarks/rwr_gae.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -250,6 +253,8 @@ noisy, the alternating-round ratios less so.
 {stickerclip.format_section(stickers)}
 
 {pathcon.format_section(paths)}
+
+{compile_bench.format_section(inductive)}
 
 {rwr_gae.format_section(walks)}
 """
