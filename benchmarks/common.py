@@ -69,6 +69,16 @@ def digits_config() -> dict[str, Any]:
     }
 
 
+
+def config_cli(config: Path, *overrides: str):
+    """Model, DataModule and Trainer (with the config's callbacks) built from a litzoo config, not run: no logger, no
+    checkpoints, no progress bar, nothing written into the working tree; ``overrides`` are CLI arguments."""
+    from litzoo.cli import LitzooCLI
+
+    args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
+    return LitzooCLI(args=args, run=False, save_config_callback=None)
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

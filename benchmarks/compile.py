@@ -27,11 +27,7 @@ METRICS = ("val/auc_pr", "val/auc", "test/auc_pr", "test/auc", "test/mrr", "test
 
 
 def run(seed: int) -> dict[str, float]:
-    from litzoo.cli import LitzooCLI
-
-    args = ["-c", str(CONFIG), "--seed_everything", str(seed), "--data.init_args.seed", str(seed), "--trainer.logger", "false",
-            "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # fmt: skip
-    cli = LitzooCLI(args=args, run=False, save_config_callback=None)
+    cli = common.config_cli(CONFIG, "--seed_everything", str(seed), "--data.init_args.seed", str(seed))
     cli.trainer.fit(cli.model, cli.datamodule)
     validation = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("val/")}
     (test,) = cli.trainer.test(cli.model, cli.datamodule, verbose=False)

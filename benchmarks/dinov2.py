@@ -62,18 +62,10 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 MONITORS = ("teacher_entropy_per_sample", "teacher_entropy_of_mean", "teacher_cls_std", "dino_global_loss", "ibot_loss")
 
 
-def _cli(config: Path, *overrides: str):
-    """Model, DataModule and Trainer (with the config's callbacks) built from a litzoo config, not run."""
-    from litzoo.cli import LitzooCLI
-
-    args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
-    return LitzooCLI(args=args, run=False, save_config_callback=None)  # nothing written into the working tree
-
 
 def dinov2_run(variant: str, seed: int) -> dict:
     """Probe accuracies at initialisation and after ``EPOCHS`` of one DINOv2 variant; the last validation's monitors."""
-    cli = _cli(CONFIG, "--seed_everything", str(seed), "--trainer.max_epochs", str(EPOCHS), *VARIANTS[variant][1])
+    cli = common.config_cli(CONFIG, "--seed_everything", str(seed), "--trainer.max_epochs", str(EPOCHS), *VARIANTS[variant][1])
     probes = {type(c).__name__: c for c in cli.trainer.callbacks if isinstance(c, (LinearProbe, KNNProbe))}
     before = {name: probe.evaluate(cli.model) for name, probe in probes.items()}
     for probe in probes.values():

@@ -118,14 +118,6 @@ def step_time_ratio(batch: int = 8, rounds: int = 3, steps: int = 2) -> dict:
             "ratio": {name: medians[name] / medians["all_tokens"] for name in variants}, "goal": STEP_GOAL}  # fmt: skip
 
 
-def _cli(config: Path, *overrides: str):
-    """Model, DataModule and Trainer (with the config's callbacks) built from a litzoo config, not run."""
-    from litzoo.cli import LitzooCLI
-
-    args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
-    return LitzooCLI(args=args, run=False, save_config_callback=None)  # nothing written into the working tree
-
 
 AUDIO_CONFIG = common.ROOT / "configs" / "audio_mae" / "synthetic_audio.yaml"
 AUDIO_EPOCHS = 30
@@ -137,7 +129,7 @@ HIERA_MAE_EPOCHS = 40
 def probes_before_after(config: Path, seed: int, epochs: int) -> dict:
     """A pretraining config's own linear / kNN probes at the encoder's random initialisation and after
     ``epochs`` of pretraining (same seed)."""
-    cli = _cli(config, "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs))
+    cli = common.config_cli(config, "--seed_everything", str(seed), "--trainer.max_epochs", str(epochs))
     probes = {type(c).__name__: c for c in cli.trainer.callbacks if isinstance(c, (LinearProbe, KNNProbe))}
     before = {name: probe.evaluate(cli.model) for name, probe in probes.items()}
     for probe in probes.values():
@@ -166,7 +158,7 @@ def hiera_versus_vit(seed: int) -> dict:
     from litzoo.framework.classification import ImageClassifier
     from litzoo.framework.profiling import count_parameters
 
-    cli = _cli(HIERA_CONFIG, "--seed_everything", str(seed))
+    cli = common.config_cli(HIERA_CONFIG, "--seed_everything", str(seed))
     cli.trainer.fit(cli.model, cli.datamodule)
     hiera_acc = float(cli.trainer.callback_metrics["val/acc"])
     L.seed_everything(seed, verbose=False)
