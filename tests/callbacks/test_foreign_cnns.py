@@ -68,6 +68,12 @@ class FlopsSpy(L.Callback):
             self.predicted = self.resrep.flops(self.resrep.kept_channels(pl_module))
 
 
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path, monkeypatch):
+    """The fits write their deploy checkpoints (ResRep's pruned.ckpt) into the working directory: keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 def fit(module: L.LightningModule, names: list[str]) -> tuple[list[L.Callback], list[L.Callback]]:
     """A 3-step fit with the named callbacks (in that order); returns them and the spies."""
     callbacks = [CALLBACKS[name]() for name in names]
