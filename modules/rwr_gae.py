@@ -30,6 +30,12 @@ Chosen where the official code is silent or differs from the paper (each said so
   the GAE's backward); one batched step over all walks of the epoch with the mean loss, instead of one step
   per walk; pairs from a window of 3 (the official default ``--context 0`` pairs walk[0] with the rest).
 - Walks use the training edges only (the official walks the full graph, held-out test edges included).
+- DDP (the official is single-process): every rank holds the same graph and draws the same walks (the same
+  ``walk_seed`` generator); each computes the loss of every ``world_size``-th walk only, scaled by
+  ``world_size``, so DDP's averaged gradient is the single-process one. The two optimisers step different
+  parameters (the context table is not in the GAE loss, the VGAE's ``log σ`` head not in the walk loss), so DDP
+  must be told to find unused parameters (``strategy: ddp_find_unused_parameters_true``); plain ``ddp`` is refused
+  at ``fit`` start with that message (the alternative, DDP's opaque unused-parameter error one step later).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.nn import GAE, VGAE, GCNConv
 from torchmetrics.functional.classification import binary_auroc, binary_average_precision
 
@@ -203,6 +210,12 @@ class RWRGAE(L.LightningModule):
                 raise ValueError("walk_regularization needs num_nodes (give it, or use a DataModule with a num_nodes attribute)")
             self.skipgram = WalkSkipGram(int(num_nodes), self.hparams.hidden2, **self.walk_kwargs)
 
+    def on_fit_start(self) -> None:
+        wrapped = self.trainer.strategy.model
+        if self.skipgram is not None and isinstance(wrapped, DistributedDataParallel) and not wrapped.find_unused_parameters:
+            raise ValueError("RWRGAE with walk_regularization under DDP needs strategy 'ddp_find_unused_parameters_true': its two optimisers "
+                             "step different parameters (the context table is not in the GAE loss)")  # fmt: skip
+
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         optimizers = [torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)]
         if self.skipgram is not None:
@@ -220,13 +233,15 @@ class RWRGAE(L.LightningModule):
         optimizers[0].step()
         self.log("train/loss_gae", loss, prog_bar=True, batch_size=1)
         if self.skipgram is not None:
-            walk_loss = self.skipgram(self.node_embeddings(batch), batch["edge_index"], self.walk_generator)
+            world = self.trainer.world_size
+            # this rank's share of the walks, times world_size: DDP averages the gradients into the whole corpus's mean
+            walk_loss = world * self.skipgram(self.node_embeddings(batch), batch["edge_index"], self.walk_generator, self.global_rank, world)
             if not torch.isfinite(walk_loss):
                 raise FloatingPointError(f"non-finite skip-gram loss {float(walk_loss)}")
             optimizers[1].zero_grad()
             self.manual_backward(walk_loss)
             optimizers[1].step()
-            self.log("train/loss_walk", walk_loss, batch_size=1)
+            self.log("train/loss_walk", walk_loss, batch_size=1, sync_dist=world > 1)
         return loss
 
     def evaluate(self, batch: dict[str, Any], split: str) -> dict[str, float]:

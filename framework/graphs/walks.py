@@ -26,7 +26,11 @@ Chosen where the official code differs from the paper or is silent (documented i
 - the loss is the *mean* over pairs (the official sums per walk and steps once per walk), so its scale
   does not depend on how many walks are drawn;
 - all randomness comes from a ``torch.Generator`` the caller owns (the official uses Python's
-  ``random``), so a seeded run is reproducible.
+  ``random``), so a seeded run is reproducible;
+- data-parallel (the official is single-process): ``WalkSkipGram(..., rank, world_size)`` draws the whole
+  corpus (walks and negatives) on every rank from the same generator and keeps the pairs of every
+  ``world_size``-th walk; the rank's loss is its pairs' summed loss over the corpus's pair count, so the
+  gradients summed over ranks are the single-process mean's exactly (up to float order).
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ def negative_samples(walks: Tensor, walk_id: Tensor, num_negatives: int, num_nod
     raise ValueError(f"negative sampling did not finish in {max_rounds} rounds (walks cover almost every node)")
 
 
-def sgns_loss(center: Tensor, context: Tensor, negatives: Tensor) -> Tensor:
+def sgns_loss(center: Tensor, context: Tensor, negatives: Tensor, reduction: str = "mean") -> Tensor:
     """Skip-gram with negative sampling, the mean over pairs of
     ``-log σ(c·o) - Σ_k log σ(-c·n_k)``.
 
@@ -149,13 +153,17 @@ def sgns_loss(center: Tensor, context: Tensor, negatives: Tensor) -> Tensor:
         center: (P, d) center embeddings ``c``.
         context: (P, d) context embeddings ``o`` of the positive nodes.
         negatives: (P, K, d) context embeddings ``n_k`` of the negative nodes.
+        reduction: ``"mean"`` over pairs, ``"sum"``, or ``"none"`` (one loss per pair).
     """
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if center.shape != context.shape or negatives.dim() != 3 or negatives.shape[0] != center.shape[0]:
         raise ValueError(f"shapes must be (P, d), (P, d), (P, K, d); got {tuple(center.shape)}, {tuple(context.shape)}, "
                          f"{tuple(negatives.shape)}")  # fmt: skip
     positive = F.logsigmoid((center * context).sum(-1))
     negative = F.logsigmoid(-torch.einsum("pd,pkd->pk", center, negatives)).sum(-1)
-    return -(positive + negative).mean()
+    per_pair = -(positive + negative)
+    return per_pair if reduction == "none" else per_pair.sum() if reduction == "sum" else per_pair.mean()
 
 
 class WalkSkipGram(torch.nn.Module):
@@ -171,10 +179,13 @@ class WalkSkipGram(torch.nn.Module):
         walks_per_node: walks started at every node per call (official ``--number-walks`` 5).
         window: positions either side that pair (official ``--window-size`` 3).
         num_negatives: negatives per pair (the official draws ``walk_length - 1`` per walk).
+        generator: draws the context table's initial values (default: the global RNG); a seeded one gives
+            the same table on every DDP rank and draws nothing from the global RNG (a resumed run that builds
+            the table late leaves the global random stream where the uninterrupted run had it).
     """
 
     def __init__(self, num_nodes: int, dim: int, walk_length: int = 5, walks_per_node: int = 5, window: int = 3,
-                 num_negatives: int = 4) -> None:
+                 num_negatives: int = 4, generator: torch.Generator | None = None) -> None:
         super().__init__()
         for name, value in (("num_nodes", num_nodes), ("dim", dim), ("walk_length", walk_length), ("walks_per_node", walks_per_node),
                             ("window", window), ("num_negatives", num_negatives)):  # fmt: skip
@@ -184,17 +195,31 @@ class WalkSkipGram(torch.nn.Module):
             raise ValueError(f"walk_length must be >= 2 for a walk to hold a pair, got {walk_length}")
         self.num_nodes, self.walk_length, self.walks_per_node = num_nodes, walk_length, walks_per_node
         self.window, self.num_negatives = window, num_negatives
-        self.context = torch.nn.Embedding(num_nodes, dim)
-        torch.nn.init.xavier_uniform_(self.context.weight)
+        if generator is None:
+            self.context = torch.nn.Embedding(num_nodes, dim)
+            torch.nn.init.xavier_uniform_(self.context.weight)
+        else:  # from_pretrained: nn.Embedding's own normal_ init would draw from the global RNG first
+            table = torch.nn.init.xavier_uniform_(torch.empty(num_nodes, dim), generator=generator)
+            self.context = torch.nn.Embedding.from_pretrained(table, freeze=False)
 
-    def forward(self, embeddings: Tensor, edge_index: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The SGNS loss of ``embeddings`` (num_nodes, dim) on fresh walks over ``edge_index``."""
+    def forward(self, embeddings: Tensor, edge_index: Tensor, generator: torch.Generator | None = None, rank: int = 0,
+                world_size: int = 1) -> Tensor:  # fmt: skip
+        """The SGNS loss of ``embeddings`` (num_nodes, dim) on fresh walks over ``edge_index``: the mean over the
+        corpus's pairs, or with ``world_size > 1`` this rank's share of it (the summed loss of the pairs of walks
+        ``rank, rank + world_size, ...`` over the corpus's pair count; the shares of all ranks add up to the mean)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
         if embeddings.shape != self.context.weight.shape:
             raise ValueError(f"embeddings must have shape {tuple(self.context.weight.shape)}, got {tuple(embeddings.shape)}")
         walks = random_walks(edge_index, self.num_nodes, self.walk_length, self.walks_per_node, generator=generator)
         center, context, walk_id = skipgram_pairs(walks, self.window)
         if center.numel() == 0:
             return embeddings.sum() * 0.0  # no edge to walk on: nothing to regularise, but keep the graph connected
+        # every rank draws the whole corpus (the same generator draws the same numbers), then keeps its walks' pairs
         negatives = negative_samples(walks, walk_id, self.num_negatives, self.num_nodes, generator)
         context_table = self.context.weight.to(embeddings.dtype)
-        return sgns_loss(embeddings[center], context_table[context], context_table[negatives])
+        if world_size == 1:
+            return sgns_loss(embeddings[center], context_table[context], context_table[negatives])
+        mine = walk_id % world_size == rank
+        share = sgns_loss(embeddings[center[mine]], context_table[context[mine]], context_table[negatives[mine]], reduction="sum")
+        return share / center.numel()

@@ -86,3 +86,43 @@ def test_skipgram_step_pulls_walk_neighbours_together():
     scores = emb @ sg.context.weight.t()
     same = torch.tensor([[i // 3 == j // 3 for j in range(6)] for i in range(6)])
     assert scores[same].mean() > scores[~same].mean() + 1.0
+
+
+def test_rank_shares_add_up_to_the_single_process_loss_and_gradient():
+    # DDP's split: each rank keeps the pairs of every world_size-th walk of the same corpus; the shares' gradients summed
+    # over the ranks (what the all-reduce does) equal the one-process mean's
+    edge_index = both([(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 4), (2, 4), (7, 0), (7, 5)])
+    emb = torch.nn.Parameter(torch.randn(8, 4))
+    sg = WalkSkipGram(8, 4, walk_length=4, walks_per_node=3, window=2, num_negatives=2, generator=torch.Generator().manual_seed(1))
+    whole = sg(emb, edge_index, torch.Generator().manual_seed(5))
+    expected = torch.autograd.grad(whole, [emb, sg.context.weight])
+    world = 3
+    shares = [sg(emb, edge_index, torch.Generator().manual_seed(5), rank, world) for rank in range(world)]
+    grads = [torch.autograd.grad(share, [emb, sg.context.weight]) for share in shares]
+    assert torch.allclose(sum(shares), whole, atol=1e-6)
+    for i in range(2):
+        assert torch.allclose(sum(g[i] for g in grads), expected[i], atol=1e-6)
+        assert not torch.allclose(grads[0][i], expected[i] / world, atol=1e-4)  # the ranks' shares really differ
+    with pytest.raises(ValueError, match="rank"):
+        sg(emb, edge_index, None, 3, 3)
+
+
+def test_a_seeded_context_table_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    a = WalkSkipGram(10, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(torch.get_rng_state(), before)  # nn.Embedding's own init would have drawn from it
+    b = WalkSkipGram(10, 4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a.context.weight, b.context.weight) and a.context.weight.requires_grad
+    bound = (6 / (10 + 4)) ** 0.5  # Xavier-uniform
+    assert a.context.weight.abs().max() <= bound and a.context.weight.std() > bound / 3
+    WalkSkipGram(10, 4)
+    assert not torch.equal(torch.get_rng_state(), before)  # the default (RWR-GAE's, unchanged) draws from it
+
+
+def test_sgns_reductions_agree():
+    c, o, n = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 2, 3)
+    per_pair = sgns_loss(c, o, n, reduction="none")
+    assert per_pair.shape == (5,) and torch.allclose(per_pair.mean(), sgns_loss(c, o, n)) and torch.allclose(per_pair.sum(), sgns_loss(c, o, n, "sum"))
+    with pytest.raises(ValueError, match="reduction"):
+        sgns_loss(c, o, n, "max")
