@@ -33,8 +33,9 @@ as the official ``_prepare_subgraphs`` does, so its presence carries no label. T
 (the official sizes the one-hot by the data set's largest label, which is ``hops`` after GraIL's pruning). The relation
 embedding width equals ``dim`` (the official adds the two, so its ``rel_emb_dim`` must equal ``emb_dim``). Ranking
 negatives exclude every known true triple of the graph (GraIL's ranking filters the same way) and ties rank
-pessimistically; the official BatchGRU's zero padding (no packing) is kept. The official ``clip`` flag and the
-``max_nodes_per_hop`` sampling (off by default) are not implemented.
+pessimistically; the official BatchGRU's zero padding (no packing) is kept. The official ``clip`` flag is not
+implemented. ``max_nodes_per_hop`` (GraIL's per-hop node sampling, off by default in both codes) draws per triple from
+``random.Random(derive_seed(negative_seed, h, r, t))`` instead of the global RNG (see ``framework/graphs/subgraphs.py``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor, nn
 
 from litzoo.framework.graphs import KnowledgeGraph, Subgraph, enclosing_subgraph
+from litzoo.framework.graphs.negatives import corrupt, margin_loss, ranking_candidates  # noqa: F401 (re-exported)
 from litzoo.framework.graphs.ranking import filtered_ranks, ranking_metrics
 from litzoo.framework.graphs.subgraphs import neighbourhood
 
@@ -181,47 +183,13 @@ class CoMPILE(nn.Module):
         return self.linear2(self.linear1(torch.tanh(n[b["heads"]] + target - n[b["tails"]]))).squeeze(1)
 
 
-def margin_loss(positive: Tensor, negative: Tensor, margin: float) -> Tensor:
-    """``sum_i max(0, margin - (s+_i - mean_j s-_ij))``: the official ``MarginRankingLoss(margin, reduction='sum')``
-    with target 1 against the mean of each positive's ``negative`` row ``(B, K)`` (or ``(B,)``)."""
-    return F.margin_ranking_loss(positive, negative.reshape(len(positive), -1).mean(1), torch.ones_like(positive), margin=margin, reduction="sum")
-
-
-def corrupt(triples: Tensor, num_entities: int, known: set[Triple], rng: random.Random, per_triple: int = 1) -> Tensor:
-    """``per_triple`` negatives per row of ``triples`` (``(N, 3)``), the official ``sample_neg``: head or tail (1/2 each)
-    replaced by a uniform entity, rejected when head == tail or the triple is ``known``. Returns ``(N * per_triple, 3)``."""
-    if num_entities < 3:
-        raise ValueError("need at least 3 entities to corrupt a triple")
-    out = []
-    for h, r, t in triples.tolist():
-        drawn = 0
-        for _ in range(1000 * per_triple):
-            nh, nt = (rng.randrange(num_entities), t) if rng.random() < 0.5 else (h, rng.randrange(num_entities))
-            if nh != nt and (nh, r, nt) not in known:
-                out.append((nh, r, nt))
-                drawn += 1
-                if drawn == per_triple:
-                    break
-        if drawn < per_triple:
-            raise ValueError(f"could not draw {per_triple} negatives for ({h}, {r}, {t}): too few free entities")
-    return torch.tensor(out, dtype=torch.long).reshape(-1, 3)
-
-
-def ranking_candidates(triple: Triple, num_entities: int, known: set[Triple], count: int, rng: random.Random, side: str) -> list[Triple]:
-    """``triple`` then up to ``count`` distinct corruptions of its ``side`` ("head" or "tail") that are not ``known``."""
-    h, r, t = triple
-    free = [e for e in range(num_entities) if e not in (h, t) and ((e, r, t) if side == "head" else (h, r, e)) not in known]
-    chosen = rng.sample(free, min(count, len(free)))
-    return [triple] + [((e, r, t) if side == "head" else (h, r, e)) for e in chosen]
-
-
 class SubgraphExtractor:
     """The enclosing subgraphs of one graph, cached in memory by triple. Each query hands
     :func:`enclosing_subgraph` only the edges inside the ``hops``-balls of h and t (what its BFS can reach), which gives
     the same subgraph as the whole graph at a fraction of the cost."""
 
-    def __init__(self, graph: Tensor, hops: int) -> None:
-        self.graph, self.hops = graph, hops
+    def __init__(self, graph: Tensor, hops: int, max_nodes_per_hop: int | None = None, seed: int = 0) -> None:
+        self.graph, self.hops, self.max_nodes_per_hop, self.seed = graph, hops, max_nodes_per_hop, seed
         self.adjacency: dict[int, set[int]] = {}
         for h, _, t in graph.tolist():
             self.adjacency.setdefault(h, set()).add(t)
@@ -238,7 +206,8 @@ class SubgraphExtractor:
             ball = {h, t} | neighbourhood(self.adjacency, h, self.hops) | neighbourhood(self.adjacency, t, self.hops)
             rows = sorted({i for v in ball for i in self.incident.get(v, ())})
             local = self.graph[rows] if rows else self.graph[:0]
-            self.cache[triple] = enclosing_subgraph(local.reshape(-1, 3), h, t, self.hops, relation=r)
+            # the full balls hold every node a capped BFS can reach, so the restriction stays exact with sampling
+            self.cache[triple] = enclosing_subgraph(local.reshape(-1, 3), h, t, self.hops, relation=r, max_nodes_per_hop=self.max_nodes_per_hop, seed=self.seed)
         return self.cache[triple]
 
 
@@ -261,7 +230,8 @@ class CoMPILEModule(L.LightningModule):
         num_negatives: negatives per positive in training and AUC evaluation (1).
         ranking_negatives: corrupted heads (and as many tails) per test triple for Hits@k (50; 0 skips ranking).
         add_target_edge: append ``H -r-> T`` to every subgraph as the official does.
-        negative_seed: seed of the negative sampling.
+        negative_seed: seed of the negative sampling (and of the per-hop node sampling).
+        max_nodes_per_hop: at most this many new nodes per BFS hop from each root (GraIL's option; None: no cap).
     """
 
     def __init__(
@@ -277,10 +247,13 @@ class CoMPILEModule(L.LightningModule):
         ranking_negatives: int = 50,
         add_target_edge: bool = True,
         negative_seed: int = 0,
+        max_nodes_per_hop: int | None = None,
     ) -> None:
         super().__init__()
         if min(hops, dim, depth, num_negatives) < 1 or ranking_negatives < 0 or margin <= 0 or lr <= 0 or l2 < 0 or not 0 <= dropout < 1:
             raise ValueError("hops, dim, depth, num_negatives must be >= 1, ranking_negatives >= 0, margin and lr > 0, l2 >= 0, dropout in [0, 1)")
+        if max_nodes_per_hop is not None and max_nodes_per_hop < 1:
+            raise ValueError(f"max_nodes_per_hop must be >= 1 or None, got {max_nodes_per_hop}")
         self.save_hyperparameters()
         self.net: CoMPILE | None = None
         self.extractors: dict[str, SubgraphExtractor] = {}
@@ -307,7 +280,7 @@ class CoMPILEModule(L.LightningModule):
         for split, source, name in (("train", graph, "train"), ("val", graph, "valid"), ("test", test_graph, "test")):
             key = "train_graph" if source is graph else "test_graph"
             if key not in self.extractors:
-                self.extractors[key] = SubgraphExtractor(source.splits["train"], hp.hops)
+                self.extractors[key] = SubgraphExtractor(source.splits["train"], hp.hops, hp.max_nodes_per_hop, hp.negative_seed)
                 self.known[key] = {tuple(row) for part in source.splits.values() for row in part.tolist()}
             triples = source.splits.get(name)
             if triples is None or len(triples) == 0:

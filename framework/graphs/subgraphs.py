@@ -10,16 +10,30 @@ induced on those nodes, a node's label is ``(d(h, node) with t removed, d(t, nod
 labels as GraIL's ``max_node_label_value``. Chosen where GraIL differs or is silent: the target edge ``(h, r, t)`` is
 removed before anything is computed (the brief and CoMPILE's training setting; GraIL instead keeps it and adds it when
 absent); the roots are never repeated among the neighbours (GraIL's union can list t twice); non-root nodes are sorted
-by id (GraIL keeps set order); no per-hop node sampling (GraIL's ``max_nodes_per_hop`` defaults to off).
+by id (GraIL keeps set order).
+
+Per-hop node sampling (GraIL's and CoMPILE's ``max_nodes_per_hop``, ``utils/dgl_utils.py:_bfs_relational``; both
+``train.py`` default it to None, off): at each BFS hop from one root, the newly reached nodes (neighbours of the
+current level not yet visited) are subsampled to at most ``max_nodes_per_hop`` before the next hop expands only
+the kept ones; a dropped node is not marked visited, so it may be reached again at a later hop, as in GraIL. The
+two roots are explored one after the other (h, then t) and the cap binds per hop *per root*, not on their
+intersection or union. GraIL draws with the unseeded global ``random.sample`` from a Python set, so its subgraphs
+change from run to run and with the order of extraction; here each triple has its own ``random.Random`` seeded
+with :func:`~litzoo.framework.random_state.derive_seed` ``(seed, h, r, t)`` (blake2b, the same in every process) and
+samples from the sorted level, so a triple's subgraph depends on nothing else: a resumed run, another DataLoader
+worker or another DDP rank extracts the same one.
 """
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict, deque
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from litzoo.framework.random_state import derive_seed
 
 
 @dataclass
@@ -40,17 +54,45 @@ def _adjacency(edges: list[tuple[int, int, int]]) -> dict[int, set[int]]:
     return adjacency
 
 
-def neighbourhood(adjacency: dict[int, set[int]], root: int, hops: int) -> set[int]:
-    """Nodes 1..``hops`` BFS levels away from ``root`` (the root excluded), GraIL's ``get_neighbor_nodes``."""
+def _check_cap(max_nodes_per_hop: int | None) -> None:
+    if max_nodes_per_hop is not None and max_nodes_per_hop < 1:
+        raise ValueError(f"max_nodes_per_hop must be >= 1 or None, got {max_nodes_per_hop}")
+
+
+def bfs_levels(adjacency: dict[int, set[int]], root: int, hops: int, max_nodes_per_hop: int | None = None,
+               rng: random.Random | None = None) -> list[set[int]]:  # fmt: skip
+    """The BFS levels 1..``hops`` from ``root``, GraIL's ``_bfs_relational``: each level holds the neighbours of the
+    previous one not yet visited, subsampled (``rng.sample`` of the sorted candidates) to ``max_nodes_per_hop``
+    before the next hop; only kept nodes count as visited. Stops early when a level is empty.
+    """
+    _check_cap(max_nodes_per_hop)
+    if max_nodes_per_hop is not None and rng is None:
+        raise ValueError("max_nodes_per_hop needs an rng (a seeded random.Random)")
     visited, level = {root}, {root}
-    reached: set[int] = set()
+    levels: list[set[int]] = []
     for _ in range(hops):
         level = {n for v in level for n in adjacency.get(v, ())} - visited
         if not level:
             break
+        if max_nodes_per_hop is not None and len(level) > max_nodes_per_hop:
+            # sorted: a set's order is no part of the draw, so the same rng state gives the same nodes anywhere
+            level = set(rng.sample(sorted(level), max_nodes_per_hop))
         visited |= level
-        reached |= level
-    return reached
+        levels.append(level)
+    return levels
+
+
+def neighbourhood(adjacency: dict[int, set[int]], root: int, hops: int, max_nodes_per_hop: int | None = None,
+                  rng: random.Random | None = None) -> set[int]:  # fmt: skip
+    """Nodes 1..``hops`` BFS levels away from ``root`` (the root excluded), GraIL's ``get_neighbor_nodes``
+    (with ``max_nodes_per_hop``: at most that many new nodes per level, see :func:`bfs_levels`)."""
+    return set().union(*bfs_levels(adjacency, root, hops, max_nodes_per_hop, rng))
+
+
+def triple_rng(seed: int, head: int, relation: int | None, tail: int) -> random.Random:
+    """The per-hop sampling generator of the triple ``(head, relation, tail)``: ``random.Random(derive_seed(seed, h,
+    r, t))`` (``r = -1`` for None), a function of the triple alone, identical in every process."""
+    return random.Random(derive_seed(seed, head, -1 if relation is None else relation, tail))
 
 
 def _distances(adjacency: dict[int, set[int]], source: int, allowed: set[int]) -> dict[int, int]:
@@ -74,6 +116,8 @@ def enclosing_subgraph(
     relation: int | None = None,
     enclosing: bool = True,
     max_label: int | None = None,
+    max_nodes_per_hop: int | None = None,
+    seed: int = 0,
 ) -> Subgraph:
     """The ``hops``-hop subgraph around ``(head, relation, tail)`` in ``graph`` (``(N, 3)`` long), GraIL-labelled.
 
@@ -82,6 +126,9 @@ def enclosing_subgraph(
             removed, for a candidate link that is not in the graph).
         enclosing: intersection of the two neighbourhoods (GraIL's ``enclosing_sub_graph=True``), else their union.
         max_label: clip each label component to this value (GraIL's ``max_node_label_value``).
+        max_nodes_per_hop: keep at most this many new nodes per BFS hop from each root (GraIL's option; None: all).
+        seed: with ``max_nodes_per_hop``, the sampling draws from :func:`triple_rng` ``(seed, head, relation, tail)``,
+            first for h's BFS, then for t's.
     """
     if hops < 1:
         raise ValueError(f"hops must be >= 1, got {hops}")
@@ -90,9 +137,11 @@ def enclosing_subgraph(
     edges = [tuple(row) for row in graph.tolist()]
     if relation is not None:
         edges = [e for e in edges if e != (head, relation, tail)]
+    _check_cap(max_nodes_per_hop)
     adjacency = _adjacency(edges)
-    around_head = neighbourhood(adjacency, head, hops)
-    around_tail = neighbourhood(adjacency, tail, hops)
+    rng = triple_rng(seed, head, relation, tail) if max_nodes_per_hop is not None else None
+    around_head = neighbourhood(adjacency, head, hops, max_nodes_per_hop, rng)
+    around_tail = neighbourhood(adjacency, tail, hops, max_nodes_per_hop, rng)
     others = (around_head & around_tail) if enclosing else (around_head | around_tail)
     candidates = [head, tail] + sorted(others - {head, tail})
     members = set(candidates)
