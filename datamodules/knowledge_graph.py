@@ -11,12 +11,21 @@ relations planted by composition rules ``d(x, z) <= b1(x, y) AND b2(y, z)`` with
 dropped and as many false ones added), emitted twice with disjoint entities (``SYNTHETIC_planted_v1`` and
 ``SYNTHETIC_planted_v1_ind``) and the ground-truth rules in ``rules.tsv`` next to them. Its held-out triples are derived
 facts (their rule body is in the training graph), so a rule learner can answer them and recall the rules.
+
+:class:`PackagedKGDataModule` reads the real Nations, Kinships and UMLS graphs that ship as ``{train,valid,test}.txt``
+(``head<TAB>relation<TAB>tail``, the same format) inside the ``pykeen`` wheel, located with ``importlib.util.find_spec``
+without importing pykeen (slow and heavy). Their sizes, checked by the tests (entities / relations / train / valid / test):
+Nations 14 / 55 / 1592 / 199 / 201, Kinships 104 / 25 / 8544 / 1068 / 1074, UMLS 135 / 46 / 5216 / 652 / 661. No valid or
+test triple of the three has an entity or a relation absent from ``train.txt`` (0 of each, counted on pykeen 1.11), so
+they are read in the transductive setting with that check on: a copy where it fails is refused, naming file and line.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from pathlib import Path
+from typing import Literal
 
 from torch import Tensor
 
@@ -73,6 +82,13 @@ class KnowledgeGraphDataModule(SplitsDataModule):
         else:
             self.graph = read_triples_folder(hp.root, require_seen_entities=hp.require_seen_entities)
             self.test_graph = self.graph
+
+    @property
+    def cache_folder(self) -> Path | None:
+        """Where a method may keep tables it derives from this graph (PathCon's path cache): the training folder;
+        ``None`` when nothing may be written next to the data."""
+        self.load()
+        return self.graph.folder
 
     @property
     def num_entities(self) -> int:
@@ -239,6 +255,70 @@ class PlantedRuleKGDataModule(KnowledgeGraphDataModule):
                 self.graph = self.test_graph = read_triples_folder(self.train_folder)
 
 
+# ---- the real Nations / Kinships / UMLS graphs of the pykeen wheel ------------------------------------------------------
+PACKAGED_DATASETS = ("nations", "kinships", "umls")
+
+
+def pykeen_datasets_folder() -> Path:
+    """The ``datasets`` folder of the installed ``pykeen`` package, found without importing it.
+
+    Raises:
+        LitzooError: pykeen is not installed (one line saying how to install it or where to point ``root``).
+    """
+    spec = importlib.util.find_spec("pykeen")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise LitzooError(
+            "the Nations / Kinships / UMLS graphs are read from the pykeen wheel, which is not installed: "
+            'pip install "litzoo[kg]", or pass root= a folder holding <dataset>/{train,valid,test}.txt'
+        )
+    return Path(locations[0]) / "datasets"
+
+
+class PackagedKGDataModule(KnowledgeGraphDataModule):
+    """A real knowledge graph shipped inside the pykeen wheel (Nations, Kinships or UMLS), read as
+    :class:`KnowledgeGraphDataModule` (transductive; every valid / test entity occurs in ``train.txt``).
+
+    One class with a ``dataset`` option rather than three: the three differ only in a folder name, and the run folder
+    of a config still tells them apart (``configs/pathcon/nations.yaml`` -> ``runs/pathcon/packagedkg-nations``).
+
+    Args:
+        dataset: ``"nations"`` (14 entities, 55 relations), ``"kinships"`` (104, 25) or ``"umls"`` (135, 46).
+        root: a folder holding ``<dataset>/{train,valid,test}.txt`` (a copy of pykeen's ``datasets`` folder); default:
+            the installed pykeen's, which needs ``pip install "litzoo[kg]"``.
+        cache_root: where methods may write tables derived from the graph (PathCon's path cache), under
+            ``<cache_root>/<dataset>``; ``None`` (default) writes nothing: an installed package is not a cache folder.
+        batch_size, num_workers: as :class:`KnowledgeGraphDataModule`.
+
+    Raises:
+        ValueError: an unknown ``dataset``.
+        LitzooError: pykeen missing (and no ``root``); a missing or malformed file (file and line).
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["nations", "kinships", "umls"] = "nations",
+        root: str | None = None,
+        cache_root: str | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+    ) -> None:
+        if dataset not in PACKAGED_DATASETS:
+            raise ValueError(f"dataset must be one of {PACKAGED_DATASETS}, got {dataset!r}")
+        self.folder = (Path(root).expanduser() if root is not None else pykeen_datasets_folder()) / dataset
+        super().__init__(str(self.folder), batch_size=batch_size, num_workers=num_workers)
+
+    def load(self) -> None:
+        # hparams hold this class's arguments (root is the parent folder), so read the dataset's folder directly
+        if self.graph is None:
+            self.graph = self.test_graph = read_triples_folder(self.folder)
+
+    @property
+    def cache_folder(self) -> Path | None:
+        cache_root = self.hparams.cache_root
+        return Path(cache_root).expanduser() / self.hparams.dataset if cache_root is not None else None
+
+
 def read_planted_rules(path: str | Path) -> list[tuple[str, str, str]]:
     """The ground-truth ``(derived, body1, body2)`` rules of a ``rules.tsv`` written by :func:`write_planted_rule_kg`."""
     rules = []
@@ -254,10 +334,13 @@ def read_planted_rules(path: str | Path) -> list[tuple[str, str, str]]:
 
 
 __all__ = [
+    "PACKAGED_DATASETS",
     "KnowledgeGraphDataModule",
+    "PackagedKGDataModule",
     "PlantedRuleKGDataModule",
     "inductive_folder",
     "planted_rule_triples",
+    "pykeen_datasets_folder",
     "read_planted_rules",
     "triples_dataset",
     "write_planted_rule_kg",

@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litzoo.framework.graphs.context import cached_relation_paths, context_edges, sample_entity_edges, triple_keys
-from litzoo.framework.graphs.ranking import filter_mask, filtered_ranks, ranking_metrics, true_answers
+from litzoo.framework.graphs.ranking import relation_ranking, relation_ranking_metrics, true_answers
 
 AGGREGATORS = ("mean", "concat", "cross")
 
@@ -202,7 +202,8 @@ class PathConModule(L.LightningModule):
     """PathCon on a :class:`litzoo.datamodules.knowledge_graph.KnowledgeGraphDataModule` (transductive).
 
     ``setup`` builds, once per data set, the sampled neighbour edges of every entity and the relation paths of every
-    distinct train / valid / test triple (cached in ``<data folder>/pathcon_cache/``), then the model.
+    distinct train / valid / test triple (cached in ``<datamodule.cache_folder>/pathcon_cache/``, next to the data unless
+    the DataModule says otherwise), then the model.
 
     Args:
         use_context: use the relational context (the paper's ablation switches this or ``use_path`` off).
@@ -261,10 +262,12 @@ class PathConModule(L.LightningModule):
         datamodule.load()
         if datamodule.test_graph is not datamodule.graph:
             raise ValueError("PathConModule supports the transductive setting only (the datamodule is inductive)")
-        self.build(datamodule.graph)
+        # the DataModule says where derived tables may be written (next to the data; nowhere for a read-only copy)
+        self.build(datamodule.graph, getattr(datamodule, "cache_folder", datamodule.graph.folder))
 
-    def build(self, graph) -> None:
-        """Precompute the tables of a :class:`litzoo.framework.graphs.KnowledgeGraph` and build the model."""
+    def build(self, graph, cache_folder: str | Path | None = None) -> None:
+        """Precompute the tables of a :class:`litzoo.framework.graphs.KnowledgeGraph` and build the model; the path
+        table is cached in ``<cache_folder>/pathcon_cache/`` (``None``: not cached)."""
         hp = self.hparams
         E, R = graph.num_entities, graph.num_relations
         train = graph.splits["train"]
@@ -289,7 +292,7 @@ class PathConModule(L.LightningModule):
         if hp.use_path:
             folder = Path(graph.folder) if graph.folder is not None else None
             files = [folder / f for f in ("train.txt", "valid.txt", "test.txt", "entities.dict", "relations.dict")] if folder else []
-            cache = folder / "pathcon_cache" if (folder is not None and hp.cache_paths) else None
+            cache = Path(cache_folder) / "pathcon_cache" if (cache_folder is not None and hp.cache_paths) else None
             paths = cached_relation_paths(train, queries, hp.max_path_len, R, files, cache)
             self.register_buffer("path_offsets", paths["offsets"], persistent=False)
             self.register_buffer("path_ids", paths["ids"], persistent=False)
@@ -367,20 +370,14 @@ class PathConModule(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         logits = self.scores(batch, mask_own_edge=False)
-        triples = torch.stack([batch["head"], batch["relation"], batch["tail"]], 1).cpu()
-        mask = filter_mask(triples, "relation", self.answers, self.num_relations)
-        ranks = filtered_ranks(logits.detach().float().cpu(), triples[:, 1], mask)
-        loss = F.cross_entropy(logits.detach().float().cpu(), triples[:, 1], reduction="none")
-        self._outputs[split].append((ranks, (logits.argmax(1).cpu() == triples[:, 1]).float(), loss))
+        triples = torch.stack([batch["head"], batch["relation"], batch["tail"]], 1)
+        self._outputs[split].append(relation_ranking(logits, triples, self.answers))
 
     def _summarise(self, split: str) -> None:
         outputs = self._outputs[split]
         if not outputs:
             return
-        ranks = torch.cat([r for r, _, _ in outputs])
-        metrics = ranking_metrics(ranks, ks=(1, 3, 5))
-        metrics["acc"] = torch.cat([c for _, c, _ in outputs]).mean().item()
-        metrics["loss"] = torch.cat([lo for _, _, lo in outputs]).mean().item()  # cross-entropy, what checkpoints monitor
+        metrics = relation_ranking_metrics(outputs, ks=(1, 3, 5))
         self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, prog_bar=split == "val")
         self._outputs[split] = []
 

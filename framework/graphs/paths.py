@@ -36,7 +36,8 @@ def paths_from(head: int, tails: set[int], neighbours: dict[int, set[tuple[int, 
     found: dict[int, set[Path]] = defaultdict(set)
     # frontier of walks of the current length: (relations so far, entities visited, last entity)
     frontier = [((), frozenset([head]), head)]
-    for _ in range(max_path_len):
+    for step in range(max_path_len):
+        final = step == max_path_len - 1
         grown = []
         for relations, visited, last in frontier:
             for relation, entity in neighbours.get(last, ()):
@@ -45,7 +46,8 @@ def paths_from(head: int, tails: set[int], neighbours: dict[int, set[tuple[int, 
                 walk = relations + (relation,)
                 if entity in tails:
                     found[entity].add(walk)
-                grown.append((walk, visited | {entity}, entity))
+                if not final:  # the last hop's walks are never extended: building their visited sets was most of the cost
+                    grown.append((walk, visited | {entity}, entity))
         frontier = grown
     return found
 

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 TIES = ("pessimistic", "optimistic", "realistic")
@@ -94,4 +95,34 @@ def ranking_metrics(ranks: Tensor, ks: Sequence[int] = (1, 3, 10)) -> dict[str, 
     metrics = {"mrr": (1.0 / ranks).mean().item(), "mr": ranks.mean().item()}
     for k in ks:
         metrics[f"hits@{k}"] = (ranks <= k).double().mean().item()
+    return metrics
+
+
+def relation_ranking(logits: Tensor, triples: Tensor, answers: dict[tuple[int, int], set[int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """PathCon's evaluation of one batch of relation predictions (``src/train.py:calculate_ranking_metrics``).
+
+    Args:
+        logits: ``(B, R)`` scores of every relation for each ``(h, ?, t)`` query.
+        triples: ``(B, 3)`` the true ``(h, r, t)``.
+        answers: :func:`true_answers` ``(..., "relation")`` of all splits (the other true relations are filtered out).
+
+    Returns:
+        ``(ranks, correct, cross_entropy)``, each ``(B,)`` float on the CPU: the filtered pessimistic rank of ``r``,
+        whether the arg-max is ``r`` and the softmax cross-entropy of ``r``; :func:`relation_ranking_metrics` sums them up.
+    """
+    logits = logits.detach().float().cpu()
+    triples = triples.cpu()
+    mask = filter_mask(triples, "relation", answers, logits.shape[1])
+    ranks = filtered_ranks(logits, triples[:, 1], mask)
+    correct = (logits.argmax(1) == triples[:, 1]).float()
+    return ranks, correct, F.cross_entropy(logits, triples[:, 1], reduction="none")
+
+
+def relation_ranking_metrics(outputs: Sequence[tuple[Tensor, Tensor, Tensor]], ks: Sequence[int] = (1, 3, 5)) -> dict[str, float]:
+    """``{"mrr", "mr", "hits@k"..., "acc", "loss"}`` over the :func:`relation_ranking` outputs of an epoch's batches."""
+    if not outputs:
+        raise ValueError("no relation-ranking outputs to summarise")
+    metrics = ranking_metrics(torch.cat([r for r, _, _ in outputs]), ks=ks)
+    metrics["acc"] = torch.cat([c for _, c, _ in outputs]).mean().item()
+    metrics["loss"] = torch.cat([lo for _, _, lo in outputs]).mean().item()  # cross-entropy, what checkpoints monitor
     return metrics

@@ -193,3 +193,18 @@ def test_short_fit_learns_the_planted_composition(tmp_path):
     # 10 relations: chance accuracy 0.1; the held-out facts are derived ones, answerable by their 2-hop body
     assert result["test/acc"] > 0.6 and result["test/hits@1"] > 0.6 and result["test/mrr"] > 0.7
     assert list((dm.train_folder / "pathcon_cache").glob("pathcon_paths_L2_*.pt"))
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("pykeen") is None, reason='the "kg" extra (pykeen) is not installed')
+def test_real_nations_caches_its_paths_under_cache_root_never_in_the_package(tmp_path):
+    from litzoo.datamodules.knowledge_graph import PackagedKGDataModule, pykeen_datasets_folder
+
+    dm = PackagedKGDataModule("nations", cache_root=str(tmp_path / "cache"), batch_size=64)
+    model = PathConModule(neighbor_samples=4, dim=8)
+    L.Trainer(fast_dev_run=True, logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1).fit(model, dm)
+    assert list((tmp_path / "cache" / "nations" / "pathcon_cache").glob("pathcon_paths_L2_*.pt"))
+    assert not (pykeen_datasets_folder() / "nations" / "pathcon_cache").exists()
+    # the bags are the enumeration's: every distinct triple of the three splits, Nations' 1992 rows
+    assert len(model.queries) == 1992 and len(model.path_offsets) == 1993
+    without = PackagedKGDataModule("nations")
+    assert without.cache_folder is None  # no cache_root: nothing written anywhere

@@ -80,3 +80,22 @@ def test_bad_inputs():
         filtered_ranks(torch.zeros(1, 2), torch.tensor([0]), ties="random")
     with pytest.raises(ValueError, match="query"):
         true_answers([], "entity")
+
+
+def test_relation_ranking_by_hand():
+    """PathCon's evaluation of a batch (the function PathCon and DistMult both call): filtered rank, accuracy, CE."""
+    from litzoo.framework.graphs.ranking import relation_ranking, relation_ranking_metrics
+
+    # two queries over 4 relations; (0, ?, 1) has the true relations {1, 2}, (2, ?, 3) only {0}
+    answers = true_answers([torch.tensor([[0, 1, 1], [0, 2, 1], [2, 0, 3]])], "relation")
+    logits = torch.tensor([[0.3, 0.1, 0.9, 0.5], [0.2, 0.7, 0.2, 0.1]])
+    triples = torch.tensor([[0, 1, 1], [2, 0, 3]])
+    ranks, correct, loss = relation_ranking(logits, triples, answers)
+    # row 0: relation 1 (0.1) is below 0.3 and 0.5; relation 2 (0.9), the other true one, is filtered out -> rank 3
+    # row 1: relation 0 (0.2) is below 0.7 and ties with relation 2 -> pessimistic rank 3
+    assert ranks.tolist() == [3.0, 3.0] and correct.tolist() == [0.0, 0.0]
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, triples[:, 1], reduction="none"))
+    metrics = relation_ranking_metrics([(ranks, correct, loss), (torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([0.5]))], ks=(1, 3))
+    assert metrics["mrr"] == pytest.approx((1 / 3 + 1 / 3 + 1) / 3) and metrics["hits@1"] == pytest.approx(1 / 3)
+    assert metrics["hits@3"] == 1.0 and metrics["mr"] == pytest.approx(7 / 3) and metrics["acc"] == pytest.approx(1 / 3)
+    assert metrics["loss"] == pytest.approx((loss.sum().item() + 0.5) / 3)
