@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     import altogether
     import common
     import compile as compile_bench
+    import compile_node_cap
     import curation
     import curation_pool
     import curation_scale
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     import prune_residual
     import pruning
     import quantization
+    import r5
     import rwr_gae
     import stickerclip
     import structural_reparam
@@ -139,11 +141,13 @@ def main(argv: list[str] | None = None) -> None:
     stickers = _section("StickerCLIP: zero-shot vs fine-tuned vs from-scratch sticker retrieval (9 trainings)", stickerclip.main, **options)
     paths = _section("PathCon: context only / paths only / both on a planted-rule KG (9 trainings)", pathcon.main, **options)
     inductive = _section("CoMPILE: inductive relation prediction on unseen entities (3 trainings)", compile_bench.main, **options)
+    capped = _section("CoMPILE: GraIL's per-hop node cap, subgraph sizes and extraction time (3 seeds)", compile_node_cap.main, **options)
+    rules = _section("R5: MCTS rule discovery on planted GraphLog worlds (3 trainings)", r5.main, **options)
     walks = _section("RWR-GAE: GAE / VGAE with and without the random-walk regulariser on karate and an SBM (24 trainings)", rwr_gae.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, walks))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -173,6 +177,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/mode.py`, `.venv/bin/python benchmarks/altogether.py`,
 `.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`,
 `.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/compile.py`,
+`.venv/bin/python benchmarks/compile_node_cap.py`, `.venv/bin/python benchmarks/r5.py`,
 `.venv/bin/python benchmarks/rwr_gae.py`). Total wall time: {total:.0f} s.
 
 Machine:
@@ -255,6 +260,10 @@ noisy, the alternating-round ratios less so.
 {pathcon.format_section(paths)}
 
 {compile_bench.format_section(inductive)}
+
+{compile_node_cap.format_section(capped)}
+
+{r5.format_section(rules)}
 
 {rwr_gae.format_section(walks)}
 """
