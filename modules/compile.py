@@ -42,17 +42,14 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import Tensor, nn
 
 from litzoo.framework.graphs import KnowledgeGraph, Subgraph, enclosing_subgraph
-from litzoo.framework.graphs.negatives import corrupt, margin_loss, ranking_candidates  # noqa: F401 (re-exported)
-from litzoo.framework.graphs.ranking import filtered_ranks, ranking_metrics
+from litzoo.framework.graphs.negatives import corrupt, link_metrics, link_ranks, margin_loss, ranking_candidates  # noqa: F401 (re-exported)
 from litzoo.framework.graphs.subgraphs import neighbourhood
 
 Triple = tuple[int, int, int]
@@ -320,19 +317,13 @@ class CoMPILEModule(L.LightningModule):
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         positives, positive, negative = self._pairs(batch, split)
         loss = margin_loss(positive, negative, self.hparams.margin).detach() / len(positive)
-        ranks = []
+        ranks = torch.empty(0)
         if split == "test" and self.hparams.ranking_negatives > 0:
-            extractor = self._extractor(split)
-            graph = self.graphs[split]
-            rng = random.Random(self.hparams.negative_seed)
-            for row in positives.tolist():
-                for side in ("head", "tail"):
-                    candidates = ranking_candidates(tuple(row), graph.num_entities, self.known_for(extractor), self.hparams.ranking_negatives, rng, side)
-                    scores = self.score(torch.tensor(candidates), split).detach().float().cpu()
-                    ranks.append(filtered_ranks(scores.unsqueeze(0), torch.zeros(1, dtype=torch.long)))
+            known = self.known_for(self._extractor(split))
+            ranks = link_ranks(lambda t: self.score(t, split), positives, self.graphs[split].num_entities, known, self.hparams.ranking_negatives, self.hparams.negative_seed)
         scores = torch.cat([positive.detach().float().cpu(), negative.detach().float().cpu().flatten()])
         labels = torch.cat([torch.ones(len(positive)), torch.zeros(negative.numel())])
-        self._outputs[split].append((scores, labels, loss.cpu().reshape(1), torch.cat(ranks) if ranks else torch.empty(0)))
+        self._outputs[split].append((scores, labels, loss.cpu().reshape(1), ranks))
 
     def known_for(self, extractor: SubgraphExtractor) -> set[Triple]:
         return self.known["train_graph" if extractor is self.extractors["train_graph"] else "test_graph"]
@@ -341,20 +332,8 @@ class CoMPILEModule(L.LightningModule):
         outputs = self._outputs[split]
         if not outputs:
             return
-        scores = torch.cat([o[0] for o in outputs])
-        labels = torch.cat([o[1] for o in outputs])
-        if not torch.isfinite(scores).all():
-            raise FloatingPointError(f"non-finite CoMPILE {split} scores")
-        metrics: dict[str, Any] = {
-            "loss": torch.cat([o[2] for o in outputs]).mean().item(),
-            "auc_pr": float(average_precision_score(labels.numpy(), scores.numpy())),
-            "auc": float(roc_auc_score(labels.numpy(), scores.numpy())),
-        }
-        ranks = torch.cat([o[3] for o in outputs])
-        if ranks.numel():
-            metrics.update(ranking_metrics(ranks, ks=(1, 10)))
-        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, prog_bar=split == "val")
         self._outputs[split] = []
+        self.log_dict({f"{split}/{k}": v for k, v in link_metrics(outputs, ks=(1, 10)).items()}, prog_bar=split == "val")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluate(batch, "val")

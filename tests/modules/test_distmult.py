@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import litzoo.framework.graphs.negatives as negatives_module
-import litzoo.modules.compile as compile_module
 from litzoo.datamodules.knowledge_graph import KnowledgeGraphDataModule, PlantedRuleKGDataModule
 from litzoo.framework.graphs import KnowledgeGraph
 from litzoo.modules.compile import CoMPILEModule
@@ -142,16 +141,18 @@ def test_link_task_draws_compile_s_negatives_and_ranking_candidates(tmp_path, mo
         assert distmult.negatives[split].keys() == compile_.negatives[split].keys()
         for triple, drawn in distmult.negatives[split].items():
             assert torch.equal(drawn, compile_.negatives[split][triple]), (split, triple)
+    # both draw their ranking candidates through framework/graphs/negatives.py: record every draw of each test run
     drawn: dict[str, list] = {"distmult": [], "compile": []}
-    for name, module in (("distmult", negatives_module), ("compile", compile_module)):
-        original = module.ranking_candidates
+    original = negatives_module.ranking_candidates
+    current = {"name": ""}
 
-        def record(*args, _name=name, _original=original, **kwargs):
-            out = _original(*args, **kwargs)
-            drawn[_name].append(out)
-            return out
+    def record(*args, **kwargs):
+        out = original(*args, **kwargs)
+        drawn[current["name"]].append(out)
+        return out
 
-        monkeypatch.setattr(module, "ranking_candidates", record)
-    for model in (distmult, compile_):
+    monkeypatch.setattr(negatives_module, "ranking_candidates", record)
+    for name, model in (("distmult", distmult), ("compile", compile_)):
+        current["name"] = name
         L.Trainer(**QUIET).test(model, dm, verbose=False)
     assert drawn["distmult"] == drawn["compile"] and len(drawn["distmult"]) == 2 * len(dm.test_graph.splits["test"])
