@@ -124,7 +124,11 @@ class InteractionsDataModule(SplitsDataModule):
         if not 0.0 < low <= high < 1.0:
             raise ValueError(f"time_quantiles must satisfy 0 < val <= test < 1, got {time_quantiles}")
         self.domain_files = {str(name): str(path) for name, path in domains.items()}
-        self.save_hyperparameters()
+        # explicit: a bare save_hyperparameters() in a subclass's chain stores, under LightningCLI, the subclass's given
+        # arguments instead (SharedTaste's root and sizes, whose num_items would also clash with a model's)
+        self.save_hyperparameters(dict(domains=domains, format=format, k_core=k_core, split=split, max_len=max_len, batch_size=batch_size,
+                                       num_workers=num_workers, seed=seed, num_negatives=num_negatives, eval_domains=eval_domains,
+                                       time_quantiles=time_quantiles, sparse_max=sparse_max, csv_columns=csv_columns))  # fmt: skip
         self.joined: JoinedInteractions | None = None
         self._train: dict[str, dict[int, list[int]]] = {}
         self._known: dict[str, dict[int, set[int]]] = {}

@@ -221,3 +221,12 @@ def test_generator_is_deterministic_per_seed(tmp_path):
     assert not [p for p in tmp_path.rglob(".*")]  # no staging folder left behind
     with pytest.raises(ValueError, match="sparse_domain"):
         write_shared_taste_domains(tmp_path / "d", num_domains=2, sparse_domain=2)
+
+
+def test_hparams_hold_the_reader_settings_also_for_a_subclass(tmp_path):
+    # the reader reads its settings from hparams; a subclass (the generator) must not replace them with its own arguments
+    dm = SharedTasteDataModule(root=str(tmp_path), num_users=300, num_items=120, seed=3, k_core=2, max_len=7)
+    assert dm.hparams["format"] == "inter" and dm.hparams["max_len"] == 7 and dm.hparams["k_core"] == 2 and dm.hparams["seed"] == 3
+    assert "num_items" not in dm.hparams  # would clash with a model's num_items when Lightning merges the two
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["items"].shape[1] == 7
