@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     options = {"reuse": args.reuse, "rerun": tuple(args.rerun)}
     import aio_p
     import altogether
+    import bpr_mf
     import common
     import compile as compile_bench
     import compile_node_cap
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     import quantization
     import r5
     import rwr_gae
+    import sasrec
     import stickerclip
     import structural_reparam
     import text_quality
@@ -145,9 +147,12 @@ def main(argv: list[str] | None = None) -> None:
     rules = _section("R5: MCTS rule discovery on planted GraphLog worlds (3 trainings)", r5.main, **options)
     walks = _section("RWR-GAE: GAE / VGAE with and without the random-walk regulariser on karate and an SBM (24 trainings)", rwr_gae.main, **options)
 
+    mf = _section("BPR-MF on SYNTHETIC shared-taste domains vs popularity and the planted oracle (3 seeds)", bpr_mf.main, **options)
+    sequential = _section("SASRec on the sparse SYNTHETIC shared-taste domain vs popularity and the planted oracle (3 seeds)", sasrec.main, **options)
+
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -178,7 +183,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`,
 `.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/compile.py`,
 `.venv/bin/python benchmarks/compile_node_cap.py`, `.venv/bin/python benchmarks/r5.py`,
-`.venv/bin/python benchmarks/rwr_gae.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -266,6 +271,10 @@ noisy, the alternating-round ratios less so.
 {r5.format_section(rules)}
 
 {rwr_gae.format_section(walks)}
+
+{bpr_mf.format_section(mf)}
+
+{sasrec.format_section(sequential)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
