@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import quiet_lightning, setup_threads  # noqa: E402
+from benchmarks.common import mean_sd_cell, quiet_lightning, setup_threads  # noqa: E402
 from litzoo.datamodules.interactions import SharedTasteDataModule  # noqa: E402
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks  # noqa: E402
 from litzoo.modules.bpr_mf import BPRMFModule  # noqa: E402
@@ -102,10 +102,6 @@ def main() -> dict[str, Any]:
     return results
 
 
-def cell(value: tuple[float, float]) -> str:
-    return "—" if not np.isfinite(value[0]) else f"{value[0]:.3f} ± {value[1]:.3f}"
-
-
 def format_section(results: dict[str, Any]) -> str:
     lines = ["## BPR-MF: the single-domain baseline of issue 23 (and CAT-ART's pretraining)", "",
              f"Test split (leave-one-out), mean ± std over seeds {results['seeds']}; SYNTHETIC shared-taste domains, 1000 users, 300 items "
@@ -120,7 +116,7 @@ def format_section(results: dict[str, Any]) -> str:
         for model in MODELS:
             r = results.get(f"{domain}/{model}")
             if r is not None:
-                lines.append(f"| {domain} | {model} | " + " | ".join(cell(r[k]) for k in KEYS) + " |")
+                lines.append(f"| {domain} | {model} | " + " | ".join(mean_sd_cell(r[k]) for k in KEYS) + " |")
     verdicts = []
     for domain in DOMAINS:
         mf, pop, oracle = (results[f"{domain}/{m}"]["full/ndcg@10"][0] for m in ("BPR-MF", "popularity", "planted oracle"))

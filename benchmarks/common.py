@@ -126,6 +126,13 @@ def yes_no(ok: bool) -> str:
     return "yes" if ok else "**no**"
 
 
+def mean_sd_cell(value: tuple[float, float]) -> str:
+    """A table cell of a saved ``(mean, sd)`` pair; a dash where the mean is not finite (a group with no users)."""
+    import math
+
+    return "—" if not math.isfinite(value[0]) else f"{value[0]:.3f} ± {value[1]:.3f}"
+
+
 def mean_sd(values: list[float], digits: int = 3) -> str:
     """``mean ± sd`` over seeds (just the value when there is one)."""
     import statistics

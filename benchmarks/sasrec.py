@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import quiet_lightning, setup_threads  # noqa: E402
+from benchmarks.common import mean_sd_cell, quiet_lightning, setup_threads  # noqa: E402
 from litzoo.datamodules.interactions import SharedTasteDataModule  # noqa: E402
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks  # noqa: E402
 from litzoo.modules.sasrec import SASRecModule  # noqa: E402
@@ -103,10 +103,6 @@ def main() -> dict[str, Any]:
     return results
 
 
-def cell(value: tuple[float, float]) -> str:
-    return "—" if not np.isfinite(value[0]) else f"{value[0]:.3f} ± {value[1]:.3f}"
-
-
 def format_section(results: dict[str, Any]) -> str:
     lines = ["## SASRec: the single-domain sequential baseline of issue 23", "",
              f"Sparse target domain d1 of the SYNTHETIC shared-taste data (1000 users, 300 items per domain, d1 sequences of 5-8 items), "
@@ -119,7 +115,7 @@ def format_section(results: dict[str, Any]) -> str:
              "| full sparse HR@10 | full sparse NDCG@10 |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for model in MODELS:
-        lines.append(f"| {model} | " + " | ".join(cell(results[model][k]) for k in KEYS) + " |")
+        lines.append(f"| {model} | " + " | ".join(mean_sd_cell(results[model][k]) for k in KEYS) + " |")
     s, p, o = (results[m]["sampled/hr@10"][0] for m in ("SASRec", "popularity", "planted oracle"))
     lines += ["", f"Sampled HR@10: SASRec {s:.3f}, popularity {p:.3f}, oracle {o:.3f} ({(s - p) / max(o - p, 1e-9):.0%} of the gap closed): "
               "the room a cross-domain method (RecGURU) has to fill on the sparse domain.", "", f"{results['seconds']:.0f} s on CPU."]  # fmt: skip
