@@ -47,7 +47,7 @@ Chosen here, where the paper or the official code is silent or this setting need
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import lightning as L
@@ -61,6 +61,7 @@ from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.sequence_encoder import SelfAttentiveSequenceEncoder
 from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives_avoiding
 
 
 def adam_sasrec(params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.98)) -> Adam:
@@ -123,52 +124,6 @@ def sasrec_loss(positive_logits: Tensor, negative_logits: Tensor, is_target: Ten
     weight = is_target.to(positive_logits.dtype)
     per_slot = -F.logsigmoid(positive_logits) - F.logsigmoid(-negative_logits)  # log(1 - s(x)) = logsigmoid(-x)
     return (per_slot * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def known_item_keys(known: Mapping[int, Iterable[int]], num_items: int) -> Tensor:
-    """Sorted ``(N,)`` long keys ``user * (num_items + 1) + item`` of the known (user, item) pairs.
-
-    Raises:
-        LitzooError: a user who knows every item has no negative to draw.
-    """
-    keys = []
-    for user, items in known.items():
-        items = sorted({int(i) for i in items})
-        if len(items) >= num_items:
-            raise LitzooError(f"user {user} interacted with all {num_items} items of the domain: no negative can be drawn for it")
-        keys.extend(int(user) * (num_items + 1) + i for i in items)
-    return torch.tensor(sorted(keys), dtype=torch.long)
-
-
-def sample_negatives_avoiding(targets: Tensor, users: Tensor, keys: Tensor, num_items: int, generator: torch.Generator | None = None) -> Tensor:
-    """One negative per target slot, uniform over ``1..num_items`` minus the user's known items; 0 at padding slots.
-
-    Args:
-        targets: ``(B, L)`` positive item ids, 0 at padding.
-        users: ``(B,)`` user ids.
-        keys: :func:`known_item_keys` of the users' known items (sorted).
-        num_items: items of the domain.
-        generator: the draws' generator (default: torch's global one, which a resumed run restores).
-    """
-    users = users.cpu()
-    draws = torch.randint(1, num_items + 1, targets.shape, generator=generator)
-    user_keys = users[:, None] * (num_items + 1)
-    keys = keys.cpu()
-
-    def known(candidates: Tensor, offsets: Tensor) -> Tensor:
-        if not len(keys):
-            return torch.zeros_like(candidates, dtype=torch.bool)
-        query = offsets + candidates
-        index = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
-        return keys[index] == query
-
-    bad = known(draws, user_keys)
-    while bad.any():  # rejection: each user has at least one unknown item (known_item_keys checks), so this ends
-        offsets = user_keys.expand_as(draws)[bad]
-        redraw = torch.randint(1, num_items + 1, offsets.shape, generator=generator)
-        draws[bad] = redraw
-        bad[bad.clone()] = known(redraw, offsets)
-    return draws.masked_fill(targets.cpu() == 0, 0).to(targets.device)
 
 
 class SASRecModule(L.LightningModule):
@@ -334,4 +289,4 @@ class SASRecModule(L.LightningModule):
         self._log_metrics("test")
 
 
-__all__ = ["SASRec", "SASRecModule", "adam_sasrec", "known_item_keys", "sample_negatives_avoiding", "sasrec_loss"]
+__all__ = ["SASRec", "SASRecModule", "adam_sasrec", "sasrec_loss"]

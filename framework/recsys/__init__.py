@@ -15,7 +15,7 @@ from litzoo.framework.recsys.interactions import (
     read_interactions,
 )
 from litzoo.framework.recsys.metrics import SPARSE_MAX_INTERACTIONS, RankingMetrics, full_ranks, history_mask, rank_metrics, sampled_ranks
-from litzoo.framework.recsys.negatives import sample_negatives
+from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives, sample_negatives_avoiding
 from litzoo.framework.recsys.splits import k_core, leave_one_out, time_cutoffs, time_parts, user_time_order
 
 __all__ = [
@@ -33,7 +33,9 @@ __all__ = [
     "read_csv_interactions",
     "read_inter",
     "read_interactions",
+    "known_item_keys",
     "sample_negatives",
+    "sample_negatives_avoiding",
     "sampled_ranks",
     "time_cutoffs",
     "time_parts",

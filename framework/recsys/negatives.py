@@ -9,14 +9,22 @@ the domain has fewer unseen items than that.
 
 Determinism: each draw has its own generator seeded from ``(seed, *key)`` (the DataModule passes the domain, user and
 sample), so a user's negatives depend on nothing else in the data: adding a user or a domain changes no other user's.
+
+Training negatives (:func:`sample_negatives_avoiding`): many per step, so drawn in bulk from a torch generator (the global
+one by default, which ``seed_everything`` seeds and ``ExactResume`` restores) by rejection against the sorted keys
+``user * (num_items + 1) + item`` of every known (user, item) pair (:func:`known_item_keys`): uniform (SASRec's sampler,
+RecGURU's ``pickle_loader``) or weighted (RecGURU's popularity^0.75 negatives), with repeats, never a known item.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Mapping
 
 import numpy as np
+import torch
+from torch import Tensor
 
+from litzoo.framework.errors import LitzooError
 from litzoo.framework.random_state import derive_seed
 
 
@@ -52,4 +60,72 @@ def sample_negatives(num_items: int, positives: Collection[int], count: int, see
     return np.fromiter(chosen, dtype=np.int64, count=count)
 
 
-__all__ = ["sample_negatives"]
+def known_item_keys(known: Mapping[int, Iterable[int]], num_items: int) -> Tensor:
+    """Sorted ``(N,)`` long keys ``user * (num_items + 1) + item`` of the known (user, item) pairs.
+
+    Raises:
+        LitzooError: a user who knows every item has no negative to draw.
+    """
+    keys = []
+    for user, items in known.items():
+        items = sorted({int(i) for i in items})
+        if len(items) >= num_items:
+            raise LitzooError(f"user {user} interacted with all {num_items} items of the domain: no negative can be drawn for it")
+        keys.extend(int(user) * (num_items + 1) + i for i in items)
+    return torch.tensor(sorted(keys), dtype=torch.long)
+
+
+def sample_negatives_avoiding(
+    targets: Tensor, users: Tensor, keys: Tensor, num_items: int, generator: torch.Generator | None = None, weights: Tensor | None = None
+) -> Tensor:
+    """One negative per entry of ``targets``, never one of the row's user's known items; 0 where the target is 0.
+
+    Args:
+        targets: ``(B, ...)`` positive item ids, 0 at padding (``(B, L)`` for one negative per slot, ``(B, L, n)`` —
+            e.g. ``target[..., None].expand(-1, -1, n)`` — for ``n`` per slot).
+        users: ``(B,)`` user ids, one per row.
+        keys: :func:`known_item_keys` of the users' known items (sorted).
+        num_items: items of the domain (ids ``1..num_items``).
+        generator: the draws' generator (default: torch's global one, which a resumed run restores).
+        weights: ``(num_items + 1,)`` non-negative draw weights of the ids (column 0 ignored); ``None``: uniform.
+            Every user needs an unknown item of positive weight, or the rejection would not end: RecGURU's popularity
+            weights are positive for every item with a training interaction, which every k-core item has.
+
+    Raises:
+        ValueError: ``weights`` of the wrong shape, negative, or all zero.
+    """
+    users = users.cpu()
+    keys = keys.cpu()
+    shape = targets.shape
+    if weights is not None:
+        weights = weights.detach().cpu().double().clone()
+        if weights.shape != (num_items + 1,) or (weights < 0).any() or not torch.isfinite(weights).all():
+            raise ValueError(f"weights must be ({num_items + 1},), finite and non-negative, got shape {tuple(weights.shape)}")
+        weights[0] = 0.0
+        if weights.sum() <= 0:
+            raise ValueError("weights put no mass on any item")
+
+    def draw(count: int) -> Tensor:
+        if weights is None:
+            return torch.randint(1, num_items + 1, (count,), generator=generator)
+        return torch.multinomial(weights, count, replacement=True, generator=generator)
+
+    def known(candidates: Tensor, offsets: Tensor) -> Tensor:
+        if not len(keys):
+            return torch.zeros_like(candidates, dtype=torch.bool)
+        query = offsets + candidates
+        index = torch.searchsorted(keys, query).clamp_max(len(keys) - 1)
+        return keys[index] == query
+
+    draws = draw(targets.numel()).reshape(shape)
+    user_keys = (users * (num_items + 1)).reshape(-1, *([1] * (len(shape) - 1))).expand(shape)
+    bad = known(draws, user_keys)
+    while bad.any():  # rejection: each user has at least one unknown item (known_item_keys checks), so this ends
+        offsets = user_keys[bad]
+        redraw = draw(len(offsets))
+        draws[bad] = redraw
+        bad[bad.clone()] = known(redraw, offsets)
+    return draws.masked_fill(targets.cpu() == 0, 0).to(targets.device)
+
+
+__all__ = ["known_item_keys", "sample_negatives", "sample_negatives_avoiding"]

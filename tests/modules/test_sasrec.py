@@ -16,7 +16,8 @@ import torch
 from litzoo.datamodules.interactions import SharedTasteDataModule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks
-from litzoo.modules.sasrec import SASRec, SASRecModule, known_item_keys, sample_negatives_avoiding, sasrec_loss
+from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives_avoiding
+from litzoo.modules.sasrec import SASRec, SASRecModule, sasrec_loss
 
 
 @pytest.fixture(scope="module")
