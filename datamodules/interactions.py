@@ -45,20 +45,10 @@ from litzoo.framework.errors import LitzooError
 from litzoo.framework.recsys.interactions import FORMATS, DomainInteractions, JoinedInteractions, join_domains, read_interactions
 from litzoo.framework.recsys.metrics import SPARSE_MAX_INTERACTIONS
 from litzoo.framework.recsys.negatives import sample_negatives
-from litzoo.framework.recsys.splits import k_core, leave_one_out, time_cutoffs, time_parts, user_time_order
+from litzoo.framework.recsys.splits import k_core, leave_one_out, left_pad, time_cutoffs, time_parts, user_time_order
 
 SPLITS = ("leave_one_out", "time")
 _SPLIT_CODE = {"val": 1, "test": 2}
-
-
-def left_pad(sequences: Sequence[Sequence[int]], length: int) -> Tensor:
-    """``(N, length)`` long: the last ``length`` ids of each sequence, right-aligned, 0 before them."""
-    out = torch.zeros(len(sequences), length, dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        tail = list(sequence)[-length:] if length else []
-        if tail:
-            out[row, length - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
-    return out
 
 
 def _subset(data: DomainInteractions, keep: np.ndarray) -> DomainInteractions:

@@ -16,7 +16,7 @@ from litzoo.framework.recsys.interactions import (
 )
 from litzoo.framework.recsys.metrics import SPARSE_MAX_INTERACTIONS, RankingMetrics, full_ranks, history_mask, rank_metrics, sampled_ranks
 from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives, sample_negatives_avoiding
-from litzoo.framework.recsys.splits import k_core, leave_one_out, time_cutoffs, time_parts, user_time_order
+from litzoo.framework.recsys.splits import k_core, leave_one_out, left_pad, time_cutoffs, time_parts, user_time_order
 
 __all__ = [
     "SPARSE_MAX_INTERACTIONS",
@@ -29,6 +29,7 @@ __all__ = [
     "join_domains",
     "k_core",
     "leave_one_out",
+    "left_pad",
     "rank_metrics",
     "read_csv_interactions",
     "read_inter",

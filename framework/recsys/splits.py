@@ -23,7 +23,11 @@ Checked against the references:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+from torch import Tensor
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -88,4 +92,14 @@ def time_parts(timestamps: np.ndarray, cutoffs: tuple[float, float]) -> np.ndarr
     return (stamps >= cutoffs[0]).astype(np.int64) + (stamps >= cutoffs[1]).astype(np.int64)
 
 
-__all__ = ["SPLIT_NAMES", "k_core", "leave_one_out", "time_cutoffs", "time_parts", "user_time_order"]
+def left_pad(sequences: Sequence[Sequence[int]], length: int) -> Tensor:
+    """``(N, length)`` long: the last ``length`` ids of each sequence, right-aligned, 0 before them."""
+    out = torch.zeros(len(sequences), length, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tail = list(sequence)[-length:] if length else []
+        if tail:
+            out[row, length - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
+    return out
+
+
+__all__ = ["SPLIT_NAMES", "k_core", "leave_one_out", "left_pad", "time_cutoffs", "time_parts", "user_time_order"]
