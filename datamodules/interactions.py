@@ -22,6 +22,8 @@ Batches (dicts of tensors; ``L = max_len``, ``n = num_negatives``):
 MF models read :meth:`InteractionsDataModule.train_interactions` (user -> set of training items) or
 :meth:`~InteractionsDataModule.train_pairs`; full ranking leaves out :meth:`~InteractionsDataModule.exclusion_mask`.
 
+:class:`InteractionFolderDataModule` reads a folder of such files, one per domain (``<domain>.inter`` / ``<domain>.csv``).
+
 :func:`write_shared_taste_domains` writes SYNTHETIC domains with a planted ground truth (users' taste vectors shared
 by every domain, per-domain item vectors, a Markov term on the previous item, a share of overlapping users, a sparse
 domain) as ``.inter`` files plus ``planted.npz``; :class:`SharedTasteDataModule` generates once, then reads them
@@ -306,6 +308,64 @@ class InteractionsDataModule(SplitsDataModule):
         return self.make_dataloader(self.domain_dataset(split, domain), self.batch_size, shuffle=split == "train")
 
 
+class InteractionFolderDataModule(InteractionsDataModule):
+    """A folder of per-domain interaction files, one domain per file: ``<root>/<domain>.inter`` (RecBole's atomic
+    layout, a data set folder of ``.inter`` files) or ``<root>/<domain>.csv`` (``user,item,rating,timestamp``, the
+    Amazon-review layout), read as :class:`InteractionsDataModule` (users joined across the files by id).
+
+    Args:
+        root: the folder (required; a config leaves it to the command line, ``--data.init_args.root``).
+        domain_names: the domains to read, in this order (their ids 0, 1, ...); ``None``: every ``.inter`` / ``.csv``
+            file of the folder, sorted by name.
+        k_core ... csv_columns: as :class:`InteractionsDataModule` (``format`` follows each file's suffix).
+
+    Raises:
+        LitzooError: a missing folder, a folder without interaction files, a domain with no file or with both a
+            ``.inter`` and a ``.csv`` file (one line, naming the folder).
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        domain_names: list[str] | None = None,
+        k_core: int = 5,
+        split: Literal["leave_one_out", "time"] = "leave_one_out",
+        max_len: int = 50,
+        batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        num_negatives: int = 100,
+        eval_domains: list[str] | None = None,
+        time_quantiles: tuple[float, float] = (0.8, 0.9),
+        sparse_max: int = SPARSE_MAX_INTERACTIONS,
+        csv_columns: tuple[str, ...] | None = None,
+    ) -> None:
+        if root is None:
+            raise LitzooError(f"{type(self).__name__} needs data.root: the folder holding one <domain>.inter (RecBole atomic) or <domain>.csv "
+                              "(user,item,rating,timestamp) file per domain; set it with --data.init_args.root <folder>")  # fmt: skip
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise LitzooError(f"{folder}: no such folder (data.init_args.root must hold one <domain>.inter or <domain>.csv file per domain)")
+        files: dict[str, list[Path]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix in (".inter", ".csv"):
+                files.setdefault(path.stem, []).append(path)
+        names = list(domain_names) if domain_names is not None else sorted(files)
+        if not names:
+            raise LitzooError(f"{folder}: no .inter or .csv interaction file in the folder")
+        domains = {}
+        for name in names:
+            found = files.get(name, [])
+            if len(found) != 1:
+                what = "no file" if not found else f"both {found[0].name} and {found[1].name}"
+                raise LitzooError(f"{folder}: domain {name!r} has {what} (expected exactly one of {name}.inter, {name}.csv)")
+            domains[name] = str(found[0])
+        self.folder = folder
+        super().__init__(domains, format="auto", k_core=k_core, split=split, max_len=max_len, batch_size=batch_size, num_workers=num_workers,
+                         seed=seed, num_negatives=num_negatives, eval_domains=eval_domains, time_quantiles=time_quantiles,
+                         sparse_max=sparse_max, csv_columns=csv_columns)  # fmt: skip
+
+
 # ---- SYNTHETIC shared-taste domains ---------------------------------------------------------------------------------
 INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
 START_TIME = 1_600_000_000  # seconds; the synthetic clock starts here
@@ -462,4 +522,4 @@ class SharedTasteDataModule(InteractionsDataModule):
             return {key: data[key] for key in data.files}
 
 
-__all__ = ["InteractionsDataModule", "SharedTasteDataModule", "left_pad", "shared_taste_sequences", "write_shared_taste_domains"]
+__all__ = ["InteractionFolderDataModule", "InteractionsDataModule", "SharedTasteDataModule", "left_pad", "shared_taste_sequences", "write_shared_taste_domains"]

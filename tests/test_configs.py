@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from cifar_files import write_cifar10, write_cifar100
+from interaction_files import write_interaction_folder
 
 from litzoo.cli import main
 
@@ -18,6 +19,14 @@ CONFIGS = sorted(str(p) for p in Path("configs").glob("*/*.yaml"))
 ON_DISK_DATA = {
     "litzoo.datamodules.cifar.CIFAR10DataModule": partial(write_cifar10, per_batch=2, test_size=2),
     "litzoo.datamodules.cifar.CIFAR100DataModule": partial(write_cifar100, train_size=10, test_size=2),
+    "litzoo.datamodules.interactions.InteractionFolderDataModule": write_interaction_folder,
+}
+#: what the one-line error of each of them says when data.root is missing
+MISSING_ROOT_MESSAGES = {
+    "litzoo.datamodules.cifar.CIFAR10DataModule": ("litzoo: error: CIFAR", "DataModule needs data.root: the folder holding cifar-", "cifar.html"),
+    "litzoo.datamodules.cifar.CIFAR100DataModule": ("litzoo: error: CIFAR", "DataModule needs data.root: the folder holding cifar-", "cifar.html"),
+    "litzoo.datamodules.interactions.InteractionFolderDataModule": (
+        "litzoo: error: InteractionFolderDataModule needs data.root", "<domain>.inter (RecBole atomic) or <domain>.csv"),
 }
 
 
@@ -53,4 +62,5 @@ def test_config_without_its_data_root_fails_in_one_line(config, tmp_path, capsys
     err = capsys.readouterr().err
     assert "Traceback" not in err and "usage:" not in err
     line = err.strip().splitlines()[-1]
-    assert line.startswith("litzoo: error: CIFAR") and "DataModule needs data.root: the folder holding cifar-" in line and "cifar.html" in line
+    start, *parts = MISSING_ROOT_MESSAGES[yaml.safe_load(Path(config).read_text())["data"]["class_path"]]
+    assert line.startswith(start) and all(part in line for part in parts), line

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from litzoo.datamodules.interactions import InteractionsDataModule, SharedTasteDataModule, left_pad, write_shared_taste_domains
+from litzoo.datamodules.interactions import (
+    InteractionFolderDataModule,
+    InteractionsDataModule,
+    SharedTasteDataModule,
+    left_pad,
+    write_shared_taste_domains,
+)
 from litzoo.framework.data.loaders import ResumableLoader
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.recsys import full_ranks, rank_metrics, read_inter
@@ -230,3 +236,32 @@ def test_hparams_hold_the_reader_settings_also_for_a_subclass(tmp_path):
     assert "num_items" not in dm.hparams  # would clash with a model's num_items when Lightning merges the two
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))["items"].shape[1] == 7
+
+
+def test_interaction_folder_reads_one_file_per_domain_in_either_format(tmp_path):
+    folder = tmp_path / "amazon"
+    folder.mkdir()
+    (folder / "movie.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                        + "".join(f"u{u}\tm{i}\t5\t{10 * i + u}\n" for u in range(4) for i in range(6)))  # fmt: skip
+    (folder / "book.csv").write_text("user,item,rating,timestamp\n" + "".join(f"u{u},b{i},4,{i}\n" for u in range(2, 6) for i in range(5)))
+    (folder / "notes.txt").write_text("not a domain")
+    dm = InteractionFolderDataModule(str(folder), k_core=0, num_negatives=1, max_len=4)
+    assert dm.domain_names == ["book", "movie"]  # every .inter / .csv file, sorted by name
+    assert dm.num_items("movie") == 6 and dm.num_items("book") == 5
+    assert len(dm.overlapping_users) == 2  # u2 and u3 are in both files, joined by id
+    ordered = InteractionFolderDataModule(str(folder), domain_names=["movie", "book"], k_core=0, num_negatives=1)
+    assert ordered.domain_names == ["movie", "book"]
+
+    with pytest.raises(LitzooError, match="needs data.root"):
+        InteractionFolderDataModule()
+    with pytest.raises(LitzooError, match="no such folder"):
+        InteractionFolderDataModule(str(tmp_path / "missing"))
+    with pytest.raises(LitzooError, match=r"domain 'music' has no file \(expected exactly one of music.inter, music.csv\)"):
+        InteractionFolderDataModule(str(folder), domain_names=["movie", "music"])
+    (folder / "book.inter").write_text("user_id:token\titem_id:token\n")
+    with pytest.raises(LitzooError, match="domain 'book' has both book.csv and book.inter"):
+        InteractionFolderDataModule(str(folder))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(LitzooError, match="no .inter or .csv interaction file"):
+        InteractionFolderDataModule(str(empty))
