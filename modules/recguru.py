@@ -48,11 +48,14 @@ Written with Lightning's manual optimization; in stage 2, batch ``i`` of an epoc
 ``i % (critic_iterations + 1) < critic_iterations`` and a generator update otherwise (each on a fresh batch, as the
 official draws fresh batches for every critic iteration).
 
-Verified (tests/modules/test_recguru.py): the attention layer against ``nn.MultiheadAttention``; the encoder's user
-representation is invariant to padding and the decoder is causal; the window construction against the official
-``seq_padding`` / ``test_seq_gen`` rules by hand; the gradient penalty against a hand-derived gradient on toy critics;
-the sampled softmax and the official BPR by hand; negatives never a known item of the user; the logged metrics against
-brute force; 2-process DDP (gloo) ends with identical weights; the stage schedule and its optimizers.
+Verified (tests/modules/test_recguru.py): the attention layer against ``nn.MultiheadAttention``; one encoder layer
+against a hand loop over the non-padding slots (the padding's content irrelevant); the decoders causal; the windows
+against the official ``seq_padding`` / ``test_seq_gen`` rules; the gradient penalty against hand-derived gradients on
+toy critics (and its gradient in the critic's weights); the sampled softmax and the official BPR by hand; which part
+each update moves (pre-training: auto-encoder; critic turns: critic only; generator turns: auto-encoder; fine-tuning:
+encoder and target recommender) and the ablation's skipped critic turns; the alignment pairs; the prefix view; the
+logged metrics against brute force; 2-process DDP (gloo) ends with identical weights, and plain ``ddp`` is refused in
+one line. Negatives never a known item of the user: tests/framework/recsys/test_recsys_negatives.py.
 
 Chosen here, where the official code is silent or this setting needs it (each named, so it can be changed back):
 
@@ -68,10 +71,14 @@ Chosen here, where the official code is silent or this setting needs it (each na
 * **Alignment on.** ``main_2`` calls ``train_gan_all(..., overlap=False)``; the paper's method aligns overlapping users,
   so ``align_overlap=True`` here. ``discriminator=False`` is the paper's ablation without the adversarial term (the
   critic batches are then skipped, so the generator gets the same number of updates).
+* **What the recommender reads of the user (``user_view``).** In the official training the encoder sees the whole
+  training window, so the representation every recommender slot attends to already contains the items the slots are
+  trained to predict; at test time it does not contain the held-out item. ``user_view="prefix"`` (not the default)
+  gives slot ``t`` the representation of the items up to ``t`` only, one encoder pass per slot.
 * **Stage lengths** are epochs; the official counts iterations (200 pre-training steps, then ``training_steps_tune``
   which its config finally sets to 300: 180 adversarial iterations and 180 fine-tuning iterations, at batch 1024 on
-  Amazon domains of 4k-47k users). The Noam warm-up defaults to half the pre-training stage's steps, the official rule
-  (``n_warmup_steps = training_steps / 2``) scaled to the stage actually run.
+  Amazon domains of 4k-47k users). The Noam warm-up is the official rule, 150 epochs of batches (``n_warmup_steps =
+  training_steps / 2``, ``training_steps`` = 300 epochs), so pre-training runs at a small, rising learning rate.
 """
 
 from __future__ import annotations
@@ -98,6 +105,8 @@ from litzoo.framework.recsys.splits import left_pad
 
 MASKED_SCORE = -1e9  # the official masked_fill value (not -inf: a fully masked row stays finite)
 STAGES = ("pretrain", "adversarial", "finetune")
+# config_auto4rec.py (cross-domain): n_warmup_steps = training_steps / 2, training_steps = 300 epochs of batches
+OFFICIAL_WARMUP_EPOCHS = 150
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -269,6 +278,8 @@ class RecGURU(nn.Module):
         num_blocks: layers in the encoder and in each decoder (3 for the Amazon pairs, 6 for the business data).
         dropout: dropout rate (0.5).
         max_positions: longest window the position code covers.
+        embedding_std: standard deviation of the item embeddings' normal initialisation (1: ``nn.Embedding``'s, the
+            official).
     """
 
     def __init__(
@@ -282,6 +293,7 @@ class RecGURU(nn.Module):
         num_blocks: int = 3,
         dropout: float = 0.5,
         max_positions: int = 512,
+        embedding_std: float = 1.0,
     ) -> None:
         super().__init__()
         if len(num_items) < 2 or min(num_items) < 1:
@@ -290,7 +302,11 @@ class RecGURU(nn.Module):
             raise ValueError("need an even d_model >= 2, positive d_ff, d_k, d_v, num_heads, num_blocks, max_positions and dropout in [0, 1)")
         self.num_items = [int(n) for n in num_items]
         self.d_model, self.max_positions = d_model, max_positions
-        self.item_embeddings = nn.ModuleList(nn.Embedding(n + 2, d_model) for n in self.num_items)  # nn.Embedding's N(0, 1), as the official
+        if embedding_std <= 0:
+            raise ValueError(f"embedding_std must be positive, got {embedding_std}")
+        self.item_embeddings = nn.ModuleList(nn.Embedding(n + 2, d_model) for n in self.num_items)
+        for table in self.item_embeddings:
+            nn.init.normal_(table.weight, std=embedding_std)
         self.register_buffer("positions", interleaved_sinusoid(max_positions, d_model), persistent=False)
         self.input_dropout = nn.Dropout(dropout)
         layer = dict(d_model=d_model, d_ff=d_ff, d_k=d_k, d_v=d_v, num_heads=num_heads, dropout=dropout)
@@ -317,27 +333,54 @@ class RecGURU(nn.Module):
             x = layer(x, blocked) * mask[..., None]
         return x[:, -1]
 
-    def decode(self, layers: nn.ModuleList, user: Tensor, enc_in: Tensor, dec_in: Tensor, domain: int) -> Tensor:
-        """States ``(B, L, d)`` of a decoder over ``dec_in`` with cross-attention onto ``user`` (repeated over the
-        encoder's slots, its padding slots blocked, as the official)."""
+    def decode(self, layers: nn.ModuleList, memory: Tensor, cross_blocked: Tensor, dec_in: Tensor, domain: int) -> Tensor:
+        """States ``(B, L, d)`` of a decoder over ``dec_in``: causal self-attention, cross-attention onto ``memory``
+        ``(B, Lk, d)`` with ``cross_blocked`` ``(B, L, Lk)``."""
         x, mask = self.embed(dec_in, domain)
         L = dec_in.shape[1]
         causal = torch.ones(L, L, dtype=torch.bool, device=dec_in.device).triu(1)
         self_blocked = causal[None] | (dec_in == 0)[:, None, :]
-        memory = user[:, None, :].expand(-1, enc_in.shape[1], -1)
-        cross_blocked = (enc_in == 0)[:, None, :].expand(-1, L, -1)
         for layer in layers:
             x = layer(x, memory, self_blocked, cross_blocked) * mask[..., None]
         return x
 
+    @staticmethod
+    def window_memory(user: Tensor, enc_in: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        """The official memory: ``user`` repeated over the encoder's slots, its padding slots blocked."""
+        return user[:, None, :].expand(-1, enc_in.shape[1], -1), (enc_in == 0)[:, None, :].expand(-1, length, -1)
+
+    def prefix_users(self, dec_in: Tensor, domain: int) -> Tensor:
+        """``(B, L, d)``: at each non-padding decoder slot ``t``, the representation of the items up to and including
+        ``dec_in[:, t]`` (encoded as ``[prefix[-(L-1):], EOS]``); zero at padding slots."""
+        B, L = dec_in.shape
+        rows, slots = (dec_in != 0).nonzero(as_tuple=True)
+        index = slots[:, None] - (L - 2) + torch.arange(L - 1, device=dec_in.device)[None]  # the prefix ends at window slot L - 2
+        window = dec_in[rows[:, None], index.clamp_min(0)].masked_fill(index < 0, 0)
+        window = torch.cat([window, torch.full_like(window[:, :1], self.eos(domain))], 1)
+        users = torch.zeros(B, L, self.d_model, dtype=self.positions.dtype, device=dec_in.device)
+        if len(rows):
+            users = users.index_put((rows, slots), self.encode(window, domain))
+        return users
+
     def reconstruct(self, enc_in: Tensor, dec_in: Tensor, domain: int) -> Tensor:
         """The auto-encoder's decoder states ``(B, L, d)`` (``get_dec_out``)."""
-        return self.decode(self.decoders[domain], self.encode(enc_in, domain), enc_in, dec_in, domain)
+        memory, blocked = self.window_memory(self.encode(enc_in, domain), enc_in, dec_in.shape[1])
+        return self.decode(self.decoders[domain], memory, blocked, dec_in, domain)
 
-    def recommend(self, enc_in: Tensor, dec_in: Tensor, domain: int, fixed_encoder: bool = True) -> Tensor:
-        """The recommender's states ``(B, L, d)`` (``recommend_forward``; ``fixed_encoder`` detaches ``u``)."""
-        user = self.encode(enc_in, domain)
-        return self.decode(self.recommenders[domain], user.detach() if fixed_encoder else user, enc_in, dec_in, domain)
+    def recommend(self, enc_in: Tensor, dec_in: Tensor, domain: int, fixed_encoder: bool = True, user_view: str = "window") -> Tensor:
+        """The recommender's states ``(B, L, d)`` (``recommend_forward``; ``fixed_encoder`` detaches the user representations).
+
+        ``user_view="window"`` (official): every slot attends to the representation of the whole encoder window.
+        ``"prefix"``: slot ``t`` attends only to the representation of the items up to ``dec_in[:, t]``."""
+        if user_view == "window":
+            memory, blocked = self.window_memory(self.encode(enc_in, domain), enc_in, dec_in.shape[1])
+        elif user_view == "prefix":
+            memory = self.prefix_users(dec_in, domain)
+            L = dec_in.shape[1]
+            blocked = ~torch.eye(L, dtype=torch.bool, device=dec_in.device)[None].expand(len(dec_in), -1, -1)
+        else:
+            raise ValueError(f"user_view must be 'window' or 'prefix', got {user_view!r}")
+        return self.decode(self.recommenders[domain], memory.detach() if fixed_encoder else memory, blocked, dec_in, domain)
 
     def score(self, states: Tensor, items: Tensor, domain: int) -> Tensor:
         """``<state, E[item]>``: ``(B, L, d)`` states with ``(B, L)`` or ``(B, L, n)`` items -> scores of their shape."""
@@ -370,11 +413,16 @@ class RecGURUModule(L.LightningModule):
         discriminator: False is the ablation without the adversarial term.
         align_overlap: the L2 alignment of users in both domains.
         fixed_encoder: the recommender does not train the encoder (the official ``fix_enc``, default True).
+        user_view: what the recommender's slot ``t`` reads of the user: ``"window"`` (official) the representation of the
+            whole training window, which contains the items the slots are trained to predict; ``"prefix"`` the
+            representation of the items up to slot ``t`` only, as at test time (see the module docstring).
         reconstruction_negatives: sampled-softmax negatives per slot (``n_negs`` 30).
         recommendation_negatives: BPR negatives per slot (``n_bpr_neg`` 5).
         popularity_negatives_share: the last share of the fine-tuning stage draws BPR negatives in proportion to
             training frequency^0.75 (2/3, the official switch); 0 keeps them uniform.
-        warmup_steps: the Noam warm-up (``None``: half of the pre-training stage's optimizer steps).
+        warmup_steps: the Noam warm-up in optimizer steps (``None``: 150 epochs of batches, the official
+            ``training_steps / 2`` with ``training_steps`` 300 epochs; the learning rate then rises linearly through
+            the whole pre-training stage, to about 3e-4 after 10 epochs of 10 batches at ``d_model`` 32).
         generator_lr, critic_lr, finetune_lr: the stage optimizers' learning rates (1e-4, 1e-4, 1e-3).
         ks: cut-offs of HR@K and NDCG@K.
         full_ranking: also rank every item of the target domain at evaluation.
@@ -398,6 +446,7 @@ class RecGURUModule(L.LightningModule):
         discriminator: bool = True,
         align_overlap: bool = True,
         fixed_encoder: bool = True,
+        user_view: Literal["window", "prefix"] = "window",
         reconstruction_negatives: int = 30,
         recommendation_negatives: int = 5,
         popularity_negatives_share: float = 2 / 3,
@@ -417,6 +466,8 @@ class RecGURUModule(L.LightningModule):
             raise ValueError("stage lengths must be >= 0 epochs, and finetune_epochs >= 1 (the recommender is trained there)")
         if critic_iterations < 1 or penalty_weight < 0 or reconstruction_negatives < 1 or recommendation_negatives < 1:
             raise ValueError("need critic_iterations >= 1, penalty_weight >= 0, reconstruction_negatives >= 1, recommendation_negatives >= 1")
+        if user_view not in ("window", "prefix"):
+            raise ValueError(f"user_view must be 'window' or 'prefix', got {user_view!r}")
         if adversarial_loss not in ("wgan", "bce"):
             raise ValueError(f"adversarial_loss must be 'wgan' or 'bce', got {adversarial_loss!r}")
         if not 0.0 <= popularity_negatives_share <= 1.0 or (warmup_steps is not None and warmup_steps < 1):
@@ -501,7 +552,7 @@ class RecGURUModule(L.LightningModule):
             raise RuntimeError("RecGURUModule has no network yet: pass num_items or run setup() with a DataModule")
         domain = self.target_index
         enc_in, dec_in = evaluation_windows(history, self.net.eos(domain))
-        return self.net.recommend(enc_in, dec_in, domain)[:, -1]
+        return self.net.recommend(enc_in, dec_in, domain, user_view=self.hparams.user_view)[:, -1]
 
     # ------------------------------------------------------------------ stages and optimizers
     def stage(self, epoch: int | None = None) -> str:
@@ -516,8 +567,8 @@ class RecGURUModule(L.LightningModule):
         if self.hparams.warmup_steps is not None:
             return int(self.hparams.warmup_steps)
         batches = self.trainer.num_training_batches if self._trainer is not None else 1
-        batches = batches if math.isfinite(batches) else 1
-        return max(1, int(self.hparams.pretrain_epochs * batches) // 2)
+        batches = batches if math.isfinite(batches) and batches > 0 else 1
+        return max(1, OFFICIAL_WARMUP_EPOCHS * int(batches))
 
     @override
     def configure_optimizers(self):
@@ -552,7 +603,7 @@ class RecGURUModule(L.LightningModule):
         net, n = self.net, self.hparams.reconstruction_negatives
         enc_in, dec_in, dec_out = training_windows(items, net.eos(which))
         user = net.encode(enc_in, which)
-        states = net.decode(net.decoders[which], user, enc_in, dec_in, which)
+        states = net.decode(net.decoders[which], *net.window_memory(user, enc_in, dec_in.shape[1]), dec_in, which)
         negatives = sample_negatives_avoiding(dec_out[..., None].expand(-1, -1, n), users, self._keys(which), net.num_items[which])
         loss = sampled_softmax_loss(net.score(states, dec_out, which), net.score(states, negatives, which), dec_out != 0)
         return loss, user
@@ -561,7 +612,7 @@ class RecGURUModule(L.LightningModule):
         """The official BPR (mean negative score) of the target domain's recommender over ``(B, L)`` training windows."""
         net, which, n = self.net, self.target_index, self.hparams.recommendation_negatives
         enc_in, dec_in, dec_out = training_windows(items, net.eos(which))
-        states = net.recommend(enc_in, dec_in, which, self.hparams.fixed_encoder)
+        states = net.recommend(enc_in, dec_in, which, self.hparams.fixed_encoder, self.hparams.user_view)
         weights = self.popularity if self.popularity_negatives() else None
         negatives = sample_negatives_avoiding(dec_out[..., None].expand(-1, -1, n), users, self._keys(which), net.num_items[which], weights=weights)
         return mean_negative_bpr_loss(net.score(states, dec_out, which), net.score(states, negatives, which), dec_out != 0)

@@ -105,6 +105,33 @@ def test_decoders_are_causal_and_see_the_user_representation():
     assert (states[0, :2] == 0).all() and (states[0, 2] != 0).any()  # dec_in = [0, 0, 2, 3, 4, 5]: padding slots stay zero
 
 
+def test_prefix_view_reads_only_the_items_up_to_each_slot():
+    """``user_view="prefix"``: slot t's user representation is the encoding of [items up to dec_in[t], EOS], so no
+    training target leaks into its own prediction; at the last evaluation slot it is the official window's."""
+    torch.manual_seed(3)
+    net = RecGURU([9, 9], d_model=8, d_ff=16, d_k=4, d_v=4, num_blocks=1, dropout=0.0).eval()
+    dec_in = torch.tensor([[0, 0, 2, 3, 4, 5]])
+    users = net.prefix_users(dec_in, 1)
+    eos = net.eos(1)
+    torch.testing.assert_close(users[0, 3], net.encode(torch.tensor([[0, 0, 0, 2, 3, eos]]), 1)[0])
+    torch.testing.assert_close(users[0, 5], net.encode(torch.tensor([[0, 2, 3, 4, 5, eos]]), 1)[0])
+    assert (users[0, :2] == 0).all()
+    history = torch.tensor([[0, 0, 2, 3, 4, 5]])
+    enc_in, dec_in = evaluation_windows(history, eos)
+    window = net.recommend(enc_in, dec_in, 1, user_view="window")[:, -1]
+    prefix_users = net.prefix_users(dec_in, 1)
+    torch.testing.assert_close(prefix_users[0, -1], net.encode(enc_in, 1)[0])  # the last slot sees the whole history
+    with pytest.raises(ValueError, match="'window' or 'prefix'"):
+        net.recommend(enc_in, dec_in, 1, user_view="all")
+    changed = history.clone()
+    changed[0, -1] = 7  # the newest item: earlier prefix slots must not move, the window view's do
+    _, changed_dec = evaluation_windows(changed, eos)
+    before = net.recommend(enc_in, dec_in, 1, user_view="prefix")
+    after = net.recommend(evaluation_windows(changed, eos)[0], changed_dec, 1, user_view="prefix")
+    torch.testing.assert_close(before[:, :-1], after[:, :-1])
+    assert window.shape == (1, 8)
+
+
 # ---------------------------------------------------------------------------------------------------- windows
 def official_windows(seq: list[int], length: int, eos: int) -> tuple[list[int], list[int], list[int]]:
     """The rule of the official ``seq_padding`` written out for the test (left padding, last length - 1 items, EOS)."""
