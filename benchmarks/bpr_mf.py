@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import mean_sd_cell, quiet_lightning, setup_threads  # noqa: E402
+from benchmarks.common import mean_sd_cell, over_seeds, quiet_lightning, setup_threads  # noqa: E402
 from litzoo.datamodules.interactions import SharedTasteDataModule  # noqa: E402
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks  # noqa: E402
 from litzoo.modules.bpr_mf import BPRMFModule  # noqa: E402
@@ -95,9 +95,7 @@ def main() -> dict[str, Any]:
     results: dict[str, Any] = {"seeds": list(SEEDS), "epochs": EPOCHS}
     with tempfile.TemporaryDirectory() as root:
         runs = [run_seed(root, s) for s in SEEDS]
-    for key in runs[0]:
-        values = {k: [r[key][k] for r in runs] for k in runs[0][key]}
-        results[key] = {k: (float(np.mean(v)), float(np.std(v))) for k, v in values.items()}
+    results.update(over_seeds(runs))
     results["seconds"] = time.time() - start
     return results
 

@@ -133,6 +133,14 @@ def mean_sd_cell(value: tuple[float, float]) -> str:
     return "—" if not math.isfinite(value[0]) else f"{value[0]:.3f} ± {value[1]:.3f}"
 
 
+def over_seeds(runs: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{model: {metric: (mean, population sd)}}`` of per-seed ``{model: {metric: value}}`` results."""
+    import numpy as np
+
+    return {model: {k: (float(np.mean([r[model][k] for r in runs])), float(np.std([r[model][k] for r in runs]))) for k in runs[0][model]}
+            for model in runs[0]}  # fmt: skip
+
+
 def mean_sd(values: list[float], digits: int = 3) -> str:
     """``mean ± sd`` over seeds (just the value when there is one)."""
     import statistics

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import mean_sd_cell, quiet_lightning, setup_threads  # noqa: E402
+from benchmarks.common import mean_sd_cell, over_seeds, quiet_lightning, setup_threads  # noqa: E402
 from litzoo.datamodules.interactions import SharedTasteDataModule  # noqa: E402
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks  # noqa: E402
 from litzoo.modules.sasrec import SASRecModule  # noqa: E402
@@ -97,8 +97,7 @@ def main() -> dict[str, Any]:
     results: dict[str, Any] = {"seeds": list(SEEDS), "epochs": EPOCHS}
     with tempfile.TemporaryDirectory() as root:
         runs = [run_seed(root, s) for s in SEEDS]
-    for model in MODELS:
-        results[model] = {k: (float(np.mean([r[model][k] for r in runs])), float(np.std([r[model][k] for r in runs]))) for k in runs[0][model]}
+    results.update(over_seeds(runs))
     results["seconds"] = time.time() - start
     return results
 
