@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch.optim import SGD, AdamW, Optimizer
+from torch.optim import SGD, Adam, AdamW, Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
 from litzoo.framework.errors import LitzooError
@@ -46,6 +46,11 @@ def split_weight_decay(module: torch.nn.Module, no_decay: set[str]) -> list[dict
     if skip:
         groups.append({"params": skip, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]
+
+
+def cat_art_adam(params: Iterable, lr: float = 1e-3) -> Optimizer:
+    """Adam, lr 1e-3, no weight decay: CAT-ART's optimizer (its L2 is on the batch's embeddings, in the loss)."""
+    return Adam(params, lr=lr, weight_decay=0.0)
 
 
 def adamw_clip(params: Iterable, lr: float = 5e-4, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2) -> AdamW:

@@ -43,7 +43,7 @@ config, and evaluation with sampled candidates as well (CAT-ART ranks all items 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -52,35 +52,14 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.optim import Adam, Optimizer
+from torch.optim import Optimizer
 from typing_extensions import override
 
 from litzoo.framework.losses.bpr import bpr_loss, embedding_l2
+from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.random_state import derive_seed
 from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
-
-
-def cat_art_adam(params: Iterable, lr: float = 1e-3) -> Optimizer:
-    """Adam, lr 1e-3, no weight decay: CAT-ART's optimizer (its L2 is on the batch's embeddings, in the loss)."""
-    return Adam(params, lr=lr, weight_decay=0.0)
-
-
-def uniform_negatives(num_items: int, positives: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` item ids drawn uniformly and independently (repeats allowed, as CAT-ART) from ``1..num_items`` minus
-    ``positives``, by rejection as ``SingleEmbedRec`` draws them.
-
-    Raises:
-        ValueError: every item is a positive.
-    """
-    positives = np.asarray(positives, dtype=np.int64)
-    if np.unique(positives[(positives >= 1) & (positives <= num_items)]).size >= num_items:
-        raise ValueError(f"every one of the {num_items} items is a positive: no negative to draw")
-    drawn = rng.integers(1, num_items + 1, size=count)
-    rejected = np.isin(drawn, positives)
-    while rejected.any():
-        drawn[rejected] = rng.integers(1, num_items + 1, size=int(rejected.sum()))
-        rejected = np.isin(drawn, positives)
-    return drawn
+from litzoo.framework.recsys.negatives import uniform_negatives
 
 
 class BPRMF(nn.Module):
@@ -278,4 +257,4 @@ class BPRMFModule(L.LightningModule):
         return self.optimizer(self.parameters())
 
 
-__all__ = ["BPRMF", "BPRMFModule", "cat_art_adam", "uniform_negatives"]
+__all__ = ["BPRMF", "BPRMFModule"]

@@ -85,7 +85,7 @@ Chosen where the official code is silent or does not apply:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
@@ -95,37 +95,20 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.optim import Adam, Optimizer
+from torch.optim import Optimizer
 from typing_extensions import override
 
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses.bpr import bpr_loss, embedding_l2
+from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.random_state import derive_seed
 from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.negatives import uniform_negatives
 
 PHASES = ("mf", "cat", "art")
 _PHASE_CODE = {"mf": 1, "cat": 2, "art": 3}  # part of the seed of each phase's draws
 KNOWLEDGE = ("both", "d_sp", "d_in")
 MISSING = ("pad", "init")
-
-
-def catart_adam(params: Iterable, lr: float = 1e-3) -> Optimizer:
-    """Adam, lr 1e-3, no weight decay: the optimizer of every official stage (the L2 is in the MF loss)."""
-    return Adam(params, lr=lr, weight_decay=0.0)
-
-
-def uniform_training_negatives(num_items: int, positives: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` independent uniform draws (repeats allowed) from ``1..num_items`` minus ``positives``, by rejection as
-    ``SingleEmbedRec.__getitem__``. (A copy of the idea of ``bpr_mf.uniform_negatives``: a method may not import another.)"""
-    positives = np.asarray(positives, dtype=np.int64)
-    if np.unique(positives[(positives >= 1) & (positives <= num_items)]).size >= num_items:
-        raise ValueError(f"every one of the {num_items} items is a positive: no negative to draw")
-    drawn = rng.integers(1, num_items + 1, size=count)
-    rejected = np.isin(drawn, positives)
-    while rejected.any():
-        drawn[rejected] = rng.integers(1, num_items + 1, size=int(rejected.sum()))
-        rejected = np.isin(drawn, positives)
-    return drawn
 
 
 def random_domain_mask(users: Sequence[int], num_domains: int, seed: int, epoch: int) -> Tensor:
@@ -367,7 +350,7 @@ class CATART(L.LightningModule):
         attention_dropout: float = 0.1,
         seed: int = 0,
         ks: Sequence[int] = (10,),
-        optimizer: OptimizerCallable = catart_adam,
+        optimizer: OptimizerCallable = cat_art_adam,
     ) -> None:
         super().__init__()
         if mf_epochs < 0 or cat_epochs < 0 or dim < 1 or decay < 0 or train_negatives < 1 or init_std <= 0 or temperature <= 0:
@@ -454,7 +437,7 @@ class CATART(L.LightningModule):
             rng = np.random.default_rng(derive_seed(self.hparams.seed, _PHASE_CODE[phase], domain, epoch, user))
             rows.append(np.full(len(items), user, dtype=np.int64))
             positives.append(items)
-            negatives.append(uniform_training_negatives(num_items, items, len(items) * n, rng).reshape(len(items), n))
+            negatives.append(uniform_negatives(num_items, items, len(items) * n, rng).reshape(len(items), n))
         as_tensor = lambda parts: torch.from_numpy(np.concatenate(parts)).to(self.device)  # noqa: E731
         return as_tensor(rows), as_tensor(positives), as_tensor(negatives)
 
@@ -586,5 +569,5 @@ class CATART(L.LightningModule):
         return self.optimizer(self.parameters())
 
 
-__all__ = ["CATART", "CATARTNet", "ARTHead", "ContrastiveAutoEncoder", "SingleHeadAttention", "apply_domain_mask", "catart_adam", "random_domain_mask",
-           "uniform_training_negatives", "view_contrastive_loss"]  # fmt: skip
+__all__ = ["CATART", "CATARTNet", "ARTHead", "ContrastiveAutoEncoder", "SingleHeadAttention", "apply_domain_mask", "random_domain_mask",
+           "view_contrastive_loss"]  # fmt: skip

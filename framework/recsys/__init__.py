@@ -15,7 +15,7 @@ from litzoo.framework.recsys.interactions import (
     read_interactions,
 )
 from litzoo.framework.recsys.metrics import SPARSE_MAX_INTERACTIONS, RankingMetrics, full_ranks, history_mask, rank_metrics, sampled_ranks
-from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives, sample_negatives_avoiding
+from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives, sample_negatives_avoiding, uniform_negatives
 from litzoo.framework.recsys.splits import k_core, leave_one_out, left_pad, time_cutoffs, time_parts, user_time_order
 
 __all__ = [
@@ -40,5 +40,6 @@ __all__ = [
     "sampled_ranks",
     "time_cutoffs",
     "time_parts",
+    "uniform_negatives",
     "user_time_order",
 ]

@@ -128,4 +128,22 @@ def sample_negatives_avoiding(
     return draws.masked_fill(targets.cpu() == 0, 0).to(targets.device)
 
 
-__all__ = ["known_item_keys", "sample_negatives", "sample_negatives_avoiding"]
+def uniform_negatives(num_items: int, positives: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` item ids drawn uniformly and independently (repeats allowed, as CAT-ART) from ``1..num_items`` minus
+    ``positives``, by rejection as ``SingleEmbedRec`` draws them.
+
+    Raises:
+        ValueError: every item is a positive.
+    """
+    positives = np.asarray(positives, dtype=np.int64)
+    if np.unique(positives[(positives >= 1) & (positives <= num_items)]).size >= num_items:
+        raise ValueError(f"every one of the {num_items} items is a positive: no negative to draw")
+    drawn = rng.integers(1, num_items + 1, size=count)
+    rejected = np.isin(drawn, positives)
+    while rejected.any():
+        drawn[rejected] = rng.integers(1, num_items + 1, size=int(rejected.sum()))
+        rejected = np.isin(drawn, positives)
+    return drawn
+
+
+__all__ = ["known_item_keys", "sample_negatives", "sample_negatives_avoiding", "uniform_negatives"]

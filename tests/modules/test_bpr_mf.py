@@ -12,9 +12,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from litzoo.datamodules.interactions import SharedTasteDataModule
+from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics
+from litzoo.framework.recsys.negatives import uniform_negatives
 from litzoo.framework.resume import ExactResume
-from litzoo.modules.bpr_mf import BPRMF, BPRMFModule, cat_art_adam, uniform_negatives
+from litzoo.modules.bpr_mf import BPRMF, BPRMFModule
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 DOMAIN = "d1"  # the sparse domain

@@ -16,8 +16,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from litzoo.datamodules.interactions import SharedTasteDataModule
 from litzoo.framework.losses.contrastive import ClipLoss
+from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.resume import ExactResume
-from litzoo.modules.cat_art import CATART, CATARTNet, apply_domain_mask, catart_adam, random_domain_mask, view_contrastive_loss
+from litzoo.modules.cat_art import CATART, CATARTNet, apply_domain_mask, random_domain_mask, view_contrastive_loss
 
 QUIET = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False, "accelerator": "cpu", "devices": 1}
 DOMAINS = ["d0", "d1", "d2"]  # d0, d1 dense, d2 sparse
@@ -230,7 +231,7 @@ def test_art_trains_bpr_in_each_target_without_l2_and_mf_with_it(root):
 # ------------------------------------------------------------------------------------------------------------ fits
 def fit_module(dm, max_epochs: int, **kwargs) -> tuple[CATART, L.Trainer]:
     L.seed_everything(0)
-    kwargs = {"mf_epochs": 20, "cat_epochs": 5, "init_std": 0.1, "optimizer": partial(catart_adam, lr=3e-3), **kwargs}
+    kwargs = {"mf_epochs": 20, "cat_epochs": 5, "init_std": 0.1, "optimizer": partial(cat_art_adam, lr=3e-3), **kwargs}
     module = CATART(**kwargs)
     trainer = L.Trainer(max_epochs=max_epochs, limit_val_batches=0, **QUIET)
     trainer.fit(module, datamodule=dm)
@@ -313,7 +314,7 @@ class KillAt(L.Callback):
 
 def resume_fit(root: str, folder, seed: int, save_at: int = 0, ckpt_path=None, module_seed: int = 0) -> tuple[CATART, L.Trainer]:
     L.seed_everything(seed)
-    module = CATART(mf_epochs=1, cat_epochs=1, dim=16, init_std=0.1, seed=module_seed, optimizer=partial(catart_adam, lr=1e-2))
+    module = CATART(mf_epochs=1, cat_epochs=1, dim=16, init_std=0.1, seed=module_seed, optimizer=partial(cat_art_adam, lr=1e-2))
     callbacks = [ExactResume()]
     if save_at:
         callbacks += [ModelCheckpoint(dirpath=folder, filename="{step}", every_n_train_steps=save_at, save_top_k=-1), KillAt(save_at + 1)]
