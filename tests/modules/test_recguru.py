@@ -13,11 +13,13 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from litzoo.datamodules.interactions import SharedTasteDataModule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.recsys.metrics import full_ranks, rank_metrics, sampled_ranks
+from litzoo.framework.resume import ExactResume
 from litzoo.modules.recguru import (
     DomainDiscriminator,
     PostNormAttention,
@@ -290,6 +292,48 @@ def test_bad_arguments_and_settings(shared_taste):
         RecGURUModule(d_modle=8)
     with pytest.raises(LitzooError, match="target 'd0' must be one of"):
         quiet_trainer(max_epochs=1, limit_train_batches=1).fit(small_module(target="d0"), datamodule=shared_taste)  # d0 is not evaluated
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
+
+
+def resume_fit(dm: SharedTasteDataModule, folder: Path, seed: int, save_at: int = 0, ckpt_path: Path | None = None) -> RecGURUModule:
+    L.seed_everything(seed)
+    module = small_module(popularity_negatives_share=1.0)
+    callbacks: list[L.Callback] = [ExactResume()]
+    if save_at:
+        callbacks += [ModelCheckpoint(dirpath=folder, filename="{step}", every_n_train_steps=save_at, save_top_k=-1), KillAt(save_at + 1)]
+    trainer = quiet_trainer(max_epochs=3, limit_train_batches=4, limit_val_batches=0, default_root_dir=folder, callbacks=callbacks,
+                            enable_checkpointing=bool(save_at))  # fmt: skip
+    if save_at:
+        with pytest.raises(Killed):
+            trainer.fit(module, datamodule=dm)
+    else:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    assert trainer.global_step == 12 or save_at  # one optimizer step per batch
+    return module
+
+
+def test_killed_mid_epoch_and_resumed_equals_the_uninterrupted_run(shared_taste, tmp_path):
+    """Killed in the adversarial epoch (after a critic and before the generator turn) on the shuffling loader, resumed
+    from the checkpoint: the weights of every part, the critic's included, equal the uninterrupted run's."""
+    straight = resume_fit(shared_taste, tmp_path / "straight", seed=0)
+    resume_fit(shared_taste, tmp_path / "killed", seed=0, save_at=5)  # epoch 1, batch 1 done
+    resumed = resume_fit(shared_taste, tmp_path / "resumed", seed=123, ckpt_path=tmp_path / "killed" / "step=5.ckpt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), name
+    other = resume_fit(shared_taste, tmp_path / "other", seed=1)  # negative control: another seed, other weights
+    assert (other.net.encoder[0].feed_forward.inner.weight - straight.net.encoder[0].feed_forward.inner.weight).abs().max() > 1e-4
 
 
 DDP_SCRIPT = """
