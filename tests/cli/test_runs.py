@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 from cifar_files import write_cifar10, write_cifar100
+from interaction_files import write_interaction_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from litzoo.cli import LitzooCLI, main
@@ -38,6 +39,7 @@ def test_every_shipped_config_has_its_own_run_folder(tmp_path):
     run. Configs named after their data keep the names README and the Makefile use."""
     write_cifar10(tmp_path, per_batch=1, test_size=1)  # a data.root for the CIFAR configs
     write_cifar100(tmp_path, train_size=1, test_size=1)
+    write_interaction_folder(tmp_path)  # and for the configs on a user's interaction files
 
     def run_dir(path: Path) -> str:
         try:
