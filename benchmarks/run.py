@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     import aio_p
     import altogether
     import bpr_mf
+    import cat_art
     import common
     import compile as compile_bench
     import compile_node_cap
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     import pruning
     import quantization
     import r5
+    import recguru
     import rwr_gae
     import sasrec
     import stickerclip
@@ -149,10 +151,12 @@ def main(argv: list[str] | None = None) -> None:
 
     mf = _section("BPR-MF on SYNTHETIC shared-taste domains vs popularity and the planted oracle (3 seeds)", bpr_mf.main, **options)
     sequential = _section("SASRec on the sparse SYNTHETIC shared-taste domain vs popularity and the planted oracle (3 seeds)", sasrec.main, **options)
+    gurus = _section("RecGURU vs SASRec of the same size on the sparse SYNTHETIC domain, and without the critic (3 seeds)", recguru.main, **options)
+    transfers = _section("CAT-ART vs single-domain BPR-MF on three SYNTHETIC domains, and its ablations (3 seeds)", cat_art.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -183,7 +187,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/perception_encoder.py`, `.venv/bin/python benchmarks/stickerclip.py`,
 `.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/compile.py`,
 `.venv/bin/python benchmarks/compile_node_cap.py`, `.venv/bin/python benchmarks/r5.py`,
-`.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`,
+`.venv/bin/python benchmarks/recguru.py`, `.venv/bin/python benchmarks/cat_art.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -275,6 +280,10 @@ noisy, the alternating-round ratios less so.
 {bpr_mf.format_section(mf)}
 
 {sasrec.format_section(sequential)}
+
+{recguru.format_section(gurus)}
+
+{cat_art.format_section(transfers)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
