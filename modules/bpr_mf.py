@@ -58,7 +58,7 @@ from typing_extensions import override
 from litzoo.framework.losses.bpr import bpr_loss, embedding_l2
 from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.random_state import derive_seed
-from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.metrics import SplitRankingMetrics, full_ranks, sampled_ranks
 from litzoo.framework.recsys.negatives import uniform_negatives
 
 
@@ -131,9 +131,7 @@ class BPRMFModule(L.LightningModule):
         self.domain = domain
         self.domain_id = -1
         self._train: dict[int, np.ndarray] = {}
-        self.metrics = nn.ModuleDict(
-            {f"{stage}_{kind}": RankingMetrics(tuple(ks)) for stage in ("val", "test") for kind in ("sampled", "full")}
-        )
+        self.metrics = SplitRankingMetrics(tuple(ks))
 
     # ------------------------------------------------------------------ tables
     def build(self, num_users: int, num_items: int) -> BPRMF:
@@ -219,22 +217,15 @@ class BPRMFModule(L.LightningModule):
         ranked = self.ranks(batch)
         if ranked is not None:
             sampled, full, sparse = ranked
-            self.metrics[f"{stage}_sampled"].update(sampled, sparse)
-            self.metrics[f"{stage}_full"].update(full, sparse)
+            self.metrics.update(stage, "sampled", sampled, sparse)
+            self.metrics.update(stage, "full", full, sparse)
 
     def _log_metrics(self, stage: str) -> None:
-        if self.metrics[f"{stage}_full"].overall[-1] == 0:
+        if self.metrics.count(stage) == 0:
             if not self.trainer.sanity_checking:
                 rank_zero_warn(f"BPR-MF: no {stage} row of domain {self.domain!r} was evaluated; is it among the DataModule's eval_domains?")
             return
-        values = {}
-        for kind in ("sampled", "full"):
-            metric = self.metrics[f"{stage}_{kind}"]
-            for name, value in metric.compute().items():
-                if torch.isfinite(value):  # the sparse group is NaN when the split has no sparse user
-                    values[f"{stage}/{kind}/{name}"] = value.float()
-            metric.reset()
-        self.log_dict(values)
+        self.log_dict(self.metrics.compute(stage))  # the sparse group is left out when the split has no sparse user
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

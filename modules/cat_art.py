@@ -102,7 +102,7 @@ from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses.bpr import bpr_loss, embedding_l2
 from litzoo.framework.optim import cat_art_adam
 from litzoo.framework.random_state import derive_seed
-from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.metrics import SplitRankingMetrics, full_ranks, sampled_ranks
 from litzoo.framework.recsys.negatives import uniform_negatives
 
 PHASES = ("mf", "cat", "art")
@@ -385,11 +385,7 @@ class CATART(L.LightningModule):
                                  hp.attention_dropout)  # fmt: skip
             self.domains = list(domains)
             ks = tuple(int(k) for k in hp.ks)
-            for stage in ("val", "test"):
-                for kind in ("sampled", "full"):
-                    self.metrics[f"{stage}_{kind}"] = RankingMetrics(ks)
-                    for d in range(len(self.domains)):
-                        self.metrics[f"{stage}_{d}_{kind}"] = RankingMetrics(ks)
+            self.metrics = SplitRankingMetrics(ks, groups=self.domains)
         elif (self.domains, self.net.sizes[:2]) != (list(domains), (num_users, list(num_items))):
             raise LitzooError(f"CATART: the network was built for domains {self.domains} with sizes {self.net.sizes[:2]}, the data has {list(domains)} "
                               f"with {(num_users, list(num_items))}")  # fmt: skip
@@ -526,25 +522,15 @@ class CATART(L.LightningModule):
             if ranked is None:
                 continue
             sampled, full, sparse = ranked
-            for prefix in (f"{stage}_", f"{stage}_{d}_"):
-                self.metrics[f"{prefix}sampled"].update(sampled, sparse)
-                self.metrics[f"{prefix}full"].update(full, sparse)
+            self.metrics.update(stage, "sampled", sampled, sparse, group=d)
+            self.metrics.update(stage, "full", full, sparse, group=d)
 
     def _log_metrics(self, stage: str) -> None:
-        if self.metrics[f"{stage}_full"].overall[-1] == 0:
+        if self.metrics.count(stage) == 0:
             if not self.trainer.sanity_checking:
                 rank_zero_warn(f"CATART: no {stage} row was evaluated; does the DataModule have {stage} interactions in its eval_domains?")
             return
-        values = {}
-        for kind in ("sampled", "full"):
-            for key, name in ((f"{stage}_{kind}", f"{stage}/{kind}"), *((f"{stage}_{d}_{kind}", f"{stage}/{dn}/{kind}") for d, dn in enumerate(self.domains))):
-                metric = self.metrics[key]
-                if metric.overall[-1] > 0:
-                    for metric_name, value in metric.compute().items():
-                        if torch.isfinite(value):  # the sparse group is NaN when the split has no sparse user
-                            values[f"{name}/{metric_name}"] = value.float()
-                metric.reset()
-        self.log_dict(values)
+        self.log_dict(self.metrics.compute(stage))  # pooled and per domain; a group without rows is left out
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -99,7 +99,7 @@ from typing_extensions import override
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.pos_embed import sincos_pos_embed_1d
-from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.metrics import SplitRankingMetrics, full_ranks, sampled_ranks
 from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives_avoiding
 from litzoo.framework.recsys.splits import left_pad
 
@@ -482,7 +482,7 @@ class RecGURUModule(L.LightningModule):
         if num_items is not None:
             self.build(num_items)
         ks = tuple(int(k) for k in ks)
-        self.metrics = nn.ModuleDict({f"{split}_{kind}": RankingMetrics(ks) for split in ("val", "test") for kind in ("sampled", "full")})
+        self.metrics = SplitRankingMetrics(ks, ("sampled", "full") if full_ranking else ("sampled",))
         for name in ("known_keys_real", "known_keys_fake", "other_history", "is_overlapping", "popularity"):
             self.register_buffer(name, torch.zeros(0), persistent=False)
         self.domain_ids: tuple[int, int] = (0, 1)  # the DataModule's ids of (real, fake)
@@ -729,9 +729,9 @@ class RecGURUModule(L.LightningModule):
 
     def _eval_step(self, split: str, batch: dict[str, Tensor]) -> None:
         ranks = self.ranks(batch)
-        for kind in ("sampled", "full"):
+        for kind in self.metrics.kinds:
             if kind in ranks:
-                self.metrics[f"{split}_{kind}"].update(ranks[kind], ranks["sparse"])
+                self.metrics.update(split, kind, ranks[kind], ranks["sparse"])
 
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -742,12 +742,8 @@ class RecGURUModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_metrics(self, split: str) -> None:
-        for kind in ("sampled", "full") if self.hparams.full_ranking else ("sampled",):
-            metric = self.metrics[f"{split}_{kind}"]
-            for name, value in metric.compute().items():
-                if not math.isnan(float(value)):  # NaN: no sparse user in the split
-                    self.log(f"{split}/{kind}/{name}", value.float(), prog_bar=name == "ndcg@10" and kind == "sampled")
-            metric.reset()
+        for name, value in self.metrics.compute(split).items():  # the same names on every rank (synchronised, NaN left out)
+            self.log(name, value, prog_bar=name == f"{split}/sampled/ndcg@10")
 
     @override
     def on_validation_epoch_end(self) -> None:

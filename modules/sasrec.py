@@ -46,7 +46,6 @@ Chosen here, where the paper or the official code is silent or this setting need
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -60,7 +59,7 @@ from torch.optim import Adam
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.sequence_encoder import SelfAttentiveSequenceEncoder
-from litzoo.framework.recsys.metrics import RankingMetrics, full_ranks, sampled_ranks
+from litzoo.framework.recsys.metrics import SplitRankingMetrics, full_ranks, sampled_ranks
 from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives_avoiding
 
 
@@ -166,7 +165,7 @@ class SASRecModule(L.LightningModule):
         if num_items is not None:
             self.build(num_items)
         ks = tuple(int(k) for k in ks)
-        self.metrics = nn.ModuleDict({f"{split}_{kind}": RankingMetrics(ks) for split in ("val", "test") for kind in ("sampled", "full")})
+        self.metrics = SplitRankingMetrics(ks, ("sampled", "full") if full_ranking else ("sampled",))
         self.register_buffer("known_keys", torch.zeros(0, dtype=torch.long), persistent=False)
         self.domain_id = 0
 
@@ -263,9 +262,9 @@ class SASRecModule(L.LightningModule):
 
     def _eval_step(self, split: str, batch: dict[str, Tensor]) -> None:
         ranks = self.ranks(batch)
-        for kind in ("sampled", "full"):
+        for kind in self.metrics.kinds:
             if kind in ranks:
-                self.metrics[f"{split}_{kind}"].update(ranks[kind], ranks["sparse"])
+                self.metrics.update(split, kind, ranks[kind], ranks["sparse"])
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)
@@ -274,13 +273,8 @@ class SASRecModule(L.LightningModule):
         self._eval_step("test", batch)
 
     def _log_metrics(self, split: str) -> None:
-        # every rank computes the same kinds (the metrics synchronise inside compute()), whatever rows it saw
-        for kind in ("sampled", "full") if self.hparams.full_ranking else ("sampled",):
-            metric = self.metrics[f"{split}_{kind}"]
-            for name, value in metric.compute().items():
-                if not math.isnan(float(value)):  # NaN: no sparse user in the split
-                    self.log(f"{split}/{kind}/{name}", value.float(), prog_bar=name == "ndcg@10" and kind == "sampled")
-            metric.reset()
+        for name, value in self.metrics.compute(split).items():  # the same names on every rank (synchronised, NaN left out)
+            self.log(name, value, prog_bar=name == f"{split}/sampled/ndcg@10")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -14,7 +14,15 @@ from litzoo.framework.recsys.interactions import (
     read_inter,
     read_interactions,
 )
-from litzoo.framework.recsys.metrics import SPARSE_MAX_INTERACTIONS, RankingMetrics, full_ranks, history_mask, rank_metrics, sampled_ranks
+from litzoo.framework.recsys.metrics import (
+    SPARSE_MAX_INTERACTIONS,
+    RankingMetrics,
+    SplitRankingMetrics,
+    full_ranks,
+    history_mask,
+    rank_metrics,
+    sampled_ranks,
+)
 from litzoo.framework.recsys.negatives import known_item_keys, sample_negatives, sample_negatives_avoiding, uniform_negatives
 from litzoo.framework.recsys.splits import k_core, leave_one_out, left_pad, time_cutoffs, time_parts, user_time_order
 
@@ -23,6 +31,7 @@ __all__ = [
     "DomainInteractions",
     "JoinedInteractions",
     "RankingMetrics",
+    "SplitRankingMetrics",
     "detect_format",
     "full_ranks",
     "history_mask",

@@ -24,10 +24,11 @@ for a user group such as sparse users (<= 3 training interactions in the target 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from litzoo.framework.graphs.ranking import filtered_ranks
@@ -137,4 +138,53 @@ class RankingMetrics(Metric):
         return out
 
 
-__all__ = ["SPARSE_MAX_INTERACTIONS", "RankingMetrics", "full_ranks", "history_mask", "rank_metrics", "sampled_ranks"]
+class SplitRankingMetrics(nn.Module):
+    """The ranking metrics a recommender logs: one :class:`RankingMetrics` per (split, group, kind), ``split`` val or
+    test, ``kind`` one of ``kinds`` (sampled / full ranking), ``group`` every evaluated row or one of ``groups`` (e.g.
+    per target domain), logged as ``{split}/[{group}/]{kind}/[sparse/]{hr@K,ndcg@K,mrr}``.
+
+    Args:
+        ks: the cut-offs K.
+        kinds: the rankings reported.
+        groups: names of groups reported besides all rows (``update(..., group=i)`` adds to ``groups[i]`` too).
+    """
+
+    def __init__(self, ks: Sequence[int] = (10,), kinds: Sequence[str] = ("sampled", "full"), groups: Sequence[str] = ()) -> None:
+        super().__init__()
+        if not kinds:
+            raise ValueError("kinds must name at least one ranking")
+        self.kinds, self.groups = tuple(kinds), tuple(groups)
+        self.metrics = nn.ModuleDict({self._key(split, group, kind): RankingMetrics(ks) for split in ("val", "test")
+                                      for group in (None, *range(len(self.groups))) for kind in self.kinds})  # fmt: skip
+
+    @staticmethod
+    def _key(split: str, group: int | None, kind: str) -> str:
+        return f"{split}_{'all' if group is None else group}_{kind}"  # group indices: a domain name may hold a dot
+
+    def update(self, split: str, kind: str, ranks: Tensor, sparse: Tensor, group: int | None = None) -> None:
+        """Add 1-based ``ranks`` ``(B,)`` of ``kind`` (``sparse`` ``(B,)`` marks sparse users) to all rows' metrics, and to ``groups[group]``'s."""
+        self.metrics[self._key(split, None, kind)].update(ranks, sparse)
+        if group is not None:
+            self.metrics[self._key(split, group, kind)].update(ranks, sparse)
+
+    def count(self, split: str) -> int:
+        """Rows this process added to ``split`` since the last :meth:`compute` (not synchronised)."""
+        return int(self.metrics[self._key(split, None, self.kinds[0])].overall[-1])
+
+    def compute(self, split: str) -> dict[str, Tensor]:
+        """The logged values of ``split``, summed over DDP ranks; NaN values (a group without a row on any rank) are
+        left out, the same on every rank. Resets the split."""
+        out = {}
+        for group in (None, *range(len(self.groups))):
+            for kind in self.kinds:
+                metric = self.metrics[self._key(split, group, kind)]
+                prefix = f"{split}/{kind}" if group is None else f"{split}/{self.groups[group]}/{kind}"
+                with warnings.catch_warnings():  # a group without a row on this rank may have rows on another
+                    warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                    values = metric.compute()
+                out.update({f"{prefix}/{name}": value.float() for name, value in values.items() if torch.isfinite(value)})
+                metric.reset()
+        return out
+
+
+__all__ = ["SPARSE_MAX_INTERACTIONS", "RankingMetrics", "SplitRankingMetrics", "full_ranks", "history_mask", "rank_metrics", "sampled_ranks"]

@@ -9,6 +9,7 @@ import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMRR, RetrievalNormalizedDCG
 
 from litzoo.framework.recsys import RankingMetrics, full_ranks, history_mask, rank_metrics, sampled_ranks
+from litzoo.framework.recsys.metrics import SplitRankingMetrics
 
 SAMPLED = torch.tensor([
     [0.9, 0.1, 0.5, 0.9, 0.2],  # the positive ties with a negative: pessimistic rank 2
@@ -92,3 +93,15 @@ def test_ranking_metric_accumulates_overall_and_for_a_group():
     assert math.isnan(metric.compute()["sparse/hr@1"].item())
     with pytest.raises(ValueError, match="ranks must be"):
         metric.update(torch.tensor([0.0]))
+
+
+def test_split_ranking_metrics_names_groups_and_leaves_out_empty_ones():
+    metrics = SplitRankingMetrics((1,), groups=("d.0", "d1"))
+    metrics.update("val", "sampled", torch.tensor([1.0, 3.0]), torch.tensor([True, False]), group=1)
+    metrics.update("val", "full", torch.tensor([2.0, 2.0]), torch.tensor([False, False]), group=1)
+    assert metrics.count("val") == 2 and metrics.count("test") == 0
+    values = {k: float(v) for k, v in metrics.compute("val").items()}
+    assert values["val/sampled/hr@1"] == 0.5 and values["val/sampled/sparse/mrr"] == 1.0 and values["val/d1/sampled/mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert values["val/full/ndcg@1"] == 0.0 and "val/full/sparse/mrr" not in values  # no sparse row in full: NaN, left out
+    assert not any(k.startswith("val/d.0/") for k in values)  # a group without rows is left out
+    assert metrics.count("val") == 0  # reset
