@@ -21,6 +21,21 @@ PAD, UNK, START, END = "<pad>", "<unk>", "<start_of_text>", "<end_of_text>"
 SPECIAL_TOKENS = (PAD, UNK, START, END)  # ids 0, 1, 2, 3 in a trained tokenizer
 
 
+def read_tokenizer_file(path: str | Path) -> Tokenizer:
+    """A ``tokenizer.json`` in the `tokenizers` format.
+
+    Raises:
+        LitzooError: one line naming the file: missing, or not a valid tokenizers JSON file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LitzooError(f"tokenizer file '{path}' does not exist (expected a tokenizers 'tokenizer.json')")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as error:  # the Rust side raises a plain Exception with a long message
+        raise LitzooError(f"tokenizer file '{path}' is not a valid tokenizers JSON file: {str(error).splitlines()[0]}") from None
+
+
 class TextTokenizer:
     """Captions → ``(N, context_length)`` int64 token ids with start/end tokens and zero padding.
 
@@ -61,13 +76,7 @@ class TextTokenizer:
     @classmethod
     def load(cls, path: str | Path, context_length: int = 77) -> TextTokenizer:
         """Reads a ``tokenizer.json`` (the `tokenizers` format); a bad file raises one line naming it."""
-        path = Path(path)
-        if not path.is_file():
-            raise LitzooError(f"tokenizer file '{path}' does not exist (expected a tokenizers 'tokenizer.json')")
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as err:  # the Rust side raises plain Exception with a long message
-            raise LitzooError(f"tokenizer file '{path}' is not a valid tokenizers JSON file: {str(err).splitlines()[0]}") from err
+        tokenizer = read_tokenizer_file(path)
         try:
             return cls(tokenizer, context_length)
         except ValueError as err:
