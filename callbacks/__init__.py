@@ -1,5 +1,6 @@
 """Cross-cutting training techniques as Lightning callbacks, usable on any LightningModule."""
 
+from litzoo.callbacks.attribution_writer import AttributionWriter
 from litzoo.callbacks.curation_in_training import CurationInTraining
 from litzoo.callbacks.fastclip import FastClip
 from litzoo.callbacks.gsm import GlobalSparseMomentum
@@ -13,6 +14,7 @@ from litzoo.callbacks.spatial_gradient_scaling import SpatialGradientScaling
 from litzoo.callbacks.structural_reparam import StructuralReparam
 
 __all__ = [
+    "AttributionWriter",
     "CurationInTraining",
     "FastClip",
     "GlobalSparseMomentum",
