@@ -77,7 +77,7 @@ Chosen where the official code is silent or does not apply:
   ``(seed, phase, domain, epoch, user)``, independent of batches, ranks and the global RNG; attention dropout draws from
   the global RNG, which :class:`~litzoo.framework.resume.ExactResume` saves.
 * **Frozen sources** (``train_sources=False``) is offered for large data: one shared frozen copy of the source tables
-  instead of D x (D - 1) trainable ones (the official code has the ``no_grad`` for it commented out with a TODO).
+  instead of D x (D - 1) trainable ones (the official code has the ``no_grad`` for it commented out, marked as still to do).
 * DDP: the phases leave parameters unused, so DDP needs ``strategy: ddp_find_unused_parameters_true``; a batch with no
   row for the phase (possible for CAT only, with tiny batches) skips its step, which under DDP would need every rank to
   skip: not tested under DDP.
