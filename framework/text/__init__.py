@@ -38,6 +38,7 @@ from litzoo.framework.text.spans import (
     nested_spans,
     nesting_depth,
     span_prf,
+    span_sets_from_tensor,
 )
 from litzoo.framework.text.vocabulary import WordVocabulary
 
@@ -64,5 +65,6 @@ __all__ = [
     "normalized_mutual_info",
     "read_nested_ner",
     "span_prf",
+    "span_sets_from_tensor",
     "write_nested_ner",
 ]

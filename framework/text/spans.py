@@ -45,6 +45,7 @@ __all__ = [
     "nested_spans",
     "nesting_depth",
     "span_prf",
+    "span_sets_from_tensor",
 ]
 
 Span = tuple[int, int, str]
@@ -271,3 +272,9 @@ class SpanF1(Metric):
     def compute(self) -> dict[str, Tensor]:
         scores = SpanCounts(*(int(c) for c in self.counts.tolist())).scores()
         return {name: torch.tensor(value, dtype=torch.float32) for name, value in scores.items()}
+
+
+def span_sets_from_tensor(spans: Tensor, type_names: Sequence[str]) -> list[set[Span]]:
+    """A batch's padded gold ``spans`` ``(B, S, 3)`` of ``(start, end, type id)`` (rows of -1 are padding, the layout of
+    ``NestedNERDataModule``) as one set of ``(start, end, type name)`` per sentence."""
+    return [{(start, end, type_names[kind]) for start, end, kind in rows if kind >= 0} for rows in spans.tolist()]
