@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     import gradient_reparam
     import masked_modelling
     import mode
+    import mulco
     import nas_predictors
     import nas_predictors_transfer
     import nas_search
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     import stickerclip
     import structural_reparam
     import text_quality
+    import toxvis
     common.setup_threads()
     machine = common.machine_info()
     start = time.perf_counter()
@@ -153,10 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     sequential = _section("SASRec on the sparse SYNTHETIC shared-taste domain vs popularity and the planted oracle (3 seeds)", sasrec.main, **options)
     gurus = _section("RecGURU vs SASRec of the same size on the sparse SYNTHETIC domain, and without the critic (3 seeds)", recguru.main, **options)
     transfers = _section("CAT-ART vs single-domain BPR-MF on three SYNTHETIC domains, and its ablations (3 seeds)", cat_art.main, **options)
+    scopes = _section("Mulco vs the flat BIO-CRF on a SYNTHETIC nested-NER corpus (3 seeds)", mulco.main, **options)
+    toxic = _section("ToxVis: macro-F1 and IG attribution precision@k on a SYNTHETIC planted hate corpus (3 seeds)", toxvis.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -188,7 +192,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/pathcon.py`, `.venv/bin/python benchmarks/compile.py`,
 `.venv/bin/python benchmarks/compile_node_cap.py`, `.venv/bin/python benchmarks/r5.py`,
 `.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`,
-`.venv/bin/python benchmarks/recguru.py`, `.venv/bin/python benchmarks/cat_art.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/recguru.py`, `.venv/bin/python benchmarks/cat_art.py`,
+`.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -284,6 +289,10 @@ noisy, the alternating-round ratios less so.
 {recguru.format_section(gurus)}
 
 {cat_art.format_section(transfers)}
+
+{mulco.format_section(scopes)}
+
+{toxvis.format_section(toxic)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
