@@ -51,6 +51,7 @@ import torch
 
 from litzoo.framework.data import DictTensorDataset, SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically, write_files_atomically
+from litzoo.framework.data.tables import read_named_columns
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.text.vocabulary import SPECIAL_TOKENS, WordVocabulary
 
@@ -92,46 +93,18 @@ def read_implicit_hate_tsv(path: str | Path) -> ImplicitHateCorpus:
     path = Path(path).expanduser()
     if not path.is_file():
         raise LitzooError(f"implicit-hate TSV '{path}' does not exist (expected a 'post<TAB>class' file such as implicit_hate_v1_stg1_posts.tsv)")
-    data = path.read_bytes()  # ~3 MB for the real file: decoding it whole locates a bad byte's line
-    try:
-        content = data.decode("utf-8-sig")  # a byte-order mark is not part of the first column's name
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise LitzooError(f"implicit-hate TSV '{path}' line {line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter="\t", strict=True)
     posts: list[str] = []
     labels: list[int] = []
     lines: list[int] = []
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise LitzooError(f"implicit-hate TSV '{path}' is empty: expected a header line 'post<TAB>class'")
-        columns = [name.strip() for name in header]
-        positions = {}
-        for name in (POST_COLUMN, CLASS_COLUMN):
-            if columns.count(name) != 1:
-                what = "no" if name not in columns else "more than one"
-                raise LitzooError(f"implicit-hate TSV '{path}' line 1: {what} '{name}' column in the header (columns: {columns})")
-            positions[name] = columns.index(name)
-        while True:
-            line = reader.line_num + 1  # a row starts after the last line read (a quoted post may span lines)
-            row = next(reader, None)
-            if row is None:
-                break
-            if not row:
-                continue  # a blank line (pandas skips them)
-            if len(row) != len(columns):
-                raise LitzooError(f"implicit-hate TSV '{path}' line {line}: {len(row)} fields, the header has {len(columns)}")
-            post, label = row[positions[POST_COLUMN]], row[positions[CLASS_COLUMN]].strip()
-            if not post.strip():
-                raise LitzooError(f"implicit-hate TSV '{path}' line {line}: empty post")
-            if label not in CLASSES:
-                raise LitzooError(f"implicit-hate TSV '{path}' line {line}: unknown class {label!r} (expected one of {', '.join(CLASSES)})")
-            posts.append(post)
-            labels.append(CLASSES.index(label))
-            lines.append(line)
-    except csv.Error as error:
-        raise LitzooError(f"implicit-hate TSV '{path}' line {reader.line_num}: {error}") from None
+    for line, row in read_named_columns(path, (POST_COLUMN, CLASS_COLUMN), "\t", "implicit-hate TSV", value_name="post"):
+        post, label = row[POST_COLUMN], row[CLASS_COLUMN].strip()
+        if not post.strip():
+            raise LitzooError(f"implicit-hate TSV '{path}' line {line}: empty post")
+        if label not in CLASSES:
+            raise LitzooError(f"implicit-hate TSV '{path}' line {line}: unknown class {label!r} (expected one of {', '.join(CLASSES)})")
+        posts.append(post)
+        labels.append(CLASSES.index(label))
+        lines.append(line)
     if not posts:
         raise LitzooError(f"implicit-hate TSV '{path}' holds a header but no row")
     return ImplicitHateCorpus(path, posts, labels, lines)

@@ -42,7 +42,6 @@ syllables, Zipf weights ``1 / rank``, uniform text lengths, uniform choice of th
 from __future__ import annotations
 
 import csv
-import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ import torch
 
 from litzoo.framework.data import DictTensorDataset, SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically, write_files_atomically
+from litzoo.framework.data.tables import read_named_columns
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.text.vocabulary import SPECIAL_TOKENS, WordVocabulary
 
@@ -98,49 +98,17 @@ def read_short_text_csv(path: str | Path, label_column: str = "label", text_colu
     texts: list[str] = []
     raw_labels: list[int] = []
     lines: list[int] = []
-    data = path.read_bytes()  # the benchmark files are a few MB; decoding them whole locates a bad byte's line
-    try:
-        # utf-8-sig: a byte-order mark (Excel's UTF-8 CSV) is not part of the first column's name
-        content = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise LitzooError(f"short-text CSV '{path}' line {line}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    # strict: a stray quote or a quote left open at the end is an error (pandas refuses them too), not a merged field
-    reader = csv.reader(io.StringIO(content, newline=""), strict=True)
-    line = 1
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise LitzooError(f"short-text CSV '{path}' is empty: expected a header line '{label_column},{text_column}'")
-        columns = [name.strip() for name in header]
-        positions = {}
-        for name in (label_column, text_column):
-            if columns.count(name) != 1:
-                what = "no" if name not in columns else "more than one"
-                raise LitzooError(f"short-text CSV '{path}' line 1: {what} '{name}' column in the header (columns: {columns})")
-            positions[name] = columns.index(name)
-        while True:
-            line = reader.line_num + 1  # the row starts after the last line read (a quoted field may span lines)
-            row = next(reader, None)
-            if row is None:
-                break
-            if not row:
-                continue  # a blank line (pandas' skip_blank_lines)
-            if len(row) != len(columns):
-                hint = " (quote a text holding a comma)" if len(row) > len(columns) else ""
-                raise LitzooError(f"short-text CSV '{path}' line {line}: {len(row)} fields, the header has {len(columns)}{hint}")
-            text, label = row[positions[text_column]], row[positions[label_column]].strip()
-            if not text.strip():
-                raise LitzooError(f"short-text CSV '{path}' line {line}: empty text")
-            try:
-                value = int(label)
-            except ValueError:
-                raise LitzooError(f"short-text CSV '{path}' line {line}: label {label!r} is not an integer") from None
-            texts.append(text)
-            raw_labels.append(value)
-            lines.append(line)
-    except csv.Error as error:
-        raise LitzooError(f"short-text CSV '{path}' line {reader.line_num}: {error}") from None
+    for line, row in read_named_columns(path, (label_column, text_column), ",", "short-text CSV", value_name="text"):
+        text, label = row[text_column], row[label_column].strip()
+        if not text.strip():
+            raise LitzooError(f"short-text CSV '{path}' line {line}: empty text")
+        try:
+            value = int(label)
+        except ValueError:
+            raise LitzooError(f"short-text CSV '{path}' line {line}: label {label!r} is not an integer") from None
+        texts.append(text)
+        raw_labels.append(value)
+        lines.append(line)
     if not texts:
         raise LitzooError(f"short-text CSV '{path}' holds a header but no row")
     label_values = sorted(set(raw_labels))
