@@ -19,7 +19,7 @@ What the paper fixes and this module follows:
 
 What replaces what the paper uses (no pretrained weights are available offline): a small Transformer encoder trained
 from scratch (ours) — learned token and position embeddings, ``depth`` pre-norm blocks
-(:class:`litzoo.framework.nn.vit.Block`, bidirectional, padded keys masked), a final LayerNorm, the **mean over the
+(:class:`litzoo.framework.nn.text_encoder.TransformerTextEncoder`: bidirectional, padded keys masked), a final LayerNorm, the **mean over the
 post's tokens** (ours; RoBERTa classifies from its ``<s>`` token, XLNet from its last token — a mean needs no special
 token and treats every position alike), dropout and a linear head. The CLIP text tower
 (:mod:`litzoo.framework.nn.text`) was not reused: it is causal, pools at an end-of-text token and takes no padding mask.
@@ -49,7 +49,7 @@ from torch.optim import AdamW
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.nn.vit import Block, init_vit_weights
+from litzoo.framework.nn.text_encoder import TransformerTextEncoder, masked_mean
 
 DEFAULT_CLASS_NAMES = ("not_hate", "implicit_hate", "explicit_hate")
 
@@ -93,45 +93,6 @@ def attribution_precision_at_k(attributions: Tensor, mask: Tensor, planted: Tens
     ranked_planted = planted.gather(1, order)
     within_k = torch.arange(order.shape[1], device=order.device)[None, :] < k[:, None]
     return (ranked_planted & within_k).sum(1).double() / k.double()
-
-
-class MeanPoolTextEncoder(nn.Module):
-    """Token embeddings → (+ positions) → bidirectional pre-norm blocks → LayerNorm → masked mean → ``(B, dim)``.
-
-    Split in two so that attributions can be taken on the token embeddings: :meth:`embed` and :meth:`encode_embeds`.
-
-    Args:
-        vocab_size: token ids ``0..vocab_size-1``.
-        max_length: longest post (positions).
-        dim: token width.
-        depth: blocks.
-        num_heads: attention heads.
-        mlp_ratio: MLP hidden width over ``dim``.
-    """
-
-    def __init__(self, vocab_size: int, max_length: int, dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.max_length = max_length
-        self.token_embedding = nn.Embedding(vocab_size, dim)
-        self.positional_embedding = nn.Parameter(torch.zeros(1, max_length, dim))
-        self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
-        init_vit_weights(self)  # truncated-normal embeddings / positions (std 0.02), Xavier linears
-
-    def embed(self, tokens: Tensor) -> Tensor:
-        return self.token_embedding(tokens)
-
-    def encode_embeds(self, embeds: Tensor, mask: Tensor) -> Tensor:
-        if embeds.dim() != 3 or embeds.shape[1] > self.max_length:
-            raise ValueError(f"expected embeddings of shape (B, L ≤ {self.max_length}, D), got {tuple(embeds.shape)}")
-        mask = mask.bool()
-        x = embeds + self.positional_embedding[:, : embeds.shape[1]]
-        for block in self.blocks:
-            x = block(x, key_padding_mask=~mask)
-        x = self.norm(x)
-        weights = mask.to(x.dtype).unsqueeze(-1)
-        # clamp: an all-padding row (never produced by the readers) gives zeros instead of NaN
-        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class ToxVisClassifier(L.LightningModule):
@@ -193,7 +154,7 @@ class ToxVisClassifier(L.LightningModule):
         self.optimizer = optimizer
         self.class_names: tuple[str, ...] | None = None if class_names is None else tuple(class_names)
         self.vocabulary: Any = None  # the datamodule's WordVocabulary (id → string), set in setup
-        self.encoder: MeanPoolTextEncoder | None = None
+        self.encoder: TransformerTextEncoder | None = None
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         nn.init.xavier_uniform_(self.head.weight)
@@ -213,7 +174,7 @@ class ToxVisClassifier(L.LightningModule):
     def build(self, vocab_size: int, max_positions: int) -> None:
         """Create the encoder (it waits for the vocabulary when ``vocab_size`` is not given)."""
         hp = self.hparams
-        self.encoder = MeanPoolTextEncoder(vocab_size, max_positions, hp.dim, hp.depth, hp.num_heads, hp.mlp_ratio)
+        self.encoder = TransformerTextEncoder(vocab_size, max_positions, hp.dim, hp.depth, hp.num_heads, hp.mlp_ratio)
         self.hparams["vocab_size"], self.hparams["max_positions"] = vocab_size, max_positions  # a checkpoint rebuilds the same net
         # one full-length post (the model summary's FLOPs)
         self.example_input_array = (torch.zeros(1, max_positions, dtype=torch.long), torch.ones(1, max_positions, dtype=torch.bool))
@@ -239,7 +200,7 @@ class ToxVisClassifier(L.LightningModule):
             raise LitzooError(f"ToxVisClassifier: the datamodule's vocabulary of {vocab_size} exceeds the model's {self.encoder.token_embedding.num_embeddings}")
 
     # ------------------------------------------------------------------------------ the AttributionWriter protocol
-    def _net(self) -> MeanPoolTextEncoder:
+    def _net(self) -> TransformerTextEncoder:
         if self.encoder is None:
             raise RuntimeError("ToxVisClassifier has no network yet: pass vocab_size and max_positions, or run setup() with a datamodule")
         return self.encoder
@@ -252,7 +213,7 @@ class ToxVisClassifier(L.LightningModule):
         """``(B, L, dim)`` token embeddings and the ``(B, L)`` mask of real tokens → ``(B, num_classes)`` logits."""
         if mask is None:
             mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-        return self.head(self.dropout(self._net().encode_embeds(self.dropout(embeds), mask)))
+        return self.head(self.dropout(masked_mean(self._net().encode_embeds(self.dropout(embeds), mask), mask.bool())))
 
     def forward(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.forward_embeds(self.embed(tokens), mask)

@@ -60,3 +60,24 @@ def test_bad_arguments_and_inputs_are_refused():
         encoder(torch.tensor([[1, 2], [0, 0]]))
     with pytest.raises(ValueError, match=r"\(B, L\)"):
         encoder(torch.tensor([1, 2]))
+
+
+def test_transformer_text_encoder_ignores_padding_and_pools_real_tokens():
+    from litzoo.framework.nn.text_encoder import TransformerTextEncoder, masked_mean
+
+    torch.manual_seed(0)
+    encoder = TransformerTextEncoder(vocab_size=20, max_length=12, dim=16, depth=2, num_heads=4).eval()
+    tokens = torch.tensor([[5, 6, 7, 0, 0, 0]])
+    mask = tokens != 0
+    longer = torch.cat([tokens, torch.zeros(1, 4, dtype=torch.long)], 1)
+    short_states = encoder(tokens, mask)
+    long_states = encoder(longer, longer != 0)
+    # the real tokens' states do not depend on how much padding follows, nor on the padded ids
+    assert torch.allclose(short_states[:, :3], long_states[:, :3], atol=1e-5)
+    noisy = tokens.clone()
+    noisy[0, 3:] = 9
+    assert torch.allclose(encoder(noisy, mask)[:, :3], short_states[:, :3], atol=1e-5)
+    assert torch.allclose(encoder.pooled(tokens, mask), short_states[:, :3].mean(1), atol=1e-6)
+    assert torch.equal(masked_mean(torch.ones(1, 2, 3), torch.zeros(1, 2, dtype=torch.bool)), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="divisible"):
+        TransformerTextEncoder(vocab_size=20, max_length=12, dim=10, num_heads=4)
