@@ -3,6 +3,11 @@
 ``patchify``: ``(B, C, H, W)`` → ``(B, L, p²·C)`` with ``L = (H/p)·(W/p)`` in row-major patch order
 and, inside a patch, pixel-row, pixel-column, channel order (MAE's ``einsum('nchpwq->nhwpqc')``),
 so the layout matches MAE's ``decoder_pred`` outputs and released checkpoints.
+
+``patchify_video``: ``(B, T, C, H, W)`` clips (the audio-visual DataModule's ``"video"`` layout) → ``(B, L, t·p·p·C)``
+tubelets with ``L = (T/t)·(H/p)·(W/p)`` in (time, row, column) order — the order of a ``Conv3d`` tubelet embedding's
+``flatten(2)`` output (MAViL's ``PatchEmbed3D_new``, MBT / ViViT) — and, inside a tubelet, frame, pixel-row,
+pixel-column, channel order (MAE-ST's ``einsum('nctuhpwq->nthwupqc')``).
 """
 
 from __future__ import annotations
@@ -43,6 +48,30 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int, grid_size: tuple
     return x.reshape(batch, channels, h * p, w * p)
 
 
+def patchify_video(video: Tensor, tubelet: tuple[int, int, int]) -> Tensor:
+    """``(B, T, C, H, W)`` → ``(B, (T/t)·(H/p)·(W/p), t·p·p·C)`` for ``tubelet = (t, p, p)``; T, H, W must be multiples."""
+    batch, frames, channels, height, width = video.shape
+    t, ph, pw = tubelet
+    if min(t, ph, pw) <= 0 or frames % t or height % ph or width % pw:
+        raise ValueError(f"clip size {frames}x{height}x{width} (frames x height x width) must be a multiple of the tubelet {tuple(tubelet)}")
+    n, h, w = frames // t, height // ph, width // pw
+    x = video.reshape(batch, n, t, channels, h, ph, w, pw).permute(0, 1, 4, 6, 2, 5, 7, 3)  # (B, n, h, w, t, p, p, C)
+    return x.reshape(batch, n * h * w, t * ph * pw * channels)
+
+
+def unpatchify_video(patches: Tensor, tubelet: tuple[int, int, int], channels: int, grid_size: tuple[int, int, int]) -> Tensor:
+    """Inverse of :func:`patchify_video`: ``(B, L, t·p·p·C)`` → ``(B, n·t, C, h·p, w·p)`` for ``grid_size = (n, h, w)``."""
+    batch, length, width_ = patches.shape
+    t, ph, pw = tubelet
+    n, h, w = grid_size
+    if width_ != t * ph * pw * channels:
+        raise ValueError(f"patches of width {width_} are not {t}x{ph}x{pw} tubelets of {channels} channels")
+    if n * h * w != length:
+        raise ValueError(f"grid {n}x{h}x{w} does not hold {length} tubelets")
+    x = patches.reshape(batch, n, h, w, t, ph, pw, channels).permute(0, 1, 4, 7, 2, 5, 3, 6)  # (B, n, t, C, h, p, w, p)
+    return x.reshape(batch, n * t, channels, h * ph, w * pw)
+
+
 def patch_stats(patches: Tensor, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
     """Per-patch mean and ``sqrt(var + eps)`` over the last dim, each ``(…, 1)``; unbiased variance
     (torch's default), as MAE's ``forward_loss``."""
@@ -71,5 +100,6 @@ def blank_removed_patches(patches: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool()[..., None], low, patches)
 
 
-__all__ = ["blank_removed_patches", "denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "unpatchify"]
+__all__ = ["blank_removed_patches", "denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "patchify_video", "unpatchify",
+           "unpatchify_video"]
 

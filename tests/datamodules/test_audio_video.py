@@ -1,0 +1,305 @@
+"""AudioVideoDataModule / AudioTextDataModule on files in the exact layouts, and the SYNTHETIC audio-visual generator."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.signal import resample_poly
+
+from litzoo.datamodules.audio_video import (
+    AudioFrontEnd,
+    AudioTextDataModule,
+    AudioVideoDataModule,
+    SyntheticAudioVideoDataModule,
+    clip_id,
+    read_json_index,
+    read_segment_csv,
+    write_synthetic_audio_video,
+)
+from litzoo.framework.data.audio import kaldi_fbank, normalize_fbank, pad_or_cut_frames, write_wav
+from litzoo.framework.data.loaders import ResumableLoader
+from litzoo.framework.data.video import write_video_file
+from litzoo.framework.errors import LitzooError
+
+AUDIOSET_HEADER = (
+    "# Segments csv created Sun Mar  5 10:54:31 2017\n"
+    "# num_ytids=3, num_segs=3, num_unique_labels=3, num_positive_labels=4\n"
+    "# YTID, start_seconds, end_seconds, positive_labels\n"
+)
+LABELS_CSV = 'index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/04rlf,"Music"\n2,/m/0jbk,"Animal"\n'
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def fails(pattern, call, *args, **kwargs):
+    with pytest.raises(LitzooError, match=pattern) as info:
+        call(*args, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+# ---- index files -----------------------------------------------------------------------------------------------------
+def test_audioset_segment_csv_layout_and_clip_ids(tmp_path):
+    path = write(tmp_path / "train.csv", AUDIOSET_HEADER + '--PJHxphWEs, 30.000, 40.000, "/m/09x0r,/t/dd00088"\n\n'
+                 'abc_-Z9, 30.500, 40.500, "/m/04rlf"\n')  # fmt: skip
+    rows = read_segment_csv(path)
+    assert [(r.clip_id, r.labels, r.line) for r in rows] == [
+        ("--PJHxphWEs_000030", ("/m/09x0r", "/t/dd00088"), 4),
+        ("abc_-Z9_000030.500", ("/m/04rlf",), 6),
+    ]
+    assert clip_id("x", 0) == "x_000000" and clip_id("x", 7.25) == "x_000007.250"
+    plain = write(tmp_path / "plain.csv", 'YTID,start_seconds,end_seconds,labels\nq,1,2,"/m/a"\n')
+    assert [r.clip_id for r in read_segment_csv(plain)] == ["q_000001"]
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("a, 0, 10, /m/1,/m/2\n", r"line 4: 5 fields, expected 4 .*quote"),
+        ('a, zero, 10, "/m/1"\n', r"line 4: start 'zero' or end '10' is not a number"),
+        ('a, 10, 10, "/m/1"\n', r"line 4: segment 10\.\.10 s is not an interval"),
+        ('a, 0, 10, "/m/1"\na, 0, 10, "/m/2"\n', r"line 5: clip 'a_000000' is listed twice \(first on line 4\)"),
+        ('a, 0, 10, "/m/1,"\n', r"line 4: empty label"),
+        ("", "lists no segment"),
+    ],
+)
+def test_segment_csv_errors_name_file_and_line(tmp_path, content, pattern):
+    path = write(tmp_path / "bad.csv", AUDIOSET_HEADER + content)
+    fails(rf"segment CSV '.*bad\.csv'.*{pattern}", read_segment_csv, path)
+
+
+def test_json_index_layout_and_errors(tmp_path):
+    path = write(tmp_path / "val.json", json.dumps({"data": [{"video_id": "c1", "labels": "/m/09x0r,/m/04rlf"}]}))
+    assert [(r.clip_id, r.labels) for r in read_json_index(path)] == [("c1", ("/m/09x0r", "/m/04rlf"))]
+    fails(r"JSON index '.*bad\.json' line 1 is not valid JSON", read_json_index, write(tmp_path / "bad.json", "{"))
+    fails(r"entry 1 is not \{\"video_id\"", read_json_index, write(tmp_path / "b.json", json.dumps({"data": [{"video_id": "a", "labels": "x"},
+                                                                                                           {"video_id": 3}]})))  # fmt: skip
+    fails(r"has no non-empty \"data\" list", read_json_index, write(tmp_path / "c.json", json.dumps({"data": []})))
+
+
+# ---- a small data set in the clip-folder layout, with one .mp4 ------------------------------------------------------------
+def frame_value(clip: int, k: int) -> int:
+    return 20 * clip + 5 * k
+
+
+def tone(freq: float, rate: int, seconds: float = 1.0) -> np.ndarray:
+    return 0.4 * np.sin(2 * np.pi * freq * np.arange(int(rate * seconds)) / rate)
+
+
+def make_root(tmp_path, clips: int = 3, wav_rate: int = 22050):
+    """``train`` as AudioSet CSV: ``clips`` frame-folder clips (12 frames at 4 fps, WAV at ``wav_rate``) and one .mp4;
+    ``val`` as JSON with one clip."""
+    root = tmp_path / "root"
+    write(root / "class_labels_indices.csv", LABELS_CSV)
+    mids = ["/m/09x0r", "/m/04rlf", "/m/0jbk"]
+    lines = []
+    for c in range(clips):
+        folder = root / "train" / clip_id(f"yt{c}", 10 * c)
+        (folder / "frames").mkdir(parents=True)
+        for k in range(12):
+            Image.fromarray(np.full((8, 10, 3), frame_value(c, k), dtype=np.uint8)).save(folder / "frames" / f"{k + 1:05d}.png")
+        write_wav(folder / "audio.wav", tone(300.0 * (c + 1), wav_rate), wav_rate)
+        labels = ",".join(mids[: c % 3 + 1][::-1])  # listed out of order on purpose
+        lines.append(f'yt{c}, {10 * c}.000, {10 * c + 3}.000, "{labels}"\n')
+    clip = torch.zeros(8, 3, 16, 16)
+    for k in range(8):
+        clip[k] = k / 8
+    write_video_file(root / "train" / "ytv_000005.mp4", clip, fps=8, audio=torch.from_numpy(tone(500.0, 16000)).float())
+    lines.append('ytv, 5.000, 6.000, "/m/0jbk"\n')
+    write(root / "train.csv", AUDIOSET_HEADER + "".join(lines))
+    write(root / "val.json", json.dumps({"data": [{"video_id": clip_id("yt0", 0), "labels": "/m/04rlf"}]}))
+    (root / "val").mkdir()
+    (root / "val" / clip_id("yt0", 0)).symlink_to(root / "train" / clip_id("yt0", 0))
+    return root
+
+
+def test_batches_from_frame_folders_wav_and_mp4(tmp_path):
+    root = make_root(tmp_path)
+    dm = AudioVideoDataModule(str(root), label_csv="class_labels_indices.csv", num_frames=4, fps=2.0, frames_fps=4.0, anchor="centre",
+                              image_size=16, target_length=64, num_mel_bins=32, batch_size=4)  # fmt: skip
+    dm.setup("fit")
+    assert dm.classes == ["/m/09x0r", "/m/04rlf", "/m/0jbk"]
+    batch = next(iter(dm.val_dataloader()))
+    assert set(batch) == {"video", "audio", "label", "index"}
+    assert batch["video"].shape == (1, 4, 3, 16, 16) and batch["audio"].shape == (1, 1, 64, 32)
+    assert batch["label"].tolist() == [[0.0, 1.0, 0.0]]
+    train = dm.datasets["train"]
+    items = [train[i] for i in range(4)]
+    assert [item["label"].tolist() for item in items[:3]] == [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert items[3]["label"].tolist() == [0, 0, 1]
+    # 12 frames at 4 fps, 4 at 2 fps: every 2nd frame, the window of 7 frames centred: frames 2, 4, 6, 8; resized 8x10 -> 16
+    assert torch.allclose(items[1]["video"][:, 0, 5, 5] * 255, torch.tensor([frame_value(1, k) for k in (2, 4, 6, 8)], dtype=torch.float),
+                          atol=1e-3)  # fmt: skip
+    # the audio: 22.05 kHz resampled to 16 kHz (resample_poly 320/441), mean removed, centred window, Audio-MAE fbank
+    waveform = torch.from_numpy(resample_poly(np.round(tone(600.0, 22050) * 32767) / 32767, 320, 441)).float()
+    waveform = waveform - waveform.mean()
+    needed = 400 + 63 * 160
+    offset = (len(waveform) - needed) // 2
+    expected = normalize_fbank(pad_or_cut_frames(kaldi_fbank(waveform[offset : offset + needed], 16000, 32), 64))[None]
+    torch.testing.assert_close(items[1]["audio"], expected, atol=1e-4, rtol=1e-4)
+    # the .mp4 clip: 8 frames at 8 fps, 4 at 2 fps -> step 4, span 13 > 8: frames 0, 4, 7, 7 (the last repeated)
+    assert torch.allclose(items[3]["video"][:, 0, 8, 8], torch.tensor([0, 4, 7, 7]) / 8, atol=0.03)
+    mp4_audio = items[3]["audio"][0]
+    assert int(mp4_audio.mean(dim=0).argmax()) == int(AudioFrontEnd(16000, 64, 32)(torch.from_numpy(tone(500.0, 16000)).float(), 16000,
+                                                                                       "x")[0].mean(dim=0).argmax())  # fmt: skip
+
+
+def test_training_loader_is_seeded_and_resumes_mid_epoch(tmp_path):
+    root = make_root(tmp_path, clips=7)
+
+    def loader():
+        dm = AudioVideoDataModule(str(root), num_frames=2, fps=2.0, frames_fps=4.0, image_size=8, target_length=16, num_mel_bins=16,
+                                  batch_size=2)  # fmt: skip
+        dm.load_state_dict({"shuffle_seed": 5})
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    full = loader()
+    assert isinstance(full, ResumableLoader)
+    epoch0 = [b["index"].tolist() for b in full]
+    epoch1 = [b["index"].tolist() for b in full]
+    assert sorted(sum(epoch0, [])) == list(range(8)) and epoch0 != epoch1
+    interrupted = loader()
+    iterator = iter(interrupted)
+    head = [next(iterator)["index"].tolist() for _ in range(2)]
+    state = interrupted.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert head + [b["index"].tolist() for b in resumed] == epoch0  # killed after 2 batches and resumed = uninterrupted
+
+
+def test_datamodule_errors_name_the_file_and_line(tmp_path):
+    root = make_root(tmp_path)
+    kwargs = dict(num_frames=2, fps=2.0, frames_fps=4.0, target_length=16, num_mel_bins=16)
+    fails(r"audio-video root '.*nowhere' does not exist", AudioVideoDataModule, str(tmp_path / "nowhere"))
+    fails(r"label file '.*labels\.csv' does not exist", AudioVideoDataModule, str(root), label_csv="labels.csv")
+    with pytest.raises(ValueError, match="anchor"):
+        AudioVideoDataModule(str(root), anchor="end")
+    (root / "val.json").unlink()  # the rewritten training indices below no longer list its label
+    write(root / "train.csv", AUDIOSET_HEADER + 'yt0, 0, 3, "/m/09x0r"\nyt9, 0, 3, "/m/04rlf"\n')
+    fails(r"index '.*train\.csv' line 5: clip 'yt9_000000' has neither a folder '.*yt9_000000' nor a file '.*yt9_000000\.mp4'",
+          AudioVideoDataModule(str(root), **kwargs).setup, "fit")  # fmt: skip
+    write(root / "train.csv", AUDIOSET_HEADER + 'yt0, 0, 3, "/m/09x0r,/m/zzz"\n')
+    fails(r"index '.*train\.csv' line 4: label '/m/zzz' is not listed by '.*class_labels_indices\.csv'",
+          AudioVideoDataModule(str(root), label_csv="class_labels_indices.csv", **kwargs).setup, "fit")  # fmt: skip
+    write(root / "train.csv", AUDIOSET_HEADER + 'yt0, 0, 3, "/m/09x0r"\n')
+    no_rate = AudioVideoDataModule(str(root), num_frames=2, fps=2.0, target_length=16, num_mel_bins=16)
+    no_rate.setup("fit")
+    fails(r"clip folder '.*yt0_000000' holds frames, but the data module has no frames_fps", no_rate.datasets["train"].__getitem__, 0)
+    wav = root / "train" / "yt0_000000" / "audio.wav"
+    wav.write_bytes(b"RIFF")
+    dm = AudioVideoDataModule(str(root), **kwargs)
+    dm.setup("fit")
+    fails(r"WAV file '.*yt0_000000/audio\.wav'", dm.datasets["train"].__getitem__, 0)
+    write_wav(wav, np.zeros(100), 16000)  # 100 samples < one 25 ms frame (400)
+    fails(r"audio of '.*audio\.wav' is too short: 100 samples at 16000 Hz", dm.datasets["train"].__getitem__, 0)
+    wav.unlink()
+    fails(r"clip folder '.*yt0_000000' has no audio\.wav", dm.datasets["train"].__getitem__, 0)
+
+
+# ---- audio-text pairs ------------------------------------------------------------------------------------------------
+def test_audio_text_jsonl_relative_paths_batches_and_errors(tmp_path):
+    audio_dir = tmp_path / "clotho" / "audio"
+    audio_dir.mkdir(parents=True)
+    write_wav(audio_dir / "a.wav", tone(400.0, 32000), 32000)
+    write_wav(audio_dir / "b.wav", tone(900.0, 16000), 16000)
+    manifest = write(tmp_path / "clotho" / "train.jsonl", '{"audio": "audio/a.wav", "text": "a low hum"}\n\n'
+                     f'{{"audio": "{audio_dir / "b.wav"}", "text": "a high whistle, twice"}}\n')  # fmt: skip
+    dm = AudioTextDataModule(str(manifest), val_jsonl=str(manifest), target_length=48, num_mel_bins=24, batch_size=2)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["text"] == ["a low hum", "a high whistle, twice"] and batch["audio"].shape == (2, 1, 48, 24)
+    assert batch["index"].tolist() == [0, 1]
+    low, high = (int(batch["audio"][i, 0].mean(dim=0).argmax()) for i in range(2))
+    assert low < high  # the 400 Hz clip (resampled from 32 kHz) peaks in a lower mel bin than the 900 Hz one
+    assert dm.test_split == "val"
+    bad = write(tmp_path / "clotho" / "bad.jsonl", '{"audio": "audio/a.wav", "text": "ok"}\n{"audio": "audio/zz.wav", "text": "x"}\n')
+    fails(r"audio-text JSONL '.*bad\.jsonl' line 2: audio file '.*zz\.wav' does not exist", AudioTextDataModule(str(bad)).setup, "fit")
+    empty = write(tmp_path / "clotho" / "empty.jsonl", '{"audio": "audio/a.wav", "text": "  "}\n')
+    fails(r"line 1: empty caption", AudioTextDataModule(str(empty)).setup, "fit")
+    notjson = write(tmp_path / "clotho" / "nj.jsonl", '{"audio": "audio/a.wav"}\n')
+    fails(r"nj\.jsonl' line 1 has no string field 'text'", AudioTextDataModule(str(notjson)).setup, "fit")
+    fails(r"audio-text JSONL '.*missing\.jsonl' \(train split\) does not exist", AudioTextDataModule, str(tmp_path / "missing.jsonl"))
+
+
+# ---- SYNTHETIC -------------------------------------------------------------------------------------------------------
+def planted(folder):
+    with open(folder / "SYNTHETIC_planted.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def modality_bits(batch, high_bin: int):
+    """The visual bit from the sprite's motion (centre of mass moving left) and the audio bit from the loudest mel bin."""
+    video = batch["video"].mean(dim=2)  # (B, T, H, W)
+    columns = torch.arange(video.shape[-1], dtype=torch.float)
+    com = (video.sum(dim=2) * columns).sum(dim=-1) / video.sum(dim=(2, 3))  # (B, T)
+    visual = (com[:, -1] < com[:, 0]).long()
+    audio = (batch["audio"][:, 0].mean(dim=1).argmax(dim=1) >= high_bin).long()
+    return visual, audio
+
+
+def accuracy(pred, target):
+    return float((pred == target).float().mean())
+
+
+def test_synthetic_xor_needs_both_modalities(tmp_path):
+    dm = SyntheticAudioVideoDataModule(str(tmp_path), num_train=16, num_val=8, num_digits=3, seed=1, batch_size=16, target_length=64)
+    assert dm.classes == ["/synthetic/digit_0", "/synthetic/digit_1", "/synthetic/digit_2", "/synthetic/xor"]
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    truth = planted(dm.root)[:16]
+    xor = batch["label"][:, -1].long()
+    assert xor.tolist() == [int(row["xor"]) for row in truth]
+    assert batch["label"][:, :3].argmax(dim=1).tolist() == [int(row["digit"]) for row in truth]
+    # the mel bin of 1 kHz: between the low (400-600 Hz) and the high (1.4-2 kHz) pitch bands
+    from litzoo.framework.data.audio import mel_filterbank
+
+    high_bin = int(mel_filterbank(128, 512, 16000)[:, 32].argmax())  # FFT bin 32 = 1000 Hz
+    visual, audio = modality_bits(batch, high_bin)
+    assert visual.tolist() == [int(row["visual_bit"]) for row in truth]
+    assert audio.tolist() == [int(row["audio_bit"]) for row in truth]
+    assert accuracy(visual ^ audio, xor) == 1.0  # both modalities together: the label
+    for alone in (visual, audio, 1 - visual, 1 - audio):
+        assert accuracy(alone, xor) == 0.5  # either alone: chance, exactly (the four pairs are balanced)
+    # the sound's loudness peaks when the sprite crosses the centre, whatever its direction
+    fresh = write_synthetic_audio_video(tmp_path / "again", 16, 8, 3, seed=1)
+    assert planted(fresh) == planted(dm.root)  # deterministic
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging folder left
+
+
+def test_synthetic_misalignment_knobs(tmp_path):
+    shuffled = write_synthetic_audio_video(tmp_path / "shuffled", 16, 4, 2, seed=0, shuffle_prob=1.0)
+    rows = [row for row in planted(shuffled) if row["split"] == "train"]
+    assert all(row["audio_source"] != row["clip_id"] for row in rows)  # every clip has another clip's sound
+    dm = AudioVideoDataModule(str(shuffled), label_csv="class_labels_indices.csv", num_frames=8, fps=4.0, frames_fps=8.0, target_length=64,
+                              batch_size=16)  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    from litzoo.framework.data.audio import mel_filterbank
+
+    visual, audio = modality_bits(batch, int(mel_filterbank(128, 512, 16000)[:, 32].argmax()))
+    source_bit = {row["clip_id"]: int(row["audio_bit"]) for row in rows}
+    assert audio.tolist() == [source_bit[row["audio_source"]] for row in rows]  # the sound heard is the source clip's
+    assert accuracy(visual ^ audio, batch["label"][:, -1].long()) < 1.0  # the planted rule no longer holds for every clip
+    # a time shift moves the loudness peak (the sprite's centre crossing, at the clip's middle) by the shift
+    aligned = write_synthetic_audio_video(tmp_path / "aligned", 4, 1, 2, seed=0)
+    shifted = write_synthetic_audio_video(tmp_path / "shifted", 4, 1, 2, seed=0, audio_shift=0.5)
+    from litzoo.framework.data.audio import read_wav
+
+    def peak_time(folder):
+        waveform, rate = read_wav(next((folder / "train").iterdir()) / "audio.wav")
+        envelope = waveform.abs().unfold(0, 400, 400).max(dim=1).values
+        return float(envelope.argmax()) * 400 / rate
+
+    assert abs(peak_time(aligned) - 16 / 8 * 15 / 16 / 2) < 0.05
+    assert abs(peak_time(shifted) - peak_time(aligned) - 0.5) < 0.05
+    with pytest.raises(ValueError, match="shuffle_prob"):
+        write_synthetic_audio_video(tmp_path / "x", shuffle_prob=2.0)
