@@ -53,6 +53,7 @@ from litzoo.framework.data import DictTensorDataset, SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically, write_files_atomically
 from litzoo.framework.data.tables import read_named_columns
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.text.synthetic_words import pseudo_words
 from litzoo.framework.text.vocabulary import SPECIAL_TOKENS, WordVocabulary
 
 #: the classes of the stage-1 file, in the order of their ids
@@ -148,7 +149,6 @@ def stratified_split(labels: Sequence[int], val_fraction: float, test_fraction: 
 
 
 # ---- the SYNTHETIC planted corpus ------------------------------------------------------------------------------------
-_SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
 
 
 @dataclass(frozen=True)
@@ -170,16 +170,6 @@ class SyntheticImplicitHate:
     coded_phrases: list[list[str]]
     filler_words: list[str]
     planted: list[list[int]]
-
-
-def _pseudo_words(rng: np.random.Generator, count: int, seen: set[str]) -> list[str]:
-    words: list[str] = []
-    while len(words) < count:
-        word = "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), size=int(rng.integers(2, 4))))
-        if word not in seen:  # disjoint pools: a word's role is unambiguous
-            seen.add(word)
-            words.append(word)
-    return words
 
 
 def check_synthetic_arguments(posts_per_class: int, num_filler: int, min_filler: int, max_filler: int, max_triggers: int, decoy_rate: float) -> None:
@@ -210,9 +200,9 @@ def synthetic_implicit_hate(
         raise ValueError(f"num_triggers and num_phrases must be positive, got {num_triggers} and {num_phrases}")
     rng = np.random.default_rng(seed)
     seen: set[str] = set()
-    filler = _pseudo_words(rng, num_filler, seen)
-    triggers = _pseudo_words(rng, num_triggers, seen)
-    coded = _pseudo_words(rng, 2 * num_phrases, seen)
+    filler = pseudo_words(rng, num_filler, seen)
+    triggers = pseudo_words(rng, num_triggers, seen)
+    coded = pseudo_words(rng, 2 * num_phrases, seen)
     # phrases of 2 or 3 words over the coded pool; every coded word is in some phrase, so it can be a decoy
     phrases: list[list[str]] = []
     order = list(rng.permutation(len(coded)))

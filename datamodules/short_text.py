@@ -49,11 +49,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 
 from litzoo.framework.data import DictTensorDataset, SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically, write_files_atomically
 from litzoo.framework.data.tables import read_named_columns
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.text.synthetic_words import pseudo_words
 from litzoo.framework.text.vocabulary import SPECIAL_TOKENS, WordVocabulary
 
 
@@ -130,7 +132,6 @@ def write_short_text_csv(path: str | Path, labels: Sequence[int], texts: Sequenc
 
 # ---- the SYNTHETIC topic corpus --------------------------------------------------------------------------------------
 FUNCTION_WORDS = ("the", "a", "of", "and", "to", "in", "is", "for", "on", "with", "at", "by", "from", "this", "that", "it")
-_SYLLABLES = tuple(c + v for c in "bdfgklmnprstvz" for v in "aeiou")
 
 
 @dataclass(frozen=True)
@@ -148,13 +149,7 @@ def synthetic_topic_words(num_topics: int, words_per_topic: int, seed: int = 0) 
     seen: set[str] = set(FUNCTION_WORDS)
     topics: list[list[str]] = []
     for _ in range(num_topics):
-        words: list[str] = []
-        while len(words) < words_per_topic:
-            word = "".join(_SYLLABLES[i] for i in rng.integers(0, len(_SYLLABLES), size=int(rng.integers(2, 4))))
-            if word not in seen:  # disjoint topics: every planted word belongs to one topic only
-                seen.add(word)
-                words.append(word)
-        topics.append(words)
+        topics.append(pseudo_words(rng, words_per_topic, seen))  # disjoint topics: a planted word has one topic
     return topics
 
 
@@ -322,7 +317,9 @@ class ShortTextDataModule(SplitsDataModule):
 
     def build_datasets(self, split: str) -> dict[str, DictTensorDataset]:
         """The three splits at once: one dataset of every row."""
-        hp = self.hparams
+        # under LightningCLI a subclass's hparams hold only the subclass's arguments: the reader's defaults fill the rest
+        hp = AttributeDict({"label_column": "label", "text_column": "text", "max_vocab_size": None, "tokenizer_path": None,
+                            "save_tokenizer_to": None, **self.hparams})  # fmt: skip
         corpus = read_short_text_csv(self.csv_path(), hp.label_column, hp.text_column)
         if hp.tokenizer_path is not None:
             vocabulary = WordVocabulary.load(hp.tokenizer_path)
