@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     import nas_search
     import pathcon
     import perception_encoder
+    import polarization
     import prune_residual
     import pruning
     import quantization
@@ -157,10 +158,11 @@ def main(argv: list[str] | None = None) -> None:
     transfers = _section("CAT-ART vs single-domain BPR-MF on three SYNTHETIC domains, and its ablations (3 seeds)", cat_art.main, **options)
     scopes = _section("Mulco vs the flat BIO-CRF on a SYNTHETIC nested-NER corpus (3 seeds)", mulco.main, **options)
     toxic = _section("ToxVis: macro-F1 and IG attribution precision@k on a SYNTHETIC planted hate corpus (3 seeds)", toxvis.main, **options)
+    polar = _section("Semantic polarization: drift, Granger direction and attributive words on SYNTHETIC drifting stations (3 seeds)", polarization.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, polar))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -193,7 +195,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/compile_node_cap.py`, `.venv/bin/python benchmarks/r5.py`,
 `.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`,
 `.venv/bin/python benchmarks/recguru.py`, `.venv/bin/python benchmarks/cat_art.py`,
-`.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`,
+`.venv/bin/python benchmarks/polarization.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -293,6 +296,8 @@ noisy, the alternating-round ratios less so.
 {mulco.format_section(scopes)}
 
 {toxvis.format_section(toxic)}
+
+{polarization.format_section(polar)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
