@@ -49,14 +49,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from litzoo.framework.data.batches import batch_inputs, batch_labels
+from litzoo.framework.data.batches import batch_inputs, batch_labels, datamodule_loader, in_order
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
@@ -202,18 +200,7 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
     # ------------------------------------------------------------------------------ data
     def _loader(self, split: str) -> DataLoader | None:
         """The DataModule's ``<split>_dataloader()``, or ``None`` when it has none."""
-        method = f"{split}_dataloader"
-        if not is_overridden(method, self.datamodule, L.LightningDataModule):
-            return None
-        try:
-            loader = getattr(self.datamodule, method)()
-        except (MisconfigurationException, NotImplementedError):
-            return None
-        while isinstance(loader, (dict, list, tuple)):  # several loaders: the first
-            if not loader:
-                return None
-            loader = next(iter(loader.values())) if isinstance(loader, dict) else loader[0]
-        return loader
+        return datamodule_loader(self.datamodule, split)
 
     def _splits(self) -> tuple[DataLoader, DataLoader]:
         train = self._loader("train")
@@ -231,14 +218,6 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
             )
         return train, evaluation
 
-    @staticmethod
-    def _in_order(loader: DataLoader) -> Any:
-        """The loader's data in a fixed order: a plain sequential loader over its dataset (no shuffling,
-        no DistributedSampler, no persistent workers), the same collate function and batch size."""
-        if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
-            return loader
-        return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False, collate_fn=loader.collate_fn, num_workers=0)
-
     @torch.no_grad()
     def extract(self, pl_module: L.LightningModule, loader: Any, trainer: L.Trainer | None = None) -> tuple[Tensor, Tensor]:
         """Frozen features ``(N, D)`` (float32) and labels ``(N,)`` of every sample of ``loader``, on the module's device."""
@@ -247,7 +226,7 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
         features, labels = [], []
         with eval_mode(pl_module), torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            for batch in self._in_order(loader):
+            for batch in in_order(loader):
                 label = batch_labels(batch)
                 if label is None:
                     raise LitzooError(f"{type(self).__name__}({self.name!r}): the DataModule's batches have no labels "

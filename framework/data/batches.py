@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler
 
@@ -69,6 +70,27 @@ def first_loader(loaders: Any) -> Any:
             return None
         loaders = next(iter(loaders.values())) if isinstance(loaders, dict) else loaders[0]
     return loaders
+
+
+def datamodule_loader(datamodule: L.LightningDataModule, split: str) -> Any:
+    """The first loader of ``datamodule.<split>_dataloader()``, or ``None`` when the DataModule has none (not
+    overridden, or it raises ``NotImplementedError`` / ``MisconfigurationException``). The frozen-feature probes read
+    their labelled DataModules through it."""
+    method = f"{split}_dataloader"
+    if not is_overridden(method, datamodule, L.LightningDataModule):
+        return None
+    try:
+        return first_loader(getattr(datamodule, method)())
+    except (MisconfigurationException, NotImplementedError):
+        return None
+
+
+def in_order(loader: Any) -> Any:
+    """The loader's data in a fixed order: a plain sequential ``DataLoader`` over its dataset (no shuffling, no
+    DistributedSampler, no workers) with the same collate function and batch size; other iterables as they are."""
+    if not isinstance(loader, DataLoader) or isinstance(loader.dataset, IterableDataset):
+        return loader
+    return DataLoader(loader.dataset, batch_size=loader.batch_size or 1, shuffle=False, collate_fn=loader.collate_fn, num_workers=0)
 
 
 def reference_loader(trainer: L.Trainer, who: str, stages: tuple[str, ...] = ("val", "train")):
