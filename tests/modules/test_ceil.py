@@ -14,9 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
 
 from litzoo.datamodules.short_text import SyntheticShortTextDataModule
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.random_state import derive_seed
 from litzoo.framework.resume import ExactResume
 from litzoo.framework.text.vocabulary import MASK_ID, PAD_ID
 from litzoo.modules.ceil import CEIL, CEILNet, append_prompt, augment_tokens, filter_pseudo_labels, verbalizer_logits
@@ -272,3 +274,79 @@ def test_two_process_ddp_fit_keeps_ranks_and_pseudo_labels_identical(tmp_path: P
     assert (a["state"]["pseudo_labels"] >= 0).any() and (a["state"]["iteration_scores"] >= 0).all()
     for key in a["state"]:
         assert torch.equal(a["state"][key], b["state"][key]), key
+
+
+class HeadsAroundTheSecondCDCCPhase(L.Callback):
+    """The projection heads (and whether AdamW holds moments for them) at the end of the last classification epoch and
+    at the first batch of the next CDCC phase."""
+
+    def __init__(self, last_classification_epoch: int) -> None:
+        self.epoch = last_classification_epoch
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+        self.moments_after: bool | None = None
+
+    @staticmethod
+    def heads(module: CEIL) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in module.net.state_dict().items() if k.startswith(("instance_head", "cluster_head"))}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: CEIL) -> None:
+        if trainer.current_epoch == self.epoch:
+            self.before = self.heads(pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: CEIL, batch, batch_idx: int) -> None:
+        if trainer.current_epoch == self.epoch + 1 and batch_idx == 0:
+            self.after = self.heads(pl_module)
+            state = trainer.optimizers[0].state
+            self.moments_after = any(len(state.get(p, {})) > 0 for p in pl_module.net.cluster_head.parameters())
+
+
+def test_restart_heads_reinitialises_the_heads_at_each_later_cdcc_phase(tmp_path):
+    module = CEIL(**TINY)
+    assert module.phase(4) == ("classification", 0) and module.phase(5) == ("cdcc", 1)
+    runs = {}
+    for restart in (True, False):
+        L.seed_everything(0)
+        module = CEIL(**TINY, restart_heads=restart)
+        probe = HeadsAroundTheSecondCDCCPhase(4)
+        L.Trainer(max_epochs=module.total_epochs, limit_val_batches=0, callbacks=[probe], **QUIET).fit(module, datamodule=data(tmp_path / "data"))
+        runs[restart] = probe
+    restarted, warm = runs[True], runs[False]
+    for name, value in warm.before.items():  # the same run until the restart: nothing drawn from the global streams
+        assert torch.equal(value, restarted.before[name]), name
+    # negative control: without restart the heads go into the CDCC phase as the classification left them, moments kept
+    assert all(torch.equal(warm.before[k], warm.after[k]) for k in warm.before) and warm.moments_after
+    # with it: fresh PyTorch Linear initialisations drawn in order from the seed (0, iteration 1, 1), no moments
+    fresh = [nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 4)]
+    torch.manual_seed(derive_seed(0, 1, 1))
+    for layer in fresh:
+        layer.reset_parameters()
+    names = ("instance_head.0", "instance_head.2", "cluster_head.0", "cluster_head.2")
+    for name, layer in zip(names, fresh, strict=True):
+        assert torch.equal(restarted.after[f"{name}.weight"], layer.weight.detach()), name
+        assert torch.equal(restarted.after[f"{name}.bias"], layer.bias.detach()), name
+    assert not restarted.moments_after
+    assert not torch.equal(restarted.after["cluster_head.2.weight"], restarted.before["cluster_head.2.weight"])
+
+
+def test_resumes_around_a_restart_of_the_heads_equal_the_uninterrupted_run(tmp_path):
+    root = tmp_path / "data"
+    straight, _ = fit(root, tmp_path / "straight", seed=0, restart_heads=True)
+    assert straight.phase(5) == ("cdcc", 1) and int(straight.restarted_iteration) == 1
+    # (a) mid-epoch 5: the heads were restarted and have trained two steps; the resume must not restart them again
+    save_at = 5 * 5 + 2
+    fit(root, tmp_path / "killed", seed=0, save_at=save_at, restart_heads=True)
+    resumed, _ = fit(root, tmp_path / "resumed", seed=123, ckpt_path=tmp_path / "killed" / f"step={save_at}.ckpt", restart_heads=True)
+    # (b) the end of the last classification epoch, before the restart: the resumed run must restart them
+    checkpoint = tmp_path / "end_of_epoch_4.ckpt"
+    L.seed_everything(0)
+    module = CEIL(**TINY, restart_heads=True)
+    killer = L.Trainer(max_epochs=module.total_epochs, limit_val_batches=0, callbacks=[ExactResume(), SaveBeforeTheModuleEpochEnd(4, checkpoint),
+                       KillAt(5 * 5 + 1)], **QUIET)  # fmt: skip
+    with pytest.raises(Killed):
+        killer.fit(module, datamodule=data(root))
+    assert int(torch.load(checkpoint, weights_only=False)["state_dict"]["restarted_iteration"]) == 0
+    from_boundary, _ = fit(root, tmp_path / "from_boundary", seed=123, ckpt_path=checkpoint, restart_heads=True)
+    for run in (resumed, from_boundary):
+        for (name, a), b in zip(straight.state_dict().items(), run.state_dict().values(), strict=True):
+            assert torch.allclose(a.float(), b.float(), atol=1e-6, rtol=0), name
