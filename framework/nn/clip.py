@@ -16,7 +16,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.retrieval import RetrievalRecall
 
 from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
 from litzoo.framework.nn.attention_pool import AttentionPool
@@ -176,16 +175,34 @@ def zero_shot_weights(model: CLIP, tokenizer: Any, class_names: Sequence[str], t
     return torch.stack(weights, dim=1)
 
 
+def recall_at_k(similarity: Tensor, k: int) -> float:
+    """The share of queries (rows of an ``(N, N)`` similarity) whose match (column ``i`` for row ``i``) is among the
+    ``k`` best-scoring columns.
+
+    Ties are broken uniformly at random *in expectation*: with ``g`` columns scoring higher than the match and ``e``
+    others scoring the same, the match lands at each of the ``e + 1`` tied places with equal chance, so the query counts
+    ``clamp(k - g, 0, e + 1) / (e + 1)``. Without ties this is the plain rank test; with duplicate captions (identical
+    text features) it is the mean over all tie orders, where an arbitrary sort would pick one. Written out rather than
+    through torchmetrics' ``RetrievalRecall``: torchmetrics 1.9 counts a relevant item only when its score is ``> 0``
+    (``retrieval_recall``'s ``torch.where(preds > 0, ...)``), which under-counts cosine similarities
+    (``tests/modules/test_clip.py``).
+    """
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be a square (N, N) matrix, got {tuple(similarity.shape)}")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    match = similarity.diagonal()[:, None]
+    greater = (similarity > match).sum(1)
+    tied = (similarity == match).sum(1) - 1  # the match equals itself
+    hits = (k - greater).clamp(min=0, max=None).minimum(tied + 1).to(torch.float64) / (tied + 1).to(torch.float64)
+    return float(hits.mean())
+
+
 def retrieval_recalls(image_features: Tensor, text_features: Tensor, top_k: Sequence[int]) -> dict[str, float]:
-    """Recall@K of image→text and text→image retrieval where pair ``i`` is image ``i`` with text ``i``."""
-    similarity = image_features @ text_features.T  # (N, N)
-    n = similarity.shape[0]
-    target = torch.eye(n, dtype=torch.bool, device=similarity.device)
-    indexes = torch.arange(n, device=similarity.device)[:, None].expand(n, n)
+    """Recall@K (:func:`recall_at_k`) of image→text and text→image retrieval where pair ``i`` is image ``i`` with text ``i``."""
+    similarity = (image_features @ text_features.T).float()  # (N, N)
     out = {}
     for k in top_k:
-        metric = RetrievalRecall(top_k=k, sync_on_compute=False).to(similarity.device)
-        out[f"image_to_text_R@{k}"] = float(metric(similarity.flatten(), target.flatten(), indexes=indexes.flatten()))
-        metric = RetrievalRecall(top_k=k, sync_on_compute=False).to(similarity.device)
-        out[f"text_to_image_R@{k}"] = float(metric(similarity.T.flatten(), target.flatten(), indexes=indexes.flatten()))
+        out[f"image_to_text_R@{k}"] = recall_at_k(similarity, k)
+        out[f"text_to_image_R@{k}"] = recall_at_k(similarity.T, k)
     return out

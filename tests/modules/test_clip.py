@@ -140,6 +140,26 @@ def test_retrieval_recalls_match_ranks_on_random_features():
     assert len({recalls[f"image_to_text_R@{k}"] for k in (1, 3, 5)}) > 1  # the example is not degenerate
 
 
+def test_retrieval_recalls_count_matches_with_negative_scores_and_average_over_tie_orders():
+    from litzoo.framework.nn.clip import recall_at_k
+
+    # the match of row 1 scores -0.6 and ranks 2nd: torchmetrics 1.9's RetrievalRecall drops it (it keeps preds > 0 only)
+    similarity = torch.tensor([[0.9, 0.1, -0.2],
+                               [-0.1, -0.6, -0.9],
+                               [0.3, 0.2, -0.5]])  # fmt: skip
+    assert recall_at_k(similarity, 1) == pytest.approx(1 / 3)
+    assert recall_at_k(similarity, 2) == pytest.approx(2 / 3)
+    assert recall_at_k(similarity, 3) == pytest.approx(1.0)
+    # duplicate captions: row 0's match ties with one other column (R@1 = 1/2 in expectation); row 1 ties with both
+    tied = torch.tensor([[0.5, 0.5, 0.1],
+                         [0.2, 0.2, 0.2],
+                         [0.0, 0.1, 0.9]])  # fmt: skip
+    assert recall_at_k(tied, 1) == pytest.approx((1 / 2 + 1 / 3 + 1) / 3)
+    assert recall_at_k(tied, 2) == pytest.approx((1 + 2 / 3 + 1) / 3)
+    with pytest.raises(ValueError, match="square"):
+        recall_at_k(torch.zeros(2, 3), 1)
+
+
 # ---------------------------------------------------------------------------------- load_clip_weights
 
 
