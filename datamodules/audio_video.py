@@ -85,6 +85,7 @@ from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically
 from litzoo.framework.data.video import ANCHORS, read_frame_folder, read_video_file, resample_audio
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.text.vocabulary import WordVocabulary
 
 INDEX_SUFFIXES = (".csv", ".json")
 
@@ -254,8 +255,9 @@ class AudioVideoDataset(Dataset):
 
     def __init__(self, clips: Sequence[tuple[Path, list[int]]], num_classes: int, num_frames: int, fps: float, anchor: str,
                  frames_fps: float | None, image_size: int | None, video_mean: Sequence[float] | None,
-                 video_std: Sequence[float] | None, audio: AudioFrontEnd) -> None:  # fmt: skip
+                 video_std: Sequence[float] | None, audio: AudioFrontEnd, texts: Sequence[str] | None = None) -> None:  # fmt: skip
         self.clips, self.num_classes = list(clips), num_classes
+        self.texts = None if texts is None else list(texts)  # one caption per clip (``captions=True``), as "text"
         self.num_frames, self.fps, self.anchor, self.frames_fps = num_frames, fps, anchor, frames_fps
         self.image_size, self.audio = image_size, audio
         self.video_mean = None if video_mean is None else torch.tensor(video_mean, dtype=torch.float32)[:, None, None]
@@ -289,7 +291,10 @@ class AudioVideoDataset(Dataset):
         audio = self.audio(waveform, rate, path / "audio.wav" if path.is_dir() else path)
         target = torch.zeros(self.num_classes)
         target[labels] = 1.0
-        return {"video": video, "audio": audio, "label": target, "index": torch.tensor(index, dtype=torch.long)}
+        item = {"video": video, "audio": audio, "label": target, "index": torch.tensor(index, dtype=torch.long)}
+        if self.texts is not None:
+            item["text"] = self.texts[index]
+        return item
 
 
 class AudioVideoDataModule(SplitsDataModule):
@@ -310,6 +315,10 @@ class AudioVideoDataModule(SplitsDataModule):
         num_mel_bins: mel bins (128).
         norm_mean, norm_std: fbank statistics (AudioSet's, as Audio-MAE).
         batch_size, num_workers: the loaders'.
+        captions: add each clip's caption as ``"text"`` (a list of str in a batch), read from ``<root>/<split>_captions.jsonl``
+            (``{"audio": "<split>/<clip_id>/audio.wav" or ".mp4", "text": caption}``, paths relative to ``root``; the first
+            caption of a clip is used; the layout :func:`write_synthetic_audio_video` writes); :attr:`vocabulary` is then a
+            :class:`~litzoo.framework.text.vocabulary.WordVocabulary` of the training captions (PE-AV).
 
     Raises:
         ValueError: bad options. LitzooError (one line naming the file): ``root`` or its training index missing (here); a
@@ -335,8 +344,10 @@ class AudioVideoDataModule(SplitsDataModule):
         norm_std: float = AUDIOSET_FBANK_STD,
         batch_size: int = 8,
         num_workers: int = 0,
+        captions: bool = False,
     ) -> None:
         super().__init__(batch_size, num_workers)
+        self.captions, self._vocabulary = captions, None
         if num_frames < 1 or not fps > 0 or (frames_fps is not None and not frames_fps > 0):
             raise ValueError(f"need num_frames >= 1, fps > 0 and frames_fps > 0 (or None), got {num_frames}, {fps}, {frames_fps}")
         if anchor not in ANCHORS:
@@ -400,8 +411,37 @@ class AudioVideoDataModule(SplitsDataModule):
             if not path.is_file() and not path.is_dir():
                 raise LitzooError(f"index '{index}' {where} {row.line}: clip '{row.clip_id}' has neither a folder '{folder}' nor a file '{video}'")
             clips.append((path, sorted({position[label] for label in row.labels})))
+        texts = self.read_captions(split, [path for path, _ in clips]) if self.captions else None
         return AudioVideoDataset(clips, len(position), self.num_frames, self.fps, self.anchor, self.frames_fps, self.image_size,
-                                 self.video_mean, self.video_std, self.front_end)  # fmt: skip
+                                 self.video_mean, self.video_std, self.front_end, texts)  # fmt: skip
+
+    def read_captions(self, split: str, clips: Sequence[Path]) -> list[str]:
+        """The caption of each clip (folder or ``.mp4``) from ``<root>/<split>_captions.jsonl`` (see ``captions``)."""
+        file = self.root / f"{split}_captions.jsonl"
+        by_audio: dict[Path, str] = {}
+        for number, record in iter_jsonl(file, ("audio", "text"), what="caption JSONL"):
+            if not record["text"].strip():
+                raise LitzooError(f"caption JSONL '{file}' line {number}: empty caption")
+            by_audio.setdefault((self.root / Path(record["audio"]).expanduser()).resolve(), record["text"])
+        texts = []
+        for clip in clips:
+            audio = (clip / "audio.wav" if clip.is_dir() else clip).resolve()
+            if audio not in by_audio:
+                raise LitzooError(f"caption JSONL '{file}' has no caption for clip '{clip.name}' (expected a line with \"audio\": "
+                                  f"\"{audio.relative_to(self.root.resolve())}\")")  # fmt: skip
+            texts.append(by_audio[audio])
+        return texts
+
+    @property
+    def vocabulary(self) -> WordVocabulary | None:
+        """With ``captions``, the words of the training captions (built once); else ``None``."""
+        if self.captions and self._vocabulary is None:
+            train = self.index_file("train")
+            assert train is not None
+            folders = [self.root / "train" / row.clip_id for row in read_index(train)]
+            clips = [folder if folder.is_dir() else folder.with_name(f"{folder.name}.mp4") for folder in folders]
+            self._vocabulary = WordVocabulary.build(self.read_captions("train", clips))
+        return self._vocabulary
 
 
 # ---- audio-text pairs ------------------------------------------------------------------------------------------------
@@ -488,6 +528,8 @@ CAPTION_TEMPLATES = (
 #: pitch bands (Hz) of the audio bit: 0 low, 1 high; a clip's base pitch is drawn uniformly in its band
 PITCH_BANDS = ((400.0, 600.0), (1400.0, 2000.0))
 SPRITE_SCALE = 2  # the 8x8 digits upscaled to 16x16 sprites
+#: the labels of the visual and the audio bit (``bit_labels=True``)
+BIT_LABELS = ("/synthetic/leftward", "/synthetic/high_pitch")
 
 
 def _planted_bits(count: int, rng: np.random.Generator) -> np.ndarray:
@@ -499,7 +541,7 @@ def _planted_bits(count: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val: int = 32, num_digits: int = 4, seed: int = 0,
                                 num_frames: int = 16, fps: int = 8, size: int = 32, sample_rate: int = 16000,
-                                audio_shift: float = 0.0, shuffle_prob: float = 0.0) -> Path:  # fmt: skip
+                                audio_shift: float = 0.0, shuffle_prob: float = 0.0, bit_labels: bool = False) -> Path:  # fmt: skip
     """Write a SYNTHETIC audio-visual data set with a planted cross-modal label in the clip-folder + segment-CSV layout.
 
     Each clip (``num_frames`` frames at ``fps``, ``size²`` RGB PNGs, and a WAV of the same duration at ``sample_rate``):
@@ -513,6 +555,10 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
       audio says nothing of ``v``), which ties the sound's timing to the motion;
     * **labels** (multi-label, AudioSet style): ``/synthetic/digit_<d>`` and, when ``v XOR a`` = 1, ``/synthetic/xor``. The
       four ``(v, a)`` pairs are balanced within each split, so either modality alone is at chance on the XOR label.
+      With ``bit_labels``, each bit is a label too, ``/synthetic/leftward`` (``v`` = 1) and ``/synthetic/high_pitch``
+      (``a`` = 1), listed before ``/synthetic/xor``: a multi-label model then gets a first-order signal for each bit
+      (a balanced XOR alone gives none: its gradient for either bit averages to zero, so small models sit at chance or
+      memorise), while the XOR column still needs both modalities.
 
     Misalignment: ``audio_shift`` seconds delays the audio circularly relative to the motion; with probability
     ``shuffle_prob`` a clip gets the sound of another clip of its split (its labels stay its own: noisy correspondence).
@@ -538,7 +584,7 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
     sprite_side = 8 * SPRITE_SCALE
     travel = size - sprite_side
     t_audio = np.arange(int(round(duration * sample_rate))) / sample_rate
-    mids = [f"/synthetic/digit_{d}" for d in range(num_digits)] + ["/synthetic/xor"]
+    mids = [f"/synthetic/digit_{d}" for d in range(num_digits)] + (list(BIT_LABELS) if bit_labels else []) + ["/synthetic/xor"]
 
     def write(staging: Path) -> None:
         with open(staging / "class_labels_indices.csv", "w", newline="", encoding="utf-8") as handle:
@@ -590,12 +636,13 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
                 captions.append({"audio": f"{split}/{clip}/audio.wav", "text": text})
                 planted_rows.append([split, clip, d, v, a, v ^ a, rows[source][4], audio_shift])
             with open(staging / f"{split}.csv", "w", encoding="utf-8") as handle:
-                positives = sum(1 + (v ^ a) for _, _, v, a, _ in rows)
+                positives = sum(1 + (v ^ a) + (v + a if bit_labels else 0) for _, _, v, a, _ in rows)
                 handle.write(f"# Segments csv of a SYNTHETIC audio-visual data set (litzoo, seed {seed})\n")
                 handle.write(f"# num_ytids={count}, num_segs={count}, num_unique_labels={len(mids)}, num_positive_labels={positives}\n")
                 handle.write("# YTID, start_seconds, end_seconds, positive_labels\n")
                 for ytid, d, v, a, _ in rows:
-                    labels = ",".join([mids[d]] + ([mids[-1]] if v ^ a else []))
+                    bits_heard = [BIT_LABELS[0]] * v + [BIT_LABELS[1]] * a if bit_labels else []
+                    labels = ",".join([mids[d]] + bits_heard + ([mids[-1]] if v ^ a else []))
                     handle.write(f'{ytid}, 0.000, {duration:.3f}, "{labels}"\n')
             with open(staging / f"{split}_captions.jsonl", "w", encoding="utf-8") as handle:
                 handle.writelines(json.dumps(caption) + "\n" for caption in captions)
@@ -609,20 +656,40 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
 
 class SyntheticAudioVideoDataModule(AudioVideoDataModule):
     """SYNTHETIC demo data: :func:`write_synthetic_audio_video` written once under
-    ``root/seed<seed>-n<num_train>-<num_val>-d<num_digits>-shift<audio_shift>-shuffle<shuffle_prob>``, then read as an
-    :class:`AudioVideoDataModule` (labels from its ``class_labels_indices.csv``: ``num_digits`` digit classes, then
-    ``/synthetic/xor``). Clips last 2 s (16 frames at 8 fps); by default 8 frames are sampled at 4 fps and the audio
-    gives 192 fbank frames."""
+    ``root/seed<seed>-n<num_train>-<num_val>-d<num_digits>-shift<audio_shift>-shuffle<shuffle_prob>`` (``-bits`` appended
+    with ``bit_labels``), then read as an :class:`AudioVideoDataModule` (labels from its ``class_labels_indices.csv``:
+    ``num_digits`` digit classes, with ``bit_labels`` the two bit labels, then ``/synthetic/xor``). Clips last 2 s (16
+    frames at 8 fps); by default 8 frames are sampled at 4 fps and the audio gives 192 fbank frames."""
 
     def __init__(self, root: str = "data/synthetic_audio_video", num_train: int = 64, num_val: int = 32, num_digits: int = 4,
                  seed: int = 0, audio_shift: float = 0.0, shuffle_prob: float = 0.0, num_frames: int = 8, fps: float = 4.0,
                  anchor: str = "centre", target_length: int = 192, num_mel_bins: int = 128, batch_size: int = 16,
-                 num_workers: int = 0) -> None:  # fmt: skip
-        folder = Path(root).expanduser() / f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift{audio_shift:g}-shuffle{shuffle_prob:g}"
+                 num_workers: int = 0, bit_labels: bool = False, captions: bool = False) -> None:  # fmt: skip
+        name = f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift{audio_shift:g}-shuffle{shuffle_prob:g}" + ("-bits" if bit_labels else "")
+        folder = Path(root).expanduser() / name
         if not (folder / "SYNTHETIC_planted.csv").is_file():
-            write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed, audio_shift=audio_shift, shuffle_prob=shuffle_prob)
+            write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed, audio_shift=audio_shift, shuffle_prob=shuffle_prob,
+                                        bit_labels=bit_labels)  # fmt: skip
         super().__init__(str(folder), "class_labels_indices.csv", num_frames, fps, 8.0, anchor, None, None, None, 16000, target_length,
-                         num_mel_bins, batch_size=batch_size, num_workers=num_workers)  # fmt: skip
+                         num_mel_bins, batch_size=batch_size, num_workers=num_workers, captions=captions)  # fmt: skip
+        self.save_hyperparameters()
+
+
+class SyntheticAudioTextDataModule(AudioTextDataModule):
+    """SYNTHETIC audio-caption pairs (FLAP's demo): :func:`write_synthetic_audio_video` written once under
+    ``root/seed<seed>-n<num_train>-<num_val>-d<num_digits>-shift0-shuffle0`` (the folder
+    :class:`SyntheticAudioVideoDataModule` uses for the same arguments), its ``train_captions.jsonl`` /
+    ``val_captions.jsonl`` read as an :class:`AudioTextDataModule` (testing on ``val``). The captions name what is heard,
+    the pitch band (``low`` / ``high``) and the sound (``tone`` / ``chirp``), and what is only seen (digit, direction):
+    from the audio alone a caption is identifiable up to its two sound words."""
+
+    def __init__(self, root: str = "data/synthetic_audio_video", num_train: int = 64, num_val: int = 32, num_digits: int = 4,
+                 seed: int = 0, target_length: int = 192, num_mel_bins: int = 128, batch_size: int = 16, num_workers: int = 0) -> None:  # fmt: skip
+        folder = Path(root).expanduser() / f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift0-shuffle0"
+        if not (folder / "SYNTHETIC_planted.csv").is_file():
+            write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed)
+        super().__init__(str(folder / "train_captions.jsonl"), str(folder / "val_captions.jsonl"), None, 16000, target_length, num_mel_bins,
+                         batch_size=batch_size, num_workers=num_workers)  # fmt: skip
         self.save_hyperparameters()
 
 
@@ -633,6 +700,7 @@ __all__ = [
     "AudioVideoDataModule",
     "AudioVideoDataset",
     "IndexRow",
+    "SyntheticAudioTextDataModule",
     "SyntheticAudioVideoDataModule",
     "clip_id",
     "read_audio_text_jsonl",

@@ -15,6 +15,7 @@ from litzoo.datamodules.audio_video import (
     AudioFrontEnd,
     AudioTextDataModule,
     AudioVideoDataModule,
+    SyntheticAudioTextDataModule,
     SyntheticAudioVideoDataModule,
     clip_id,
     read_json_index,
@@ -303,3 +304,47 @@ def test_synthetic_misalignment_knobs(tmp_path):
     assert abs(peak_time(shifted) - peak_time(aligned) - 0.5) < 0.05
     with pytest.raises(ValueError, match="shuffle_prob"):
         write_synthetic_audio_video(tmp_path / "x", shuffle_prob=2.0)
+
+
+def test_synthetic_bit_labels_add_each_bit_as_a_label_and_nothing_else(tmp_path):
+    plain = write_synthetic_audio_video(tmp_path / "plain", 8, 4, 2, seed=3)
+    dm = SyntheticAudioVideoDataModule(str(tmp_path), num_train=8, num_val=4, num_digits=2, seed=3, batch_size=8, target_length=64,
+                                       bit_labels=True)  # fmt: skip
+    assert dm.root.name.endswith("-bits")
+    assert dm.classes == ["/synthetic/digit_0", "/synthetic/digit_1", "/synthetic/leftward", "/synthetic/high_pitch", "/synthetic/xor"]
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    truth = planted(dm.root)[:8]
+    for column, key in ((2, "visual_bit"), (3, "audio_bit"), (4, "xor")):
+        assert batch["label"][:, column].long().tolist() == [int(row[key]) for row in truth]
+    # the same clips as without the knob: only the label lists (and the positive count) differ
+    assert planted(dm.root) == planted(plain)
+    bits = dm.root
+    for split in ("train", "val"):
+        for clip in (plain / split).iterdir():
+            for name in ("audio.wav", "frames/000001.png", "frames/000016.png"):
+                assert (clip / name).read_bytes() == (bits / split / clip.name / name).read_bytes()
+    lines = (bits / "train.csv").read_text().splitlines()
+    plain_lines = (plain / "train.csv").read_text().splitlines()
+    positives = sum(1 + int(row["xor"]) + int(row["visual_bit"]) + int(row["audio_bit"]) for row in truth)
+    assert lines[1].endswith(f"num_positive_labels={positives}")
+    for row, line, plain_line in zip(truth, lines[3:], plain_lines[3:], strict=True):
+        wanted = [f"/synthetic/digit_{row['digit']}"] + ["/synthetic/leftward"] * int(row["visual_bit"])
+        wanted += ["/synthetic/high_pitch"] * int(row["audio_bit"]) + ["/synthetic/xor"] * int(row["xor"])
+        assert line.split('"')[1] == ",".join(wanted)
+        assert line.split('"')[0] == plain_line.split('"')[0]
+
+
+def test_synthetic_audio_text_captions_name_the_heard_pitch(tmp_path):
+    dm = SyntheticAudioTextDataModule(str(tmp_path), num_train=8, num_val=4, num_digits=2, seed=2, target_length=64, batch_size=8)
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    truth = [row for row in planted(tmp_path / "seed2-n8-4-d2-shift0-shuffle0") if row["split"] == "train"]
+    assert batch["audio"].shape == (8, 1, 64, 128) and len(batch["text"]) == 8 and dm.test_split == "val"
+    from litzoo.framework.data.audio import mel_filterbank
+
+    high_bin = int(mel_filterbank(128, 512, 16000)[:, 32].argmax())  # 1 kHz, between the two pitch bands
+    heard = (batch["audio"][:, 0].mean(dim=1).argmax(dim=1) >= high_bin).long().tolist()
+    assert heard == [int(row["audio_bit"]) for row in truth]
+    assert [int(" high " in f" {text} ") for text in batch["text"]] == heard  # the caption names the pitch heard
+    assert [f" {('right', 'left')[int(row['visual_bit'])]}" in text for row, text in zip(truth, batch["text"], strict=True)] == [True] * 8
