@@ -1,0 +1,471 @@
+"""PE-AV: the audio-visual Perception Encoder's towers, modality alignment and per-pairing contrastive heads, small.
+
+The audio-visual Perception Encoder (PE-AV; Meta FAIR, 2025: PE-A / PE-AV with PE-A-Frame; notes
+``ssl_multimodal.md`` §14). Official code: facebookresearch/perception_models ``core/audio_visual_encoder/``
+(``pe.py`` ``PEAudioVisual`` / ``AudioVisualEncoder`` / ``AudioEncoder`` / ``VisualEncoder`` / ``AVTransformer``,
+``aligner.py``, ``config.py``, ``transformer.py``). The release holds inference code only: no training loop, no loss.
+
+Verified against the official code and kept (with the official parameter names, so that :func:`official_pe_av_key_map`
+is a selection rather than a renaming):
+
+* the audio branch ``audio_visual_model.audio_model``: frame features → ``data_proj`` (Linear) → ``audio_transformer``
+  (a class token first; its final state is the pooled output, the other states the per-frame sequence);
+* the video branch ``audio_visual_model.visual_model``: a per-frame image encoder ``pe_encoder`` (PE-Core's vision tower in
+  the release) whose frame embeddings are **L2-normalised**, → ``proj`` (Linear without bias) → ``data_proj`` (Linear) →
+  ``visual_transformer``;
+* the fusion ``audio_visual_model.audio_visual_transformer`` (``AVTransformer``): ``modality_aligner``
+  (:class:`~litzoo.framework.nn.av_heads.AlignModalities`: the video sequence through a 1×1 conv, resampled by nearest
+  interpolation to the **audio** frame count, LayerNorm), ``[audio; aligned video]`` → ``concat_modality_proj``
+  (Linear 2D → D) → ``data_proj`` (Linear D → D) → its transformer, under the audio's mask;
+* the text tower ``text_model`` and the eight :class:`~litzoo.framework.nn.av_heads.ContrastiveHead` (LayerNorm eps 1e-6 +
+  bias-free Linear) with the official names and inputs (``framework/nn/av_heads.py`` ``PE_AV_HEADS``).
+
+Replaced (no weights are loadable offline, and the towers are not the subject here): the DAC-VAE codec features (25 Hz,
+128-d) by Kaldi fbank **time strips** (``audio_patch_frames`` frames × all mel bins, one step each, so the audio stays a
+time sequence the video can be aligned to); PE-Core-L14 per frame by a small :class:`~litzoo.framework.nn.vit.VisionTransformer`
+(class token pooled); the towers' RMSNorm / SwiGLU / RoPE decoder layers with a ResNet-1d embedding by litzoo's pre-norm
+ViT blocks with learned positions (:class:`SequenceTransformer`: class token, positions, blocks, final LayerNorm, the
+official bias-free ``output`` Linear); ModernBERT's 22nd-layer class-token state by a small bidirectional
+:class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word vocabulary of the
+data has no class token).
+
+Chosen where the release is silent: the objectives (``framework/nn/av_heads.py`` ``PE_AV_PAIRINGS``: audio–text,
+visual–text, audio_visual–text, audio–visual, visual+text→audio, audio+text→visual), each weighted by ``pair_weights``
+(0 turns one off) and each with its **own** learned temperature (``logit_scale.<pair>``, CLIP's ``ln(1/0.07)``; SigLIP's
+``ln 10`` and bias ``−10`` with ``objective="sigmoid"``); the loss is their weighted sum. Validation logs, per pairing, the
+recall@K of both retrieval directions over the whole validation split (``val/<pair>/<x>_to_<y>_R@K``) and their mean
+(``val/<pair>/R@K``); the checkpoint monitor is ``val/audio_visual_text/R@1``. Defaults (ours): width 64, 2-layer towers
+of 4 heads, joint space 64, AdamW 1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torch.optim import AdamW
+
+from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, register_official_key_map, unwrap_state_dict
+from litzoo.framework.errors import LitzooError
+from litzoo.framework.losses.contrastive import ClipLoss
+from litzoo.framework.nn.av_heads import (
+    OBJECTIVES,
+    PE_AV_HEADS,
+    PE_AV_PAIRINGS,
+    AlignModalities,
+    ContrastiveHead,
+    clip_pair_loss,
+    sigmoid_pair_loss,
+)
+from litzoo.framework.nn.text_encoder import TransformerTextEncoder, masked_mean
+from litzoo.framework.nn.vit import Block, VisionTransformer, init_vit_weights
+
+
+# ---------------------------------------------------------------------------------------------------------------- towers
+class SequenceTransformer(nn.Module):
+    """Class token + learned positions → pre-norm blocks (padded steps masked) → ``norm`` → bias-free ``output``.
+
+    ``forward(x (B, T, D), mask (B, T) bool or None)`` returns ``(states (B, T, D), pooled (B, D))``: the class token's final
+    state is the pooled output, as the release's ``Transformer`` (``last_hidden_state = h[:, 1:]``, ``pooler_output = h[:, 0]``).
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, max_length: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__()
+        if dim < 1 or depth < 1 or num_heads < 1 or dim % num_heads or max_length < 1:
+            raise ValueError(f"need positive dim, depth, num_heads, max_length with dim divisible by num_heads, got {dim}, {depth}, {num_heads}, "
+                             f"{max_length}")  # fmt: skip
+        self.max_length = max_length
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + max_length, dim))
+        self.layers = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.output = nn.Linear(dim, dim, bias=False)
+        init_vit_weights(self)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.dim() != 3 or x.shape[1] > self.max_length:
+            raise ValueError(f"expected (B, T ≤ {self.max_length}, D) inputs, got {tuple(x.shape)}")
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed[:, : 1 + x.shape[1]]
+        padding = None if mask is None else F.pad(~mask.bool(), (1, 0), value=False)  # the class token is always real
+        for layer in self.layers:
+            x = layer(x, key_padding_mask=padding)
+        x = self.output(self.norm(x))
+        return x[:, 1:], x[:, 0]
+
+
+class AudioEncoder(nn.Module):
+    """Fbank ``(B, 1, T, F)`` → ``T / audio_patch_frames`` time strips → ``data_proj`` → ``audio_transformer``."""
+
+    def __init__(self, num_mel_bins: int, audio_frames: int, audio_patch_frames: int, dim: int, depth: int, num_heads: int,
+                 mlp_ratio: float) -> None:  # fmt: skip
+        super().__init__()
+        if audio_patch_frames < 1 or audio_frames % audio_patch_frames:
+            raise ValueError(f"audio_frames {audio_frames} must be a positive multiple of audio_patch_frames {audio_patch_frames}")
+        self.num_mel_bins, self.audio_frames, self.audio_patch_frames = num_mel_bins, audio_frames, audio_patch_frames
+        self.data_proj = nn.Linear(audio_patch_frames * num_mel_bins, dim)
+        self.audio_transformer = SequenceTransformer(dim, depth, num_heads, audio_frames // audio_patch_frames, mlp_ratio)
+
+    def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
+        if fbank.dim() != 4 or tuple(fbank.shape[1:]) != (1, self.audio_frames, self.num_mel_bins):
+            raise ValueError(f"expected fbank (B, 1, {self.audio_frames}, {self.num_mel_bins}), got {tuple(fbank.shape)}")
+        strips = fbank.reshape(fbank.shape[0], self.audio_frames // self.audio_patch_frames, self.audio_patch_frames * self.num_mel_bins)
+        return self.audio_transformer(self.data_proj(strips))
+
+
+class VisualEncoder(nn.Module):
+    """Frames ``(B, T, C, H, W)`` → per-frame ViT class token, L2-normalised → ``proj`` → ``data_proj`` → ``visual_transformer``."""
+
+    def __init__(self, num_frames: int, image_size: int, frame_patch: int, frame_dim: int, frame_depth: int, dim: int, depth: int,
+                 num_heads: int, mlp_ratio: float) -> None:  # fmt: skip
+        super().__init__()
+        self.num_frames = num_frames
+        self.pe_encoder = VisionTransformer(image_size, frame_patch, 3, frame_dim, frame_depth, num_heads, mlp_ratio)
+        self.proj = nn.Linear(frame_dim, dim, bias=False)
+        self.data_proj = nn.Linear(dim, dim)
+        self.visual_transformer = SequenceTransformer(dim, depth, num_heads, num_frames, mlp_ratio)
+
+    def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
+        if video.dim() != 5 or video.shape[1] != self.num_frames:
+            raise ValueError(f"expected clips (B, {self.num_frames}, C, H, W), got {tuple(video.shape)}")
+        b, t = video.shape[:2]
+        frames = self.pe_encoder.pool(self.pe_encoder(video.flatten(0, 1)), "token").view(b, t, -1)
+        return self.visual_transformer(self.data_proj(self.proj(F.normalize(frames, dim=-1))))
+
+
+class AVTransformer(SequenceTransformer):
+    """The fusion tower: ``modality_aligner`` (video → audio frame rate) → concat → ``concat_modality_proj`` → ``data_proj`` → blocks."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, max_length: int, mlp_ratio: float = 4.0) -> None:
+        super().__init__(dim, depth, num_heads, max_length, mlp_ratio)
+        self.modality_aligner = AlignModalities(dim, dim, normalize=True, btc=True)
+        self.concat_modality_proj = nn.Linear(2 * dim, dim)
+        self.data_proj = nn.Linear(dim, dim)
+
+    def forward(self, audio: Tensor, video: Tensor, audio_mask: Tensor | None = None, video_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        video, mask = self.modality_aligner(audio, audio_mask, video, video_mask)
+        return super().forward(self.data_proj(self.concat_modality_proj(torch.cat([audio, video], dim=-1))), mask)
+
+
+class AudioVisualEncoder(nn.Module):
+    """The three media towers under the release's names ``audio_model``, ``visual_model``, ``audio_visual_transformer``."""
+
+    def __init__(self, audio_model: AudioEncoder, visual_model: VisualEncoder, audio_visual_transformer: AVTransformer) -> None:
+        super().__init__()
+        self.audio_model, self.visual_model, self.audio_visual_transformer = audio_model, visual_model, audio_visual_transformer
+
+
+class PEAudioVisualNet(nn.Module):
+    """The small PE-AV network: media towers, text tower and the eight contrastive heads (see the module docstring).
+
+    Args:
+        vocab_size: text token ids (``[PAD]`` = 0).
+        max_text_length: longest caption (tokens).
+        num_frames: video frames per clip.
+        image_size: frame side.
+        frame_patch: patch side of the per-frame ViT.
+        frame_dim: width of the per-frame ViT.
+        frame_depth: blocks of the per-frame ViT.
+        num_mel_bins: fbank mel bins.
+        audio_frames: fbank frames per clip.
+        audio_patch_frames: fbank frames per audio step.
+        dim: width of the audio, video, fusion and text towers.
+        depth: blocks of each of those towers.
+        num_heads: attention heads (must divide ``dim`` and ``frame_dim``).
+        mlp_ratio: MLP hidden width over the width.
+        output_dim: width of the joint space (PE-AV: 1024).
+    """
+
+    def __init__(self, vocab_size: int, max_text_length: int = 24, num_frames: int = 8, image_size: int = 32, frame_patch: int = 8,
+                 frame_dim: int = 64, frame_depth: int = 2, num_mel_bins: int = 64, audio_frames: int = 64, audio_patch_frames: int = 4,
+                 dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64) -> None:  # fmt: skip
+        super().__init__()
+        audio_steps = audio_frames // max(audio_patch_frames, 1)
+        self.audio_visual_model = AudioVisualEncoder(
+            AudioEncoder(num_mel_bins, audio_frames, audio_patch_frames, dim, depth, num_heads, mlp_ratio),
+            VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio),
+            AVTransformer(dim, depth, num_heads, audio_steps, mlp_ratio),
+        )
+        self.text_model = TransformerTextEncoder(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio)
+        widths = {"text": dim, "audio": dim, "visual": dim, "audio_visual": dim}
+        for head, inputs in PE_AV_HEADS.items():
+            self.add_module(head, ContrastiveHead(sum(widths[name] for name in inputs), output_dim))
+
+    def encode_text(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """The pooled caption state ``(B, dim)`` (masked mean of the token states)."""
+        return masked_mean(self.text_model(tokens, mask), mask.bool())
+
+    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        """Fbank, clips, caption ids and mask → the eight joint embeddings ``{"audio", "visual", …, "audio_plus_text"}`` ``(B, E)``."""
+        model = self.audio_visual_model
+        audio_states, audio_pooled = model.audio_model(audio)
+        video_states, video_pooled = model.visual_model(video)
+        _, av_pooled = model.audio_visual_transformer(audio_states, video_states)
+        pooled = {"text": self.encode_text(tokens, mask), "audio": audio_pooled, "visual": video_pooled, "audio_visual": av_pooled}
+        return {head.removesuffix("_head"): getattr(self, head)(torch.cat([pooled[name] for name in inputs], dim=-1))
+                for head, inputs in PE_AV_HEADS.items()}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------- official weights
+#: Official key prefixes this small network holds with the official architecture (the rest of a release file — the DAC-VAE
+#: codec, PE-Core, ModernBERT and the RMSNorm/SwiGLU/RoPE transformer layers — has another architecture here).
+SHARED_PREFIXES = (
+    *(f"{head}." for head in PE_AV_HEADS),
+    "audio_visual_model.audio_visual_transformer.modality_aligner.",
+    "audio_visual_model.audio_visual_transformer.concat_modality_proj.",
+    "audio_visual_model.audio_visual_transformer.data_proj.",
+    "audio_visual_model.audio_model.data_proj.",
+    "audio_visual_model.visual_model.proj.",
+    "audio_visual_model.visual_model.data_proj.",
+)
+#: Official tower keys with a litzoo counterpart of the same role and shape: the class token (``embeddings.cls_token``) and the
+#: bias-free ``output`` Linear of each transformer.
+TOWERS = ("audio_visual_model.audio_model.audio_transformer", "audio_visual_model.visual_model.visual_transformer",
+          "audio_visual_model.audio_visual_transformer")  # fmt: skip
+
+
+@register_official_key_map("pe_av")
+def official_pe_av_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """facebookresearch/perception_models ``PEAudioVisual`` weights → the parts of :class:`PEAudioVisualNet` of the same architecture.
+
+    Kept under the same names: the eight heads (``<pairing>_head.layer_norm`` / ``.proj``), the fusion tower's
+    ``modality_aligner.conv`` / ``.layer_norm``, ``concat_modality_proj``, ``data_proj``, the audio branch's ``data_proj`` and the
+    video branch's ``proj`` / ``data_proj``. Renamed: ``<tower>.embeddings.cls_token`` → ``<tower>.cls_token``; ``<tower>.output``
+    unchanged. Every other key (codec, PE-Core, ModernBERT, the decoder layers, RMSNorms, the ResNet-1d embedding) is left out:
+    :func:`load_pe_av_shared_weights` loads what this map returns and says how many keys it left.
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(SHARED_PREFIXES):
+            out[key] = value
+        for tower in TOWERS:
+            if key == f"{tower}.embeddings.cls_token":
+                out[f"{tower}.cls_token"] = value
+            elif key == f"{tower}.output.weight":
+                out[key] = value
+    return out
+
+
+def load_pe_av_shared_weights(net: PEAudioVisualNet, path: str) -> int:
+    """Load the official weights :func:`official_pe_av_key_map` keeps (shapes checked: the configuration must match) into ``net``.
+
+    Returns:
+        the number of official keys left out (the parts of another architecture).
+
+    Raises:
+        LitzooError: the file is unreadable, holds none of the shared keys, or a kept key has another shape (one line naming it).
+    """
+    state = unwrap_state_dict(load_checkpoint(path), path)
+    kept = official_pe_av_key_map(state)
+    if not kept:
+        raise LitzooError(f"checkpoint '{path}' holds no PE-AV head or alignment key (expected e.g. 'audio_text_head.proj.weight')")
+    own = net.state_dict()
+    unknown = sorted(set(kept) - set(own))
+    if unknown:
+        raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet")
+    merged = {**own, **kept}
+    load_state_dict_checked(net, merged, path, what="PE-AV model")
+    return len(state) - len(kept)
+
+
+# --------------------------------------------------------------------------------------------------- the LightningModule
+def recall_at_k(similarity: Tensor, k: int) -> float:
+    """The share of rows ``i`` of an ``(N, N)`` similarity whose match ``i`` is among the ``k`` best columns.
+
+    Ties count against the match (its rank is the number of *other* columns scoring at least as high), so collapsed
+    embeddings score 0, not 1. Written out rather than through torchmetrics' ``RetrievalRecall`` (1.9), which under-counts when
+    scores are negative (cosine similarities can be): on a random 4 × 4 case it gave 0.25 for k = 2..5 where the ranks give
+    0.5, 0.75, 1, 1, and the right values once 10 was added to every score.
+    """
+    diagonal = similarity.diagonal()[:, None]
+    ranks = (similarity >= diagonal).sum(1) - 1  # the match itself is >= itself
+    return float((ranks < k).float().mean())
+
+
+def adamw_pe_av(params: Any, lr: float = 1e-3, weight_decay: float = 0.05) -> AdamW:
+    """AdamW (ours: the release has no training code)."""
+    return AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+class PEAudioVisual(L.LightningModule):
+    """Trains :class:`PEAudioVisualNet` with PE-AV's per-pairing contrastive objectives on ``{"audio", "video", "text"}`` batches.
+
+    The caption vocabulary is the datamodule's ``vocabulary`` (``SyntheticAudioVideoDataModule(captions=True)``); the network is
+    built in :meth:`setup` when ``vocab_size`` is not given.
+
+    Args:
+        vocab_size: caption token ids; ``None`` takes the datamodule's vocabulary size in :meth:`setup`.
+        max_text_length: longest caption in tokens (longer ones are cut).
+        pair_weights: weight of each pairing's loss (keys of ``PE_AV_PAIRINGS``); missing keys weigh 1, 0 turns one off.
+        objective: ``"clip"`` (symmetric InfoNCE) or ``"sigmoid"`` (SigLIP) per pairing.
+        top_k: the recall@K reported per pairing.
+        optimizer: builds the optimizer from the parameters (default :func:`adamw_pe_av`).
+        num_frames … output_dim: the network's (see :class:`PEAudioVisualNet`).
+
+    Raises:
+        ValueError: an unknown pairing or objective, a negative or non-finite weight, all weights zero, bad sizes.
+    """
+
+    monitor = "val/audio_visual_text/R@1"
+    monitor_mode = "max"
+
+    def __init__(self, vocab_size: int | None = None, max_text_length: int = 24, pair_weights: dict[str, float] | None = None,
+                 objective: str = "clip", top_k: Sequence[int] = (1, 5), optimizer: OptimizerCallable = adamw_pe_av,
+                 num_frames: int = 8, image_size: int = 32, frame_patch: int = 8, frame_dim: int = 64, frame_depth: int = 2,
+                 num_mel_bins: int = 64, audio_frames: int = 64, audio_patch_frames: int = 4, dim: int = 64, depth: int = 2,
+                 num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64) -> None:  # fmt: skip
+        super().__init__()
+        unknown = sorted(set(pair_weights or {}) - set(PE_AV_PAIRINGS))
+        if unknown:
+            raise ValueError(f"PEAudioVisual: unknown pairings {unknown}; known: {sorted(PE_AV_PAIRINGS)}")
+        weights = {pair: float((pair_weights or {}).get(pair, 1.0)) for pair in PE_AV_PAIRINGS}
+        if any(not math.isfinite(w) or w < 0 for w in weights.values()) or not any(weights.values()):
+            raise ValueError(f"PEAudioVisual: pair_weights must be finite, non-negative and not all zero, got {weights}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"PEAudioVisual: objective must be one of {OBJECTIVES}, got {objective!r}")
+        if not top_k or any(k < 1 for k in top_k):
+            raise ValueError(f"PEAudioVisual: top_k must be positive integers, got {top_k}")
+        if vocab_size is not None and vocab_size < 2:
+            raise ValueError(f"PEAudioVisual: vocab_size must be at least 2 (or None), got {vocab_size}")
+        if max_text_length < 1:
+            raise ValueError(f"PEAudioVisual: max_text_length must be positive, got {max_text_length}")
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer, self.pair_weights, self.top_k = optimizer, weights, tuple(top_k)
+        self.net_kwargs = {"num_frames": num_frames, "image_size": image_size, "frame_patch": frame_patch, "frame_dim": frame_dim,
+                           "frame_depth": frame_depth, "num_mel_bins": num_mel_bins, "audio_frames": audio_frames,
+                           "audio_patch_frames": audio_patch_frames, "dim": dim, "depth": depth, "num_heads": num_heads,
+                           "mlp_ratio": mlp_ratio, "output_dim": output_dim}  # fmt: skip
+        init_scale, init_bias = (math.log(1 / 0.07), 0.0) if objective == "clip" else (math.log(10.0), -10.0)
+        self.logit_scale = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_scale)) for pair in PE_AV_PAIRINGS})
+        self.logit_bias = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_bias)) for pair in PE_AV_PAIRINGS}) if objective == "sigmoid" else None
+        self.clip_loss = ClipLoss()
+        self.vocabulary: Any = None
+        self.net: PEAudioVisualNet | None = None
+        self._outputs: dict[str, list[dict[str, Tensor]]] = {"val": [], "test": []}
+        if vocab_size is not None:
+            self.build(vocab_size)
+
+    def build(self, vocab_size: int) -> None:
+        """Create the network (it waits for the vocabulary when ``vocab_size`` is not given)."""
+        self.net = PEAudioVisualNet(vocab_size, self.hparams.max_text_length, **self.net_kwargs)
+        self.hparams["vocab_size"] = vocab_size  # a checkpoint rebuilds the same net
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        self.vocabulary = getattr(datamodule, "vocabulary", None) or self.vocabulary
+        if self.net is None:
+            if self.vocabulary is None:
+                raise LitzooError("PEAudioVisual: set model.vocab_size and give batches 'tokens', or use a datamodule with a caption "
+                                  "vocabulary (SyntheticAudioVideoDataModule with captions: true)")  # fmt: skip
+            self.build(self.vocabulary.vocab_size)
+        assert self.net is not None
+        if self.vocabulary is not None and self.vocabulary.vocab_size > self.net.text_model.vocab_size:
+            raise LitzooError(f"PEAudioVisual: the datamodule's vocabulary of {self.vocabulary.vocab_size} exceeds the model's "
+                              f"{self.net.text_model.vocab_size}")  # fmt: skip
+
+    def tokens(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        """``(tokens, mask)`` of the batch's captions: its own ``"tokens"`` / ``"token_mask"``, else ``"text"`` encoded."""
+        if "tokens" in batch:
+            tokens = batch["tokens"]
+            return tokens, batch.get("token_mask", tokens != 0)
+        if "text" not in batch or self.vocabulary is None:
+            raise LitzooError("PEAudioVisual: batches need captions ('text' with a datamodule vocabulary, or 'tokens'); "
+                              "set captions: true on the datamodule")  # fmt: skip
+        tokens, mask = self.vocabulary.encode(list(batch["text"]), self.hparams.max_text_length)
+        return tokens.to(self.device), mask.to(self.device)
+
+    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        if self.net is None:
+            raise RuntimeError("PEAudioVisual has no network yet: pass vocab_size, or run setup() with a captioned datamodule")
+        return self.net(audio, video, tokens, mask)
+
+    def embed(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return self(batch["audio"], batch["video"], *self.tokens(batch))
+
+    def pair_losses(self, embeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The loss of each pairing with a non-zero weight (unweighted)."""
+        losses = {}
+        for pair, (x, y) in PE_AV_PAIRINGS.items():
+            if self.pair_weights[pair] == 0:
+                continue
+            if self.logit_bias is None:
+                losses[pair] = clip_pair_loss(embeds[x], embeds[y], self.logit_scale[pair], self.clip_loss)
+            else:
+                losses[pair] = sigmoid_pair_loss(embeds[x], embeds[y], self.logit_scale[pair], self.logit_bias[pair])
+        return losses
+
+    def loss(self, embeds: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        losses = self.pair_losses(embeds)
+        total = sum(self.pair_weights[pair] * value for pair, value in losses.items())
+        if not torch.isfinite(total):
+            raise LitzooError(f"PEAudioVisual: non-finite loss {float(total)} ({ {k: float(v) for k, v in losses.items()} })")
+        return total, losses  # type: ignore[return-value]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        total, losses = self.loss(self.embed(batch))
+        size = len(batch["audio"])
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        for pair, value in losses.items():
+            self.log(f"train/{pair}/loss", value, batch_size=size)
+        return total
+
+    def _eval_step(self, batch: Mapping[str, Any], stage: str) -> None:
+        embeds = self.embed(batch)
+        total, _ = self.loss(embeds)
+        self.log(f"{stage}/loss", total, prog_bar=stage == "val", batch_size=len(batch["audio"]))
+        self._outputs[stage].append({name: value.detach() for name, value in embeds.items()})
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def retrieval(self, embeds: Mapping[str, Tensor]) -> dict[str, float]:
+        """Recall@K of both directions of every pairing over row-aligned embeddings (cosine similarity), and their mean."""
+        out = {}
+        for pair, (x, y) in PE_AV_PAIRINGS.items():
+            similarity = F.normalize(embeds[x].float(), dim=-1) @ F.normalize(embeds[y].float(), dim=-1).T
+            for k in self.top_k:
+                forward, backward = recall_at_k(similarity, k), recall_at_k(similarity.T, k)
+                out[f"{pair}/{x}_to_{y}_R@{k}"], out[f"{pair}/{y}_to_{x}_R@{k}"] = forward, backward
+                out[f"{pair}/R@{k}"] = (forward + backward) / 2
+        return out
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        outputs, self._outputs[stage] = self._outputs[stage], []
+        if not outputs or self.trainer.sanity_checking:
+            return
+        embeds = {name: torch.cat([o[name] for o in outputs]) for name in outputs[0]}
+        for key, value in self.retrieval(embeds).items():
+            self.log(f"{stage}/{key}", value, prog_bar=key == "audio_visual_text/R@1")
+        self.log(f"{stage}/chance_R@1", 1.0 / len(embeds["audio"]))
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        return self.optimizer(self.parameters())
+
+
+__all__ = [
+    "AVTransformer",
+    "AudioEncoder",
+    "AudioVisualEncoder",
+    "PEAudioVisual",
+    "PEAudioVisualNet",
+    "SequenceTransformer",
+    "VisualEncoder",
+    "adamw_pe_av",
+    "load_pe_av_shared_weights",
+    "recall_at_k",
+    "official_pe_av_key_map",
+]
