@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     import altogether
     import bpr_mf
     import cat_art
+    import ceil
     import common
     import compile as compile_bench
     import compile_node_cap
@@ -98,15 +99,19 @@ def main(argv: list[str] | None = None) -> None:
     import deploy_speed
     import dinov2
     import framework_overhead
+    import flap
     import fusion_latency
     import gradient_reparam
+    import layer_probe
     import masked_modelling
+    import mbt
     import mode
     import mulco
     import nas_predictors
     import nas_predictors_transfer
     import nas_search
     import pathcon
+    import pe_av
     import perception_encoder
     import polarization
     import prune_residual
@@ -158,11 +163,16 @@ def main(argv: list[str] | None = None) -> None:
     transfers = _section("CAT-ART vs single-domain BPR-MF on three SYNTHETIC domains, and its ablations (3 seeds)", cat_art.main, **options)
     scopes = _section("Mulco vs the flat BIO-CRF on a SYNTHETIC nested-NER corpus (3 seeds)", mulco.main, **options)
     toxic = _section("ToxVis: macro-F1 and IG attribution precision@k on a SYNTHETIC planted hate corpus (3 seeds)", toxvis.main, **options)
+    clusters = _section("CEIL with CDCC: ACC / NMI / ARI over iterations vs CDCC alone and k-means on SYNTHETIC topics (3 seeds)", ceil.main, **options)
     polar = _section("Semantic polarization: drift, Granger direction and attributive words on SYNTHETIC drifting stations (3 seeds)", polarization.main, **options)
+    layers = _section("Multi-task layer probing: AV-SUPERB's Featurizer on a SYNTHETIC planted-layer upstream (3 seeds)", layer_probe.main, **options)
+    fusions = _section("MBT: bottleneck vs late vs full fusion on the SYNTHETIC audio-visual XOR, attention FLOPs, PGD eps* (3 seeds)", mbt.main, **options)
+    pairings = _section("PE-AV: per-pairing contrastive heads on SYNTHETIC captioned audio-visual clips (3 seeds)", pe_av.main, **options)
+    dropped = _section("FLAP: encoder step time vs kept tokens, retrieval vs drop ratio, reconstruction in low data (3 seeds)", flap.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, polar))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -196,7 +206,9 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/rwr_gae.py`, `.venv/bin/python benchmarks/bpr_mf.py`, `.venv/bin/python benchmarks/sasrec.py`,
 `.venv/bin/python benchmarks/recguru.py`, `.venv/bin/python benchmarks/cat_art.py`,
 `.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`,
-`.venv/bin/python benchmarks/polarization.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/ceil.py`, `.venv/bin/python benchmarks/polarization.py`,
+`.venv/bin/python benchmarks/layer_probe.py`, `.venv/bin/python benchmarks/mbt.py`, `.venv/bin/python benchmarks/pe_av.py`,
+`.venv/bin/python benchmarks/flap.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -297,7 +309,17 @@ noisy, the alternating-round ratios less so.
 
 {toxvis.format_section(toxic)}
 
+{ceil.format_section(clusters)}
+
 {polarization.format_section(polar)}
+
+{layer_probe.format_section(layers)}
+
+{mbt.format_section(fusions)}
+
+{pe_av.format_section(pairings)}
+
+{flap.format_section(dropped)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)

@@ -60,6 +60,7 @@ def test_every_shipped_config_has_its_own_run_folder(tmp_path):
     assert folders["cit/digits_captions"] == "runs/clip-cit/digitscaptions"
     assert folders["polarization/synthetic_stations"] == "runs/semanticpolarization/synthetictranscripts-stations"
     assert folders["ceil/synthetic_topics"] == "runs/ceil/syntheticshorttext-topics"
+    assert folders["mbt/synthetic_av"] == "runs/mbt/syntheticaudiovideo-av"
 
 
 def test_config_variant_keeps_only_what_the_names_do_not_say():
