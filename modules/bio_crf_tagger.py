@@ -31,6 +31,7 @@ from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.crf import LinearChainCRF
 from litzoo.framework.nn.text_encoder import BiLSTMTextEncoder
+from litzoo.framework.text.span_evaluation import SpanTaggerEvaluation
 from litzoo.framework.text.spans import BIOScheme, Span, SpanF1, flatten_for_bio, span_sets_from_tensor
 
 __all__ = ["BIOCRFNet", "BIOCRFTagger", "adam_tagger"]
@@ -82,7 +83,7 @@ class BIOCRFNet(nn.Module):
         return [self.scheme.decode(path) for path in self.crf.viterbi(emissions, mask)]
 
 
-class BIOCRFTagger(L.LightningModule):
+class BIOCRFTagger(SpanTaggerEvaluation, L.LightningModule):
     """The flat BIO-CRF baseline on a nested-NER DataModule (see :mod:`litzoo.datamodules.nested_ner`).
 
     The vocabulary size and the type names are read from ``trainer.datamodule`` at setup unless given, and saved in the
@@ -166,28 +167,11 @@ class BIOCRFTagger(L.LightningModule):
         """Decoded spans ``(start, end, type)`` of each sentence (token offsets; never overlapping)."""
         return self.net.decode(tokens, mask)
 
-    def _evaluate(self, batch: dict[str, Tensor], metric: SpanF1) -> None:
-        metric.update(self.predict_spans(batch["tokens"], batch["mask"]), span_sets_from_tensor(batch["spans"], self.net.scheme.types))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_spans)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_spans)
-
-    def _log_spans(self, stage: str, metric: SpanF1) -> None:
-        for name, value in metric.compute().items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in ("f1", "nested_f1"))
-        metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_spans("val", self.val_spans)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_spans("test", self.test_spans)
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[list[Span]]:
-        return [sorted(spans) for spans in self.predict_spans(batch["tokens"], batch["mask"])]
+    @property
+    def span_types(self) -> Sequence[str]:
+        if self.net is None:
+            raise RuntimeError("BIOCRFTagger has no network yet: pass vocab_size and type_names or run setup() with a DataModule")
+        return self.net.scheme.types
 
     def configure_optimizers(self) -> Optimizer:
         if self.net is None:

@@ -50,6 +50,7 @@ from torch.optim import Adam, Optimizer
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.text_encoder import BiLSTMTextEncoder
+from litzoo.framework.text.span_evaluation import SpanTaggerEvaluation
 from litzoo.framework.text.spans import Span, SpanF1, nesting_depth, span_sets_from_tensor
 
 __all__ = ["MulcoModule", "MulcoNet", "MulcoScheme", "ScopeAssignment", "adam_mulco"]
@@ -194,7 +195,7 @@ class MulcoNet(nn.Module):
         return torch.stack([head(features) for head in self.heads], dim=1)
 
 
-class MulcoModule(L.LightningModule):
+class MulcoModule(SpanTaggerEvaluation, L.LightningModule):
     """Mulco on a nested-NER DataModule (batches ``tokens``, ``mask``, ``length``, ``spans``; see
     :mod:`litzoo.datamodules.nested_ner`).
 
@@ -287,28 +288,11 @@ class MulcoModule(L.LightningModule):
         lengths = mask.long().sum(1).tolist()
         return [self.scheme.decode(labels[b], lengths[b]) for b in range(len(lengths))]
 
-    def _evaluate(self, batch: dict[str, Tensor], metric: SpanF1) -> None:
-        metric.update(self.predict_spans(batch["tokens"], batch["mask"]), span_sets_from_tensor(batch["spans"], self.scheme.types))
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.val_spans)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, self.test_spans)
-
-    def _log_spans(self, stage: str, metric: SpanF1) -> None:
-        for name, value in metric.compute().items():
-            self.log(f"{stage}/{name}", value, prog_bar=name in ("f1", "nested_f1"))
-        metric.reset()
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_spans("val", self.val_spans)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_spans("test", self.test_spans)
-
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> list[list[Span]]:
-        return [sorted(spans) for spans in self.predict_spans(batch["tokens"], batch["mask"])]
+    @property
+    def span_types(self) -> Sequence[str]:
+        if self.scheme is None:
+            raise RuntimeError("MulcoModule has no network yet: pass vocab_size and type_names or run setup() with a DataModule")
+        return self.scheme.types
 
     def configure_optimizers(self) -> Optimizer:
         if self.net is None:
