@@ -65,7 +65,7 @@ from sklearn.metrics import average_precision_score
 from torch import Tensor, nn
 from typing_extensions import override
 
-from litzoo.framework.data.batches import batch_labels, datamodule_loader, in_order
+from litzoo.framework.data.batches import batch_labels, datamodule_loader, in_order, prepare_side_datamodule
 from litzoo.framework.data.staging import write_files_atomically
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.featurizer import Featurizer, mean_pool
@@ -213,11 +213,7 @@ class LayerProbe(Callback):
         for task, dm in self.tasks.items():
             if task in self._ready:
                 continue
-            if dm is not trainer.datamodule:  # the Trainer prepares and sets up its own DataModule
-                if trainer.local_rank == 0:
-                    dm.prepare_data()
-                trainer.strategy.barrier("layer_probe_prepare_data")
-                dm.setup("fit")
+            prepare_side_datamodule(trainer, dm, "layer_probe")
             self._ready.add(task)
 
     def _prepare(self, task: str) -> None:

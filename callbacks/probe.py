@@ -54,7 +54,7 @@ from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from litzoo.framework.data.batches import batch_inputs, batch_labels, datamodule_loader, in_order
+from litzoo.framework.data.batches import batch_inputs, batch_labels, datamodule_loader, in_order, prepare_side_datamodule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.profiling import eval_mode
 
@@ -178,16 +178,9 @@ class _FrozenFeatureProbe(Callback, abc.ABC):
         if clashes:
             raise LitzooError(f"{type(self).__name__}: another probe ({clashes[0]}) is also named {self.name!r}; "
                               f"give each probe its own name so each logs its own probe/<name>/acc")  # fmt: skip
-        if self._data_ready:
-            return
-        if self.datamodule is trainer.datamodule:  # the Trainer has prepared and set it up already
+        if not self._data_ready:
+            prepare_side_datamodule(trainer, self.datamodule, "probe")
             self._data_ready = True
-            return
-        if trainer.local_rank == 0:  # Lightning's rule: prepare_data on one process per node
-            self.datamodule.prepare_data()
-        trainer.strategy.barrier("probe_prepare_data")
-        self.datamodule.setup("fit")
-        self._data_ready = True
 
     def prepare(self) -> None:
         """``prepare_data()`` then ``setup("fit")`` the labelled DataModule, once; :meth:`setup` does it

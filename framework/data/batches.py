@@ -85,6 +85,18 @@ def datamodule_loader(datamodule: L.LightningDataModule, split: str) -> Any:
         return None
 
 
+def prepare_side_datamodule(trainer: L.Trainer, datamodule: L.LightningDataModule, who: str) -> None:
+    """``prepare_data`` (on local rank 0 only, Lightning's rule, then a barrier) and ``setup("fit")`` of a DataModule a
+    callback reads beside the run's own (a probe's labelled data); nothing when it *is* the Trainer's DataModule, which
+    the Trainer prepares and sets up itself."""
+    if datamodule is trainer.datamodule:
+        return
+    if trainer.local_rank == 0:
+        datamodule.prepare_data()
+    trainer.strategy.barrier(f"{who}_prepare_data")
+    datamodule.setup("fit")
+
+
 def in_order(loader: Any) -> Any:
     """The loader's data in a fixed order: a plain sequential ``DataLoader`` over its dataset (no shuffling, no
     DistributedSampler, no workers) with the same collate function and batch size; other iterables as they are."""
