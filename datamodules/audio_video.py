@@ -532,6 +532,20 @@ SPRITE_SCALE = 2  # the 8x8 digits upscaled to 16x16 sprites
 BIT_LABELS = ("/synthetic/leftward", "/synthetic/high_pitch")
 
 
+def digit_pitch_band(digit: int, audio_bit: int, num_digits: int) -> tuple[float, float]:
+    """``pitch_from_digit``: the base-pitch range (Hz) of digit ``digit`` in the band of ``audio_bit``: the band cut into
+    ``num_digits`` equal sub-bands on a log scale, the digit's sub-band (lowest digit lowest), its central half.
+
+    The central half leaves a gap of half a sub-band between neighbouring digits (with 4 digits, ~5 % of the pitch:
+    about one 64-bin mel channel in the low band), so the digit is read from the audio by pitch alone; the pitch
+    still jitters within the range (a nuisance), and the audio bit still picks the band."""
+    if not 0 <= digit < num_digits or audio_bit not in (0, 1):
+        raise ValueError(f"need 0 <= digit < num_digits and audio_bit in (0, 1), got {digit}, {num_digits}, {audio_bit}")
+    low, high = PITCH_BANDS[audio_bit]
+    step = math.log(high / low) / num_digits
+    return low * math.exp(step * (digit + 0.25)), low * math.exp(step * (digit + 0.75))
+
+
 def _planted_bits(count: int, rng: np.random.Generator) -> np.ndarray:
     """``(count, 2)`` (visual, audio) bits with the four pairs as equal in number as ``count`` allows, in random order:
     then each bit alone says nothing of their XOR (exactly, when ``count`` is a multiple of 4)."""
@@ -541,7 +555,8 @@ def _planted_bits(count: int, rng: np.random.Generator) -> np.ndarray:
 
 def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val: int = 32, num_digits: int = 4, seed: int = 0,
                                 num_frames: int = 16, fps: int = 8, size: int = 32, sample_rate: int = 16000,
-                                audio_shift: float = 0.0, shuffle_prob: float = 0.0, bit_labels: bool = False) -> Path:  # fmt: skip
+                                audio_shift: float = 0.0, shuffle_prob: float = 0.0, bit_labels: bool = False,
+                                pitch_from_digit: bool = False) -> Path:  # fmt: skip
     """Write a SYNTHETIC audio-visual data set with a planted cross-modal label in the clip-folder + segment-CSV layout.
 
     Each clip (``num_frames`` frames at ``fps``, ``size²`` RGB PNGs, and a WAV of the same duration at ``sample_rate``):
@@ -559,6 +574,11 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
       (``a`` = 1), listed before ``/synthetic/xor``: a multi-label model then gets a first-order signal for each bit
       (a balanced XOR alone gives none: its gradient for either bit averages to zero, so small models sit at chance or
       memorise), while the XOR column still needs both modalities.
+    * **shared content** (``pitch_from_digit``; off by default): the base pitch is drawn in the digit's own part of the
+      audio bit's band (:func:`digit_pitch_band`), so the sound says which digit is seen and inter-modal contrast has a
+      per-clip content to align (MAViL's evidence). The bits, the XOR and their balance are unchanged (the band is still
+      the audio bit's; the digit is drawn independently of the bits), and the same random draws are made in the same
+      order, so only the WAV files differ from the knob off; off, the files are those of earlier versions, byte for byte.
 
     Misalignment: ``audio_shift`` seconds delays the audio circularly relative to the motion; with probability
     ``shuffle_prob`` a clip gets the sound of another clip of its split (its labels stay its own: noisy correspondence).
@@ -597,7 +617,8 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
             bits = _planted_bits(count, rng)
             classes = rng.integers(0, num_digits, count)
             chirps = rng.integers(0, 2, count)
-            pitches = np.array([rng.uniform(*PITCH_BANDS[a]) for a in bits[:, 1]])
+            bands = [digit_pitch_band(int(d), int(a), num_digits) if pitch_from_digit else PITCH_BANDS[a] for d, a in zip(classes, bits[:, 1], strict=True)]
+            pitches = np.array([rng.uniform(*band) for band in bands])
             waveforms, rows, captions = [], [], []
             for i in range(count):
                 v, a, d = int(bits[i, 0]), int(bits[i, 1]), int(classes[i])
@@ -657,19 +678,20 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
 class SyntheticAudioVideoDataModule(AudioVideoDataModule):
     """SYNTHETIC demo data: :func:`write_synthetic_audio_video` written once under
     ``root/seed<seed>-n<num_train>-<num_val>-d<num_digits>-shift<audio_shift>-shuffle<shuffle_prob>`` (``-bits`` appended
-    with ``bit_labels``), then read as an :class:`AudioVideoDataModule` (labels from its ``class_labels_indices.csv``:
+    with ``bit_labels``, then ``-pitchdigit`` with ``pitch_from_digit``), then read as an :class:`AudioVideoDataModule` (labels from its ``class_labels_indices.csv``:
     ``num_digits`` digit classes, with ``bit_labels`` the two bit labels, then ``/synthetic/xor``). Clips last 2 s (16
     frames at 8 fps); by default 8 frames are sampled at 4 fps and the audio gives 192 fbank frames."""
 
     def __init__(self, root: str = "data/synthetic_audio_video", num_train: int = 64, num_val: int = 32, num_digits: int = 4,
                  seed: int = 0, audio_shift: float = 0.0, shuffle_prob: float = 0.0, num_frames: int = 8, fps: float = 4.0,
                  anchor: str = "centre", target_length: int = 192, num_mel_bins: int = 128, batch_size: int = 16,
-                 num_workers: int = 0, bit_labels: bool = False, captions: bool = False) -> None:  # fmt: skip
+                 num_workers: int = 0, bit_labels: bool = False, captions: bool = False, pitch_from_digit: bool = False) -> None:  # fmt: skip
         name = f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift{audio_shift:g}-shuffle{shuffle_prob:g}" + ("-bits" if bit_labels else "")
+        name += "-pitchdigit" if pitch_from_digit else ""
         folder = Path(root).expanduser() / name
         if not (folder / "SYNTHETIC_planted.csv").is_file():
             write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed, audio_shift=audio_shift, shuffle_prob=shuffle_prob,
-                                        bit_labels=bit_labels)  # fmt: skip
+                                        bit_labels=bit_labels, pitch_from_digit=pitch_from_digit)  # fmt: skip
         super().__init__(str(folder), "class_labels_indices.csv", num_frames, fps, 8.0, anchor, None, None, None, 16000, target_length,
                          num_mel_bins, batch_size=batch_size, num_workers=num_workers, captions=captions)  # fmt: skip
         self.save_hyperparameters()
@@ -703,6 +725,7 @@ __all__ = [
     "SyntheticAudioTextDataModule",
     "SyntheticAudioVideoDataModule",
     "clip_id",
+    "digit_pitch_band",
     "read_audio_text_jsonl",
     "read_index",
     "read_json_index",

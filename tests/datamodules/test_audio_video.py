@@ -18,6 +18,7 @@ from litzoo.datamodules.audio_video import (
     SyntheticAudioTextDataModule,
     SyntheticAudioVideoDataModule,
     clip_id,
+    digit_pitch_band,
     read_json_index,
     read_segment_csv,
     write_synthetic_audio_video,
@@ -348,3 +349,63 @@ def test_synthetic_audio_text_captions_name_the_heard_pitch(tmp_path):
     assert heard == [int(row["audio_bit"]) for row in truth]
     assert [int(" high " in f" {text} ") for text in batch["text"]] == heard  # the caption names the pitch heard
     assert [f" {('right', 'left')[int(row['visual_bit'])]}" in text for row, text in zip(truth, batch["text"], strict=True)] == [True] * 8
+
+
+def start_pitch(wav) -> float:
+    """The frequency (Hz) of the sound's first 0.1 s: the peak of a Hann-windowed, zero-padded spectrum (a chirp rises
+    only ~0.6 % on average in that time)."""
+    from litzoo.framework.data.audio import read_wav
+
+    waveform, rate = read_wav(wav)
+    head = waveform[: rate // 10].double().numpy()
+    spectrum = np.abs(np.fft.rfft(head * np.hanning(len(head)), 1 << 17))
+    return float(np.argmax(spectrum)) * rate / (1 << 17)
+
+
+def test_digit_pitch_bands_hand_checked_disjoint_and_inside_the_bit_band():
+    # 4 digits: the low band 400-600 Hz cut into log-equal quarters, ratio 1.5 ** (1/4); digit 0 keeps its quarter's
+    # central half, 400 * 1.5 ** (1/16) .. 400 * 1.5 ** (3/16); digit 3 of the high band 1400-2000 Hz likewise
+    assert digit_pitch_band(0, 0, 4) == pytest.approx((410.2662, 431.5957), abs=1e-3)
+    assert digit_pitch_band(3, 1, 4) == pytest.approx((1870.6213, 1955.9089), abs=1e-3)
+    for bit, (low, high) in enumerate(((400.0, 600.0), (1400.0, 2000.0))):
+        ranges = [digit_pitch_band(d, bit, 10) for d in range(10)]
+        assert low < ranges[0][0] and ranges[-1][1] < high
+        assert all(a[1] * 1.01 < b[0] for a, b in zip(ranges, ranges[1:])), ranges  # a gap of half a sub-band between digits
+    with pytest.raises(ValueError, match="digit"):
+        digit_pitch_band(4, 0, 4)
+
+
+def test_synthetic_pitch_from_digit_ties_the_sound_to_the_digit_and_changes_only_the_audio(tmp_path):
+    plain = write_synthetic_audio_video(tmp_path / "plain", 16, 8, 4, seed=4, bit_labels=True)
+    dm = SyntheticAudioVideoDataModule(str(tmp_path), num_train=16, num_val=8, num_digits=4, seed=4, batch_size=16, target_length=64,
+                                       bit_labels=True, pitch_from_digit=True)  # fmt: skip
+    tied = dm.root
+    assert tied.name.endswith("-bits-pitchdigit")
+    truth = planted(tied)
+    assert truth == planted(plain)  # the same digits, bits and XOR labels
+    centres = {(d, a): np.sqrt(np.prod(digit_pitch_band(d, a, 4))) for d in range(4) for a in (0, 1)}
+
+    def nearest(pitch: float) -> tuple[int, int]:  # the (digit, audio bit) whose range centre is nearest on a log scale
+        return min(centres, key=lambda key: abs(np.log(pitch / centres[key])))
+
+    tied_keys, plain_keys = [], []
+    for row in truth:
+        wanted = (int(row["digit"]), int(row["audio_bit"]))
+        pitch = start_pitch(tied / row["split"] / row["clip_id"] / "audio.wav")
+        low, high = digit_pitch_band(*wanted, 4)
+        assert low * 0.99 < pitch < high * 1.015, (row, pitch)  # in the digit's range of the audio bit's band
+        tied_keys.append(nearest(pitch))
+        plain_keys.append(nearest(start_pitch(plain / row["split"] / row["clip_id"] / "audio.wav")))
+    wanted = [(int(row["digit"]), int(row["audio_bit"])) for row in truth]
+    assert tied_keys == wanted  # the digit is read from the sound alone
+    # negative control: without the knob the band still gives the audio bit, but the pitch says little of the digit
+    assert [k[1] for k in plain_keys] == [w[1] for w in wanted]
+    assert sum(k == w for k, w in zip(plain_keys, wanted, strict=True)) < len(wanted) / 2
+    # everything but the WAV files is byte for byte the same as without the knob
+    files = sorted(path.relative_to(plain) for path in plain.rglob("*") if path.is_file())
+    assert files == sorted(path.relative_to(tied) for path in tied.rglob("*") if path.is_file())
+    differ = [f for f in files if (plain / f).read_bytes() != (tied / f).read_bytes()]
+    assert differ and all(f.name == "audio.wav" for f in differ)
+    dm.setup("fit")
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    assert batch["label"][:, :4].argmax(dim=1).tolist() == [int(row["digit"]) for row in truth[:16]]
