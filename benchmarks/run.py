@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     import gradient_reparam
     import layer_probe
     import masked_modelling
+    import mavil
     import mbt
     import mode
     import mulco
@@ -169,10 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     fusions = _section("MBT: bottleneck vs late vs full fusion on the SYNTHETIC audio-visual XOR, attention FLOPs, PGD eps* (3 seeds)", mbt.main, **options)
     pairings = _section("PE-AV: per-pairing contrastive heads on SYNTHETIC captioned audio-visual clips (3 seeds)", pe_av.main, **options)
     dropped = _section("FLAP: encoder step time vs kept tokens, retrieval vs drop ratio, reconstruction in low data (3 seeds)", flap.main, **options)
+    mavil_run = _section("MAViL: reconstruction, audio-video retrieval and probes on SYNTHETIC clips with a shared digit pitch (3 seeds)", mavil.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, mavil_run))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -208,7 +210,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`,
 `.venv/bin/python benchmarks/ceil.py`, `.venv/bin/python benchmarks/polarization.py`,
 `.venv/bin/python benchmarks/layer_probe.py`, `.venv/bin/python benchmarks/mbt.py`, `.venv/bin/python benchmarks/pe_av.py`,
-`.venv/bin/python benchmarks/flap.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/flap.py`, `.venv/bin/python benchmarks/mavil.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -320,6 +322,8 @@ noisy, the alternating-round ratios less so.
 {pe_av.format_section(pairings)}
 
 {flap.format_section(dropped)}
+
+{mavil.format_section(mavil_run)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)
