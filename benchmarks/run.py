@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     import curation_scale
     import deploy_speed
     import dinov2
-    import framework_overhead
     import flap
+    import framework_overhead
     import fusion_latency
     import gradient_reparam
     import layer_probe
