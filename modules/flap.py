@@ -70,6 +70,7 @@ from litzoo.framework.nn import (
     TokenMask,
     gather_tokens,
     init_vit_weights,
+    masked_patch_loss,
     normalized_pixel_target,
     patchify,
     restore_tokens,
@@ -256,9 +257,7 @@ def reconstruction_loss(pred: Tensor, spec: Tensor, dropped: Tensor, patch_size:
     target = patchify(spec, patch_size)
     if norm_pix_loss:
         target = normalized_pixel_target(target)
-    per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
-    weights = dropped.to(per_patch.dtype)
-    return (per_patch * weights).sum() / weights.sum().clamp_min(1.0)
+    return masked_patch_loss(pred, target, dropped)
 
 
 def audio_text_recalls(audio: Tensor, text: Tensor, top_k: Sequence[int]) -> dict[str, float]:

@@ -59,8 +59,8 @@ Chosen where the released code is silent (ours):
   seeded ``val_seed + i``), so validation losses are comparable across epochs.
 * Reused from the core: :class:`~litzoo.framework.nn.vit.Block` / ``PatchEmbed``, ``TubeletEmbed``, ``patchify`` /
   ``patchify_video`` / ``normalized_pixel_target``, ``random_token_mask`` / ``gather_tokens`` / ``restore_tokens``,
-  ``sincos_pos_embed_{1d,2d}``, ``ClipLoss``. Written here (candidates for the core): :func:`sincos_pos_embed_3d`,
-  :func:`masked_patch_loss`, :func:`info_nce` (a thin fixed-temperature wrapper of ``ClipLoss``).
+  ``sincos_pos_embed_{2d,3d}``, ``masked_patch_loss``, ``ClipLoss``. Written here: :func:`info_nce` (a thin
+  fixed-temperature wrapper of ``ClipLoss``).
 
 Probing: :meth:`MAViL.forward_features` takes a dict batch (AV feature), a ``(B, T, C, H, W)`` clip (video-only,
 ``fc_norm_v`` of the video encoder's mean) or a ``(B, 1, T, F)`` spectrogram (audio-only); :meth:`MAViL.forward_hidden_states`
@@ -85,35 +85,12 @@ from litzoo.framework.losses.contrastive import ClipLoss
 from litzoo.framework.masked_modelling import BlrWarmupCosine
 from litzoo.framework.network_args import check_network_kwargs
 from litzoo.framework.nn.masking import TokenMask, gather_tokens, num_kept, random_token_mask, restore_tokens
-from litzoo.framework.nn.patches import normalized_pixel_target, patchify, patchify_video
-from litzoo.framework.nn.pos_embed import sincos_pos_embed_1d, sincos_pos_embed_2d
+from litzoo.framework.nn.patches import masked_patch_loss, normalized_pixel_target, patchify, patchify_video
+from litzoo.framework.nn.pos_embed import sincos_pos_embed_2d, sincos_pos_embed_3d
 from litzoo.framework.nn.video import TubeletEmbed
 from litzoo.framework.nn.vit import Block, PatchEmbed, init_vit_weights
 
 STAGES = (1, 2)
-
-
-def sincos_pos_embed_3d(dim: int, grid: tuple[int, int, int]) -> Tensor:
-    """``(n·h·w, dim)`` fixed positions of a ``(n, h, w)`` tubelet grid in (time, row, column) order, as MAViL's
-    ``get_3d_sincos_pos_embed``: ``cat([1-D sin-cos of the time index (dim/4), 2-D sin-cos of (row, column) (3·dim/4)])``."""
-    if dim <= 0 or dim % 16:
-        raise ValueError(f"dim must be a positive multiple of 16 for a 3-D sin-cos embedding, got {dim}")
-    n, h, w = grid
-    temporal = sincos_pos_embed_1d(dim // 4, torch.arange(n))  # (n, D/4)
-    spatial = sincos_pos_embed_2d(dim // 4 * 3, (h, w))  # (h·w, 3D/4)
-    return torch.cat([temporal.repeat_interleave(h * w, dim=0), spatial.repeat(n, 1)], dim=1)
-
-
-def masked_patch_loss(pred: Tensor, target: Tensor, removed: Tensor) -> Tensor:
-    """MAE's loss: per-token mean squared error over the last dim, averaged over the removed tokens only.
-
-    Args:
-        pred, target: ``(B, L, D)``.
-        removed: ``(B, L)`` bool / {0, 1}, True = removed (hidden from the encoder).
-    """
-    per_token = (pred - target).pow(2).mean(dim=-1)
-    weights = removed.to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float, gather_distributed: bool = True) -> Tensor:
@@ -564,4 +541,4 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         return self.forward_features(batch)
 
 
-__all__ = ["STAGES", "MAViL", "MAViLNet", "info_nce", "masked_patch_loss", "sincos_pos_embed_3d"]
+__all__ = ["STAGES", "MAViL", "MAViLNet", "info_nce"]

@@ -93,6 +93,18 @@ def denormalize_patches(predicted: Tensor, reference: Tensor, eps: float = 1e-6)
     return predicted * std + mean
 
 
+def masked_patch_loss(pred: Tensor, target: Tensor, removed: Tensor) -> Tensor:
+    """MAE's loss: per-token mean squared error over the last dim, averaged over the removed tokens only.
+
+    Args:
+        pred, target: ``(B, L, D)``.
+        removed: ``(B, L)`` bool / {0, 1}, True = removed (hidden from the encoder).
+    """
+    per_token = (pred - target).pow(2).mean(dim=-1)
+    weights = removed.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 def blank_removed_patches(patches: Tensor, mask: Tensor) -> Tensor:
     """What the encoder sees, for display: ``(B, L, D)`` patches with the removed ones (``mask`` 1 or True,
     ``(B, L)``) set to each example's minimum value."""
@@ -100,6 +112,6 @@ def blank_removed_patches(patches: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask.bool()[..., None], low, patches)
 
 
-__all__ = ["blank_removed_patches", "denormalize_patches", "normalized_pixel_target", "patch_stats", "patchify", "patchify_video", "unpatchify",
-           "unpatchify_video"]
+__all__ = ["blank_removed_patches", "denormalize_patches", "masked_patch_loss", "normalized_pixel_target", "patch_stats", "patchify", "patchify_video",
+           "unpatchify", "unpatchify_video"]
 

@@ -48,6 +48,17 @@ def sincos_pos_embed_2d(dim: int, grid_size: int | tuple[int, int], cls_token: b
     return embed
 
 
+def sincos_pos_embed_3d(dim: int, grid: tuple[int, int, int]) -> Tensor:
+    """``(n·h·w, dim)`` fixed positions of a ``(n, h, w)`` tubelet grid in (time, row, column) order, as MAViL's
+    ``get_3d_sincos_pos_embed``: ``cat([1-D sin-cos of the time index (dim/4), 2-D sin-cos of (row, column) (3·dim/4)])``."""
+    if dim <= 0 or dim % 16:
+        raise ValueError(f"dim must be a positive multiple of 16 for a 3-D sin-cos embedding, got {dim}")
+    n, h, w = grid
+    temporal = sincos_pos_embed_1d(dim // 4, torch.arange(n))  # (n, D/4)
+    spatial = sincos_pos_embed_2d(dim // 4 * 3, (h, w))  # (h·w, 3D/4)
+    return torch.cat([temporal.repeat_interleave(h * w, dim=0), spatial.repeat(n, 1)], dim=1)
+
+
 def interpolate_pos_embed(
     pos_embed: Tensor,
     grid_hw: tuple[int, int],

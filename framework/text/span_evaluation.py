@@ -10,7 +10,7 @@ F1 on the progress bar. Mulco and the flat BIO-CRF tagger use it, so the two are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -22,15 +22,11 @@ __all__ = ["SpanTaggerEvaluation"]
 class SpanTaggerEvaluation:
     """Validation / test / predict hooks of a span tagger (see the module docstring)."""
 
+    # provided by the host module (see the module docstring)
     val_spans: SpanF1
     test_spans: SpanF1
-
-    @property
-    def span_types(self) -> Sequence[str]:
-        raise NotImplementedError
-
-    def predict_spans(self, tokens: Tensor, mask: Tensor) -> list[set[Span]]:
-        raise NotImplementedError
+    span_types: Sequence[str]
+    predict_spans: Callable[[Tensor, Tensor], list[set[Span]]]
 
     def _evaluate_spans(self, batch: dict[str, Tensor], metric: SpanF1) -> None:
         metric.update(self.predict_spans(batch["tokens"], batch["mask"]), span_sets_from_tensor(batch["spans"], self.span_types))

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from litzoo.framework.errors import LitzooError
-from litzoo.modules.mavil import MAViL, info_nce, masked_patch_loss, sincos_pos_embed_3d
+from litzoo.framework.nn.patches import masked_patch_loss
+from litzoo.framework.nn.pos_embed import sincos_pos_embed_3d
+from litzoo.modules.mavil import MAViL, info_nce
 from tests.gloo_ranks import run_ranks
 
 SIZES = dict(video_frames=4, video_size=32, spec_size=(32, 32), tubelet=(2, 8, 8), audio_patch=8, dim=32, depth=1, num_heads=2,
