@@ -1,4 +1,4 @@
-"""PE-AV: the audio-visual Perception Encoder's towers, modality alignment and per-pairing contrastive heads, small.
+"""PE-AV: the audio-visual Perception Encoder's towers (small, or the release's), modality alignment and per-pairing heads.
 
 The audio-visual Perception Encoder (PE-AV; Meta FAIR, 2025: PE-A / PE-AV with PE-A-Frame; notes
 ``ssl_multimodal.md`` §14). Official code: facebookresearch/perception_models ``core/audio_visual_encoder/``
@@ -20,14 +20,24 @@ is a selection rather than a renaming):
 * the text tower ``text_model`` and the eight :class:`~litzoo.framework.nn.av_heads.ContrastiveHead` (LayerNorm eps 1e-6 +
   bias-free Linear) with the official names and inputs (``framework/nn/av_heads.py`` ``PE_AV_HEADS``).
 
-Replaced (no weights are loadable offline, and the towers are not the subject here): the DAC-VAE codec features (25 Hz,
-128-d) by Kaldi fbank **time strips** (``audio_patch_frames`` frames × all mel bins, one step each, so the audio stays a
-time sequence the video can be aligned to); PE-Core-L14 per frame by a small :class:`~litzoo.framework.nn.vit.VisionTransformer`
-(class token pooled); the towers' RMSNorm / SwiGLU / RoPE decoder layers with a ResNet-1d embedding by litzoo's pre-norm
+The towers (``tower``): ``"official"`` builds the release's audio, visual and fusion transformers
+(:class:`~litzoo.framework.nn.rope_transformer.RopeTransformer`, checked there against a transcription of
+``core/audio_visual_encoder/transformer.py`` / ``patcher.py``): class token → ResNet-1d block over time (masked one-group
+GroupNorm, SiLU, kernel-3 conv, twice, residual) → pre-norm layers of RMSNorm (eps 1e-5), QK-normed attention with 1-D
+interleaved RoPE of base ``max(10000, 2 · max_position_embeddings)`` and a bias-free SwiGLU of ``intermediate_size`` →
+RMSNorm → bias-free ``output``; no learned positions. With ``audio_features="dac_vae"`` the audio is a waveform through the
+release's frozen DAC-VAE encoder (:mod:`litzoo.framework.nn.dac_vae`: Snake residual units, strides 2·8·10·12 at 48 kHz →
+25 Hz, the VAE mean's 128 channels). Under these options every key of the release's three transformers and of its codec
+loads (:func:`load_pe_av_shared_weights`). ``"small"`` (the default, the configuration benchmarked) keeps litzoo's pre-norm
 ViT blocks with learned positions (:class:`SequenceTransformer`: class token, positions, blocks, final LayerNorm, the
-official bias-free ``output`` Linear); ModernBERT's 22nd-layer class-token state by a small bidirectional
-:class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word vocabulary of the
-data has no class token).
+official bias-free ``output`` Linear), into which only a release's class tokens and ``output`` Linears load.
+
+Replaced under both options (no weights are loadable offline): PE-Core-L14 per frame by a small
+:class:`~litzoo.framework.nn.vit.VisionTransformer` (class token pooled); ModernBERT's 22nd-layer class-token state by a
+small bidirectional :class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word
+vocabulary of the data has no class token); by default the DAC-VAE codec features by Kaldi fbank **time strips**
+(``audio_patch_frames`` frames × all mel bins, one step each, so the audio stays a time sequence the video can be aligned
+to). A release's ``visual_model.pe_encoder.*`` and ``text_model.*`` keys are left out.
 
 Chosen where the release is silent: the objectives (``framework/nn/av_heads.py`` ``PE_AV_PAIRINGS``: audio–text,
 visual–text, audio_visual–text, audio–visual, visual+text→audio, audio+text→visual), each weighted by ``pair_weights``
@@ -35,7 +45,7 @@ visual–text, audio_visual–text, audio–visual, visual+text→audio, audio+t
 ``ln 10`` and bias ``−10`` with ``objective="sigmoid"``); the loss is their weighted sum. Validation logs, per pairing, the
 recall@K of both retrieval directions over the whole validation split (``val/<pair>/<x>_to_<y>_R@K``) and their mean
 (``val/<pair>/R@K``); the checkpoint monitor is ``val/audio_visual_text/R@1``. Defaults (ours): width 64, 2-layer towers
-of 4 heads, joint space 64, AdamW 1e-3.
+of 4 heads, joint space 64, AdamW 1e-3; ``intermediate_size`` of the official towers ``round(mlp_ratio · dim)`` unless given.
 """
 
 from __future__ import annotations
@@ -63,6 +73,8 @@ from litzoo.framework.nn.av_heads import (
     clip_pair_loss,
     sigmoid_pair_loss,
 )
+from litzoo.framework.nn.dac_vae import DacEncoderVAE
+from litzoo.framework.nn.rope_transformer import RopeTransformer
 from litzoo.framework.nn.text_encoder import TransformerTextEncoder, masked_mean
 from litzoo.framework.nn.vit import Block, VisionTransformer, init_vit_weights
 
@@ -99,36 +111,75 @@ class SequenceTransformer(nn.Module):
         return x[:, 1:], x[:, 0]
 
 
+TOWER_KINDS = ("small", "official")
+AUDIO_FEATURES = ("fbank", "dac_vae")
+
+
+class OfficialTowerSpec:
+    """The settings of the official towers (:class:`~litzoo.framework.nn.rope_transformer.RopeTransformer`) shared by the three.
+
+    Args:
+        dim: width.
+        depth: layers.
+        num_heads: heads.
+        intermediate_size: SwiGLU hidden width.
+        max_position_embeddings: longest sequence with its class token; sets RoPE's base ``max(10000, 2 · it)``.
+    """
+
+    def __init__(self, dim: int, depth: int, num_heads: int, intermediate_size: int, max_position_embeddings: int) -> None:
+        self.kwargs = {"dim": dim, "depth": depth, "num_heads": num_heads, "intermediate_size": intermediate_size,
+                       "max_position_embeddings": max_position_embeddings}  # fmt: skip
+
+    def build(self) -> RopeTransformer:
+        return RopeTransformer(**self.kwargs)
+
+
 class AudioEncoder(nn.Module):
-    """Fbank ``(B, 1, T, F)`` → ``T / audio_patch_frames`` time strips → ``data_proj`` → ``audio_transformer``."""
+    """Audio → ``data_proj`` → ``audio_transformer``.
+
+    The audio is either a fbank ``(B, 1, T, F)`` cut into ``T / audio_patch_frames`` time strips (``audio_features="fbank"``)
+    or, as in the release, a waveform ``(B, 1, N)`` through the frozen ``dac_vae_encoder`` (``audio_features="dac_vae"``,
+    official towers only: the small tower's learned positions need a fixed length). ``official`` (an
+    :class:`OfficialTowerSpec`) selects the official tower, ``None`` litzoo's small one.
+    """
 
     def __init__(self, num_mel_bins: int, audio_frames: int, audio_patch_frames: int, dim: int, depth: int, num_heads: int,
-                 mlp_ratio: float) -> None:  # fmt: skip
+                 mlp_ratio: float, official: OfficialTowerSpec | None = None, dac_vae: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__()
         if audio_patch_frames < 1 or audio_frames % audio_patch_frames:
             raise ValueError(f"audio_frames {audio_frames} must be a positive multiple of audio_patch_frames {audio_patch_frames}")
         self.num_mel_bins, self.audio_frames, self.audio_patch_frames = num_mel_bins, audio_frames, audio_patch_frames
-        self.data_proj = nn.Linear(audio_patch_frames * num_mel_bins, dim)
-        self.audio_transformer = SequenceTransformer(dim, depth, num_heads, audio_frames // audio_patch_frames, mlp_ratio)
+        self.dac_vae_encoder = None if dac_vae is None else DacEncoderVAE(**dac_vae)
+        in_dim = audio_patch_frames * num_mel_bins if self.dac_vae_encoder is None else self.dac_vae_encoder.codebook_dim
+        self.data_proj = nn.Linear(in_dim, dim)
+        if official is None:
+            self.audio_transformer: nn.Module = SequenceTransformer(dim, depth, num_heads, audio_frames // audio_patch_frames, mlp_ratio)
+        else:
+            self.audio_transformer = official.build()
 
-    def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
-        if fbank.dim() != 4 or tuple(fbank.shape[1:]) != (1, self.audio_frames, self.num_mel_bins):
-            raise ValueError(f"expected fbank (B, 1, {self.audio_frames}, {self.num_mel_bins}), got {tuple(fbank.shape)}")
-        strips = fbank.reshape(fbank.shape[0], self.audio_frames // self.audio_patch_frames, self.audio_patch_frames * self.num_mel_bins)
-        return self.audio_transformer(self.data_proj(strips))
+    def features(self, audio: Tensor) -> Tensor:
+        """The per-step audio features ``(B, T, ·)`` before ``data_proj``: fbank strips or DAC-VAE means."""
+        if self.dac_vae_encoder is not None:
+            return self.dac_vae_encoder(audio).transpose(1, 2)
+        if audio.dim() != 4 or tuple(audio.shape[1:]) != (1, self.audio_frames, self.num_mel_bins):
+            raise ValueError(f"expected fbank (B, 1, {self.audio_frames}, {self.num_mel_bins}), got {tuple(audio.shape)}")
+        return audio.reshape(audio.shape[0], self.audio_frames // self.audio_patch_frames, self.audio_patch_frames * self.num_mel_bins)
+
+    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
+        return self.audio_transformer(self.data_proj(self.features(audio)))
 
 
 class VisualEncoder(nn.Module):
     """Frames ``(B, T, C, H, W)`` → per-frame ViT class token, L2-normalised → ``proj`` → ``data_proj`` → ``visual_transformer``."""
 
     def __init__(self, num_frames: int, image_size: int, frame_patch: int, frame_dim: int, frame_depth: int, dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float) -> None:  # fmt: skip
+                 num_heads: int, mlp_ratio: float, official: OfficialTowerSpec | None = None) -> None:  # fmt: skip
         super().__init__()
         self.num_frames = num_frames
         self.pe_encoder = VisionTransformer(image_size, frame_patch, 3, frame_dim, frame_depth, num_heads, mlp_ratio)
         self.proj = nn.Linear(frame_dim, dim, bias=False)
         self.data_proj = nn.Linear(dim, dim)
-        self.visual_transformer = SequenceTransformer(dim, depth, num_heads, num_frames, mlp_ratio)
+        self.visual_transformer: nn.Module = SequenceTransformer(dim, depth, num_heads, num_frames, mlp_ratio) if official is None else official.build()
 
     def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
         if video.dim() != 5 or video.shape[1] != self.num_frames:
@@ -138,24 +189,39 @@ class VisualEncoder(nn.Module):
         return self.visual_transformer(self.data_proj(self.proj(F.normalize(frames, dim=-1))))
 
 
-class AVTransformer(SequenceTransformer):
-    """The fusion tower: ``modality_aligner`` (video → audio frame rate) → concat → ``concat_modality_proj`` → ``data_proj`` → blocks."""
+class _Fusion(nn.Module):
+    """The fusion head of a tower: ``modality_aligner`` (video → audio frame rate) → concat → ``concat_modality_proj`` → ``data_proj``."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, max_length: int, mlp_ratio: float = 4.0) -> None:
-        super().__init__(dim, depth, num_heads, max_length, mlp_ratio)
+    def _add_fusion(self, dim: int) -> None:
         self.modality_aligner = AlignModalities(dim, dim, normalize=True, btc=True)
         self.concat_modality_proj = nn.Linear(2 * dim, dim)
         self.data_proj = nn.Linear(dim, dim)
 
-    def forward(self, audio: Tensor, video: Tensor, audio_mask: Tensor | None = None, video_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(self, audio: Tensor, video: Tensor, audio_mask: Tensor | None = None, video_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         video, mask = self.modality_aligner(audio, audio_mask, video, video_mask)
-        return super().forward(self.data_proj(self.concat_modality_proj(torch.cat([audio, video], dim=-1))), mask)
+        return super().forward(self.data_proj(self.concat_modality_proj(torch.cat([audio, video], dim=-1))), mask)  # type: ignore[misc]
+
+
+class AVTransformer(_Fusion, SequenceTransformer):
+    """The fusion tower on litzoo's small :class:`SequenceTransformer` (learned positions over the audio steps)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, max_length: int, mlp_ratio: float = 4.0) -> None:
+        SequenceTransformer.__init__(self, dim, depth, num_heads, max_length, mlp_ratio)
+        self._add_fusion(dim)
+
+
+class RopeAVTransformer(_Fusion, RopeTransformer):
+    """The fusion tower on the official :class:`~litzoo.framework.nn.rope_transformer.RopeTransformer` (the release's ``AVTransformer``)."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, intermediate_size: int, max_position_embeddings: int = 10_000) -> None:
+        RopeTransformer.__init__(self, dim, depth, num_heads, intermediate_size, max_position_embeddings)
+        self._add_fusion(dim)
 
 
 class AudioVisualEncoder(nn.Module):
     """The three media towers under the release's names ``audio_model``, ``visual_model``, ``audio_visual_transformer``."""
 
-    def __init__(self, audio_model: AudioEncoder, visual_model: VisualEncoder, audio_visual_transformer: AVTransformer) -> None:
+    def __init__(self, audio_model: AudioEncoder, visual_model: VisualEncoder, audio_visual_transformer: nn.Module) -> None:
         super().__init__()
         self.audio_model, self.visual_model, self.audio_visual_transformer = audio_model, visual_model, audio_visual_transformer
 
@@ -179,18 +245,46 @@ class PEAudioVisualNet(nn.Module):
         num_heads: attention heads (must divide ``dim`` and ``frame_dim``).
         mlp_ratio: MLP hidden width over the width.
         output_dim: width of the joint space (PE-AV: 1024).
+        tower: ``"small"`` (litzoo's pre-norm ViT blocks with learned positions, the default) or ``"official"`` (the release's
+            RMSNorm / SwiGLU / RoPE towers with the ResNet-1d embedding, :mod:`litzoo.framework.nn.rope_transformer`) for the
+            audio, visual and fusion towers.
+        intermediate_size: SwiGLU hidden width of the official towers; ``None`` takes ``round(mlp_ratio · dim)`` (ours; the
+            release gives it, 2752 by default).
+        max_position_embeddings: the official towers' longest sequence, class token included (release: 10000; RoPE base
+            ``max(10000, 2 · it)``).
+        audio_features: ``"fbank"`` (time strips, the default) or ``"dac_vae"`` (the release's frozen DAC-VAE encoder on
+            waveforms ``(B, 1, N)``; official towers only).
+        dac_encoder_hidden_size: the DAC-VAE encoder's first width (release: 64).
+        dac_downsampling_ratios: its strides (release: 2, 8, 10, 12, a hop of 1920 samples).
+        dac_codebook_dim: its feature width, the VAE mean (release: 128).
     """
 
     def __init__(self, vocab_size: int, max_text_length: int = 24, num_frames: int = 8, image_size: int = 32, frame_patch: int = 8,
                  frame_dim: int = 64, frame_depth: int = 2, num_mel_bins: int = 64, audio_frames: int = 64, audio_patch_frames: int = 4,
-                 dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64) -> None:  # fmt: skip
+                 dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64, tower: str = "small",
+                 intermediate_size: int | None = None, max_position_embeddings: int = 10_000, audio_features: str = "fbank",
+                 dac_encoder_hidden_size: int = 64, dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12),
+                 dac_codebook_dim: int = 128) -> None:  # fmt: skip
         super().__init__()
+        if tower not in TOWER_KINDS:
+            raise ValueError(f"tower must be one of {TOWER_KINDS}, got {tower!r}")
+        if audio_features not in AUDIO_FEATURES:
+            raise ValueError(f"audio_features must be one of {AUDIO_FEATURES}, got {audio_features!r}")
+        if audio_features == "dac_vae" and tower != "official":
+            raise ValueError("audio_features='dac_vae' needs tower='official' (the small tower's learned positions need a fixed length)")
+        if intermediate_size is not None and intermediate_size < 1:
+            raise ValueError(f"intermediate_size must be positive (or None), got {intermediate_size}")
+        self.tower, self.audio_features = tower, audio_features
         audio_steps = audio_frames // max(audio_patch_frames, 1)
-        self.audio_visual_model = AudioVisualEncoder(
-            AudioEncoder(num_mel_bins, audio_frames, audio_patch_frames, dim, depth, num_heads, mlp_ratio),
-            VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio),
-            AVTransformer(dim, depth, num_heads, audio_steps, mlp_ratio),
-        )
+        official = None
+        if tower == "official":
+            official = OfficialTowerSpec(dim, depth, num_heads, intermediate_size or max(1, round(mlp_ratio * dim)), max_position_embeddings)
+        codec = None if audio_features == "fbank" else {"encoder_hidden_size": dac_encoder_hidden_size,
+                                                         "downsampling_ratios": tuple(dac_downsampling_ratios), "codebook_dim": dac_codebook_dim}  # fmt: skip
+        audio = AudioEncoder(num_mel_bins, audio_frames, audio_patch_frames, dim, depth, num_heads, mlp_ratio, official, codec)
+        visual = VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio, official)
+        fusion = AVTransformer(dim, depth, num_heads, audio_steps, mlp_ratio) if official is None else RopeAVTransformer(**official.kwargs)
+        self.audio_visual_model = AudioVisualEncoder(audio, visual, fusion)  # built in this order: the small net's init is unchanged
         self.text_model = TransformerTextEncoder(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio)
         widths = {"text": dim, "audio": dim, "visual": dim, "audio_visual": dim}
         for head, inputs in PE_AV_HEADS.items():
@@ -201,7 +295,7 @@ class PEAudioVisualNet(nn.Module):
         return masked_mean(self.text_model(tokens, mask), mask.bool())
 
     def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """Fbank, clips, caption ids and mask → the eight joint embeddings ``{"audio", "visual", …, "audio_plus_text"}`` ``(B, E)``."""
+        """Fbank (waveform with ``audio_features="dac_vae"``), clips, caption ids and mask → the eight joint embeddings ``{"audio", "visual", …, "audio_plus_text"}`` ``(B, E)``."""
         model = self.audio_visual_model
         audio_states, audio_pooled = model.audio_model(audio)
         video_states, video_pooled = model.visual_model(video)
@@ -212,8 +306,8 @@ class PEAudioVisualNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------------- official weights
-#: Official key prefixes this small network holds with the official architecture (the rest of a release file — the DAC-VAE
-#: codec, PE-Core, ModernBERT and the RMSNorm/SwiGLU/RoPE transformer layers — has another architecture here).
+#: Official key prefixes every PE-AV network here holds with the official architecture: the heads and the towers' projections
+#: and alignment.
 SHARED_PREFIXES = (
     *(f"{head}." for head in PE_AV_HEADS),
     "audio_visual_model.audio_visual_transformer.modality_aligner.",
@@ -223,51 +317,67 @@ SHARED_PREFIXES = (
     "audio_visual_model.visual_model.proj.",
     "audio_visual_model.visual_model.data_proj.",
 )
-#: Official tower keys with a litzoo counterpart of the same role and shape: the class token (``embeddings.cls_token``) and the
-#: bias-free ``output`` Linear of each transformer.
+#: The three official transformers (``core/audio_visual_encoder/transformer.py`` ``Transformer``): with ``tower="official"``
+#: every key under them maps as it is; with the small tower only the class token (``embeddings.cls_token``) and the bias-free
+#: ``output`` Linear have a counterpart of the same role and shape.
 TOWERS = ("audio_visual_model.audio_model.audio_transformer", "audio_visual_model.visual_model.visual_transformer",
           "audio_visual_model.audio_visual_transformer")  # fmt: skip
+#: The release's frozen audio codec (``audio_codec.py`` ``DacEncoderVAE``), mapped as it is with ``audio_features="dac_vae"``.
+DAC_VAE_PREFIX = "audio_visual_model.audio_model.dac_vae_encoder."
+#: Official parts with no counterpart here under any option: the per-frame PE-Core vision encoder and the ModernBERT text model.
+UNMAPPED_PREFIXES = ("audio_visual_model.visual_model.pe_encoder.", "text_model.")
 
 
 @register_official_key_map("pe_av")
-def official_pe_av_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", dac_vae: bool = False) -> dict[str, Tensor]:
     """facebookresearch/perception_models ``PEAudioVisual`` weights → the parts of :class:`PEAudioVisualNet` of the same architecture.
 
-    Kept under the same names: the eight heads (``<pairing>_head.layer_norm`` / ``.proj``), the fusion tower's
-    ``modality_aligner.conv`` / ``.layer_norm``, ``concat_modality_proj``, ``data_proj``, the audio branch's ``data_proj`` and the
-    video branch's ``proj`` / ``data_proj``. Renamed: ``<tower>.embeddings.cls_token`` → ``<tower>.cls_token``; ``<tower>.output``
-    unchanged. Every other key (codec, PE-Core, ModernBERT, the decoder layers, RMSNorms, the ResNet-1d embedding) is left out:
-    :func:`load_pe_av_shared_weights` loads what this map returns and says how many keys it left.
+    Always kept under the same names: the eight heads (``<pairing>_head.layer_norm`` / ``.proj``), the fusion tower's
+    ``modality_aligner.conv`` / ``.layer_norm``, ``concat_modality_proj``, ``data_proj``, the audio branch's ``data_proj`` and
+    the video branch's ``proj`` / ``data_proj``. ``tower="official"``: every key of the three transformers as it is
+    (``embeddings.cls_token``, ``embeddings.resnet_block.block{1,2}.{groupnorm,project}``, ``layers.{i}.self_attn.{q,k,v,o}_proj``
+    / ``.{q,k}_norm``, ``layers.{i}.mlp.{gate,up,down}_proj``, ``layers.{i}.{input,post_attention}_layernorm``, ``norm``,
+    ``output``); ``tower="small"``: only ``<tower>.embeddings.cls_token`` → ``<tower>.cls_token`` and ``<tower>.output``.
+    ``dac_vae=True``: the codec's ``dac_vae_encoder.*`` as they are. Left out always: PE-Core (``visual_model.pe_encoder``) and
+    ModernBERT (``text_model``); :func:`load_pe_av_shared_weights` says how many keys it left.
     """
+    if tower not in TOWER_KINDS:
+        raise ValueError(f"tower must be one of {TOWER_KINDS}, got {tower!r}")
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key.startswith(SHARED_PREFIXES):
+        if key.startswith(SHARED_PREFIXES) or (dac_vae and key.startswith(DAC_VAE_PREFIX)):
             out[key] = value
-        for tower in TOWERS:
-            if key == f"{tower}.embeddings.cls_token":
-                out[f"{tower}.cls_token"] = value
-            elif key == f"{tower}.output.weight":
+            continue
+        for name in TOWERS:
+            if tower == "official" and key.startswith(f"{name}."):
+                out[key] = value
+            elif key == f"{name}.embeddings.cls_token":
+                out[f"{name}.cls_token"] = value
+            elif key == f"{name}.output.weight":
                 out[key] = value
     return out
 
 
 def load_pe_av_shared_weights(net: PEAudioVisualNet, path: str) -> int:
-    """Load the official weights :func:`official_pe_av_key_map` keeps (shapes checked: the configuration must match) into ``net``.
+    """Load the official weights :func:`official_pe_av_key_map` keeps for ``net``'s tower and audio features (shapes checked:
+    the configuration must match).
 
     Returns:
-        the number of official keys left out (the parts of another architecture).
+        the number of official keys left out (the parts of another architecture: PE-Core and ModernBERT always, and with the
+        small tower the transformer layers, norms and ResNet-1d embeddings; the DAC-VAE unless ``audio_features="dac_vae"``).
 
     Raises:
-        LitzooError: the file is unreadable, holds none of the shared keys, or a kept key has another shape (one line naming it).
+        LitzooError: the file is unreadable, holds none of the shared keys, or a kept key is unknown here or has another shape
+            (one line naming it).
     """
     state = unwrap_state_dict(load_checkpoint(path), path)
-    kept = official_pe_av_key_map(state)
+    kept = official_pe_av_key_map(state, net.tower, net.audio_features == "dac_vae")
     if not kept:
         raise LitzooError(f"checkpoint '{path}' holds no PE-AV head or alignment key (expected e.g. 'audio_text_head.proj.weight')")
     own = net.state_dict()
     unknown = sorted(set(kept) - set(own))
     if unknown:
-        raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet")
+        raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet (tower={net.tower!r})")
     merged = {**own, **kept}
     load_state_dict_checked(net, merged, path, what="PE-AV model")
     return len(state) - len(kept)
@@ -305,10 +415,12 @@ class PEAudioVisual(L.LightningModule):
         objective: ``"clip"`` (symmetric InfoNCE) or ``"sigmoid"`` (SigLIP) per pairing.
         top_k: the recall@K reported per pairing.
         optimizer: builds the optimizer from the parameters (default :func:`adamw_pe_av`).
-        num_frames … output_dim: the network's (see :class:`PEAudioVisualNet`).
+        num_frames … dac_codebook_dim: the network's (see :class:`PEAudioVisualNet`); ``tower="official"`` trains the release's
+            RMSNorm / SwiGLU / RoPE towers, ``audio_features="dac_vae"`` (with it) takes waveforms through the frozen DAC-VAE.
 
     Raises:
-        ValueError: an unknown pairing or objective, a negative or non-finite weight, all weights zero, bad sizes.
+        ValueError: an unknown pairing, objective, tower or audio feature, a negative or non-finite weight, all weights zero,
+            bad sizes.
     """
 
     monitor = "val/audio_visual_text/R@1"
@@ -318,7 +430,9 @@ class PEAudioVisual(L.LightningModule):
                  objective: str = "clip", top_k: Sequence[int] = (1, 5), optimizer: OptimizerCallable = adamw_pe_av,
                  num_frames: int = 8, image_size: int = 32, frame_patch: int = 8, frame_dim: int = 64, frame_depth: int = 2,
                  num_mel_bins: int = 64, audio_frames: int = 64, audio_patch_frames: int = 4, dim: int = 64, depth: int = 2,
-                 num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64) -> None:  # fmt: skip
+                 num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64, tower: str = "small", intermediate_size: int | None = None,
+                 max_position_embeddings: int = 10_000, audio_features: str = "fbank", dac_encoder_hidden_size: int = 64,
+                 dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12), dac_codebook_dim: int = 128) -> None:  # fmt: skip
         super().__init__()
         unknown = sorted(set(pair_weights or {}) - set(PE_AV_PAIRINGS))
         if unknown:
@@ -334,12 +448,18 @@ class PEAudioVisual(L.LightningModule):
             raise ValueError(f"PEAudioVisual: vocab_size must be at least 2 (or None), got {vocab_size}")
         if max_text_length < 1:
             raise ValueError(f"PEAudioVisual: max_text_length must be positive, got {max_text_length}")
+        if tower not in TOWER_KINDS or audio_features not in AUDIO_FEATURES or (audio_features == "dac_vae" and tower != "official"):
+            raise ValueError(f"PEAudioVisual: tower must be one of {TOWER_KINDS} and audio_features one of {AUDIO_FEATURES} "
+                             f"('dac_vae' with tower='official'), got {tower!r}, {audio_features!r}")  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer, self.pair_weights, self.top_k = optimizer, weights, tuple(top_k)
         self.net_kwargs = {"num_frames": num_frames, "image_size": image_size, "frame_patch": frame_patch, "frame_dim": frame_dim,
                            "frame_depth": frame_depth, "num_mel_bins": num_mel_bins, "audio_frames": audio_frames,
                            "audio_patch_frames": audio_patch_frames, "dim": dim, "depth": depth, "num_heads": num_heads,
-                           "mlp_ratio": mlp_ratio, "output_dim": output_dim}  # fmt: skip
+                           "mlp_ratio": mlp_ratio, "output_dim": output_dim, "tower": tower, "intermediate_size": intermediate_size,
+                           "max_position_embeddings": max_position_embeddings, "audio_features": audio_features,
+                           "dac_encoder_hidden_size": dac_encoder_hidden_size, "dac_downsampling_ratios": tuple(dac_downsampling_ratios),
+                           "dac_codebook_dim": dac_codebook_dim}  # fmt: skip
         init_scale, init_bias = (math.log(1 / 0.07), 0.0) if objective == "clip" else (math.log(10.0), -10.0)
         self.logit_scale = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_scale)) for pair in PE_AV_PAIRINGS})
         self.logit_bias = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_bias)) for pair in PE_AV_PAIRINGS}) if objective == "sigmoid" else None
@@ -457,11 +577,15 @@ class PEAudioVisual(L.LightningModule):
 
 
 __all__ = [
+    "AUDIO_FEATURES",
+    "TOWER_KINDS",
     "AVTransformer",
     "AudioEncoder",
     "AudioVisualEncoder",
     "PEAudioVisual",
+    "OfficialTowerSpec",
     "PEAudioVisualNet",
+    "RopeAVTransformer",
     "SequenceTransformer",
     "VisualEncoder",
     "adamw_pe_av",

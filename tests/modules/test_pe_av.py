@@ -1,4 +1,5 @@
-"""PE-AV: every pairing's loss by hand, the heads' inputs, the modality paths, the official key map, captioned data, a tiny fit."""
+"""PE-AV: every pairing's loss by hand, the heads' inputs, the modality paths, the official key map, captioned data, a tiny fit;
+the official towers (tower="official"): release names, release-named weights loading, the DAC-VAE audio path, training."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from network_args_checks import rebuilds_from_flat_hparams
 
 from litzoo.datamodules.audio_video import SyntheticAudioVideoDataModule
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nn.av_heads import PE_AV_PAIRINGS
+from litzoo.framework.nn.rope_transformer import RopeTransformer
 from litzoo.modules.pe_av import PEAudioVisual, PEAudioVisualNet, load_pe_av_shared_weights, official_pe_av_key_map, recall_at_k
 
 TINY = {"num_frames": 4, "image_size": 16, "frame_patch": 8, "frame_dim": 16, "frame_depth": 1, "num_mel_bins": 8, "audio_frames": 16,
@@ -246,3 +249,146 @@ def test_fit_on_captioned_synthetic_clips_logs_retrieval_per_pairing(captioned, 
             assert f"val/{pair}/{x}_to_{y}_R@{k}" in metrics
     assert float(metrics["val/audio_text/R@5"]) == 1.0  # 4 validation clips: any ranking finds the match in the top 5
     assert module.net is not None and module.net.text_model.vocab_size == captioned.vocabulary.vocab_size
+
+
+# ------------------------------------------------------------------------------------------------ the official towers
+OFFICIAL = {**TINY, "tower": "official", "intermediate_size": 24}
+TINY_DAC = {"dac_encoder_hidden_size": 2, "dac_downsampling_ratios": (2, 2), "dac_codebook_dim": 6}
+
+
+def official_tower_keys(depth: int) -> set[str]:
+    """The key names of core/audio_visual_encoder/transformer.py Transformer, written out from the official modules."""
+    keys = {"embeddings.cls_token", "norm.weight", "output.weight"}
+    keys |= {f"embeddings.resnet_block.{b}.{m}.{p}" for b in ("block1", "block2") for m in ("groupnorm", "project") for p in ("weight", "bias")}
+    for i in range(depth):
+        keys |= {f"layers.{i}.self_attn.{n}_proj.weight" for n in "qkvo"} | {f"layers.{i}.self_attn.{n}_norm.weight" for n in "qk"}
+        keys |= {f"layers.{i}.mlp.{n}_proj.weight" for n in ("gate", "up", "down")}
+        keys |= {f"layers.{i}.input_layernorm.weight", f"layers.{i}.post_attention_layernorm.weight"}
+    return keys
+
+
+def release_like_state(net: PEAudioVisualNet, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random values under the release's names for everything the official-tower net maps, plus PE-Core and ModernBERT keys."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {k: torch.randn(v.shape, generator=generator) * 0.3 for k, v in net.state_dict().items()
+             if not k.startswith(("audio_visual_model.visual_model.pe_encoder.", "text_model."))}  # fmt: skip
+    state["audio_visual_model.visual_model.pe_encoder.conv1.weight"] = torch.zeros(4, 3, 8, 8)
+    state["audio_visual_model.visual_model.pe_encoder.transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(12, 4)
+    state["text_model.embeddings.tok_embeddings.weight"] = torch.zeros(5, 3)
+    return state
+
+
+def test_official_towers_carry_the_release_names_and_compute_the_rope_tower():
+    torch.manual_seed(0)
+    net = PEAudioVisualNet(12, 6, **OFFICIAL).eval()
+    own = net.state_dict()
+    towers = {"audio_visual_model.audio_model.audio_transformer": set(), "audio_visual_model.visual_model.visual_transformer": set(),
+              "audio_visual_model.audio_visual_transformer": {"modality_aligner.conv.weight", "modality_aligner.conv.bias",
+                                                               "modality_aligner.layer_norm.weight", "modality_aligner.layer_norm.bias",
+                                                               "concat_modality_proj.weight", "concat_modality_proj.bias", "data_proj.weight",
+                                                               "data_proj.bias"}}  # fmt: skip
+    for name, extra in towers.items():
+        keys = {k.removeprefix(name + ".") for k in own if k.startswith(name + ".")}
+        assert keys == official_tower_keys(TINY["depth"]) | extra, name
+        assert own[f"{name}.layers.0.mlp.gate_proj.weight"].shape == (24, 16)  # intermediate_size as given
+    # the audio tower is the framework's RoPE tower on data_proj(strips), checked there against a transcription
+    audio = tiny_batch()["audio"]
+    standalone = RopeTransformer(16, 1, 2, 24).eval()
+    prefix = "audio_visual_model.audio_model.audio_transformer."
+    standalone.load_state_dict({k.removeprefix(prefix): v for k, v in own.items() if k.startswith(prefix)})
+    model = net.audio_visual_model.audio_model
+    expected = standalone(model.data_proj(audio.reshape(4, 8, 16)))
+    for got, want in zip(model(audio), expected):
+        torch.testing.assert_close(got, want)
+
+
+def test_release_named_tower_weights_load_with_the_key_map(tmp_path):
+    torch.manual_seed(0)
+    target = PEAudioVisualNet(12, 6, **OFFICIAL)
+    official = release_like_state(target)
+    path = tmp_path / "pe_av_release.pt"
+    torch.save({"model": official}, path)
+    left = load_pe_av_shared_weights(target, str(path))
+    assert left == 3  # PE-Core's two keys and ModernBERT's one: everything else maps
+    loaded = target.state_dict()
+    for key, value in official.items():
+        if not key.startswith(("audio_visual_model.visual_model.pe_encoder.", "text_model.")):
+            assert torch.equal(loaded[key], value), key
+    assert "audio_visual_model.audio_visual_transformer.layers.0.self_attn.q_norm.weight" in official_pe_av_key_map(official, "official")
+    # the same release file into the small towers keeps only the class tokens and output Linears of the transformers
+    small_kept = official_pe_av_key_map(official)
+    assert "audio_visual_model.audio_model.audio_transformer.cls_token" in small_kept
+    assert not any(".layers." in k or ".resnet_block." in k for k in small_kept)
+    # a tower of another width: one line naming the file
+    official["audio_visual_model.audio_model.audio_transformer.layers.0.mlp.up_proj.weight"] = torch.zeros(32, 16)
+    torch.save(official, path)
+    with pytest.raises(LitzooError, match="pe_av_release.pt"):
+        load_pe_av_shared_weights(PEAudioVisualNet(12, 6, **OFFICIAL), str(path))
+    with pytest.raises(ValueError, match="tower"):
+        official_pe_av_key_map(official, "huge")
+
+
+def test_dac_vae_audio_loads_the_codec_and_feeds_the_audio_tower(tmp_path):
+    torch.manual_seed(0)
+    net = PEAudioVisualNet(12, 6, **OFFICIAL, audio_features="dac_vae", **TINY_DAC).eval()
+    official = release_like_state(net, seed=1)
+    assert "audio_visual_model.audio_model.dac_vae_encoder.encoder.block.1.conv1.weight" in official
+    path = tmp_path / "pe_av_codec.pt"
+    torch.save(official, path)
+    assert load_pe_av_shared_weights(net, str(path)) == 3
+    assert torch.equal(net.state_dict()["audio_visual_model.audio_model.dac_vae_encoder.bottleneck.in_proj.weight"],
+                       official["audio_visual_model.audio_model.dac_vae_encoder.bottleneck.in_proj.weight"])  # fmt: skip
+    model = net.audio_visual_model.audio_model
+    wave = torch.randn(4, 1, 30)  # hop 4: reflect-padded to 32 -> 8 frames
+    features = model.dac_vae_encoder(wave).transpose(1, 2)
+    assert features.shape == (4, 8, 6)
+    for got, want in zip(model(wave), model.audio_transformer(model.data_proj(features))):
+        torch.testing.assert_close(got, want)
+    batch = tiny_batch()
+    out = net(wave, batch["video"], batch["tokens"], batch["tokens"] != 0)
+    assert out["audio_visual"].shape == (4, 8) and torch.isfinite(out["audio_visual"]).all()
+    # without the codec the map leaves its keys out (an fbank network has no place for them)
+    codec_keys = [k for k in official if k.startswith("audio_visual_model.audio_model.dac_vae_encoder.")]
+    assert len(codec_keys) == 2 + 2 * (3 * 6 + 3) + 3 + 4  # conv1, two blocks, snake + conv2, bottleneck
+    assert len(official) - len(official_pe_av_key_map(official, "official")) == 3 + len(codec_keys)
+
+
+def test_official_towers_train_in_pe_audio_visual(captioned, tmp_path):
+    torch.manual_seed(0)
+    module = PEAudioVisual(vocab_size=12, max_text_length=6, **OFFICIAL)
+    batch = tiny_batch(batch_size=8, seed=3)
+    optimizer = module.configure_optimizers()
+    tracked = {name: p.detach().clone() for name, p in module.named_parameters() if ".layers.0.mlp.gate_proj" in name or "resnet_block.block1.project.weight" in name}
+    assert len(tracked) == 6  # three towers x (first SwiGLU gate, first embedding conv)
+    first = None
+    for _ in range(40):
+        loss, _ = module.loss(module.embed(batch))
+        first = float(loss) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.5 * first
+    params = dict(module.named_parameters())
+    assert all(not torch.equal(params[name], before) for name, before in tracked.items())
+    # and through Lightning on the captioned synthetic clips
+    fitted = PEAudioVisual(**{**OFFICIAL, "num_frames": 4, "image_size": 32})
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1)  # fmt: skip
+    trainer.fit(fitted, captioned)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and fitted.net is not None and fitted.net.tower == "official"
+
+
+def test_official_options_rebuild_from_flat_hyperparameters():
+    module = rebuilds_from_flat_hparams(PEAudioVisual, vocab_size=12, max_text_length=6, **OFFICIAL, audio_features="dac_vae", **TINY_DAC)
+    assert module.net is not None and module.net.audio_visual_model.audio_model.dac_vae_encoder.hop_length == 4
+
+
+def test_tower_options_are_checked():
+    with pytest.raises(ValueError, match="tower"):
+        PEAudioVisualNet(12, 6, **{**TINY, "tower": "large"})
+    with pytest.raises(ValueError, match="needs tower='official'"):
+        PEAudioVisualNet(12, 6, **TINY, audio_features="dac_vae")
+    with pytest.raises(ValueError, match="tower"):
+        PEAudioVisual(tower="large")
+    with pytest.raises(ValueError, match="audio_features"):
+        PEAudioVisual(audio_features="mfcc")
