@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, Learning
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from litzoo.cli.nonfinite import StopOnNonFiniteLoss
 from litzoo.cli.predictions import PredictionWriter
@@ -248,7 +249,12 @@ class LitzooCLI(LightningCLI):
             defaults.append(ExactResume())  # RNG states and the training loader's position in every checkpoint
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in present):
             defaults.append(PredictionWriter())
-        return super()._instantiate_trainer(config, list(callbacks) + defaults)
+        try:
+            return super()._instantiate_trainer(config, list(callbacks) + defaults)
+        except (ValueError, MisconfigurationException) as error:
+            # what the Trainer refuses of its arguments (a strategy that needs a GPU, DeepSpeed not installed, a bad
+            # precision or device count) is the config's mistake: one line, not a traceback
+            raise LitzooError(f"the trainer settings are refused by Lightning: {' '.join(str(error).split())}") from None
 
     def _default_checkpoints(self) -> list[ModelCheckpoint]:
         has_validation = type(self.model).validation_step is not L.LightningModule.validation_step

@@ -19,6 +19,12 @@ from litzoo.framework.errors import LitzooError
 from litzoo.framework.nas import FAMILIES
 
 
+def _summary(doc: str | None) -> str:
+    """The first paragraph of a docstring as one line (a ``--help`` description; its first line alone stops mid-sentence)."""
+    paragraph = (doc or "").strip().split("\n\n")[0]
+    return " ".join(paragraph.split())
+
+
 def architectures_command(argv: Sequence[str]) -> None:
     """``litzoo architectures --out data/architectures/digits.jsonl --per-family 50 --seed 0``: generate or resume a
     benchmark of networks trained on the digits (:func:`litzoo.framework.nas.generate_architecture_benchmark`) and
@@ -26,7 +32,7 @@ def architectures_command(argv: Sequence[str]) -> None:
     from litzoo.datamodules.architectures import DigitsSplits
     from litzoo.framework.nas import format_benchmark_summary, generate_architecture_benchmark
 
-    parser = argparse.ArgumentParser(prog="litzoo architectures", description=generate_architecture_benchmark.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="litzoo architectures", description=_summary(generate_architecture_benchmark.__doc__))
     parser.add_argument("--out", default="data/architectures/digits.jsonl", help="JSONL file to write or resume")
     parser.add_argument("--per-family", type=int, default=50, help="networks per family")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES), help="families to sample")
@@ -48,7 +54,7 @@ def architecture_tasks_command(argv: Sequence[str]) -> None:
     benchmark on AIO-P's extra digits tasks (:func:`litzoo.datamodules.architecture_tasks.generate_task_labels`)."""
     from litzoo.datamodules.architecture_tasks import EXTRA_TASKS, generate_task_labels
 
-    parser = argparse.ArgumentParser(prog="litzoo architecture-tasks", description=generate_task_labels.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="litzoo architecture-tasks", description=_summary(generate_task_labels.__doc__))
     parser.add_argument("--benchmark", required=True, help="benchmark JSONL (with its .specs.jsonl)")
     parser.add_argument("--tasks", nargs="+", default=list(EXTRA_TASKS), choices=list(EXTRA_TASKS))
     parser.add_argument("--limit", type=int, default=None, help="label only the first N records")
@@ -92,7 +98,7 @@ def nas_search_command(argv: Sequence[str]) -> list[dict[str, Any]]:
     from litzoo.datamodules.architectures import DigitsSplits
     from litzoo.framework.nas import evaluate_candidates, evolutionary_search, predictor_score_fn
 
-    parser = argparse.ArgumentParser(prog="litzoo nas-search", description=(nas_search_command.__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(prog="litzoo nas-search", description=_summary(nas_search_command.__doc__))
     parser.add_argument("--predictor", required=True, help="GENNAPE Lightning checkpoint (.ckpt)")
     parser.add_argument("--family", required=True, choices=list(FAMILIES), help="architecture family to search")
     parser.add_argument("--flops-limit", type=float, required=True, help="FLOPs bound at batch 1 (a multiply-add is 2 FLOPs)")

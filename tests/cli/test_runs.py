@@ -253,3 +253,14 @@ def test_litzoo_fit_killed_in_its_last_epoch_and_resumed_with_ckpt_path_last_end
     assert whole["global_step"] == resumed["global_step"] == 18
     for key, value in whole["state_dict"].items():
         assert torch.allclose(value.float(), resumed["state_dict"][key].float(), atol=1e-6, rtol=0), key
+
+
+@pytest.mark.parametrize("strategy, message", [("fsdp", "requires a GPU accelerator"), ("deepspeed", "DeepSpeed installed")])
+def test_trainer_settings_lightning_refuses_fail_in_one_line(tmp_path, capsys, strategy, message):
+    # before: a ValueError / MisconfigurationException traceback from inside the Trainer's constructor
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", CONFIG, "--trainer.strategy", strategy, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("litzoo: error: the trainer settings are refused by Lightning:") and message in line
