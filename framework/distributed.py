@@ -10,10 +10,12 @@ test, ``fast_dev_run``) the world size is 1 and every reduction returns its argu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_reduce_max_", "all_reduce_mean_", "all_reduce_sum_", "is_distributed", "world_size"]
+__all__ = ["all_gather_objects", "all_reduce_max_", "all_reduce_mean_", "all_reduce_sum_", "barrier", "broadcast_object", "is_distributed", "rank", "world_size"]
 
 
 def is_distributed() -> bool:
@@ -24,6 +26,39 @@ def is_distributed() -> bool:
 def world_size() -> int:
     """The number of processes of the default process group, 1 without an initialised one."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default process group, 0 without an initialised one."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def barrier() -> None:
+    """Wait for every rank of the default group; a no-op in one process."""
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]``: a picklable object (CPU tensors inside) from every rank; ``[obj]`` alone.
+
+    A collective (``torch.distributed.all_gather_object``): every rank must call it. For what is gathered once per
+    round, not per step (pickling costs far more than a tensor all-gather).
+    """
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (a collective); ``obj`` itself in one process."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def all_reduce_sum_(tensor: Tensor) -> Tensor:

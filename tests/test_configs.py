@@ -30,18 +30,36 @@ MISSING_ROOT_MESSAGES = {
 }
 
 
-def needs_root(config: str) -> bool:
-    """Whether the config's data is on the user's disk and the config leaves ``data.root`` to the command line."""
+def on_disk_data(config: str) -> tuple[dict, str]:
+    """The config's data section that reads the user's disk and the option prefix of its arguments: ``data`` itself, or
+    the DataModule a wrapper (active learning, LA3) takes as its ``datamodule`` argument."""
     data = yaml.safe_load(Path(config).read_text()).get("data") or {}
+    inner = (data.get("init_args") or {}).get("datamodule")
+    if data.get("class_path") not in ON_DISK_DATA and isinstance(inner, dict):
+        return inner, "--data.init_args.datamodule.init_args"
+    return data, "--data.init_args"
+
+
+def needs_root(config: str) -> bool:
+    """Whether the config's data is on the user's disk and the config leaves ``root`` to the command line."""
+    data, _ = on_disk_data(config)
     return data.get("class_path") in ON_DISK_DATA and "root" not in (data.get("init_args") or {})
 
 
 def data_root_args(config: str, tmp_path: Path) -> list[str]:
-    """``--data.init_args.root <a tiny folder in the data's format>`` for a config that needs one, else nothing."""
+    """``--data.init_args.root <a tiny folder in the data's format>`` for a config that needs one, else nothing.
+
+    A wrapped DataModule gets its own option, and a folder with enough training images for the wrapper's
+    ``initial_labels`` (an active-learning pool is drawn from them)."""
     if not needs_root(config):
         return []
-    ON_DISK_DATA[yaml.safe_load(Path(config).read_text())["data"]["class_path"]](tmp_path / "data")
-    return ["--data.init_args.root", str(tmp_path / "data")]
+    data, prefix = on_disk_data(config)
+    writer = ON_DISK_DATA[data["class_path"]]
+    initial = (yaml.safe_load(Path(config).read_text())["data"].get("init_args") or {}).get("initial_labels")
+    if initial and data["class_path"].endswith("CIFAR10DataModule"):
+        writer = partial(write_cifar10, per_batch=initial // 4 + 1, test_size=2)  # 5 batches, 10% held out for validation
+    writer(tmp_path / "data")
+    return [f"{prefix}.root", str(tmp_path / "data")]
 
 
 def test_configs_are_found():
@@ -62,5 +80,5 @@ def test_config_without_its_data_root_fails_in_one_line(config, tmp_path, capsys
     err = capsys.readouterr().err
     assert "Traceback" not in err and "usage:" not in err
     line = err.strip().splitlines()[-1]
-    start, *parts = MISSING_ROOT_MESSAGES[yaml.safe_load(Path(config).read_text())["data"]["class_path"]]
+    start, *parts = MISSING_ROOT_MESSAGES[on_disk_data(config)[0]["class_path"]]
     assert line.startswith(start) and all(part in line for part in parts), line

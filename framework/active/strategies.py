@@ -54,6 +54,8 @@ Bad arguments (shapes, ``k`` larger than the pool, non-finite or non-probability
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -251,27 +253,17 @@ def badge_embedding(penultimate: Tensor, probs: Tensor) -> Tensor:
     return (residual.unsqueeze(2) * penultimate.unsqueeze(1)).reshape(len(probs), -1)
 
 
-def kmeans_pp_seeding(embeddings: Tensor, k: int, generator: torch.Generator) -> Tensor:
-    """k-means++ seeding as BADGE's ``init_centers``: ``k`` distinct row indices of ``embeddings (N, E)``, in order.
-
-    The first centre is the row of largest Euclidean norm (lowest index on ties); each next one is drawn with
-    probability ``D^2 / sum D^2``, ``D`` the distance to the nearest chosen centre (chosen rows and their duplicates
-    have ``D = 0`` and are never drawn while a distinct row remains; when none remains the draw is uniform over the
-    unchosen rows).
-    """
-    _check_matrix(embeddings, "embeddings")
-    _check_k(k, len(embeddings))
-    if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+def _kmeans_pp(num_rows: int, rows: Callable[[int, int], Tensor], k: int, generator: torch.Generator, chunk_size: int) -> Tensor:
+    """k-means++ seeding over ``num_rows`` float64 rows that ``rows(start, stop)`` returns ``chunk_size`` at a time."""
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
-    # float64 for the D^2 weights: float32 squares of large norms lose the small distances' share.
-    points = embeddings.double()
-    first = int(points.pow(2).sum(dim=1).argmax())
-    chosen = torch.zeros(len(points), dtype=torch.bool)
+    chunks = range(0, num_rows, chunk_size)
+    first = int(torch.cat([rows(s, s + chunk_size).pow(2).sum(dim=1) for s in chunks]).argmax())
+    chosen = torch.zeros(num_rows, dtype=torch.bool)
     chosen[first] = True
     picks = [first]
-    nearest = (points - points[first]).norm(dim=1)
+    centre = rows(first, first + 1)[0]
+    nearest = torch.cat([(rows(s, s + chunk_size) - centre).norm(dim=1) for s in chunks])
     for _ in range(1, k):
         weights = nearest.pow(2).masked_fill(chosen, 0.0)
         if weights.sum() <= 0:
@@ -279,12 +271,56 @@ def kmeans_pp_seeding(embeddings: Tensor, k: int, generator: torch.Generator) ->
         index = int(torch.multinomial(weights, 1, generator=generator))
         picks.append(index)
         chosen[index] = True
-        torch.minimum(nearest, (points - points[index]).norm(dim=1), out=nearest)
+        centre = rows(index, index + 1)[0]
+        torch.minimum(nearest, torch.cat([(rows(s, s + chunk_size) - centre).norm(dim=1) for s in chunks]), out=nearest)
     return torch.tensor(picks, dtype=torch.long)
+
+
+def _check_generator(generator: torch.Generator) -> None:
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def kmeans_pp_seeding(embeddings: Tensor, k: int, generator: torch.Generator, chunk_size: int = 4096) -> Tensor:
+    """k-means++ seeding as BADGE's ``init_centers``: ``k`` distinct row indices of ``embeddings (N, E)``, in order.
+
+    The first centre is the row of largest Euclidean norm (lowest index on ties); each next one is drawn with
+    probability ``D^2 / sum D^2``, ``D`` the distance to the nearest chosen centre (chosen rows and their duplicates
+    have ``D = 0`` and are never drawn while a distinct row remains; when none remains the draw is uniform over the
+    unchosen rows). Distances are computed ``chunk_size`` rows at a time, in float64 (float32 squares of large norms
+    lose the small distances' share of the D^2 weights).
+    """
+    _check_matrix(embeddings, "embeddings")
+    _check_k(k, len(embeddings))
+    _check_generator(generator)
+    _check_chunk_size(chunk_size)
+    points = embeddings.double()
+    return _kmeans_pp(len(points), lambda start, stop: points[start:stop], k, generator, chunk_size)
+
+
+def badge_query(penultimate: Tensor, probs: Tensor, k: int, generator: torch.Generator, chunk_size: int = 1024) -> Tensor:
+    """BADGE's selection, ``kmeans_pp_seeding(badge_embedding(penultimate, probs), k, generator)``, without holding the
+    ``(N, C * D)`` gradient embeddings: each distance pass rebuilds them ``chunk_size`` rows at a time from the
+    ``(N, D)`` features and ``(N, C)`` probabilities (memory ``N (C + D)`` instead of ``N C D``; the same arithmetic,
+    hence the same picks, as the materialised embedding)."""
+    _check_matrix(penultimate, "penultimate")
+    _check_pool_probs(probs)
+    if len(probs) != len(penultimate):
+        raise ValueError(f"probs has {len(probs)} rows, penultimate {len(penultimate)}")
+    _check_k(k, len(probs))
+    _check_generator(generator)
+    _check_chunk_size(chunk_size)
+    return _kmeans_pp(len(probs), lambda start, stop: badge_embedding(penultimate[start:stop], probs[start:stop]).double(), k, generator, chunk_size)
 
 
 __all__ = [
     "badge_embedding",
+    "badge_query",
     "bald",
     "entropy",
     "kcenter_greedy",

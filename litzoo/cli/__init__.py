@@ -11,6 +11,7 @@
     litzoo architectures --out data/architectures/digits.jsonl --per-family 50   # a labelled NAS benchmark
     litzoo architecture-tasks --benchmark data/architectures/digits_v1.jsonl --limit 200   # AIO-P's extra task labels
     litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 6e5 --evaluate 20
+    litzoo active-learn -c configs/active_learning/digits.yaml   # rounds of fit / test / query
 
 This package is the roof of the house: the only place that imports every room (methods, callbacks,
 datamodules, the core). Each command parses its arguments here and calls into the rooms; every
@@ -49,6 +50,7 @@ COMMANDS: dict[str, str] = {
     "nas-search": "litzoo.cli.nas:nas_search_command",
     "recaption": "litzoo.cli.recaption:recaption_command",
     "mode-cluster": "litzoo.cli.mode:mode_cluster_command",
+    "active-learn": "litzoo.cli.active:active_learn_command",
 }
 
 

@@ -38,6 +38,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "nas-search": "search a family's architectures with a trained performance predictor under a FLOPs limit",
     "recaption": "rewrite the alt-texts of an image-text manifest into aligned captions with an Altogether captioner",
     "mode-cluster": "MoDE: cluster a caption pool in two levels and write one training manifest per data expert",
+    "active-learn": "pool-based active learning from a config: fit, test, query and label, round by round (resumable)",
 }
 
 
