@@ -32,12 +32,27 @@ loads (:func:`load_pe_av_shared_weights`). ``"small"`` (the default, the configu
 ViT blocks with learned positions (:class:`SequenceTransformer`: class token, positions, blocks, final LayerNorm, the
 official bias-free ``output`` Linear), into which only a release's class tokens and ``output`` Linears load.
 
-Replaced under both options (no weights are loadable offline): PE-Core-L14 per frame by a small
-:class:`~litzoo.framework.nn.vit.VisionTransformer` (class token pooled); ModernBERT's 22nd-layer class-token state by a
-small bidirectional :class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word
+The per-frame encoder (``frame_encoder``): ``"pe_core"`` is the release's, PE-Core's vision tower
+(:class:`~litzoo.framework.nn.pe_core.PECoreVision`; ``VisualEncoder`` builds ``CLIP.from_config("PE-Core-L14-336").visual``,
+``pe_core_config="PE-Core-L14-336"`` here): every frame of the ``(B · T, C, H, W)`` batch through ``conv1`` → class token →
+positions (resampled to the frame grid) → ``ln_pre`` → blocks with RoPE-2D → ``ln_post`` → attention pool → ``@ proj``, the
+pooled projection (1024 wide for L14) L2-normalised before ``proj``; the release's ``visual_model.pe_encoder.*`` keys then load
+through :func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state`. The release's frames are resized to the layout's image
+size (336) and normalised by mean = std = 0.5 (``transforms.py`` ``VideoProcessor``), 16 evenly spaced with
+``fixed_len_video``; litzoo takes frames as the datamodule gives them. ``"small"`` (the default) is a small
+:class:`~litzoo.framework.nn.vit.VisionTransformer` (class token pooled), into which no release key loads.
+
+Padding masks as the release's (``PEAudioVisual.forward``'s ``padding_mask`` / ``padding_mask_videos``): the audio mask at the
+input's rate becomes the audio tower's step mask (every ``hop``-th entry), the video mask goes to the visual tower, the
+aligner resamples each row's real frames to its real audio steps, and the fusion tower runs under the audio's mask. Ours where
+the release would fail: the aligned video is cut or zero-padded to the audio's padded length when no row fills it (the
+release's ``torch.cat`` needs them equal); shorter clips than ``audio_frames`` / ``num_frames`` are accepted unpadded.
+
+Replaced under every option (no weights are loadable offline): ModernBERT's 22nd-layer class-token state by a small
+bidirectional :class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word
 vocabulary of the data has no class token); by default the DAC-VAE codec features by Kaldi fbank **time strips**
 (``audio_patch_frames`` frames × all mel bins, one step each, so the audio stays a time sequence the video can be aligned
-to). A release's ``visual_model.pe_encoder.*`` and ``text_model.*`` keys are left out.
+to). A release's ``text_model.*`` keys are left out, and its ``visual_model.pe_encoder.*`` keys unless ``frame_encoder="pe_core"``.
 
 Chosen where the release is silent: the objectives (``framework/nn/av_heads.py`` ``PE_AV_PAIRINGS``: audio–text,
 visual–text, audio_visual–text, audio–visual, visual+text→audio, audio+text→visual), each weighted by ``pair_weights``
@@ -74,6 +89,7 @@ from litzoo.framework.nn.av_heads import (
     sigmoid_pair_loss,
 )
 from litzoo.framework.nn.dac_vae import DacEncoderVAE
+from litzoo.framework.nn.pe_core import PE_CORE_CONFIGS, PE_CORE_VISION, PECoreVision, convert_pe_vision_state, pe_core_vision_kwargs
 from litzoo.framework.nn.rope_transformer import RopeTransformer
 from litzoo.framework.nn.text_encoder import TransformerTextEncoder, masked_mean
 from litzoo.framework.nn.vit import Block, VisionTransformer, init_vit_weights
@@ -113,6 +129,19 @@ class SequenceTransformer(nn.Module):
 
 TOWER_KINDS = ("small", "official")
 AUDIO_FEATURES = ("fbank", "dac_vae")
+FRAME_ENCODERS = ("small", "pe_core")
+
+
+def check_padding_mask(mask: Tensor | None, batch: int, length: int, what: str) -> Tensor | None:
+    """``mask`` as a bool ``(B, T)`` (True = a real step), refused when it has another shape or a row with no real step."""
+    if mask is None:
+        return None
+    if mask.dim() != 2 or tuple(mask.shape) != (batch, length):
+        raise ValueError(f"{what} must be (B, T) = {(batch, length)} (True = real), got {tuple(mask.shape)}")
+    mask = mask.bool()
+    if not bool(mask.any(-1).all()):
+        raise ValueError(f"{what}: every row needs at least one real step")
+    return mask
 
 
 class OfficialTowerSpec:
@@ -137,10 +166,13 @@ class OfficialTowerSpec:
 class AudioEncoder(nn.Module):
     """Audio → ``data_proj`` → ``audio_transformer``.
 
-    The audio is either a fbank ``(B, 1, T, F)`` cut into ``T / audio_patch_frames`` time strips (``audio_features="fbank"``)
-    or, as in the release, a waveform ``(B, 1, N)`` through the frozen ``dac_vae_encoder`` (``audio_features="dac_vae"``,
-    official towers only: the small tower's learned positions need a fixed length). ``official`` (an
-    :class:`OfficialTowerSpec`) selects the official tower, ``None`` litzoo's small one.
+    The audio is either a fbank ``(B, 1, T, F)`` (``T ≤ audio_frames``, a multiple of ``audio_patch_frames``) cut into
+    ``T / audio_patch_frames`` time strips (``audio_features="fbank"``) or, as in the release, a waveform ``(B, 1, N)`` through
+    the frozen ``dac_vae_encoder`` (``audio_features="dac_vae"``, official towers only: the small tower's learned positions
+    need a bounded length). ``official`` (an :class:`OfficialTowerSpec`) selects the official tower, ``None`` litzoo's small
+    one. A padding ``mask`` is given at the input's own rate (fbank frames ``(B, T)``, waveform samples ``(B, N)``; True =
+    real) and becomes a step mask by the release's rule (``AudioEncoder.forward``: ``padding_mask[:, ::hop_length]``): a step
+    is real when its first frame / sample is (:meth:`step_mask`).
     """
 
     def __init__(self, num_mel_bins: int, audio_frames: int, audio_patch_frames: int, dim: int, depth: int, num_heads: int,
@@ -161,32 +193,67 @@ class AudioEncoder(nn.Module):
         """The per-step audio features ``(B, T, ·)`` before ``data_proj``: fbank strips or DAC-VAE means."""
         if self.dac_vae_encoder is not None:
             return self.dac_vae_encoder(audio).transpose(1, 2)
-        if audio.dim() != 4 or tuple(audio.shape[1:]) != (1, self.audio_frames, self.num_mel_bins):
-            raise ValueError(f"expected fbank (B, 1, {self.audio_frames}, {self.num_mel_bins}), got {tuple(audio.shape)}")
-        return audio.reshape(audio.shape[0], self.audio_frames // self.audio_patch_frames, self.audio_patch_frames * self.num_mel_bins)
+        frames = audio.shape[2] if audio.dim() == 4 else 0
+        if audio.dim() != 4 or audio.shape[1] != 1 or audio.shape[3] != self.num_mel_bins or not 0 < frames <= self.audio_frames \
+                or frames % self.audio_patch_frames:  # fmt: skip
+            raise ValueError(f"expected fbank (B, 1, T, {self.num_mel_bins}) with T ≤ {self.audio_frames} a multiple of {self.audio_patch_frames}, "
+                             f"got {tuple(audio.shape)}")  # fmt: skip
+        return audio.reshape(audio.shape[0], frames // self.audio_patch_frames, self.audio_patch_frames * self.num_mel_bins)
 
-    def forward(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        return self.audio_transformer(self.data_proj(self.features(audio)))
+    def step_mask(self, audio: Tensor, mask: Tensor | None) -> Tensor | None:
+        """The ``(B, steps)`` mask of the audio steps from a mask at the input's rate (every ``hop``-th entry), or None."""
+        if mask is None:
+            return None
+        length = audio.shape[-1] if self.dac_vae_encoder is not None else audio.shape[2]
+        mask = check_padding_mask(mask, audio.shape[0], length, "audio_mask")
+        assert mask is not None
+        hop = self.dac_vae_encoder.hop_length if self.dac_vae_encoder is not None else self.audio_patch_frames
+        return mask[:, ::hop]
+
+    def forward(self, audio: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Audio (and its padding mask at the input's rate) → ``(states (B, steps, D), pooled (B, D))``."""
+        features = self.data_proj(self.features(audio))
+        return self.audio_transformer(features, self.step_mask(audio, mask))
 
 
 class VisualEncoder(nn.Module):
-    """Frames ``(B, T, C, H, W)`` → per-frame ViT class token, L2-normalised → ``proj`` → ``data_proj`` → ``visual_transformer``."""
+    """Frames ``(B, T ≤ num_frames, C, H, W)`` → per-frame embedding, L2-normalised → ``proj`` → ``data_proj`` → ``visual_transformer``.
+
+    The per-frame encoder ``pe_encoder`` is litzoo's small ViT (class token pooled; ``pe_core=None``) or, as in the release,
+    PE-Core's vision tower (:class:`~litzoo.framework.nn.pe_core.PECoreVision` built from the ``pe_core`` arguments: attention
+    pool and projection, the official ``VisionTransformer.forward``). As in the release (``VisualEncoder.forward``) every frame
+    of the ``(B · T, C, H, W)`` batch goes through it, padded ones included; the padding ``mask`` ``(B, T)`` (True = a real
+    frame) acts in ``visual_transformer``.
+    """
 
     def __init__(self, num_frames: int, image_size: int, frame_patch: int, frame_dim: int, frame_depth: int, dim: int, depth: int,
-                 num_heads: int, mlp_ratio: float, official: OfficialTowerSpec | None = None) -> None:  # fmt: skip
+                 num_heads: int, mlp_ratio: float, official: OfficialTowerSpec | None = None, pe_core: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.num_frames = num_frames
-        self.pe_encoder = VisionTransformer(image_size, frame_patch, 3, frame_dim, frame_depth, num_heads, mlp_ratio)
-        self.proj = nn.Linear(frame_dim, dim, bias=False)
+        if pe_core is None:
+            self.pe_encoder: nn.Module = VisionTransformer(image_size, frame_patch, 3, frame_dim, frame_depth, num_heads, mlp_ratio)
+            frame_width = frame_dim
+        else:
+            self.pe_encoder = PECoreVision(**pe_core)
+            frame_width = self.pe_encoder.embed_dim
+        self.proj = nn.Linear(frame_width, dim, bias=False)
         self.data_proj = nn.Linear(dim, dim)
         self.visual_transformer: nn.Module = SequenceTransformer(dim, depth, num_heads, num_frames, mlp_ratio) if official is None else official.build()
 
-    def forward(self, video: Tensor) -> tuple[Tensor, Tensor]:
-        if video.dim() != 5 or video.shape[1] != self.num_frames:
-            raise ValueError(f"expected clips (B, {self.num_frames}, C, H, W), got {tuple(video.shape)}")
+    def encode_frames(self, frames: Tensor) -> Tensor:
+        """``(N, C, H, W)`` images → ``(N, width)`` per-frame embeddings before the L2 normalisation."""
+        if isinstance(self.pe_encoder, PECoreVision):
+            return self.pe_encoder(frames)
+        return self.pe_encoder.pool(self.pe_encoder(frames), "token")
+
+    def forward(self, video: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Clips (and their frame mask) → ``(states (B, T, D), pooled (B, D))``."""
+        if video.dim() != 5 or not 0 < video.shape[1] <= self.num_frames:
+            raise ValueError(f"expected clips (B, T ≤ {self.num_frames}, C, H, W), got {tuple(video.shape)}")
         b, t = video.shape[:2]
-        frames = self.pe_encoder.pool(self.pe_encoder(video.flatten(0, 1)), "token").view(b, t, -1)
-        return self.visual_transformer(self.data_proj(self.proj(F.normalize(frames, dim=-1))))
+        mask = check_padding_mask(mask, b, t, "video_mask")
+        frames = self.encode_frames(video.flatten(0, 1)).view(b, t, -1)
+        return self.visual_transformer(self.data_proj(self.proj(F.normalize(frames, dim=-1))), mask)
 
 
 class _Fusion(nn.Module):
@@ -198,7 +265,17 @@ class _Fusion(nn.Module):
         self.data_proj = nn.Linear(dim, dim)
 
     def forward(self, audio: Tensor, video: Tensor, audio_mask: Tensor | None = None, video_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Audio states and their step mask, video states and their frame mask → the fused ``(states, pooled)`` under the audio's mask.
+
+        The aligner gives each row its own audio length (``max`` of the real lengths, or the video's own length when every
+        row's lengths agree); the aligned video is cut or zero-padded to the audio's padded length (ours: the release's
+        ``torch.cat`` fails there; those steps are padding, masked in the transformer).
+        """
         video, mask = self.modality_aligner(audio, audio_mask, video, video_mask)
+        if video.shape[1] > audio.shape[1]:
+            video = video[:, : audio.shape[1]]
+        elif video.shape[1] < audio.shape[1]:
+            video = F.pad(video, (0, 0, 0, audio.shape[1] - video.shape[1]))
         return super().forward(self.data_proj(self.concat_modality_proj(torch.cat([audio, video], dim=-1))), mask)  # type: ignore[misc]
 
 
@@ -257,6 +334,22 @@ class PEAudioVisualNet(nn.Module):
         dac_encoder_hidden_size: the DAC-VAE encoder's first width (release: 64).
         dac_downsampling_ratios: its strides (release: 2, 8, 10, 12, a hop of 1920 samples).
         dac_codebook_dim: its feature width, the VAE mean (release: 128).
+        frame_encoder: the per-frame image encoder: ``"small"`` (litzoo's ViT, class token pooled, the default) or ``"pe_core"``
+            (PE-Core's vision tower as in the release: RoPE-2D, ``ln_pre`` / ``ln_post``, attention pooling, bias-free
+            projection, LayerNorm eps 1e-5; :class:`~litzoo.framework.nn.pe_core.PECoreVision`), whose release keys
+            ``audio_visual_model.visual_model.pe_encoder.*`` load.
+        pe_core_config: with ``frame_encoder="pe_core"``, a PE-Core layout of
+            :data:`~litzoo.framework.nn.pe_core.PE_CORE_CONFIGS` (the release: ``"PE-Core-L14-336"``; frames of any multiple of
+            its patch, its positions resampled); ``None`` lays PE-Core out at the small sizes ``image_size``, ``frame_patch``,
+            ``frame_dim``, ``frame_depth``, ``num_heads`` (blocks and attention pool), ``mlp_ratio`` and ``frame_output_dim``.
+        frame_output_dim: the PE-Core projection's width at the small sizes (``None`` = ``frame_dim``; L14: 1024).
+
+    Padding (the release's ``padding_mask`` / ``padding_mask_videos``): :meth:`forward` takes an optional ``audio_mask`` at the
+    input's rate (fbank frames or waveform samples) and ``video_mask`` per frame, True = real; padded steps are left out of
+    every tower's attention (and of the official towers' masked GroupNorm), the aligner resamples each row's real frames to its
+    real audio steps, and the fused tower runs under the audio's mask. A clip padded by whole audio steps and frames embeds as
+    it does unpadded (``tests/modules/test_pe_av.py``), except through the DAC-VAE, whose convolutions see across the cut as in
+    the release.
     """
 
     def __init__(self, vocab_size: int, max_text_length: int = 24, num_frames: int = 8, image_size: int = 32, frame_patch: int = 8,
@@ -264,7 +357,8 @@ class PEAudioVisualNet(nn.Module):
                  dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64, tower: str = "small",
                  intermediate_size: int | None = None, max_position_embeddings: int = 10_000, audio_features: str = "fbank",
                  dac_encoder_hidden_size: int = 64, dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12),
-                 dac_codebook_dim: int = 128) -> None:  # fmt: skip
+                 dac_codebook_dim: int = 128, frame_encoder: str = "small", pe_core_config: str | None = None,
+                 frame_output_dim: int | None = None) -> None:  # fmt: skip
         super().__init__()
         if tower not in TOWER_KINDS:
             raise ValueError(f"tower must be one of {TOWER_KINDS}, got {tower!r}")
@@ -274,7 +368,9 @@ class PEAudioVisualNet(nn.Module):
             raise ValueError("audio_features='dac_vae' needs tower='official' (the small tower's learned positions need a fixed length)")
         if intermediate_size is not None and intermediate_size < 1:
             raise ValueError(f"intermediate_size must be positive (or None), got {intermediate_size}")
-        self.tower, self.audio_features = tower, audio_features
+        pe_core = self.frame_encoder_kwargs(frame_encoder, pe_core_config, image_size, frame_patch, frame_dim, frame_depth, num_heads,
+                                            mlp_ratio, frame_output_dim)  # fmt: skip
+        self.tower, self.audio_features, self.frame_encoder = tower, audio_features, frame_encoder
         audio_steps = audio_frames // max(audio_patch_frames, 1)
         official = None
         if tower == "official":
@@ -282,7 +378,7 @@ class PEAudioVisualNet(nn.Module):
         codec = None if audio_features == "fbank" else {"encoder_hidden_size": dac_encoder_hidden_size,
                                                          "downsampling_ratios": tuple(dac_downsampling_ratios), "codebook_dim": dac_codebook_dim}  # fmt: skip
         audio = AudioEncoder(num_mel_bins, audio_frames, audio_patch_frames, dim, depth, num_heads, mlp_ratio, official, codec)
-        visual = VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio, official)
+        visual = VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio, official, pe_core)
         fusion = AVTransformer(dim, depth, num_heads, audio_steps, mlp_ratio) if official is None else RopeAVTransformer(**official.kwargs)
         self.audio_visual_model = AudioVisualEncoder(audio, visual, fusion)  # built in this order: the small net's init is unchanged
         self.text_model = TransformerTextEncoder(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio)
@@ -290,16 +386,50 @@ class PEAudioVisualNet(nn.Module):
         for head, inputs in PE_AV_HEADS.items():
             self.add_module(head, ContrastiveHead(sum(widths[name] for name in inputs), output_dim))
 
+    @staticmethod
+    def frame_encoder_kwargs(frame_encoder: str, pe_core_config: str | None, image_size: int, frame_patch: int, frame_dim: int,
+                             frame_depth: int, num_heads: int, mlp_ratio: float, frame_output_dim: int | None) -> dict[str, Any] | None:  # fmt: skip
+        """The :class:`~litzoo.framework.nn.pe_core.PECoreVision` arguments of the per-frame encoder, or None for the small ViT.
+
+        Raises:
+            ValueError: an unknown encoder or PE-Core layout, a layout or output width with the small encoder, a non-positive width.
+        """
+        if frame_encoder not in FRAME_ENCODERS:
+            raise ValueError(f"frame_encoder must be one of {FRAME_ENCODERS}, got {frame_encoder!r}")
+        if frame_encoder == "small":
+            if pe_core_config is not None or frame_output_dim is not None:
+                raise ValueError("pe_core_config and frame_output_dim need frame_encoder='pe_core'")
+            return None
+        if frame_output_dim is not None and frame_output_dim < 1:
+            raise ValueError(f"frame_output_dim must be positive (or None), got {frame_output_dim}")
+        if pe_core_config is not None:
+            if pe_core_config not in PE_CORE_CONFIGS:
+                raise ValueError(f"unknown PE-Core configuration {pe_core_config!r}; known: {', '.join(PE_CORE_CONFIGS)}")
+            if frame_output_dim is not None:
+                raise ValueError(f"frame_output_dim is set by pe_core_config {pe_core_config!r}; leave it None")
+            return pe_core_vision_kwargs(pe_core_config)
+        sizes = {"image_size": image_size, "patch_size": frame_patch, "vision_width": frame_dim, "vision_depth": frame_depth,
+                 "vision_heads": num_heads, "vision_mlp_ratio": mlp_ratio, "embed_dim": frame_output_dim or frame_dim,
+                 "vision_class_token": True, "attn_pooler_heads": num_heads}  # fmt: skip
+        return {**PE_CORE_VISION, **sizes}
+
     def encode_text(self, tokens: Tensor, mask: Tensor) -> Tensor:
         """The pooled caption state ``(B, dim)`` (masked mean of the token states)."""
         return masked_mean(self.text_model(tokens, mask), mask.bool())
 
-    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
-        """Fbank (waveform with ``audio_features="dac_vae"``), clips, caption ids and mask → the eight joint embeddings ``{"audio", "visual", …, "audio_plus_text"}`` ``(B, E)``."""
+    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor, audio_mask: Tensor | None = None,
+                video_mask: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
+        """Fbank (waveform with ``audio_features="dac_vae"``), clips, caption ids and mask → the eight joint embeddings ``{"audio", "visual", …, "audio_plus_text"}`` ``(B, E)``.
+
+        ``audio_mask`` (``(B, T)`` fbank frames or ``(B, N)`` samples) and ``video_mask`` (``(B, T)`` frames), True = real, are
+        the optional padding masks (the release's ``padding_mask`` and ``padding_mask_videos``); None = nothing padded.
+        """
         model = self.audio_visual_model
-        audio_states, audio_pooled = model.audio_model(audio)
-        video_states, video_pooled = model.visual_model(video)
-        _, av_pooled = model.audio_visual_transformer(audio_states, video_states)
+        audio_states, audio_pooled = model.audio_model(audio, audio_mask)
+        video_states, video_pooled = model.visual_model(video, video_mask)
+        audio_steps = model.audio_model.step_mask(audio, audio_mask)
+        video_mask = None if video_mask is None else video_mask.bool()
+        _, av_pooled = model.audio_visual_transformer(audio_states, video_states, audio_steps, video_mask)
         pooled = {"text": self.encode_text(tokens, mask), "audio": audio_pooled, "visual": video_pooled, "audio_visual": av_pooled}
         return {head.removesuffix("_head"): getattr(self, head)(torch.cat([pooled[name] for name in inputs], dim=-1))
                 for head, inputs in PE_AV_HEADS.items()}  # fmt: skip
@@ -324,12 +454,16 @@ TOWERS = ("audio_visual_model.audio_model.audio_transformer", "audio_visual_mode
           "audio_visual_model.audio_visual_transformer")  # fmt: skip
 #: The release's frozen audio codec (``audio_codec.py`` ``DacEncoderVAE``), mapped as it is with ``audio_features="dac_vae"``.
 DAC_VAE_PREFIX = "audio_visual_model.audio_model.dac_vae_encoder."
-#: Official parts with no counterpart here under any option: the per-frame PE-Core vision encoder and the ModernBERT text model.
-UNMAPPED_PREFIXES = ("audio_visual_model.visual_model.pe_encoder.", "text_model.")
+#: The release's per-frame PE-Core vision encoder (``pe.py`` ``VisualEncoder.pe_encoder``, ``CLIP.from_config(...).visual``),
+#: mapped through :func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state` with ``frame_encoder="pe_core"``.
+PE_ENCODER_PREFIX = "audio_visual_model.visual_model.pe_encoder."
+#: Official parts with no counterpart here under any option: the ModernBERT text model (and PE-Core's keys with the small
+#: per-frame encoder).
+UNMAPPED_PREFIXES = ("text_model.",)
 
 
 @register_official_key_map("pe_av")
-def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", dac_vae: bool = False) -> dict[str, Tensor]:
+def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", dac_vae: bool = False, pe_core: bool = False) -> dict[str, Tensor]:
     """facebookresearch/perception_models ``PEAudioVisual`` weights → the parts of :class:`PEAudioVisualNet` of the same architecture.
 
     Always kept under the same names: the eight heads (``<pairing>_head.layer_norm`` / ``.proj``), the fusion tower's
@@ -338,12 +472,21 @@ def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", da
     (``embeddings.cls_token``, ``embeddings.resnet_block.block{1,2}.{groupnorm,project}``, ``layers.{i}.self_attn.{q,k,v,o}_proj``
     / ``.{q,k}_norm``, ``layers.{i}.mlp.{gate,up,down}_proj``, ``layers.{i}.{input,post_attention}_layernorm``, ``norm``,
     ``output``); ``tower="small"``: only ``<tower>.embeddings.cls_token`` → ``<tower>.cls_token`` and ``<tower>.output``.
-    ``dac_vae=True``: the codec's ``dac_vae_encoder.*`` as they are. Left out always: PE-Core (``visual_model.pe_encoder``) and
-    ModernBERT (``text_model``); :func:`load_pe_av_shared_weights` says how many keys it left.
+    ``dac_vae=True``: the codec's ``dac_vae_encoder.*`` as they are. ``pe_core=True`` (``frame_encoder="pe_core"``): the
+    per-frame encoder's ``visual_model.pe_encoder.<official vision name>`` → ``visual_model.pe_encoder.<litzoo name>`` by
+    :func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state` (``conv1`` → ``visual.patch_embed.proj``, ``proj`` transposed
+    into ``visual_projection.weight``, …). Left out always: ModernBERT (``text_model``); PE-Core unless ``pe_core``;
+    :func:`load_pe_av_shared_weights` says how many keys it left.
+
+    Raises:
+        LitzooError: with ``pe_core``, a ``pe_encoder`` key the PE-Core map does not know (or no ``pe_encoder.conv1.weight``).
     """
     if tower not in TOWER_KINDS:
         raise ValueError(f"tower must be one of {TOWER_KINDS}, got {tower!r}")
     out: dict[str, Tensor] = {}
+    frames = {key.removeprefix(PE_ENCODER_PREFIX): value for key, value in state.items() if key.startswith(PE_ENCODER_PREFIX)}
+    if pe_core and frames:
+        out.update({PE_ENCODER_PREFIX + key: value for key, value in convert_pe_vision_state(frames).items()})
     for key, value in state.items():
         if key.startswith(SHARED_PREFIXES) or (dac_vae and key.startswith(DAC_VAE_PREFIX)):
             out[key] = value
@@ -363,21 +506,30 @@ def load_pe_av_shared_weights(net: PEAudioVisualNet, path: str) -> int:
     the configuration must match).
 
     Returns:
-        the number of official keys left out (the parts of another architecture: PE-Core and ModernBERT always, and with the
-        small tower the transformer layers, norms and ResNet-1d embeddings; the DAC-VAE unless ``audio_features="dac_vae"``).
+        the number of official keys left out (the parts of another architecture: ModernBERT always, PE-Core unless
+        ``frame_encoder="pe_core"``, with the small tower the transformer layers, norms and ResNet-1d embeddings; the DAC-VAE
+        unless ``audio_features="dac_vae"``).
 
     Raises:
-        LitzooError: the file is unreadable, holds none of the shared keys, or a kept key is unknown here or has another shape
-            (one line naming it).
+        LitzooError: the file is unreadable, holds none of the shared keys, or a kept key is unknown here or has another shape,
+            or (``frame_encoder="pe_core"``) its PE-Core keys are not those of the net's per-frame encoder, all of them (one line
+            naming it).
     """
     state = unwrap_state_dict(load_checkpoint(path), path)
-    kept = official_pe_av_key_map(state, net.tower, net.audio_features == "dac_vae")
+    try:
+        kept = official_pe_av_key_map(state, net.tower, net.audio_features == "dac_vae", net.frame_encoder == "pe_core")
+    except LitzooError as error:
+        raise LitzooError(f"checkpoint '{path}': {error}") from None
     if not kept:
         raise LitzooError(f"checkpoint '{path}' holds no PE-AV head or alignment key (expected e.g. 'audio_text_head.proj.weight')")
     own = net.state_dict()
     unknown = sorted(set(kept) - set(own))
     if unknown:
-        raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet (tower={net.tower!r})")
+        raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet (tower={net.tower!r}, "
+                          f"frame_encoder={net.frame_encoder!r})")  # fmt: skip
+    frames_missing = sorted(k for k in own if k.startswith(PE_ENCODER_PREFIX) and k not in kept)
+    if net.frame_encoder == "pe_core" and any(k.startswith(PE_ENCODER_PREFIX) for k in kept) and frames_missing:
+        raise LitzooError(f"checkpoint '{path}': the PE-Core frame encoder lacks {len(frames_missing)} keys ({', '.join(frames_missing[:3])} ...)")
     merged = {**own, **kept}
     load_state_dict_checked(net, merged, path, what="PE-AV model")
     return len(state) - len(kept)
@@ -405,6 +557,10 @@ def adamw_pe_av(params: Any, lr: float = 1e-3, weight_decay: float = 0.05) -> Ad
 class PEAudioVisual(L.LightningModule):
     """Trains :class:`PEAudioVisualNet` with PE-AV's per-pairing contrastive objectives on ``{"audio", "video", "text"}`` batches.
 
+    Batch keys: ``"audio"`` (fbank ``(B, 1, T, F)``, or waveform ``(B, 1, N)`` with ``audio_features="dac_vae"``), ``"video"``
+    ``(B, T, C, H, W)``, captions as ``"text"`` (strings) or ``"tokens"`` / ``"token_mask"``; optional padding masks (True = real)
+    ``"audio_mask"`` (``(B, T)`` fbank frames or ``(B, N)`` samples) and ``"video_mask"`` (``(B, T)`` frames).
+
     The caption vocabulary is the datamodule's ``vocabulary`` (``SyntheticAudioVideoDataModule(captions=True)``); the network is
     built in :meth:`setup` when ``vocab_size`` is not given.
 
@@ -417,6 +573,8 @@ class PEAudioVisual(L.LightningModule):
         optimizer: builds the optimizer from the parameters (default :func:`adamw_pe_av`).
         num_frames … dac_codebook_dim: the network's (see :class:`PEAudioVisualNet`); ``tower="official"`` trains the release's
             RMSNorm / SwiGLU / RoPE towers, ``audio_features="dac_vae"`` (with it) takes waveforms through the frozen DAC-VAE.
+        frame_encoder, pe_core_config, frame_output_dim: the per-frame encoder (``"pe_core"``: PE-Core's vision tower, see
+            :class:`PEAudioVisualNet`).
 
     Raises:
         ValueError: an unknown pairing, objective, tower or audio feature, a negative or non-finite weight, all weights zero,
@@ -432,7 +590,8 @@ class PEAudioVisual(L.LightningModule):
                  num_mel_bins: int = 64, audio_frames: int = 64, audio_patch_frames: int = 4, dim: int = 64, depth: int = 2,
                  num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64, tower: str = "small", intermediate_size: int | None = None,
                  max_position_embeddings: int = 10_000, audio_features: str = "fbank", dac_encoder_hidden_size: int = 64,
-                 dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12), dac_codebook_dim: int = 128) -> None:  # fmt: skip
+                 dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12), dac_codebook_dim: int = 128, frame_encoder: str = "small",
+                 pe_core_config: str | None = None, frame_output_dim: int | None = None) -> None:  # fmt: skip
         super().__init__()
         unknown = sorted(set(pair_weights or {}) - set(PE_AV_PAIRINGS))
         if unknown:
@@ -451,6 +610,9 @@ class PEAudioVisual(L.LightningModule):
         if tower not in TOWER_KINDS or audio_features not in AUDIO_FEATURES or (audio_features == "dac_vae" and tower != "official"):
             raise ValueError(f"PEAudioVisual: tower must be one of {TOWER_KINDS} and audio_features one of {AUDIO_FEATURES} "
                              f"('dac_vae' with tower='official'), got {tower!r}, {audio_features!r}")  # fmt: skip
+        # a bad per-frame encoder is refused here, not when setup() builds the net
+        PEAudioVisualNet.frame_encoder_kwargs(frame_encoder, pe_core_config, image_size, frame_patch, frame_dim, frame_depth, num_heads,
+                                              mlp_ratio, frame_output_dim)  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer, self.pair_weights, self.top_k = optimizer, weights, tuple(top_k)
         self.net_kwargs = {"num_frames": num_frames, "image_size": image_size, "frame_patch": frame_patch, "frame_dim": frame_dim,
@@ -459,7 +621,8 @@ class PEAudioVisual(L.LightningModule):
                            "mlp_ratio": mlp_ratio, "output_dim": output_dim, "tower": tower, "intermediate_size": intermediate_size,
                            "max_position_embeddings": max_position_embeddings, "audio_features": audio_features,
                            "dac_encoder_hidden_size": dac_encoder_hidden_size, "dac_downsampling_ratios": tuple(dac_downsampling_ratios),
-                           "dac_codebook_dim": dac_codebook_dim}  # fmt: skip
+                           "dac_codebook_dim": dac_codebook_dim, "frame_encoder": frame_encoder, "pe_core_config": pe_core_config,
+                           "frame_output_dim": frame_output_dim}  # fmt: skip
         init_scale, init_bias = (math.log(1 / 0.07), 0.0) if objective == "clip" else (math.log(10.0), -10.0)
         self.logit_scale = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_scale)) for pair in PE_AV_PAIRINGS})
         self.logit_bias = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_bias)) for pair in PE_AV_PAIRINGS}) if objective == "sigmoid" else None
@@ -499,13 +662,15 @@ class PEAudioVisual(L.LightningModule):
         tokens, mask = self.vocabulary.encode(list(batch["text"]), self.hparams.max_text_length)
         return tokens.to(self.device), mask.to(self.device)
 
-    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor) -> dict[str, Tensor]:
+    def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor, audio_mask: Tensor | None = None,
+                video_mask: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
         if self.net is None:
             raise RuntimeError("PEAudioVisual has no network yet: pass vocab_size, or run setup() with a captioned datamodule")
-        return self.net(audio, video, tokens, mask)
+        return self.net(audio, video, tokens, mask, audio_mask, video_mask)
 
     def embed(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return self(batch["audio"], batch["video"], *self.tokens(batch))
+        """The eight embeddings of a batch (its optional ``"audio_mask"`` / ``"video_mask"`` passed on)."""
+        return self(batch["audio"], batch["video"], *self.tokens(batch), batch.get("audio_mask"), batch.get("video_mask"))
 
     def pair_losses(self, embeds: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The loss of each pairing with a non-zero weight (unweighted)."""
@@ -578,6 +743,7 @@ class PEAudioVisual(L.LightningModule):
 
 __all__ = [
     "AUDIO_FEATURES",
+    "FRAME_ENCODERS",
     "TOWER_KINDS",
     "AVTransformer",
     "AudioEncoder",
@@ -589,6 +755,7 @@ __all__ = [
     "SequenceTransformer",
     "VisualEncoder",
     "adamw_pe_av",
+    "check_padding_mask",
     "load_pe_av_shared_weights",
     "recall_at_k",
     "official_pe_av_key_map",

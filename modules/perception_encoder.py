@@ -15,9 +15,12 @@ PE core is a CLIP; its image recipe changes the vision tower and the schedule, a
   (the paper: training split into stages of increasing resolution, 98 → 154 → 224, then 336 at the end);
 * PE's text tower is the core's :class:`~litzoo.framework.nn.text.TextTransformer` with its PE options
   (``text_norm_eps=1e-5``, ``text_pool="argmax"``);
-* this file holds the PE-Core configurations (:data:`PE_CORE_CONFIGS`, :func:`pe_core_clip`) and the official key
-  map (registered as ``"perception_encoder"``) with :func:`load_pe_clip_weights` (a whole PE-Core CLIP: vision, text,
-  ``logit_scale``) and :func:`load_pe_vision_weights` (a vision-encoder file, or the vision side of a whole one).
+* the PE-Core size presets (:data:`PE_CORE_CONFIGS`, :data:`PE_CORE_VISION`) and the vision-key conversion
+  (:func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state`) live in the core's :mod:`litzoo.framework.nn.pe_core`
+  (PE-AV's per-frame encoder uses them too) and are re-exported here; this file holds the whole-CLIP layouts
+  (:func:`pe_core_clip`), the text-key conversion and the official key map (registered as ``"perception_encoder"``) with
+  :func:`load_pe_clip_weights` (a whole PE-Core CLIP: vision, text, ``logit_scale``) and :func:`load_pe_vision_weights`
+  (a vision-encoder file, or the vision side of a whole one).
   ``configs/perception_encoder/digits_captions.yaml`` trains a tiny PE-style CLIP with ``CLIPModule``.
 
 Verified against the official code: the configurations (widths, depths, heads, MLP ratio of G = 8960/1536,
@@ -56,26 +59,12 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, register_official_key_map, rename_segments
+from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, register_official_key_map
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nn.clip import CLIP
+from litzoo.framework.nn.pe_core import PE_CORE_CONFIGS, PE_CORE_VISION, convert_pe_vision_state, pe_block_key
 
 # ------------------------------------------------------------------------------ configurations
-
-#: What every PE-Core vision tower shares (``PEConfig`` defaults as PE-Core uses them).
-PE_CORE_VISION: dict[str, Any] = {
-    "use_rope2d": True,
-    "rope_theta": 10000.0,
-    "pool_type": "attn",
-    "attn_pooler_heads": 8,
-    "vision_abs_pos_embed": True,
-    "vision_ln_pre": True,
-    "vision_layer_scale_init": None,
-    "vision_norm_eps": 1e-5,
-    "vision_patch_bias": False,
-    "dynamic_size": True,  # "pretrain image size only; you can pass in any image size"
-    "in_chans": 3,
-}
 
 #: What every PE-Core text tower shares (``PETextConfig`` / ``TextTransformer`` defaults: OpenAI BPE, ``nn.LayerNorm``
 #: eps 1e-5, ``pool_type="argmax"``, ``mlp_ratio=4``).
@@ -86,31 +75,6 @@ PE_CORE_TEXT: dict[str, Any] = {
     "text_pool": "argmax",
     "text_mlp_ratio": 4.0,
 }
-
-#: PE-Core configurations, from ``core/vision_encoder/config.py`` (``PE_VISION_CONFIG`` / ``PE_TEXT_CONFIG``).
-PE_CORE_CONFIGS: dict[str, dict[str, Any]] = {
-    "PE-Core-T16-384": {
-        "image_size": 384, "patch_size": 16, "vision_width": 192, "vision_depth": 12, "vision_heads": 3, "vision_mlp_ratio": 4.0,
-        "embed_dim": 512, "vision_class_token": True, "context_length": 32, "text_width": 512, "text_depth": 12, "text_heads": 8,
-    },
-    "PE-Core-S16-384": {
-        "image_size": 384, "patch_size": 16, "vision_width": 384, "vision_depth": 12, "vision_heads": 6, "vision_mlp_ratio": 4.0,
-        "embed_dim": 512, "vision_class_token": True, "context_length": 32, "text_width": 512, "text_depth": 12, "text_heads": 8,
-    },
-    "PE-Core-B16-224": {
-        "image_size": 224, "patch_size": 16, "vision_width": 768, "vision_depth": 12, "vision_heads": 12, "vision_mlp_ratio": 4.0,
-        "embed_dim": 1024, "vision_class_token": True, "context_length": 32, "text_width": 1024, "text_depth": 24, "text_heads": 16,
-    },
-    "PE-Core-L14-336": {
-        "image_size": 336, "patch_size": 14, "vision_width": 1024, "vision_depth": 24, "vision_heads": 16, "vision_mlp_ratio": 4.0,
-        "embed_dim": 1024, "vision_class_token": True, "context_length": 32, "text_width": 1024, "text_depth": 24, "text_heads": 16,
-    },
-    "PE-Core-G14-448": {
-        "image_size": 448, "patch_size": 14, "vision_width": 1536, "vision_depth": 50, "vision_heads": 16, "vision_mlp_ratio": 8960 / 1536,
-        "embed_dim": 1280, "vision_class_token": False, "context_length": 72, "text_width": 1280, "text_depth": 24, "text_heads": 20,
-    },
-}  # fmt: skip
-
 
 def pe_core_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
     """The :class:`CLIP` arguments of a PE-Core configuration (``"PE-Core-L14-336"`` …), ``overrides`` applied last.
@@ -130,13 +94,6 @@ def pe_core_clip(name: str, **overrides: Any) -> CLIP:
 
 # ------------------------------------------------------------------------------ official weights
 
-# Official segment names -> litzoo's (pe.py ResidualAttentionBlock / AttentionPooling -> framework.nn.vit.Block / AttentionPool).
-_BLOCK_SEGMENTS = {"ln_1": "norm1", "ln_2": "norm2", "c_fc": "fc1", "c_proj": "fc2", "out_proj": "proj", "ls_1": "ls1", "ls_2": "ls2"}
-_POOL_SEGMENTS = {"layernorm": "norm", "c_fc": "fc1", "c_proj": "fc2"}
-_TOP_LEVEL = {"conv1.weight": "visual.patch_embed.proj.weight", "ln_pre.weight": "visual.norm_pre.weight", "ln_pre.bias": "visual.norm_pre.bias",
-              "ln_post.weight": "visual.norm.weight", "ln_post.bias": "visual.norm.bias"}  # fmt: skip
-
-
 def _unwrap(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """PE's ``load_ckpt`` unwrapping: a ``state_dict`` / ``weights`` entry, then a leading ``module.`` removed."""
     for wrapper in ("state_dict", "weights"):
@@ -144,36 +101,6 @@ def _unwrap(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             state = state[wrapper]
             break
     return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in state.items()}
-
-
-def _convert_vision(vision: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """The vision encoder's keys (``pe.py`` ``VisionTransformer``, no ``visual.`` prefix) in litzoo's names."""
-    if "conv1.weight" not in vision:
-        raise LitzooError("official perception_encoder state dict: no 'conv1.weight' (nor 'visual.conv1.weight'), so not a PE vision encoder")
-    out: dict[str, Tensor] = {}
-    for key, value in vision.items():
-        if key in _TOP_LEVEL:
-            new_key = _TOP_LEVEL[key]
-        elif key == "class_embedding":
-            new_key, value = "visual.cls_token", value.reshape(1, 1, -1)
-        elif key == "positional_embedding":
-            new_key, value = "visual.pos_embed", value.unsqueeze(0)
-        elif key == "proj":
-            new_key, value = "visual_projection.weight", value.t().contiguous()
-        elif key.startswith("transformer.resblocks."):
-            new_key = "visual.blocks." + _block_key(key)
-        elif key.startswith("attn_pool."):
-            new_key = "attn_pool." + rename_segments(key[len("attn_pool.") :], _POOL_SEGMENTS)
-        else:
-            raise LitzooError(f"official perception_encoder state dict: unknown key '{key}'")
-        out[new_key] = value
-    return out
-
-
-def _block_key(key: str) -> str:
-    """``transformer.resblocks.{i}.…`` → ``{i}.…`` in :class:`~litzoo.framework.nn.vit.Block`'s names (both towers)."""
-    rest = key[len("transformer.resblocks.") :].replace("attn.in_proj_weight", "attn.qkv.weight").replace("attn.in_proj_bias", "attn.qkv.bias")
-    return rename_segments(rest, _BLOCK_SEGMENTS)
 
 
 def _convert_text(text: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -196,7 +123,7 @@ def _convert_text(text: Mapping[str, Tensor]) -> dict[str, Tensor]:
         elif key == "logit_scale":
             new_key, value = "logit_scale", value.reshape(())
         elif key.startswith("transformer.resblocks."):
-            new_key = "text.blocks." + _block_key(key)
+            new_key = "text.blocks." + pe_block_key(key)
         else:
             raise LitzooError(f"official perception_encoder state dict: unknown key '{key}'")
         out[new_key] = value
@@ -229,10 +156,10 @@ def official_pe_key_map(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """
     state = _unwrap(state)
     if not any(k.startswith("visual.") for k in state):  # a vision-encoder file
-        return _convert_vision(state)
+        return convert_pe_vision_state(state)
     vision = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
     text = {k: v for k, v in state.items() if not k.startswith("visual.")}
-    return _convert_vision(vision) | _convert_text(text)
+    return convert_pe_vision_state(vision) | _convert_text(text)
 
 
 #: litzoo's keys of the vision side (what :func:`load_pe_vision_weights` loads).

@@ -392,3 +392,148 @@ def test_tower_options_are_checked():
         PEAudioVisual(tower="large")
     with pytest.raises(ValueError, match="audio_features"):
         PEAudioVisual(audio_features="mfcc")
+
+
+# ----------------------------------------------------------------------------- PE-Core per frame (frame_encoder="pe_core")
+PE_CORE = {**TINY, "frame_encoder": "pe_core", "frame_output_dim": 12}
+FRAME_PREFIX = "audio_visual_model.visual_model.pe_encoder."
+
+
+def release_pe_core_frames(seed: int = 0) -> dict[str, torch.Tensor]:
+    """The release's per-frame PE-Core keys (``pe.py`` ``VisualEncoder.pe_encoder`` = PE-Core's ``VisionTransformer``) at the
+    tiny sizes: width 16, 1 block, patch 8 on 16-px frames (a 2 x 2 grid and a class token), output_dim 12."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def r(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.3
+
+    w = 16
+    names = {"conv1.weight": (w, 3, 8, 8), "class_embedding": (w,), "positional_embedding": (5, w), "ln_pre.weight": (w,), "ln_pre.bias": (w,),
+             "ln_post.weight": (w,), "ln_post.bias": (w,), "proj": (w, 12), "attn_pool.probe": (1, 1, w), "attn_pool.attn.in_proj_weight": (3 * w, w),
+             "attn_pool.attn.in_proj_bias": (3 * w,), "attn_pool.attn.out_proj.weight": (w, w), "attn_pool.attn.out_proj.bias": (w,),
+             "attn_pool.layernorm.weight": (w,), "attn_pool.layernorm.bias": (w,), "attn_pool.mlp.c_fc.weight": (4 * w, w),
+             "attn_pool.mlp.c_fc.bias": (4 * w,), "attn_pool.mlp.c_proj.weight": (w, 4 * w), "attn_pool.mlp.c_proj.bias": (w,),
+             "transformer.resblocks.0.ln_1.weight": (w,), "transformer.resblocks.0.ln_1.bias": (w,),
+             "transformer.resblocks.0.attn.in_proj_weight": (3 * w, w), "transformer.resblocks.0.attn.in_proj_bias": (3 * w,),
+             "transformer.resblocks.0.attn.out_proj.weight": (w, w), "transformer.resblocks.0.attn.out_proj.bias": (w,),
+             "transformer.resblocks.0.ln_2.weight": (w,), "transformer.resblocks.0.ln_2.bias": (w,),
+             "transformer.resblocks.0.mlp.c_fc.weight": (2 * w, w), "transformer.resblocks.0.mlp.c_fc.bias": (2 * w,),
+             "transformer.resblocks.0.mlp.c_proj.weight": (w, 2 * w), "transformer.resblocks.0.mlp.c_proj.bias": (w,)}  # fmt: skip
+    return {FRAME_PREFIX + name: r(*shape) for name, shape in names.items()}
+
+
+def test_pe_core_frame_encoder_loads_every_release_key_and_feeds_the_video_tower(tmp_path):
+    from litzoo.framework.nn.pe_core import PECoreVision, convert_pe_vision_state
+
+    torch.manual_seed(0)
+    net = PEAudioVisualNet(12, 6, **PE_CORE, tower="official", intermediate_size=24).eval()
+    frames = release_pe_core_frames()
+    official = {**release_like_state(net, seed=2), **frames}  # the frames' keys replace release_like_state's two stand-ins
+    assert {k for k in official if k.startswith(FRAME_PREFIX)} == set(frames)
+    path = tmp_path / "pe_av_pe_core.pt"
+    torch.save(official, path)
+    assert load_pe_av_shared_weights(net, str(path)) == 1  # only ModernBERT's key is left
+    own = net.state_dict()
+    converted = convert_pe_vision_state({k.removeprefix(FRAME_PREFIX): v for k, v in frames.items()})
+    assert {FRAME_PREFIX + k for k in converted} == {k for k in own if k.startswith(FRAME_PREFIX)}  # every pe_encoder key, no other
+    assert torch.equal(own[FRAME_PREFIX + "visual_projection.weight"], frames[FRAME_PREFIX + "proj"].T)
+    assert torch.equal(own[FRAME_PREFIX + "visual.patch_embed.proj.weight"], frames[FRAME_PREFIX + "conv1.weight"])
+    # the video branch: each frame through PE-Core's tower (pooled projection), L2-normalised, proj, data_proj, visual_transformer
+    standalone = PECoreVision(image_size=16, patch_size=8, vision_width=16, vision_depth=1, vision_heads=2, vision_mlp_ratio=2.0,
+                              embed_dim=12, attn_pooler_heads=2).eval()  # fmt: skip
+    standalone.load_state_dict(converted, strict=True)
+    video = tiny_batch()["video"]
+    model = net.audio_visual_model.visual_model
+    with torch.no_grad():
+        per_frame = standalone(video.flatten(0, 1)).view(4, 4, 12)
+        expected = model.visual_transformer(model.data_proj(model.proj(F.normalize(per_frame, dim=-1))))
+        for got, want in zip(model(video), expected, strict=True):
+            torch.testing.assert_close(got, want)
+    assert model.proj.weight.shape == (16, 12)  # proj takes PE-Core's output_dim, not its width
+    # the small per-frame encoder leaves the same PE-Core keys out
+    assert len(official) - len(official_pe_av_key_map(official, "official")) == 1 + len(frames)
+    # a release PE-Core that lacks a key, or has one PE-Core does not know: one line naming the file
+    torch.save({k: v for k, v in official.items() if not k.endswith("attn_pool.probe")}, path)
+    with pytest.raises(LitzooError, match=r"pe_av_pe_core.pt.*lacks 1 keys \(audio_visual_model.visual_model.pe_encoder.attn_pool.probe"):
+        load_pe_av_shared_weights(PEAudioVisualNet(12, 6, **PE_CORE, tower="official", intermediate_size=24), str(path))
+    torch.save({**official, FRAME_PREFIX + "rope.freqs": torch.zeros(2)}, path)
+    with pytest.raises(LitzooError, match=r"pe_av_pe_core.pt.*unknown key 'rope.freqs'"):
+        load_pe_av_shared_weights(PEAudioVisualNet(12, 6, **PE_CORE, tower="official", intermediate_size=24), str(path))
+
+
+def test_the_release_per_frame_layout_is_pe_core_l14():
+    with torch.device("meta"):  # shapes only
+        net = PEAudioVisualNet(12, 6, **{**TINY, "image_size": 336}, frame_encoder="pe_core", pe_core_config="PE-Core-L14-336")
+    state = net.state_dict()
+    assert state[FRAME_PREFIX + "visual.pos_embed"].shape == (1, 1 + 24 * 24, 1024)
+    assert state[FRAME_PREFIX + "visual_projection.weight"].shape == (1024, 1024) and FRAME_PREFIX + "visual.blocks.23.mlp.fc1.weight" in state
+    assert state["audio_visual_model.visual_model.proj.weight"].shape == (16, 1024)  # Linear(pe_encoder.output_dim, hidden, bias=False)
+
+
+def test_frame_encoder_options_are_checked():
+    with pytest.raises(ValueError, match="frame_encoder"):
+        PEAudioVisualNet(12, 6, **TINY, frame_encoder="resnet")
+    with pytest.raises(ValueError, match="need frame_encoder='pe_core'"):
+        PEAudioVisualNet(12, 6, **TINY, pe_core_config="PE-Core-L14-336")
+    with pytest.raises(ValueError, match="PE-Core-L14-336"):
+        PEAudioVisualNet(12, 6, **TINY, frame_encoder="pe_core", pe_core_config="PE-Core-L16")
+    with pytest.raises(ValueError, match="frame_encoder"):
+        PEAudioVisual(frame_encoder="resnet")
+    module = rebuilds_from_flat_hparams(PEAudioVisual, vocab_size=12, max_text_length=6, **PE_CORE)
+    assert module.net is not None and module.net.frame_encoder == "pe_core"
+    loss, _ = module.loss(module.embed(tiny_batch()))
+    assert torch.isfinite(loss)
+
+
+# ------------------------------------------------------------------------------------------------------- padding masks
+def padded_clips(seed: int = 0) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Three clips of their own lengths (fbank frames 12, 8, 4 of at most 16: 6, 4, 2 steps; video frames 4, 2, 3) alone, and the
+    batch of them padded with noise to 14 fbank frames (7 steps: no row fills it) and 4 frames, with the padding masks."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [(12, 4), (8, 2), (4, 3)]
+    clips = [{"audio": torch.randn(1, 1, a, 8, generator=generator), "video": torch.randn(1, v, 3, 16, 16, generator=generator),
+              "tokens": torch.randint(3, 12, (1, 6), generator=generator)} for a, v in lengths]  # fmt: skip
+    audio, video = torch.randn(3, 1, 14, 8, generator=generator), torch.randn(3, 4, 3, 16, 16, generator=generator)  # the padding: noise
+    audio_mask, video_mask = torch.zeros(3, 14, dtype=torch.bool), torch.zeros(3, 4, dtype=torch.bool)
+    for row, ((a, v), clip) in enumerate(zip(lengths, clips, strict=True)):
+        audio[row, :, :a], video[row, :v] = clip["audio"][0], clip["video"][0]
+        audio_mask[row, :a], video_mask[row, :v] = True, True
+    batch = {"audio": audio, "video": video, "tokens": torch.cat([c["tokens"] for c in clips]), "audio_mask": audio_mask, "video_mask": video_mask}
+    return clips, batch
+
+
+@pytest.mark.parametrize("options", [{}, {"tower": "official", "intermediate_size": 24}, {"frame_encoder": "pe_core"}], ids=["small", "official", "pe_core"])
+def test_padded_clips_embed_as_unpadded(options):
+    torch.manual_seed(0)
+    module = PEAudioVisual(vocab_size=12, max_text_length=6, **TINY, **options).eval()
+    clips, batch = padded_clips()
+    with torch.no_grad():
+        padded = module.embed(batch)  # the batch keys "audio_mask" / "video_mask"
+        alone = [module.embed(clip) for clip in clips]
+        unmasked = module.embed({k: v for k, v in batch.items() if not k.endswith("_mask")})
+    for name in padded:
+        torch.testing.assert_close(padded[name], torch.cat([a[name] for a in alone]), rtol=1e-5, atol=1e-5, msg=name)
+    # without the masks the padding leaks into every media embedding (so the check above can fail)
+    for name in ("audio", "visual", "audio_visual"):
+        assert not torch.allclose(unmasked[name], padded[name], atol=1e-3), name
+
+
+def test_step_masks_follow_the_release_rule():
+    # fbank: a step of audio_patch_frames frames is real when its first frame is (padding_mask[:, ::hop])
+    model = PEAudioVisualNet(12, 6, **TINY).audio_visual_model.audio_model
+    frames = torch.arange(16)[None] < torch.tensor([[7], [16]])
+    steps = model.step_mask(torch.zeros(2, 1, 16, 8), frames)
+    assert steps.tolist() == [[True] * 4 + [False] * 4, [True] * 8]  # ceil(7 / 2) = 4 steps
+    # DAC-VAE: a waveform mask at 4 samples per frame (hop 2 x 2), 30 samples -> reflect-padded to 32 -> 8 frames
+    codec = PEAudioVisualNet(12, 6, **OFFICIAL, audio_features="dac_vae", **TINY_DAC).audio_visual_model.audio_model
+    samples = torch.arange(30)[None] < torch.tensor([[13]])
+    assert codec.step_mask(torch.zeros(1, 1, 30), samples).tolist() == [[True] * 4 + [False] * 4]  # ceil(13 / 4) = 4 frames
+    assert codec.features(torch.zeros(1, 1, 30)).shape[1] == 8
+    net = PEAudioVisualNet(12, 6, **TINY)
+    batch = tiny_batch()
+    with pytest.raises(ValueError, match="audio_mask must be"):
+        net(batch["audio"], batch["video"], batch["tokens"], batch["tokens"] != 0, audio_mask=torch.ones(4, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="video_mask: every row needs at least one real step"):
+        net(batch["audio"], batch["video"], batch["tokens"], batch["tokens"] != 0, video_mask=torch.zeros(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="T ≤ 4"):
+        net(batch["audio"], torch.zeros(4, 5, 3, 16, 16), batch["tokens"], batch["tokens"] != 0)
