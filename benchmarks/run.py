@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rerun", nargs="*", default=[], help="benchmark modules to run even with --reuse (e.g. curation)")
     args = parser.parse_args(argv)
     options = {"reuse": args.reuse, "rerun": tuple(args.rerun)}
+    import active_learning
     import aio_p
     import altogether
     import bpr_mf
@@ -171,10 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     pairings = _section("PE-AV: per-pairing contrastive heads on SYNTHETIC captioned audio-visual clips (3 seeds)", pe_av.main, **options)
     dropped = _section("FLAP: encoder step time vs kept tokens, retrieval vs drop ratio, reconstruction in low data (3 seeds)", flap.main, **options)
     mavil_run = _section("MAViL: reconstruction, audio-video retrieval and probes on SYNTHETIC clips with a shared digit pitch (3 seeds)", mavil.main, **options)
+    active = _section("Deep active learning on digits: learning-curve AUC per query strategy, plain and duplicated pools (3 seeds)", active_learning.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, mavil_run))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, mavil_run, active))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -210,7 +212,8 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/mulco.py`, `.venv/bin/python benchmarks/toxvis.py`,
 `.venv/bin/python benchmarks/ceil.py`, `.venv/bin/python benchmarks/polarization.py`,
 `.venv/bin/python benchmarks/layer_probe.py`, `.venv/bin/python benchmarks/mbt.py`, `.venv/bin/python benchmarks/pe_av.py`,
-`.venv/bin/python benchmarks/flap.py`, `.venv/bin/python benchmarks/mavil.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/flap.py`, `.venv/bin/python benchmarks/mavil.py`,
+`.venv/bin/python benchmarks/active_learning.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -324,6 +327,8 @@ noisy, the alternating-round ratios less so.
 {flap.format_section(dropped)}
 
 {mavil.format_section(mavil_run)}
+
+{active_learning.format_section(active)}
 """
     partial = OUTPUT.with_name(OUTPUT.name + ".partial")
     partial.write_text(text)

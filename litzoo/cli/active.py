@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from litzoo.cli.console import user_error
 from litzoo.framework.errors import LitzooError
 
 #: the run folder, handed to the processes Lightning's DDP launcher starts
@@ -48,17 +46,9 @@ def split_options(argv: Sequence[str]) -> tuple[dict[str, str | None], list[str]
 
 
 def _build(args: Sequence[str]) -> Any:
-    from litzoo.cli.lightning_cli import LitzooCLI
+    from litzoo.cli.lightning_cli import build_from_config
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        try:
-            return LitzooCLI(args=list(args), run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
-        except ValueError as error:  # jsonargparse wraps what a class raises while it is built
-            cause = user_error(error)
-            if not isinstance(cause, LitzooError):
-                raise
-            raise cause from None
+    return build_from_config(args)
 
 
 def _next_version(folder: Path) -> Path:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from litzoo.cli.console import command_parser, user_error
-from litzoo.cli.lightning_cli import LitzooCLI
+from litzoo.cli.console import command_parser
+from litzoo.cli.lightning_cli import build_from_config
 from litzoo.cli.registry import resolve_config
 from litzoo.framework.errors import LitzooError
 
@@ -18,8 +18,6 @@ def config_network(config: str | Path, overrides: Sequence[str] = (), features: 
     datamodule's ``input_shape``. With ``features`` the network is the module's ``forward_features``
     (the encoder of a pretraining model; :class:`litzoo.framework.graph.FeatureExtractor`). Nothing is
     trained, logged or written."""
-    import warnings
-
     import torch
     from torch import nn
 
@@ -33,15 +31,7 @@ def config_network(config: str | Path, overrides: Sequence[str] = (), features: 
         raise LitzooError(f"config '{config}' does not exist")
     args = ["-c", str(config), "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false", *overrides]  # fmt: skip
-    with warnings.catch_warnings():  # `litzoo graph`'s own sys.argv is not the config's
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-        try:
-            cli = LitzooCLI(args=args, run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
-        except ValueError as error:  # jsonargparse wraps what a class raises while it is built (a missing data root)
-            cause = user_error(error)
-            if not isinstance(cause, LitzooError):
-                raise
-            raise cause from None
+    cli = build_from_config(args)
     module = cli.model
     if any(hasattr(module, a) and getattr(module, a) is None for a in ("net", "model")) and cli.datamodule is not None:
         # the network is built in setup() from the data (a tokenizer's vocabulary size): set the data up as fit would

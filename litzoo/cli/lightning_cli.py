@@ -283,3 +283,21 @@ class LitzooCLI(LightningCLI):
                 # a resume writes into the checkpoint's own folder, which is not empty: that is the point
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
             super()._run_subcommand(subcommand)
+
+
+def build_from_config(args: Sequence[str]) -> LitzooCLI:
+    """The model, DataModule and Trainer of a config and its overrides, built but not run (``run=False``), for the
+    commands that are not one fit (``litzoo graph``, ``litzoo active-learn``, ``litzoo la3-search``). No config file is
+    saved; an error a class raises while jsonargparse builds it that is the user's (:func:`litzoo.cli.console.user_error`)
+    is raised as itself, so ``main`` prints it as one line."""
+    from litzoo.cli.console import user_error
+
+    with warnings.catch_warnings():  # the command's own sys.argv is not the config's
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
+        try:
+            return LitzooCLI(args=list(args), run=False, save_config_callback=None, parser_kwargs={"exit_on_error": False})
+        except ValueError as error:  # jsonargparse wraps what a class raises while it is built (a missing data root)
+            cause = user_error(error)
+            if not isinstance(cause, LitzooError):
+                raise
+            raise cause from None
