@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     import deploy_speed
     import dinov2
     import flap
+    import flap_captions
     import framework_overhead
     import fusion_latency
     import gradient_reparam
@@ -171,12 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     fusions = _section("MBT: bottleneck vs late vs full fusion on the SYNTHETIC audio-visual XOR, attention FLOPs, PGD eps* (3 seeds)", mbt.main, **options)
     pairings = _section("PE-AV: per-pairing contrastive heads on SYNTHETIC captioned audio-visual clips (3 seeds)", pe_av.main, **options)
     dropped = _section("FLAP: encoder step time vs kept tokens, retrieval vs drop ratio, reconstruction in low data (3 seeds)", flap.main, **options)
+    captioned = _section("FLAP: caption augmentation with rewrites vs held-out validation phrasings (3 seeds)", flap_captions.main, **options)
     mavil_run = _section("MAViL: reconstruction, audio-video retrieval and probes on SYNTHETIC clips with a shared digit pitch (3 seeds)", mavil.main, **options)
     active = _section("Deep active learning on digits: learning-curve AUC per query strategy, plain and duplicated pools (3 seeds)", active_learning.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, mavil_run, active))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, captioned, mavil_run, active))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -213,7 +215,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/ceil.py`, `.venv/bin/python benchmarks/polarization.py`,
 `.venv/bin/python benchmarks/layer_probe.py`, `.venv/bin/python benchmarks/mbt.py`, `.venv/bin/python benchmarks/pe_av.py`,
 `.venv/bin/python benchmarks/flap.py`, `.venv/bin/python benchmarks/mavil.py`,
-`.venv/bin/python benchmarks/active_learning.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/flap_captions.py`, `.venv/bin/python benchmarks/active_learning.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -325,6 +327,8 @@ noisy, the alternating-round ratios less so.
 {pe_av.format_section(pairings)}
 
 {flap.format_section(dropped)}
+
+{flap_captions.format_section(captioned)}
 
 {mavil.format_section(mavil_run)}
 

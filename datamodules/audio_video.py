@@ -48,7 +48,9 @@ seeded, resumable loader of :class:`litzoo.framework.data.splits.SplitsDataModul
 
 **Audio-text pairs** (:class:`AudioTextDataModule`, for FLAP): JSONL files, one ``{"audio": path, "text": caption}``
 per line (AudioCaps / Clotho as pairs: a clip with five captions is five lines), audio paths absolute or relative to
-the JSONL's folder; batches ``{"audio": (B, 1, T, F), "text": list[str], "index": (B,)}``.
+the JSONL's folder; batches ``{"audio": (B, 1, T, F), "text": list[str], "index": (B,)}``. A line may also carry
+``"augmented_texts": [str, ...]``, pre-generated rewrites of its caption (FLAP's LLM caption augmentation), drawn from
+at training time with ``caption_augmentation`` (see the class).
 
 **SYNTHETIC data** (:func:`write_synthetic_audio_video`, :class:`SyntheticAudioVideoDataModule`): see the function.
 Errors about files are one :class:`~litzoo.framework.errors.LitzooError` line naming the file (and line).
@@ -59,9 +61,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Sequence
+import random
+import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -81,10 +86,12 @@ from litzoo.framework.data.audio import (
     write_wav,
 )
 from litzoo.framework.data.jsonl import iter_jsonl
+from litzoo.framework.data.loaders import EpochShuffleSampler, ResumableLoader
 from litzoo.framework.data.splits import SplitsDataModule
 from litzoo.framework.data.staging import generate_folder_atomically
 from litzoo.framework.data.video import ANCHORS, read_frame_folder, read_video_file, resample_audio
 from litzoo.framework.errors import LitzooError
+from litzoo.framework.random_state import derive_seed
 from litzoo.framework.text.vocabulary import WordVocabulary
 
 INDEX_SUFFIXES = (".csv", ".json")
@@ -445,50 +452,172 @@ class AudioVideoDataModule(SplitsDataModule):
 
 
 # ---- audio-text pairs ------------------------------------------------------------------------------------------------
-class AudioTextDataset(Dataset):
-    """``(audio path, caption)`` pairs → ``{"audio": (1, T, F), "text": str, "index"}``."""
+#: the optional JSONL field of a caption's pre-generated rewrites (LLM paraphrases), a list of non-empty strings
+AUGMENTED_TEXTS = "augmented_texts"
 
-    def __init__(self, pairs: Sequence[tuple[Path, str]], audio: AudioFrontEnd) -> None:
+
+@dataclass(frozen=True)
+class AudioTextRecord:
+    """One line of an audio-text JSONL: the audio file, its caption, the caption's rewrites (may be empty), the line."""
+
+    audio: Path
+    text: str
+    augmented_texts: tuple[str, ...]
+    line: int
+
+
+class CaptionKey(NamedTuple):
+    """What the training sampler of an :class:`AudioTextDataModule` with ``caption_augmentation`` yields in place of an
+    index: the index and the ``(seed, epoch)`` its caption is drawn from (:meth:`AudioTextDataset.caption`)."""
+
+    index: int
+    seed: int
+    epoch: int
+
+
+def check_caption_augmentation(value: bool | float) -> bool | float:
+    """``value`` as :class:`AudioTextDataModule` reads it: a bool as is, a number in ``[0, 1]`` as a float.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and 0.0 <= float(value) <= 1.0:
+        return float(value)
+    raise ValueError(f"caption_augmentation must be a bool or a probability in [0, 1], got {value!r}")
+
+
+def draw_caption(texts: Sequence[str], rule: bool | float, rng: random.Random) -> str:
+    """One of ``texts`` (the original caption first, then its rewrites) by ``rule`` (see :class:`AudioTextDataModule`):
+    ``True``: uniform over all of them (LaCLIP's rule); a probability ``p``: a rewrite (uniform among them) with
+    probability ``p``, else the original; ``False`` (or a clip without rewrites): the original, drawing nothing."""
+    if rule is False or len(texts) == 1:
+        return texts[0]
+    if rule is True:
+        return texts[rng.randrange(len(texts))]
+    return texts[1 + rng.randrange(len(texts) - 1)] if rng.random() < rule else texts[0]
+
+
+class AudioTextDataset(Dataset):
+    """``(audio path, caption)`` pairs → ``{"audio": (1, T, F), "text": str, "index"}``.
+
+    Indexed by an int, an item holds the original caption. With ``caption_augmentation`` (the training split of an
+    :class:`AudioTextDataModule` that asks for it), an item indexed by a :class:`CaptionKey` holds :meth:`caption`.
+
+    Args:
+        pairs: ``(audio path, caption)``.
+        audio: the audio front-end.
+        augmented_texts: each pair's rewrites (``None``: none).
+        caption_augmentation: the drawing rule of :func:`draw_caption` (``False``: never a rewrite).
+    """
+
+    def __init__(self, pairs: Sequence[tuple[Path, str]], audio: AudioFrontEnd, augmented_texts: Sequence[Sequence[str]] | None = None,
+                 caption_augmentation: bool | float = False) -> None:  # fmt: skip
         self.pairs, self.audio = list(pairs), audio
+        self.augmented_texts = [()] * len(self.pairs) if augmented_texts is None else [tuple(texts) for texts in augmented_texts]
+        if len(self.augmented_texts) != len(self.pairs):
+            raise ValueError(f"got {len(self.augmented_texts)} lists of augmented texts for {len(self.pairs)} pairs")
+        self.caption_augmentation = check_caption_augmentation(caption_augmentation)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> dict:
-        path, text = self.pairs[index]
+    def caption(self, index: int, seed: int, epoch: int) -> str:
+        """The caption of pair ``index`` in ``epoch``: :func:`draw_caption` over the original and its rewrites with a
+        ``random.Random`` seeded by ``derive_seed(seed, epoch, index)`` only (no global state: resumes and DDP ranks agree)."""
+        texts = (self.pairs[index][1], *self.augmented_texts[index])
+        return draw_caption(texts, self.caption_augmentation, random.Random(derive_seed(seed, epoch, index)))
+
+    @property
+    def vocabulary_texts(self) -> list[str]:
+        """Every text an item can hold: the captions, and with ``caption_augmentation`` their rewrites too (the words a
+        text encoder's vocabulary should cover, :class:`litzoo.modules.flap.FLAP`)."""
+        texts = [text for _, text in self.pairs]
+        if self.caption_augmentation:  # True or a probability above 0
+            texts += [text for rewrites in self.augmented_texts for text in rewrites]
+        return texts
+
+    def __getitem__(self, key: int | CaptionKey) -> dict:
+        if isinstance(key, CaptionKey):
+            index, text = key.index, self.caption(key.index, key.seed, key.epoch)
+        else:
+            index = int(key)
+            text = self.pairs[index][1]
+        path = self.pairs[index][0]
         waveform, rate = read_wav(path)
         return {"audio": self.audio(waveform, rate, path), "text": text, "index": torch.tensor(index, dtype=torch.long)}
 
 
-def read_audio_text_jsonl(path: str | Path) -> list[tuple[Path, str]]:
-    """``(audio path, caption)`` of each line of an audio-text JSONL (relative paths from the JSONL's folder).
+class CaptionDrawSampler(EpochShuffleSampler):
+    """:class:`~litzoo.framework.data.loaders.EpochShuffleSampler`'s order (from ``(seed, epoch)``, sharded over DDP
+    ranks), each index yielded as a :class:`CaptionKey` carrying the seed and epoch its caption is drawn from."""
+
+    def __iter__(self) -> Iterator[CaptionKey]:
+        seed, epoch = self.seed, self.epoch
+        return (CaptionKey(int(index), seed, epoch) for index in super().__iter__())
+
+
+def read_audio_text_records(path: str | Path) -> list[AudioTextRecord]:
+    """The lines of an audio-text JSONL (relative audio paths from the JSONL's folder): ``{"audio", "text"}`` and an
+    optional ``"augmented_texts"``, a list of the caption's rewrites (non-empty strings; an empty list is none).
 
     Raises:
         LitzooError: ``audio-text JSONL '<path>' line N: ...``: the file missing, a line that is not a JSON object with
-            string ``audio`` and ``text``, an empty caption, an audio file that does not exist; no pairs.
+            string ``audio`` and ``text``, an empty caption, ``augmented_texts`` not a list of non-empty strings, an audio
+            file that does not exist; no pairs.
     """
     path = Path(path).expanduser()
-    pairs = []
+    records = []
     for number, record in iter_jsonl(path, ("audio", "text"), what="audio-text JSONL"):
+        where = f"audio-text JSONL '{path}' line {number}"
         if not record["text"].strip():
-            raise LitzooError(f"audio-text JSONL '{path}' line {number}: empty caption")
+            raise LitzooError(f"{where}: empty caption")
+        rewrites = record.get(AUGMENTED_TEXTS, [])
+        if not isinstance(rewrites, list):
+            raise LitzooError(f"{where}: \"{AUGMENTED_TEXTS}\" is a {type(rewrites).__name__}, expected a list of the caption's rewrites (strings)")
+        for position, rewrite in enumerate(rewrites):
+            if not isinstance(rewrite, str) or not rewrite.strip():
+                raise LitzooError(f"{where}: \"{AUGMENTED_TEXTS}\"[{position}] is {rewrite!r}, expected a non-empty string")
         audio = Path(record["audio"]).expanduser()
         audio = audio if audio.is_absolute() else path.parent / audio
         if not audio.is_file():
-            raise LitzooError(f"audio-text JSONL '{path}' line {number}: audio file '{audio}' does not exist")
-        pairs.append((audio, record["text"]))
-    if not pairs:
+            raise LitzooError(f"{where}: audio file '{audio}' does not exist")
+        records.append(AudioTextRecord(audio, record["text"], tuple(rewrites), number))
+    if not records:
         raise LitzooError(f"audio-text JSONL '{path}' holds no pair")
-    return pairs
+    return records
+
+
+def read_audio_text_jsonl(path: str | Path) -> list[tuple[Path, str]]:
+    """``(audio path, caption)`` of each line of an audio-text JSONL (:func:`read_audio_text_records`, which checks the
+    lines, ``augmented_texts`` included).
+
+    Raises:
+        LitzooError: see :func:`read_audio_text_records`.
+    """
+    return [(record.audio, record.text) for record in read_audio_text_records(path)]
 
 
 class AudioTextDataModule(SplitsDataModule):
     """Audio-caption pairs in JSONL files (FLAP; AudioCaps / Clotho as pairs), audio through Audio-MAE's front-end.
 
+    **Caption augmentation** (FLAP trains on LLM-rewritten captions; no LLM runs here, so the rewrites are generated
+    beforehand and stored with the pair): a JSONL line may carry ``"augmented_texts": ["...", ...]``, rewrites of its
+    caption (the field name is ours: FLAP's rewrites are not released, and LaCLIP's code, which trains CLIP the same way,
+    keeps them in separate files). With ``caption_augmentation`` each *training* item's text is drawn from the caption
+    and its rewrites (:func:`draw_caption`): ``True`` uniformly over the ``1 + K`` texts (LaCLIP's
+    ``random.choice(caption_list)``), a probability ``p`` a rewrite with probability ``p`` (uniform among the ``K``), else
+    the original; a pair without rewrites keeps its caption. The draw comes from ``derive_seed(seed, epoch, index)``,
+    ``seed`` being the shuffle seed (saved in checkpoints), never from the global random state: a resumed fit draws what
+    the uninterrupted one would, and every DDP rank draws the same text for a pair. Validation, test and predict use
+    the original captions. Off by default (batches and vocabulary as without the field).
+
     Args:
         train_jsonl: training pairs; ``val_jsonl``, ``test_jsonl`` optional (a missing test split tests on ``val``).
         sample_rate … norm_std: the audio front-end (audio cut from its start, as Audio-MAE).
         batch_size, num_workers: the loaders'.
+        caption_augmentation: ``False`` (default), ``True`` (uniform) or the probability of a rewrite (see above).
 
     Raises:
         ValueError: bad options. LitzooError: a given JSONL missing (here), malformed or naming a missing audio file (in
@@ -497,9 +626,11 @@ class AudioTextDataModule(SplitsDataModule):
 
     def __init__(self, train_jsonl: str, val_jsonl: str | None = None, test_jsonl: str | None = None, sample_rate: int = 16000,
                  target_length: int = 1024, num_mel_bins: int = 128, norm_mean: float = AUDIOSET_FBANK_MEAN,
-                 norm_std: float = AUDIOSET_FBANK_STD, batch_size: int = 8, num_workers: int = 0) -> None:  # fmt: skip
+                 norm_std: float = AUDIOSET_FBANK_STD, batch_size: int = 8, num_workers: int = 0,
+                 caption_augmentation: bool | float = False) -> None:  # fmt: skip
         super().__init__(batch_size, num_workers)
         _check_audio_options(sample_rate, target_length, num_mel_bins, norm_std)
+        self.caption_augmentation = check_caption_augmentation(caption_augmentation)
         self.save_hyperparameters()
         self.files = {"train": train_jsonl, "val": val_jsonl, "test": test_jsonl}
         for split, file in self.files.items():
@@ -508,6 +639,11 @@ class AudioTextDataModule(SplitsDataModule):
         self.test_split = "test" if test_jsonl is not None else "val"
         self.front_end = AudioFrontEnd(sample_rate, target_length, num_mel_bins, norm_mean, norm_std, "start")
 
+    @property
+    def augments_captions(self) -> bool:
+        """Whether training items draw their text from the captions' rewrites (``caption_augmentation`` not off)."""
+        return bool(self.caption_augmentation)  # True or a probability above 0
+
     def has_split(self, split: str) -> bool:
         return self.files.get(split) is not None
 
@@ -515,7 +651,18 @@ class AudioTextDataModule(SplitsDataModule):
         file = self.files.get(split)
         if file is None:
             raise LitzooError(f"{type(self).__name__} was given no {split} JSONL")
-        return AudioTextDataset(read_audio_text_jsonl(file), self.front_end)
+        records = read_audio_text_records(file)
+        rule = self.caption_augmentation if split == "train" and self.augments_captions else False
+        return AudioTextDataset([(record.audio, record.text) for record in records], self.front_end,
+                                [record.augmented_texts for record in records], rule)  # fmt: skip
+
+    def make_dataloader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> torch.utils.data.DataLoader:
+        """The base's loaders; with caption augmentation the shuffled (training) one samples :class:`CaptionKey` s (the
+        same order, and resumable, as the base's :class:`~litzoo.framework.data.loaders.ResumableLoader`)."""
+        if not (shuffle and self.augments_captions):
+            return super().make_dataloader(dataset, batch_size, shuffle)
+        seed = self.shuffle_seed
+        return ResumableLoader(dataset, batch_size=batch_size, sampler=CaptionDrawSampler(dataset, seed), num_workers=self.num_workers, seed=seed)
 
 
 # ---- SYNTHETIC data --------------------------------------------------------------------------------------------------
@@ -525,6 +672,43 @@ CAPTION_TEMPLATES = (
     "the digit {digit} moves {direction} and a {pitch} {sound} sounds",
     "a {pitch} {sound} as a {digit} drifts to the {direction}",
 )
+#: more phrasings of the same four facts, used only by ``caption_rewrites`` / ``held_out_templates`` (a stand-in for an
+#: LLM's paraphrases); :data:`ALL_CAPTION_TEMPLATES` is both tuples, the held-out templates are its last ones
+PARAPHRASE_TEMPLATES = (
+    "we hear a {pitch} {sound} and see a {digit} going {direction}",
+    "there is a {pitch} {sound} and the number {digit} travels {direction}",
+    "a {sound} at {pitch} pitch accompanies a {digit} heading {direction}",
+    "the {digit} glides {direction} as a {pitch} {sound} rings out",
+    "a {pitch} pitched {sound} is heard while the {digit} crosses to the {direction}",
+    "on screen a {digit} shifts {direction} and a {pitch} {sound} hums",
+    "listen for a {pitch} {sound} while watching a {digit} pass {direction}",
+    "a {digit} heads {direction} with a {pitch} {sound} in the background",
+    "somewhere a {pitch} {sound} beeps and a {digit} wanders {direction}",
+)
+ALL_CAPTION_TEMPLATES = CAPTION_TEMPLATES + PARAPHRASE_TEMPLATES
+CAPTION_FIELDS = ("digit", "direction", "pitch", "sound")
+
+
+def match_caption_template(text: str) -> tuple[int, dict[str, str]] | None:
+    """``(position in ALL_CAPTION_TEMPLATES, {"digit", "direction", "pitch", "sound"})`` of a SYNTHETIC caption, or
+    ``None`` when no template words it (the ground truth of which phrasing and which facts a caption holds)."""
+    for number, template in enumerate(ALL_CAPTION_TEMPLATES):
+        pattern = re.escape(template)
+        for field in CAPTION_FIELDS:
+            pattern = pattern.replace(re.escape("{" + field + "}"), f"(?P<{field}>\\w+)")
+        found = re.fullmatch(pattern, text)
+        if found:
+            return number, found.groupdict()
+    return None
+
+
+def _check_phrasing_options(caption_rewrites: int, held_out_templates: int) -> None:
+    training = len(ALL_CAPTION_TEMPLATES) - held_out_templates
+    if caption_rewrites < 0 or held_out_templates < 0 or training < 1 + caption_rewrites:
+        raise ValueError(f"need caption_rewrites >= 0 and 0 <= held_out_templates with at least 1 + caption_rewrites of the "
+                         f"{len(ALL_CAPTION_TEMPLATES)} templates left for training, got {caption_rewrites} and {held_out_templates}")  # fmt: skip
+
+
 #: pitch bands (Hz) of the audio bit: 0 low, 1 high; a clip's base pitch is drawn uniformly in its band
 PITCH_BANDS = ((400.0, 600.0), (1400.0, 2000.0))
 SPRITE_SCALE = 2  # the 8x8 digits upscaled to 16x16 sprites
@@ -556,7 +740,7 @@ def _planted_bits(count: int, rng: np.random.Generator) -> np.ndarray:
 def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val: int = 32, num_digits: int = 4, seed: int = 0,
                                 num_frames: int = 16, fps: int = 8, size: int = 32, sample_rate: int = 16000,
                                 audio_shift: float = 0.0, shuffle_prob: float = 0.0, bit_labels: bool = False,
-                                pitch_from_digit: bool = False) -> Path:  # fmt: skip
+                                pitch_from_digit: bool = False, caption_rewrites: int = 0, held_out_templates: int = 0) -> Path:  # fmt: skip
     """Write a SYNTHETIC audio-visual data set with a planted cross-modal label in the clip-folder + segment-CSV layout.
 
     Each clip (``num_frames`` frames at ``fps``, ``size²`` RGB PNGs, and a WAV of the same duration at ``sample_rate``):
@@ -579,6 +763,15 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
       per-clip content to align (MAViL's evidence). The bits, the XOR and their balance are unchanged (the band is still
       the audio bit's; the digit is drawn independently of the bits), and the same random draws are made in the same
       order, so only the WAV files differ from the knob off; off, the files are those of earlier versions, byte for byte.
+    * **caption phrasings** (both off by default; then the caption files are those of earlier versions, byte for byte):
+      ``caption_rewrites`` K writes, for each *training* clip, ``"augmented_texts"``: K rewrites of its caption with the
+      same four facts (digit, direction, pitch, sound words) in K other templates of :data:`ALL_CAPTION_TEMPLATES` (drawn
+      without replacement; a stand-in for an LLM's paraphrases, :class:`AudioTextDataModule`'s caption augmentation);
+      ``held_out_templates`` H reserves the last H templates for the validation captions, which then use only them,
+      while training captions and their rewrites use only the others (validation phrasings never seen in training).
+      With H = 0 the captions are those of the knob off; with H > 0 each caption's template is drawn from its split's
+      templates. These draws come from a generator of their own (seeded by ``seed`` and the split), so the clips, the
+      audio and the planted truth are the same as with both off.
 
     Misalignment: ``audio_shift`` seconds delays the audio circularly relative to the motion; with probability
     ``shuffle_prob`` a clip gets the sound of another clip of its split (its labels stay its own: noisy correspondence).
@@ -598,6 +791,7 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
         raise ValueError(f"size must be at least {8 * SPRITE_SCALE + 2} (the sprite is {8 * SPRITE_SCALE} pixels), got {size}")
     if not 0.0 <= shuffle_prob <= 1.0:
         raise ValueError(f"shuffle_prob must be a probability, got {shuffle_prob}")
+    _check_phrasing_options(caption_rewrites, held_out_templates)
     digits = load_digits()
     rng = np.random.default_rng(seed)
     duration = num_frames / fps
@@ -613,7 +807,9 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
             for i, mid in enumerate(mids):
                 writer.writerow([i, mid, mid.rsplit("/", 1)[1].replace("_", " ")])
         planted_rows = []
-        for split, count in (("train", num_train), ("val", num_val)):
+        num_training_templates = len(ALL_CAPTION_TEMPLATES) - held_out_templates
+        for split_number, (split, count) in enumerate((("train", num_train), ("val", num_val))):
+            phrasing_rng = np.random.default_rng([seed, 25, split_number])  # the phrasings' own draws
             bits = _planted_bits(count, rng)
             classes = rng.integers(0, num_digits, count)
             chirps = rng.integers(0, 2, count)
@@ -651,10 +847,18 @@ def write_synthetic_audio_video(folder: str | Path, num_train: int = 64, num_val
                     source = int((i + rng.integers(1, count)) % count)  # another clip of the split
                 write_wav(staging / split / clip / "audio.wav", np.roll(waveforms[source], shift), sample_rate)
                 heard = int(bits[source, 1])
-                text = CAPTION_TEMPLATES[int(rng.integers(len(CAPTION_TEMPLATES)))].format(
-                    digit=DIGIT_WORDS[d], direction=("right", "left")[v], pitch=("low", "high")[heard],
-                    sound=("chirp" if chirps[source] else "tone"))  # fmt: skip
-                captions.append({"audio": f"{split}/{clip}/audio.wav", "text": text})
+                facts = dict(digit=DIGIT_WORDS[d], direction=("right", "left")[v], pitch=("low", "high")[heard],
+                             sound=("chirp" if chirps[source] else "tone"))  # fmt: skip
+                template = int(rng.integers(len(CAPTION_TEMPLATES)))  # drawn in every case: the main stream stays as it was
+                if held_out_templates:
+                    template = int(phrasing_rng.integers(num_training_templates)) if split == "train" else \
+                        num_training_templates + int(phrasing_rng.integers(held_out_templates))  # fmt: skip
+                caption = {"audio": f"{split}/{clip}/audio.wav", "text": ALL_CAPTION_TEMPLATES[template].format(**facts)}
+                if caption_rewrites and split == "train":
+                    others = [t for t in range(num_training_templates) if t != template]
+                    chosen = phrasing_rng.choice(others, size=caption_rewrites, replace=False)
+                    caption[AUGMENTED_TEXTS] = [ALL_CAPTION_TEMPLATES[int(t)].format(**facts) for t in chosen]
+                captions.append(caption)
                 planted_rows.append([split, clip, d, v, a, v ^ a, rows[source][4], audio_shift])
             with open(staging / f"{split}.csv", "w", encoding="utf-8") as handle:
                 positives = sum(1 + (v ^ a) + (v + a if bit_labels else 0) for _, _, v, a, _ in rows)
@@ -700,33 +904,50 @@ class SyntheticAudioVideoDataModule(AudioVideoDataModule):
 class SyntheticAudioTextDataModule(AudioTextDataModule):
     """SYNTHETIC audio-caption pairs (FLAP's demo): :func:`write_synthetic_audio_video` written once under
     ``root/seed<seed>-n<num_train>-<num_val>-d<num_digits>-shift0-shuffle0`` (the folder
-    :class:`SyntheticAudioVideoDataModule` uses for the same arguments), its ``train_captions.jsonl`` /
-    ``val_captions.jsonl`` read as an :class:`AudioTextDataModule` (testing on ``val``). The captions name what is heard,
-    the pitch band (``low`` / ``high``) and the sound (``tone`` / ``chirp``), and what is only seen (digit, direction):
-    from the audio alone a caption is identifiable up to its two sound words."""
+    :class:`SyntheticAudioVideoDataModule` uses for the same arguments; ``-rw<K>`` appended with ``caption_rewrites``,
+    then ``-heldout<H>`` with ``held_out_templates``), its ``train_captions.jsonl`` / ``val_captions.jsonl`` read as an
+    :class:`AudioTextDataModule` (testing on ``val``). The captions name what is heard, the pitch band (``low`` /
+    ``high``) and the sound (``tone`` / ``chirp``), and what is only seen (digit, direction): from the audio alone a
+    caption is identifiable up to its two sound words. ``caption_rewrites`` / ``held_out_templates``: the writer's
+    (rewrites of the training captions in other templates; validation phrasings never seen in training);
+    ``caption_augmentation``: :class:`AudioTextDataModule`'s (draw the training texts from the rewrites)."""
 
     def __init__(self, root: str = "data/synthetic_audio_video", num_train: int = 64, num_val: int = 32, num_digits: int = 4,
-                 seed: int = 0, target_length: int = 192, num_mel_bins: int = 128, batch_size: int = 16, num_workers: int = 0) -> None:  # fmt: skip
-        folder = Path(root).expanduser() / f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift0-shuffle0"
+                 seed: int = 0, target_length: int = 192, num_mel_bins: int = 128, batch_size: int = 16, num_workers: int = 0,
+                 caption_rewrites: int = 0, held_out_templates: int = 0, caption_augmentation: bool | float = False) -> None:  # fmt: skip
+        _check_phrasing_options(caption_rewrites, held_out_templates)
+        name = f"seed{seed}-n{num_train}-{num_val}-d{num_digits}-shift0-shuffle0"
+        name += (f"-rw{caption_rewrites}" if caption_rewrites else "") + (f"-heldout{held_out_templates}" if held_out_templates else "")
+        folder = Path(root).expanduser() / name
         if not (folder / "SYNTHETIC_planted.csv").is_file():
-            write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed)
+            write_synthetic_audio_video(folder, num_train, num_val, num_digits, seed, caption_rewrites=caption_rewrites,
+                                        held_out_templates=held_out_templates)  # fmt: skip
         super().__init__(str(folder / "train_captions.jsonl"), str(folder / "val_captions.jsonl"), None, 16000, target_length, num_mel_bins,
-                         batch_size=batch_size, num_workers=num_workers)  # fmt: skip
+                         batch_size=batch_size, num_workers=num_workers, caption_augmentation=caption_augmentation)  # fmt: skip
         self.save_hyperparameters()
 
 
 __all__ = [
+    "ALL_CAPTION_TEMPLATES",
+    "AUGMENTED_TEXTS",
     "AudioFrontEnd",
     "AudioTextDataModule",
     "AudioTextDataset",
+    "AudioTextRecord",
     "AudioVideoDataModule",
     "AudioVideoDataset",
+    "CaptionDrawSampler",
+    "CaptionKey",
     "IndexRow",
     "SyntheticAudioTextDataModule",
     "SyntheticAudioVideoDataModule",
+    "check_caption_augmentation",
     "clip_id",
     "digit_pitch_band",
+    "draw_caption",
+    "match_caption_template",
     "read_audio_text_jsonl",
+    "read_audio_text_records",
     "read_index",
     "read_json_index",
     "read_segment_csv",

@@ -34,7 +34,10 @@ Choices where the paper (as read here) is silent — all *(ours)*:
 * defaults: ``drop_ratio`` 0.4 [recall, unverified], ``drop_mode`` ``"2d"``, ``num_views`` 2, ``recon_weight`` λ = 1,
   decoder 512-d × 4 blocks; the number of dropped tokens is ``int(L·(1 − ratio))`` kept (MAE's rule; in time mode
   ``int(T'·(1 − ratio))`` whole time steps);
-* not implemented: the LLM-based caption augmentation (a data-side step: rewrite the JSONL captions before training).
+* the LLM-based caption augmentation is data-side: rewrites generated beforehand (no LLM runs in litzoo) are stored
+  in the JSONL (``"augmented_texts"``) and drawn as the training text by
+  :class:`~litzoo.datamodules.audio_video.AudioTextDataModule` (``caption_augmentation``; uniform over the caption and
+  its rewrites, LaCLIP's rule, by default when on); the vocabulary is then built from the rewrites too.
 
 Reused: ``PatchEmbed`` / ``Block`` / ``init_vit_weights`` (:mod:`litzoo.framework.nn.vit`), MAE's masking record
 :class:`~litzoo.framework.nn.masking.TokenMask` and :func:`~litzoo.framework.nn.masking.gather_tokens` /
@@ -273,7 +276,8 @@ def audio_text_recalls(audio: Tensor, text: Tensor, top_k: Sequence[int]) -> dic
 class FLAP(L.LightningModule):
     """FLAP pre-training on ``{"audio": (B, 1, T, F), "text": list[str]}`` batches.
 
-    In :meth:`setup` the word vocabulary is built from the training captions (at most ``vocab_size`` entries,
+    In :meth:`setup` the word vocabulary is built from the training captions (and their rewrites, when the DataModule
+    draws from them: its training dataset's ``vocabulary_texts``; at most ``vocab_size`` entries,
     ``[PAD]`` = 0, ``[UNK]`` = 1); it is saved in the checkpoint (``flap_vocabulary``) and restored with it.
 
     Args:
@@ -346,7 +350,10 @@ class FLAP(L.LightningModule):
         if not pairs:
             raise LitzooError("FLAP builds its word vocabulary from the training captions: train with an AudioTextDataModule "
                               "(or load a FLAP checkpoint, which holds its vocabulary)")  # fmt: skip
-        self.set_vocabulary(WordVocabulary.build([text for _, text in pairs], max_size=self.model.text.vocab_size))
+        # with caption augmentation the training texts include the captions' rewrites: their words too
+        texts = getattr(dataset, "vocabulary_texts", None)
+        texts = [text for _, text in pairs] if texts is None else list(texts)
+        self.set_vocabulary(WordVocabulary.build(texts, max_size=self.model.text.vocab_size))
 
     def set_vocabulary(self, vocabulary: WordVocabulary) -> None:
         if vocabulary.vocab_size > self.model.text.vocab_size:

@@ -409,3 +409,210 @@ def test_synthetic_pitch_from_digit_ties_the_sound_to_the_digit_and_changes_only
     dm.setup("fit")
     batch = next(iter(dm._loader("train", shuffle=False)))
     assert batch["label"][:, :4].argmax(dim=1).tolist() == [int(row["digit"]) for row in truth[:16]]
+
+
+# ---- caption augmentation (FLAP's LLM rewrites, pre-generated) -------------------------------------------------------
+REWRITES = {"a low hum": ["a quiet drone", "a low humming sound", "humming, low"], "a high whistle": ["someone whistles high"], "a click": []}
+
+
+def caption_jsonl(tmp_path, rewrites: bool = True):
+    """Three pairs: the first caption has 3 rewrites, the second 1, the third none (an empty list)."""
+    for name, freq in (("a", 300.0), ("b", 1200.0), ("c", 700.0)):
+        if not (tmp_path / f"{name}.wav").is_file():
+            write_wav(tmp_path / f"{name}.wav", tone(freq, 16000, 0.5), 16000)
+    lines = []
+    for name, text in zip("abc", REWRITES, strict=True):
+        record = {"audio": f"{name}.wav", "text": text}
+        if rewrites:
+            record["augmented_texts"] = REWRITES[text]
+        lines.append(json.dumps(record))
+    return write(tmp_path / ("rewrites.jsonl" if rewrites else "plain.jsonl"), "\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("field", "pattern"),
+    [
+        ('"a quiet drone"', r'line 2: "augmented_texts" is a str, expected a list'),
+        ('["ok", "  "]', r"line 2: \"augmented_texts\"\[1\] is '  ', expected a non-empty string"),
+        ('["ok", 3]', r'line 2: "augmented_texts"\[1\] is 3, expected a non-empty string'),
+        ("null", r'line 2: "augmented_texts" is a NoneType'),
+    ],
+)
+def test_augmented_texts_field_is_checked_with_one_line_errors(tmp_path, field, pattern):
+    from litzoo.datamodules.audio_video import read_audio_text_jsonl, read_audio_text_records
+
+    write_wav(tmp_path / "a.wav", tone(300.0, 16000, 0.5), 16000)
+    good = write(tmp_path / "good.jsonl", '{"audio": "a.wav", "text": "x", "augmented_texts": ["y", "z"]}\n{"audio": "a.wav", "text": "w"}\n')
+    assert [(r.text, r.augmented_texts, r.line) for r in read_audio_text_records(good)] == [("x", ("y", "z"), 1), ("w", (), 2)]
+    assert read_audio_text_jsonl(good) == [(tmp_path / "a.wav", "x"), (tmp_path / "a.wav", "w")]  # still (audio, caption) pairs
+    bad = write(tmp_path / "bad.jsonl", '{"audio": "a.wav", "text": "x"}\n' + f'{{"audio": "a.wav", "text": "y", "augmented_texts": {field}}}\n')
+    fails(rf"audio-text JSONL '.*bad\.jsonl' {pattern}", read_audio_text_jsonl, bad)
+    fails(rf"audio-text JSONL '.*bad\.jsonl' {pattern}", AudioTextDataModule(str(bad), caption_augmentation=True).setup, "fit")
+
+
+def test_caption_augmentation_draws_the_clips_own_texts_by_seed_epoch_and_index(tmp_path):
+    from litzoo.datamodules.audio_video import CaptionDrawSampler, CaptionKey
+
+    manifest = caption_jsonl(tmp_path)
+    options = dict(val_jsonl=str(manifest), target_length=32, num_mel_bins=24, batch_size=3)
+    dms = [AudioTextDataModule(str(manifest), caption_augmentation=True, **options) for _ in range(2)]
+    plain = AudioTextDataModule(str(manifest), **options)
+    for dm in (*dms, plain):
+        dm.load_state_dict({"shuffle_seed": 7})  # as a checkpoint restores it
+        dm.setup("fit")
+    loaders = [dm.train_dataloader() for dm in dms]
+    assert isinstance(loaders[0], ResumableLoader) and isinstance(loaders[0].sampler, CaptionDrawSampler)
+    plain_loader = plain.train_dataloader()
+    originals = list(REWRITES)
+    drawn = {i: set() for i in range(3)}
+    for epoch in range(8):
+        batches = []
+        for loader in (*loaders, plain_loader):
+            loader.sampler.set_epoch(epoch)  # as Lightning does
+            batches.append(next(iter(loader)))
+        first, second, base = batches
+        assert first["text"] == second["text"]  # two loader instances draw alike: a function of (seed, epoch, index)
+        assert first["index"].tolist() == base["index"].tolist()  # the order is the plain loader's
+        assert torch.equal(first["audio"], base["audio"])
+        assert base["text"] == [originals[i] for i in base["index"].tolist()]
+        for i, text in zip(first["index"].tolist(), first["text"], strict=True):
+            assert text in [originals[i], *REWRITES[originals[i]]]  # always one of the clip's own texts
+            assert text == dms[0].datasets["train"].caption(i, 7, epoch)  # ... the one drawn for (7, epoch, i), whatever the order
+            drawn[i].add(text)
+    assert len(drawn[0]) > 1 and len(drawn[1]) == 2 and drawn[2] == {"a click"}  # epochs differ; no rewrites: the caption
+    val = next(iter(dms[0].val_dataloader()))
+    assert val["text"] == originals and next(iter(dms[0].test_dataloader()))["text"] == originals  # evaluation: the originals
+    assert dms[0].datasets["train"][0]["text"] == "a low hum"  # an int index (not a drawn key) reads the original too
+    # DDP: both ranks' shards carry the same (seed, epoch), so a pair's text is the same whichever rank reads it
+    dataset = dms[0].datasets["train"]
+    keys = [key for rank in (0, 1) for key in CaptionDrawSampler(dataset, 7, num_replicas=2, rank=rank)]
+    assert {key.index for key in keys} == {0, 1, 2} and {(key.seed, key.epoch) for key in keys} == {(7, 0)}
+    assert isinstance(keys[0], CaptionKey)
+    # a fit resumed mid-epoch (the loader's and the DataModule's states from a checkpoint) reads the same texts next
+    single = dict(options, batch_size=1)
+    whole = AudioTextDataModule(str(manifest), caption_augmentation=True, **single)
+    whole.load_state_dict({"shuffle_seed": 7})
+    loader = whole.train_dataloader()
+    loader.sampler.set_epoch(3)
+    iterator = iter(loader)
+    next(iterator)
+    state = loader.state_dict()
+    rest = [batch["text"] for batch in iterator]
+    resumed = AudioTextDataModule(str(manifest), caption_augmentation=True, **single)  # its default seed is 0, not 7
+    resumed.load_state_dict(whole.state_dict())
+    loader = resumed.train_dataloader()
+    loader.load_state_dict(state)
+    assert [batch["text"] for batch in loader] == rest and len(rest) == 2
+
+
+def test_caption_augmentation_probability_rule_and_options(tmp_path):
+    from litzoo.datamodules.audio_video import AudioTextDataset
+
+    manifest = caption_jsonl(tmp_path)
+    dm = AudioTextDataModule(str(manifest), caption_augmentation=True, target_length=32, num_mel_bins=24)
+    pairs = [(path, text) for path, text in dm.dataset("train").pairs]
+    rewrites = [REWRITES[text] for _, text in pairs]
+    uniform = AudioTextDataset(pairs, dm.front_end, rewrites, True)
+    quarter = AudioTextDataset(pairs, dm.front_end, rewrites, 0.25)
+    never = AudioTextDataset(pairs, dm.front_end, rewrites, False)
+    draws = 4000
+    counts_uniform = {text: 0 for text in ["a low hum", *REWRITES["a low hum"]]}
+    counts_quarter = dict.fromkeys(counts_uniform, 0)
+    for epoch in range(draws):
+        counts_uniform[uniform.caption(0, 3, epoch)] += 1
+        counts_quarter[quarter.caption(0, 3, epoch)] += 1
+        assert never.caption(0, 3, epoch) == "a low hum"
+    # True: uniform over the caption and its 3 rewrites (1/4 each; 4 sd of a binomial share is about 0.027)
+    assert all(abs(n / draws - 0.25) < 0.03 for n in counts_uniform.values())
+    # p = 0.25: the original with probability 3/4, each rewrite 1/12
+    assert abs(counts_quarter["a low hum"] / draws - 0.75) < 0.03
+    assert all(abs(counts_quarter[text] / draws - 1 / 12) < 0.02 for text in REWRITES["a low hum"])
+    assert uniform.caption(0, 3, 5) == uniform.caption(0, 3, 5) and [uniform.caption(0, s, 0) for s in range(40)].count("a low hum") < 40
+    for bad in (1.5, -0.1, "yes"):
+        with pytest.raises(ValueError, match="caption_augmentation must be a bool or a probability"):
+            AudioTextDataModule(str(manifest), caption_augmentation=bad)
+
+
+def test_caption_augmentation_off_leaves_batches_and_vocabulary_as_before(tmp_path):
+    from types import SimpleNamespace
+
+    from litzoo.framework.data.loaders import EpochShuffleSampler
+    from litzoo.modules.flap import FLAP
+
+    with_field, without = caption_jsonl(tmp_path), caption_jsonl(tmp_path, rewrites=False)
+    options = dict(target_length=32, num_mel_bins=24, batch_size=3)
+    dms = [AudioTextDataModule(str(with_field), **options), AudioTextDataModule(str(with_field), caption_augmentation=0.0, **options),
+           AudioTextDataModule(str(without), **options)]  # fmt: skip
+    batches = []
+    for dm in dms:
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        assert type(loader.sampler) is EpochShuffleSampler  # the base loader, untouched
+        epochs = []
+        for epoch in (0, 1):
+            loader.sampler.set_epoch(epoch)
+            epochs.append(next(iter(loader)))
+        batches.append(epochs)
+    for other in batches[1:]:
+        for a, b in zip(batches[0], other, strict=True):
+            assert a["text"] == b["text"] and torch.equal(a["audio"], b["audio"]) and torch.equal(a["index"], b["index"])
+    assert batches[0][0]["text"] == [list(REWRITES)[i] for i in batches[0][0]["index"].tolist()]
+    assert dms[0].datasets["train"].vocabulary_texts == list(REWRITES)
+    on = AudioTextDataModule(str(with_field), caption_augmentation=True, **options)
+    assert on.dataset("train").vocabulary_texts == list(REWRITES) + [t for texts in REWRITES.values() for t in texts]
+
+    def vocabulary(dm):  # FLAP builds its vocabulary in setup from the training dataset's texts
+        module = FLAP(vocab_size=64, max_text_length=8, input_size=[32, 24], patch_size=8, embed_dim=16, depth=1, num_heads=2, text_dim=16,
+                      text_depth=1, text_heads=2, proj_dim=16, decoder_dim=16, decoder_depth=1, decoder_heads=2)  # fmt: skip
+        module._trainer = SimpleNamespace(datamodule=dm)
+        module.setup("fit")
+        return set(module.vocabulary.tokenizer.get_vocab())
+
+    assert {"drone", "whistles", "humming"} <= vocabulary(on) and not {"drone", "whistles", "humming"} & vocabulary(dms[0])
+
+
+def test_synthetic_rewrites_keep_the_facts_and_held_out_templates_stay_out_of_training(tmp_path):
+    from litzoo.datamodules.audio_video import ALL_CAPTION_TEMPLATES, DIGIT_WORDS, match_caption_template
+
+    for number, template in enumerate(ALL_CAPTION_TEMPLATES):  # every template reads back as itself, with its facts
+        facts = dict(digit="seven", direction="left", pitch="high", sound="chirp")
+        assert match_caption_template(template.format(**facts)) == (number, facts)
+    assert match_caption_template("a seven slides to the left while a high chirp plays loudly") is None
+    dm = SyntheticAudioTextDataModule(str(tmp_path), num_train=16, num_val=8, num_digits=3, seed=1, target_length=64, batch_size=16,
+                                      caption_rewrites=3, held_out_templates=3, caption_augmentation=True)  # fmt: skip
+    folder = tmp_path / "seed1-n16-8-d3-shift0-shuffle0-rw3-heldout3"
+    truth = {row["clip_id"]: row for row in planted(folder)}
+    training_templates = len(ALL_CAPTION_TEMPLATES) - 3
+    for split in ("train", "val"):
+        records = [json.loads(line) for line in (folder / f"{split}_captions.jsonl").read_text().splitlines()]
+        assert len(records) == (16 if split == "train" else 8)
+        for record in records:
+            row = truth[record["audio"].split("/")[1]]
+            number, facts = match_caption_template(record["text"])
+            planted_facts = {"digit": DIGIT_WORDS[int(row["digit"])], "direction": ("right", "left")[int(row["visual_bit"])],
+                             "pitch": ("low", "high")[int(row["audio_bit"])]}  # fmt: skip
+            assert {k: facts[k] for k in planted_facts} == planted_facts
+            if split == "val":
+                assert number >= training_templates and "augmented_texts" not in record  # held-out phrasings only
+                continue
+            assert number < training_templates and len(record["augmented_texts"]) == 3
+            numbers = [number]
+            for rewrite in record["augmented_texts"]:
+                rewrite_number, rewrite_facts = match_caption_template(rewrite)
+                assert rewrite_facts == facts and rewrite_number < training_templates  # same facts, never a held-out phrasing
+                numbers.append(rewrite_number)
+            assert len(set(numbers)) == 4  # each rewrite in another template
+    dm.setup("fit")
+    assert dm.datasets["train"].caption_augmentation is True and dm.datasets["val"].caption_augmentation is False
+    # the clips are those of the writer without the options; with H = 0 the captions are too (rewrites only added)
+    plain = write_synthetic_audio_video(tmp_path / "plain", 16, 8, 3, seed=1)
+    rewritten = write_synthetic_audio_video(tmp_path / "rw", 16, 8, 3, seed=1, caption_rewrites=2)
+    assert (plain / "SYNTHETIC_planted.csv").read_bytes() == (folder / "SYNTHETIC_planted.csv").read_bytes()
+    clip = next(iter(truth))
+    assert (plain / "train" / clip / "audio.wav").read_bytes() == (folder / "train" / clip / "audio.wav").read_bytes()
+    plain_texts = [json.loads(line)["text"] for line in (plain / "train_captions.jsonl").read_text().splitlines()]
+    assert plain_texts == [json.loads(line)["text"] for line in (rewritten / "train_captions.jsonl").read_text().splitlines()]
+    assert (plain / "val_captions.jsonl").read_bytes() == (rewritten / "val_captions.jsonl").read_bytes()
+    assert "augmented_texts" not in (plain / "train_captions.jsonl").read_text()
+    with pytest.raises(ValueError, match="templates left for training"):
+        write_synthetic_audio_video(tmp_path / "x", 4, 4, caption_rewrites=9, held_out_templates=3)
