@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -c "import torch; print(f'torch=={torch.__version__.split(\"+\")[0]}')" > $(VENV)/constraints.txt
-	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,export,distributed,kg,stats,video]"
+	$(PY) -m pip install --quiet -c $(VENV)/constraints.txt -e ".[dev,export,distributed,kg,stats,video,text]"
 	touch $(STAMP)
 
 # RepVGG trained with its branches while ResRep prunes it to half the FLOPs; at the end of fit the

@@ -48,11 +48,34 @@ aligner resamples each row's real frames to its real audio steps, and the fusion
 the release would fail: the aligned video is cut or zero-padded to the audio's padded length when no row fills it (the
 release's ``torch.cat`` needs them equal); shorter clips than ``audio_frames`` / ``num_frames`` are accepted unpadded.
 
-Replaced under every option (no weights are loadable offline): ModernBERT's 22nd-layer class-token state by a small
-bidirectional :class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` pooled by the **masked mean** (the word
-vocabulary of the data has no class token); by default the DAC-VAE codec features by Kaldi fbank **time strips**
+The text tower (``text_tower``): ``"modernbert"`` is the release's, ``transformers.ModernBertModel`` (``PEAudioVisual``
+builds ``AutoModel.from_config(ModernBertConfig(**DFLT_TEXT_ENCODER_CONFIG))``: ModernBERT-large's layout, 28 layers of width
+1024, 16 heads, GeGLU of 2624, global attention every third layer with RoPE base 160000, the others a 128-token window with
+base 10000; :data:`PE_AV_TEXT_CONFIG`, the sizes overridable), pooled as the release's ``_get_text_output``: the model runs
+with ``output_hidden_states`` and the pooled text is ``hidden_states[nth_text_layer][:, 0]``, the state of the **first token**
+after the first ``nth_text_layer`` (22) layers (index 0 is the embeddings' output; no final norm before the last layer;
+``nth_text_layer=None`` takes ``last_hidden_state``, after ``final_norm``), which feeds the three text heads and the two
+media+text heads; the layers past it run but get no gradient, as in the release. The release's tokenizer
+(``AutoTokenizer`` of the checkpoint, not stored offline) writes ``[CLS] words [SEP]``; the data's word vocabulary
+(:class:`~litzoo.framework.text.vocabulary.WordVocabulary`: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[MASK]`` = 2, no class or separator
+token) is extended by two ids, ``[CLS]`` = ``vocab_size`` (also BOS) and ``[SEP]`` = ``vocab_size + 1`` (also EOS), which
+:func:`add_cls_sep` puts around every caption (``[PAD]`` = 0 stays the padding id), so that the pooled state is a class token's.
+Every ``text_model.*`` key of a release state dict then loads (``transformers`` is the optional extra ``text``, imported only
+with this option; a release's own 50368-id tokenizer is not the word vocabulary, so its embedding table loads only into a
+net whose ``vocab_size + 2`` is 50368). ``"small"`` (the default, benchmarked) is a small bidirectional
+:class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder` of the towers' width pooled by the **masked mean**, into
+which no release key loads.
+
+Replaced by default (no weights are loadable offline): the DAC-VAE codec features by Kaldi fbank **time strips**
 (``audio_patch_frames`` frames × all mel bins, one step each, so the audio stays a time sequence the video can be aligned
-to). A release's ``text_model.*`` keys are left out, and its ``visual_model.pe_encoder.*`` keys unless ``frame_encoder="pe_core"``.
+to). A release's ``text_model.*`` keys are left out unless ``text_tower="modernbert"``, and its
+``visual_model.pe_encoder.*`` keys unless ``frame_encoder="pe_core"``.
+
+PE-A-Frame (the release's ``PEAudioFrame``: a text query against every audio frame, sound-event spans) is
+:class:`PEAudioFrameNet`: the same audio branch and text tower, a ``text_head`` and an ``audio_head`` applied to each frame state,
+frame logits ``<audio frame, text> · logit_scale + logit_bias`` (no normalisation, no exponential) and the runs of frames whose
+sigmoid exceeds 0.3 (:func:`frame_spans`); network and release weights only (the release has no training code, and the
+synthetic clips no frame labels).
 
 Chosen where the release is silent: the objectives (``framework/nn/av_heads.py`` ``PE_AV_PAIRINGS``: audio–text,
 visual–text, audio_visual–text, audio–visual, visual+text→audio, audio+text→visual), each weighted by ``pair_weights``
@@ -130,6 +153,100 @@ class SequenceTransformer(nn.Module):
 TOWER_KINDS = ("small", "official")
 AUDIO_FEATURES = ("fbank", "dac_vae")
 FRAME_ENCODERS = ("small", "pe_core")
+TEXT_TOWERS = ("small", "modernbert")
+#: The release's text model (``core/audio_visual_encoder/config.py`` ``DFLT_TEXT_ENCODER_CONFIG``, transcribed: ModernBERT-large's
+#: layout), given to ``transformers.ModernBertConfig`` as it is; ``layer_norm_eps`` and ``position_embedding_type`` are not
+#: ModernBERT's own keys (its ``norm_eps`` keeps its default, also 1e-5, and it has no position table), ``classifier_pooling``
+#: acts only in its classifier. :func:`modernbert_text_config` overrides the four sizes and the vocabulary.
+PE_AV_TEXT_CONFIG: dict[str, Any] = {
+    "classifier_pooling": "mean",
+    "global_attn_every_n_layers": 3,
+    "global_rope_theta": 160000.0,
+    "hidden_size": 1024,
+    "intermediate_size": 2624,
+    "layer_norm_eps": 1e-5,
+    "local_rope_theta": 10000.0,
+    "model_type": "modernbert",
+    "num_attention_heads": 16,
+    "num_hidden_layers": 28,
+    "position_embedding_type": "absolute",
+    "tie_word_embeddings": True,
+    "torch_dtype": "float32",
+}
+#: The ``text_*`` arguments (``text_tower="modernbert"`` only) with the release's values (``PEAudioVisualConfig.nth_text_layer`` = 22).
+TEXT_DEFAULTS: dict[str, int | None] = {"text_hidden_size": 1024, "text_intermediate_size": 2624, "text_num_hidden_layers": 28,
+                                        "text_num_attention_heads": 16, "nth_text_layer": 22}  # fmt: skip
+
+
+def import_transformers() -> Any:
+    """``transformers`` (the optional extra ``text``), or a one-line error naming the extra that installs it."""
+    try:
+        import transformers
+    except ImportError:
+        raise LitzooError("text_tower='modernbert' needs transformers, which is not installed: pip install 'litzoo[text]'") from None
+    return transformers
+
+
+def modernbert_text_config(vocab_size: int, hidden_size: int, intermediate_size: int, num_hidden_layers: int, num_attention_heads: int) -> Any:
+    """The ``transformers.ModernBertConfig`` of the ModernBERT text tower over a word vocabulary of ``vocab_size`` ids.
+
+    :data:`PE_AV_TEXT_CONFIG` with the given sizes; ``vocab_size + 2`` ids: the data's (``[PAD]`` = 0, the padding id) and
+    ``[CLS]`` = ``vocab_size`` (also BOS), ``[SEP]`` = ``vocab_size + 1`` (also EOS), which the word vocabulary lacks
+    (:func:`add_cls_sep` writes them). ``transformers`` is imported here only.
+
+    Raises:
+        LitzooError: ``transformers`` is not installed (one line naming the extra).
+    """
+    sizes = {"hidden_size": hidden_size, "intermediate_size": intermediate_size, "num_hidden_layers": num_hidden_layers,
+             "num_attention_heads": num_attention_heads}  # fmt: skip
+    ids = {"vocab_size": vocab_size + 2, "pad_token_id": 0, "cls_token_id": vocab_size, "bos_token_id": vocab_size,
+           "sep_token_id": vocab_size + 1, "eos_token_id": vocab_size + 1}  # fmt: skip
+    return import_transformers().ModernBertConfig(**{**PE_AV_TEXT_CONFIG, **sizes, **ids})
+
+
+def add_cls_sep(tokens: Tensor, mask: Tensor, cls_id: int, sep_id: int, pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Captions ``(B, L)`` with a left-aligned mask (True = a real token) → ``[CLS] tokens [SEP]`` ``(B, L + 2)`` and its mask.
+
+    As a BERT-style tokenizer writes them (the release's, ``"[CLS] $A [SEP]"``): the class token first, the separator right
+    after each caption's last real token, ``pad_id`` after it (whatever ids the padded places held).
+
+    Raises:
+        ValueError: shapes differ, or a mask that is not left-aligned (a real token after a padded one).
+    """
+    if tokens.dim() != 2 or mask.shape != tokens.shape:
+        raise ValueError(f"expected tokens and mask of one (B, L) shape, got {tuple(tokens.shape)} and {tuple(mask.shape)}")
+    mask = mask.bool()
+    lengths = mask.sum(1)
+    positions = torch.arange(tokens.shape[1], device=tokens.device)
+    if not torch.equal(mask, positions[None] < lengths[:, None]):
+        raise ValueError("the caption mask must be left-aligned (the real tokens first, then the padding)")
+    ids = torch.full((tokens.shape[0], tokens.shape[1] + 2), pad_id, dtype=tokens.dtype, device=tokens.device)
+    ids[:, 0] = cls_id
+    ids[:, 1:-1] = torch.where(mask, tokens, pad_id)
+    ids.scatter_(1, (lengths + 1)[:, None], sep_id)
+    return ids, torch.arange(ids.shape[1], device=tokens.device)[None] < (lengths + 2)[:, None]
+
+
+def build_text_model(vocab_size: int, max_text_length: int, dim: int, depth: int, num_heads: int, mlp_ratio: float,
+                     modernbert: tuple[int, int, int, int] | None) -> tuple[nn.Module, int]:  # fmt: skip
+    """The text tower and its width: litzoo's small :class:`~litzoo.framework.nn.text_encoder.TransformerTextEncoder`
+    (``modernbert=None``) or ``transformers.ModernBertModel`` of the ``(width, GeGLU width, layers, heads)`` given."""
+    if modernbert is None:
+        return TransformerTextEncoder(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio), dim
+    config = modernbert_text_config(vocab_size, *modernbert)
+    return import_transformers().ModernBertModel(config), modernbert[0]
+
+
+def pool_text(text_model: nn.Module, tokens: Tensor, mask: Tensor, vocab_size: int, nth_text_layer: int | None) -> Tensor:
+    """The pooled caption state: the masked mean of the small tower's token states, or ModernBERT's
+    ``hidden_states[nth_text_layer][:, 0]`` (``last_hidden_state[:, 0]`` for None) over ``[CLS] tokens [SEP]`` (the release's
+    ``_get_text_output``; ``[CLS]`` = ``vocab_size``, ``[SEP]`` = ``vocab_size + 1``)."""
+    if isinstance(text_model, TransformerTextEncoder):
+        return masked_mean(text_model(tokens, mask), mask.bool())
+    ids, attention = add_cls_sep(tokens, mask, vocab_size, vocab_size + 1)
+    output = text_model(input_ids=ids, attention_mask=attention.long(), output_hidden_states=nth_text_layer is not None)
+    states = output.last_hidden_state if nth_text_layer is None else output.hidden_states[nth_text_layer]
+    return states[:, 0]
 
 
 def check_padding_mask(mask: Tensor | None, batch: int, length: int, what: str) -> Tensor | None:
@@ -343,6 +460,16 @@ class PEAudioVisualNet(nn.Module):
             its patch, its positions resampled); ``None`` lays PE-Core out at the small sizes ``image_size``, ``frame_patch``,
             ``frame_dim``, ``frame_depth``, ``num_heads`` (blocks and attention pool), ``mlp_ratio`` and ``frame_output_dim``.
         frame_output_dim: the PE-Core projection's width at the small sizes (``None`` = ``frame_dim``; L14: 1024).
+        text_tower: ``"small"`` (litzoo's word-level Transformer of width ``dim``, masked-mean pooled, the default) or
+            ``"modernbert"`` (the release's ``transformers.ModernBertModel`` over the word vocabulary with ``[CLS]`` / ``[SEP]``
+            added, pooled as the release: the first token's state after ``nth_text_layer`` layers), whose release keys
+            ``text_model.*`` load.
+        text_hidden_size: ModernBERT's width (release: 1024); ``text_tower="modernbert"`` only, as the three below.
+        text_intermediate_size: its GeGLU hidden width (release: 2624).
+        text_num_hidden_layers: its layers (release: 28).
+        text_num_attention_heads: its heads (release: 16).
+        nth_text_layer: the hidden state pooled: ``hidden_states[nth_text_layer]`` (0 = the embeddings' output, ``k`` = after
+            ``k`` layers; release: 22); ``None`` takes ``last_hidden_state`` (after the final norm), as the release does.
 
     Padding (the release's ``padding_mask`` / ``padding_mask_videos``): :meth:`forward` takes an optional ``audio_mask`` at the
     input's rate (fbank frames or waveform samples) and ``video_mask`` per frame, True = real; padded steps are left out of
@@ -358,8 +485,12 @@ class PEAudioVisualNet(nn.Module):
                  intermediate_size: int | None = None, max_position_embeddings: int = 10_000, audio_features: str = "fbank",
                  dac_encoder_hidden_size: int = 64, dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12),
                  dac_codebook_dim: int = 128, frame_encoder: str = "small", pe_core_config: str | None = None,
-                 frame_output_dim: int | None = None) -> None:  # fmt: skip
+                 frame_output_dim: int | None = None, text_tower: str = "small", text_hidden_size: int = 1024,
+                 text_intermediate_size: int = 2624, text_num_hidden_layers: int = 28, text_num_attention_heads: int = 16,
+                 nth_text_layer: int | None = 22) -> None:  # fmt: skip
         super().__init__()
+        text_sizes = self.text_tower_sizes(text_tower, text_hidden_size, text_intermediate_size, text_num_hidden_layers,
+                                           text_num_attention_heads, nth_text_layer)  # fmt: skip
         if tower not in TOWER_KINDS:
             raise ValueError(f"tower must be one of {TOWER_KINDS}, got {tower!r}")
         if audio_features not in AUDIO_FEATURES:
@@ -370,7 +501,8 @@ class PEAudioVisualNet(nn.Module):
             raise ValueError(f"intermediate_size must be positive (or None), got {intermediate_size}")
         pe_core = self.frame_encoder_kwargs(frame_encoder, pe_core_config, image_size, frame_patch, frame_dim, frame_depth, num_heads,
                                             mlp_ratio, frame_output_dim)  # fmt: skip
-        self.tower, self.audio_features, self.frame_encoder = tower, audio_features, frame_encoder
+        self.tower, self.audio_features, self.frame_encoder, self.text_tower = tower, audio_features, frame_encoder, text_tower
+        self.vocab_size, self.nth_text_layer = vocab_size, nth_text_layer
         audio_steps = audio_frames // max(audio_patch_frames, 1)
         official = None
         if tower == "official":
@@ -381,10 +513,37 @@ class PEAudioVisualNet(nn.Module):
         visual = VisualEncoder(num_frames, image_size, frame_patch, frame_dim, frame_depth, dim, depth, num_heads, mlp_ratio, official, pe_core)
         fusion = AVTransformer(dim, depth, num_heads, audio_steps, mlp_ratio) if official is None else RopeAVTransformer(**official.kwargs)
         self.audio_visual_model = AudioVisualEncoder(audio, visual, fusion)  # built in this order: the small net's init is unchanged
-        self.text_model = TransformerTextEncoder(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio)
-        widths = {"text": dim, "audio": dim, "visual": dim, "audio_visual": dim}
+        self.text_model, text_width = build_text_model(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio, text_sizes)
+        widths = {"text": text_width, "audio": dim, "visual": dim, "audio_visual": dim}
         for head, inputs in PE_AV_HEADS.items():
             self.add_module(head, ContrastiveHead(sum(widths[name] for name in inputs), output_dim))
+
+    @staticmethod
+    def text_tower_sizes(text_tower: str, text_hidden_size: int, text_intermediate_size: int, text_num_hidden_layers: int,
+                         text_num_attention_heads: int, nth_text_layer: int | None) -> tuple[int, int, int, int] | None:  # fmt: skip
+        """ModernBERT's ``(width, GeGLU width, layers, heads)``, or None for the small text tower.
+
+        Raises:
+            ValueError: an unknown text tower, a ``text_*`` size other than the release's with the small tower, a non-positive
+                size, a width the heads do not divide, ``nth_text_layer`` outside ``0 … text_num_hidden_layers``.
+        """
+        if text_tower not in TEXT_TOWERS:
+            raise ValueError(f"text_tower must be one of {TEXT_TOWERS}, got {text_tower!r}")
+        given = {"text_hidden_size": text_hidden_size, "text_intermediate_size": text_intermediate_size,
+                 "text_num_hidden_layers": text_num_hidden_layers, "text_num_attention_heads": text_num_attention_heads,
+                 "nth_text_layer": nth_text_layer}  # fmt: skip
+        if text_tower == "small":
+            changed = sorted(name for name, value in given.items() if value != TEXT_DEFAULTS[name])
+            if changed:
+                raise ValueError(f"{', '.join(changed)} need text_tower='modernbert'")
+            return None
+        sizes = (text_hidden_size, text_intermediate_size, text_num_hidden_layers, text_num_attention_heads)
+        if min(sizes) < 1 or text_hidden_size % text_num_attention_heads:
+            raise ValueError(f"the ModernBERT sizes must be positive with text_hidden_size divisible by text_num_attention_heads, got "
+                             f"{given}")  # fmt: skip
+        if nth_text_layer is not None and not 0 <= nth_text_layer <= text_num_hidden_layers:
+            raise ValueError(f"nth_text_layer must be in 0 … text_num_hidden_layers = {text_num_hidden_layers} (or None), got {nth_text_layer}")
+        return sizes
 
     @staticmethod
     def frame_encoder_kwargs(frame_encoder: str, pe_core_config: str | None, image_size: int, frame_patch: int, frame_dim: int,
@@ -414,8 +573,9 @@ class PEAudioVisualNet(nn.Module):
         return {**PE_CORE_VISION, **sizes}
 
     def encode_text(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        """The pooled caption state ``(B, dim)`` (masked mean of the token states)."""
-        return masked_mean(self.text_model(tokens, mask), mask.bool())
+        """The pooled caption state ``(B, text width)``: the masked mean of the small tower's token states, or ModernBERT's
+        ``hidden_states[nth_text_layer][:, 0]`` over ``[CLS] tokens [SEP]`` (the release's ``_get_text_output``)."""
+        return pool_text(self.text_model, tokens, mask, self.vocab_size, self.nth_text_layer)
 
     def forward(self, audio: Tensor, video: Tensor, tokens: Tensor, mask: Tensor, audio_mask: Tensor | None = None,
                 video_mask: Tensor | None = None) -> dict[str, Tensor]:  # fmt: skip
@@ -433,6 +593,107 @@ class PEAudioVisualNet(nn.Module):
         pooled = {"text": self.encode_text(tokens, mask), "audio": audio_pooled, "visual": video_pooled, "audio_visual": av_pooled}
         return {head.removesuffix("_head"): getattr(self, head)(torch.cat([pooled[name] for name in inputs], dim=-1))
                 for head, inputs in PE_AV_HEADS.items()}  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------- PE-A-Frame
+def frame_spans(logits: Tensor, threshold: float, step_seconds: float) -> list[list[list[float]]]:
+    """The sound-event spans of per-frame logits ``(B, T)``: per row, ``[start, end]`` in seconds of every run of frames whose
+    sigmoid exceeds ``threshold``, ``start`` its first frame and ``end`` one past its last, times ``step_seconds`` (the rule of
+    the release's ``PEAudioFrame.forward``: ``probs > threshold``, the rising and falling edges of the padded run mask)."""
+    above = (logits.sigmoid() > threshold).int()
+    edges = torch.diff(F.pad(above, (1, 1)), dim=1)  # +1 where a run starts, -1 one past where it ends
+    spans = []
+    for row in edges:
+        starts, ends = (row == 1).nonzero().flatten().tolist(), (row == -1).nonzero().flatten().tolist()
+        spans.append([[start * step_seconds, end * step_seconds] for start, end in zip(starts, ends, strict=True)])
+    return spans
+
+
+class PEAudioFrameNet(nn.Module):
+    """PE-A-Frame (the release's ``pe.py`` ``PEAudioFrame``): per-frame audio embeddings scored against a text query, and the
+    spans where the queried sound is heard.
+
+    As the release: ``text_model`` (the text tower of :class:`PEAudioVisualNet`, ModernBERT with ``text_tower="modernbert"``,
+    its class-token state after ``nth_text_layer`` layers), ``audio_model`` (PE-AV's :class:`AudioEncoder`: DAC-VAE features or
+    fbank strips → ``data_proj`` → ``audio_transformer``), ``text_head`` and ``audio_head`` (:class:`ContrastiveHead`) and the
+    scalars ``logit_scale`` / ``logit_bias`` (shape ``(1,)``, both 0 at init). :meth:`forward` gives the text embedding
+    ``text_head(pooled text)`` ``(B, E)`` and the per-frame audio embeddings ``audio_head`` of **every** frame state of the
+    audio transformer (its ``last_hidden_state``, the class token dropped) ``(B, T, E)``; :meth:`frame_logits` scores each frame
+    by the plain dot product with its row's text embedding (no L2 normalisation), times ``logit_scale`` as it is (no
+    exponential) plus ``logit_bias``; :meth:`spans` thresholds their sigmoid (0.3 in the release) into runs
+    (:func:`frame_spans`), at :attr:`step_seconds` a frame (``hop_length / sampling_rate``, 0.04 s for the release's DAC-VAE at
+    48 kHz; fbank strips: ``audio_patch_frames`` × the 10 ms frame shift). Padded frames are scored as the release does (the
+    ``audio_mask`` acts inside the transformer only). Under ``tower="official"``, ``audio_features="dac_vae"`` and
+    ``text_tower="modernbert"`` (the release's layout) every key of a release state dict has its name and role here
+    (:func:`load_pe_a_frame_weights`). The release has inference code only; no objective is built here.
+
+    Args:
+        vocab_size: caption token ids of the word vocabulary (``[PAD]`` = 0).
+        max_text_length … nth_text_layer: as :class:`PEAudioVisualNet` (its audio and text arguments).
+    """
+
+    def __init__(self, vocab_size: int, max_text_length: int = 24, num_mel_bins: int = 64, audio_frames: int = 64,
+                 audio_patch_frames: int = 4, dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
+                 output_dim: int = 64, tower: str = "small", intermediate_size: int | None = None, max_position_embeddings: int = 10_000,
+                 audio_features: str = "fbank", dac_encoder_hidden_size: int = 64, dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12),
+                 dac_codebook_dim: int = 128, text_tower: str = "small", text_hidden_size: int = 1024, text_intermediate_size: int = 2624,
+                 text_num_hidden_layers: int = 28, text_num_attention_heads: int = 16, nth_text_layer: int | None = 22) -> None:  # fmt: skip
+        super().__init__()
+        text_sizes = PEAudioVisualNet.text_tower_sizes(text_tower, text_hidden_size, text_intermediate_size, text_num_hidden_layers,
+                                                       text_num_attention_heads, nth_text_layer)  # fmt: skip
+        if tower not in TOWER_KINDS or audio_features not in AUDIO_FEATURES or (audio_features == "dac_vae" and tower != "official"):
+            raise ValueError(f"tower must be one of {TOWER_KINDS} and audio_features one of {AUDIO_FEATURES} ('dac_vae' with "
+                             f"tower='official'), got {tower!r}, {audio_features!r}")  # fmt: skip
+        if intermediate_size is not None and intermediate_size < 1:
+            raise ValueError(f"intermediate_size must be positive (or None), got {intermediate_size}")
+        self.tower, self.audio_features, self.text_tower = tower, audio_features, text_tower
+        self.vocab_size, self.nth_text_layer = vocab_size, nth_text_layer
+        official = None
+        if tower == "official":
+            official = OfficialTowerSpec(dim, depth, num_heads, intermediate_size or max(1, round(mlp_ratio * dim)), max_position_embeddings)
+        codec = None if audio_features == "fbank" else {"encoder_hidden_size": dac_encoder_hidden_size,
+                                                         "downsampling_ratios": tuple(dac_downsampling_ratios), "codebook_dim": dac_codebook_dim}  # fmt: skip
+        self.text_model, text_width = build_text_model(vocab_size, max_text_length, dim, depth, num_heads, mlp_ratio, text_sizes)
+        self.audio_model = AudioEncoder(num_mel_bins, audio_frames, audio_patch_frames, dim, depth, num_heads, mlp_ratio, official, codec)
+        self.text_head = ContrastiveHead(text_width, output_dim)
+        self.audio_head = ContrastiveHead(dim, output_dim)
+        self.logit_scale = nn.Parameter(torch.zeros(1))
+        self.logit_bias = nn.Parameter(torch.zeros(1))
+
+    @property
+    def step_seconds(self) -> float:
+        """Seconds per audio frame: the DAC-VAE's ``hop_length / sampling_rate``, or ``audio_patch_frames`` fbank frames of 10 ms."""
+        codec = self.audio_model.dac_vae_encoder
+        return codec.hop_length / codec.sampling_rate if codec is not None else self.audio_model.audio_patch_frames * 0.01
+
+    def encode_text(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        """The pooled caption state ``(B, text width)`` (see :func:`pool_text`)."""
+        return pool_text(self.text_model, tokens, mask, self.vocab_size, self.nth_text_layer)
+
+    def forward(self, audio: Tensor, tokens: Tensor, mask: Tensor, audio_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Audio (fbank or waveform, its optional mask at the input's rate) and a text query per row → ``(audio_embeds (B, T, E),
+        text_embeds (B, E))``."""
+        states, _ = self.audio_model(audio, audio_mask)
+        return self.audio_head(states), self.text_head(self.encode_text(tokens, mask))
+
+    def frame_logits(self, audio_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """``(B, T)``: ``<audio_embeds[b, t], text_embeds[b]> · logit_scale + logit_bias``."""
+        return torch.einsum("bte,be->bt", audio_embeds, text_embeds) * self.logit_scale + self.logit_bias
+
+    def spans(self, audio: Tensor, tokens: Tensor, mask: Tensor, audio_mask: Tensor | None = None,
+              threshold: float = 0.3) -> list[list[list[float]]]:  # fmt: skip
+        """Per row, the ``[start, end]`` seconds where the row's query is heard (sigmoid of the frame logits above ``threshold``)."""
+        return frame_spans(self.frame_logits(*self(audio, tokens, mask, audio_mask)), threshold, self.step_seconds)
+
+
+def load_pe_a_frame_weights(net: PEAudioFrameNet, path: str) -> None:
+    """Load a release ``PEAudioFrame`` state dict as it is (every key and shape must fit: the release's layout is
+    ``tower="official"``, ``audio_features="dac_vae"``, ``text_tower="modernbert"``).
+
+    Raises:
+        LitzooError: the file is unreadable, or its keys or shapes are not the net's (one line naming it).
+    """
+    load_state_dict_checked(net, unwrap_state_dict(load_checkpoint(path), path), path, what="PE-A-Frame model")
 
 
 # ------------------------------------------------------------------------------------------------------- official weights
@@ -457,13 +718,14 @@ DAC_VAE_PREFIX = "audio_visual_model.audio_model.dac_vae_encoder."
 #: The release's per-frame PE-Core vision encoder (``pe.py`` ``VisualEncoder.pe_encoder``, ``CLIP.from_config(...).visual``),
 #: mapped through :func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state` with ``frame_encoder="pe_core"``.
 PE_ENCODER_PREFIX = "audio_visual_model.visual_model.pe_encoder."
-#: Official parts with no counterpart here under any option: the ModernBERT text model (and PE-Core's keys with the small
-#: per-frame encoder).
-UNMAPPED_PREFIXES = ("text_model.",)
+#: The release's ModernBERT text model (``PEAudioVisual.text_model``, ``transformers.ModernBertModel``), mapped as it is with
+#: ``text_tower="modernbert"``.
+TEXT_PREFIX = "text_model."
 
 
 @register_official_key_map("pe_av")
-def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", dac_vae: bool = False, pe_core: bool = False) -> dict[str, Tensor]:
+def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", dac_vae: bool = False, pe_core: bool = False,
+                           modernbert: bool = False) -> dict[str, Tensor]:  # fmt: skip
     """facebookresearch/perception_models ``PEAudioVisual`` weights → the parts of :class:`PEAudioVisualNet` of the same architecture.
 
     Always kept under the same names: the eight heads (``<pairing>_head.layer_norm`` / ``.proj``), the fusion tower's
@@ -475,8 +737,10 @@ def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", da
     ``dac_vae=True``: the codec's ``dac_vae_encoder.*`` as they are. ``pe_core=True`` (``frame_encoder="pe_core"``): the
     per-frame encoder's ``visual_model.pe_encoder.<official vision name>`` → ``visual_model.pe_encoder.<litzoo name>`` by
     :func:`~litzoo.framework.nn.pe_core.convert_pe_vision_state` (``conv1`` → ``visual.patch_embed.proj``, ``proj`` transposed
-    into ``visual_projection.weight``, …). Left out always: ModernBERT (``text_model``); PE-Core unless ``pe_core``;
-    :func:`load_pe_av_shared_weights` says how many keys it left.
+    into ``visual_projection.weight``, …). ``modernbert=True`` (``text_tower="modernbert"``): the text model's ``text_model.*``
+    as they are (``embeddings.tok_embeddings``, ``embeddings.norm``, ``layers.{i}.{attn_norm,attn.Wqkv,attn.Wo,mlp_norm,mlp.Wi,
+    mlp.Wo}``, ``final_norm``). Left out: ModernBERT unless ``modernbert``, PE-Core unless ``pe_core``, the DAC-VAE unless
+    ``dac_vae``; :func:`load_pe_av_shared_weights` says how many keys it left.
 
     Raises:
         LitzooError: with ``pe_core``, a ``pe_encoder`` key the PE-Core map does not know (or no ``pe_encoder.conv1.weight``).
@@ -488,7 +752,7 @@ def official_pe_av_key_map(state: Mapping[str, Tensor], tower: str = "small", da
     if pe_core and frames:
         out.update({PE_ENCODER_PREFIX + key: value for key, value in convert_pe_vision_state(frames).items()})
     for key, value in state.items():
-        if key.startswith(SHARED_PREFIXES) or (dac_vae and key.startswith(DAC_VAE_PREFIX)):
+        if key.startswith(SHARED_PREFIXES) or (dac_vae and key.startswith(DAC_VAE_PREFIX)) or (modernbert and key.startswith(TEXT_PREFIX)):
             out[key] = value
             continue
         for name in TOWERS:
@@ -506,18 +770,19 @@ def load_pe_av_shared_weights(net: PEAudioVisualNet, path: str) -> int:
     the configuration must match).
 
     Returns:
-        the number of official keys left out (the parts of another architecture: ModernBERT always, PE-Core unless
-        ``frame_encoder="pe_core"``, with the small tower the transformer layers, norms and ResNet-1d embeddings; the DAC-VAE
+        the number of official keys left out (the parts of another architecture: ModernBERT unless ``text_tower="modernbert"``,
+        PE-Core unless ``frame_encoder="pe_core"``, with the small tower the transformer layers, norms and ResNet-1d embeddings; the DAC-VAE
         unless ``audio_features="dac_vae"``).
 
     Raises:
         LitzooError: the file is unreadable, holds none of the shared keys, or a kept key is unknown here or has another shape,
-            or (``frame_encoder="pe_core"``) its PE-Core keys are not those of the net's per-frame encoder, all of them (one line
-            naming it).
+            or (``frame_encoder="pe_core"``) its PE-Core keys are not those of the net's per-frame encoder, all of them, or
+            (``text_tower="modernbert"``) it has some of ModernBERT's keys but not all (one line naming it).
     """
     state = unwrap_state_dict(load_checkpoint(path), path)
     try:
-        kept = official_pe_av_key_map(state, net.tower, net.audio_features == "dac_vae", net.frame_encoder == "pe_core")
+        kept = official_pe_av_key_map(state, net.tower, net.audio_features == "dac_vae", net.frame_encoder == "pe_core",
+                                      net.text_tower == "modernbert")  # fmt: skip
     except LitzooError as error:
         raise LitzooError(f"checkpoint '{path}': {error}") from None
     if not kept:
@@ -526,10 +791,13 @@ def load_pe_av_shared_weights(net: PEAudioVisualNet, path: str) -> int:
     unknown = sorted(set(kept) - set(own))
     if unknown:
         raise LitzooError(f"checkpoint '{path}': keys {unknown[:3]} have no place in this PEAudioVisualNet (tower={net.tower!r}, "
-                          f"frame_encoder={net.frame_encoder!r})")  # fmt: skip
+                          f"frame_encoder={net.frame_encoder!r}, text_tower={net.text_tower!r})")  # fmt: skip
     frames_missing = sorted(k for k in own if k.startswith(PE_ENCODER_PREFIX) and k not in kept)
     if net.frame_encoder == "pe_core" and any(k.startswith(PE_ENCODER_PREFIX) for k in kept) and frames_missing:
         raise LitzooError(f"checkpoint '{path}': the PE-Core frame encoder lacks {len(frames_missing)} keys ({', '.join(frames_missing[:3])} ...)")
+    text_missing = sorted(k for k in own if k.startswith(TEXT_PREFIX) and k not in kept)
+    if net.text_tower == "modernbert" and any(k.startswith(TEXT_PREFIX) for k in kept) and text_missing:
+        raise LitzooError(f"checkpoint '{path}': the ModernBERT text model lacks {len(text_missing)} keys ({', '.join(text_missing[:3])} ...)")
     merged = {**own, **kept}
     load_state_dict_checked(net, merged, path, what="PE-AV model")
     return len(state) - len(kept)
@@ -575,10 +843,14 @@ class PEAudioVisual(L.LightningModule):
             RMSNorm / SwiGLU / RoPE towers, ``audio_features="dac_vae"`` (with it) takes waveforms through the frozen DAC-VAE.
         frame_encoder, pe_core_config, frame_output_dim: the per-frame encoder (``"pe_core"``: PE-Core's vision tower, see
             :class:`PEAudioVisualNet`).
+        text_tower, text_hidden_size, text_intermediate_size, text_num_hidden_layers, text_num_attention_heads, nth_text_layer:
+            the text tower (``"modernbert"``: the release's ModernBERT, class-token state after ``nth_text_layer`` layers, needs
+            the ``text`` extra; see :class:`PEAudioVisualNet`). ``max_text_length`` counts the caption's words; ModernBERT reads
+            two more, ``[CLS]`` and ``[SEP]``.
 
     Raises:
-        ValueError: an unknown pairing, objective, tower or audio feature, a negative or non-finite weight, all weights zero,
-            bad sizes.
+        ValueError: an unknown pairing, objective, tower, text tower or audio feature, a negative or non-finite weight, all
+            weights zero, bad sizes.
     """
 
     monitor = "val/audio_visual_text/R@1"
@@ -591,7 +863,9 @@ class PEAudioVisual(L.LightningModule):
                  num_heads: int = 4, mlp_ratio: float = 2.0, output_dim: int = 64, tower: str = "small", intermediate_size: int | None = None,
                  max_position_embeddings: int = 10_000, audio_features: str = "fbank", dac_encoder_hidden_size: int = 64,
                  dac_downsampling_ratios: Sequence[int] = (2, 8, 10, 12), dac_codebook_dim: int = 128, frame_encoder: str = "small",
-                 pe_core_config: str | None = None, frame_output_dim: int | None = None) -> None:  # fmt: skip
+                 pe_core_config: str | None = None, frame_output_dim: int | None = None, text_tower: str = "small",
+                 text_hidden_size: int = 1024, text_intermediate_size: int = 2624, text_num_hidden_layers: int = 28,
+                 text_num_attention_heads: int = 16, nth_text_layer: int | None = 22) -> None:  # fmt: skip
         super().__init__()
         unknown = sorted(set(pair_weights or {}) - set(PE_AV_PAIRINGS))
         if unknown:
@@ -613,6 +887,10 @@ class PEAudioVisual(L.LightningModule):
         # a bad per-frame encoder is refused here, not when setup() builds the net
         PEAudioVisualNet.frame_encoder_kwargs(frame_encoder, pe_core_config, image_size, frame_patch, frame_dim, frame_depth, num_heads,
                                               mlp_ratio, frame_output_dim)  # fmt: skip
+        text = {"text_tower": text_tower, "text_hidden_size": text_hidden_size, "text_intermediate_size": text_intermediate_size,
+                "text_num_hidden_layers": text_num_hidden_layers, "text_num_attention_heads": text_num_attention_heads,
+                "nth_text_layer": nth_text_layer}  # fmt: skip
+        PEAudioVisualNet.text_tower_sizes(**text)  # likewise a bad text tower
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer, self.pair_weights, self.top_k = optimizer, weights, tuple(top_k)
         self.net_kwargs = {"num_frames": num_frames, "image_size": image_size, "frame_patch": frame_patch, "frame_dim": frame_dim,
@@ -622,7 +900,7 @@ class PEAudioVisual(L.LightningModule):
                            "max_position_embeddings": max_position_embeddings, "audio_features": audio_features,
                            "dac_encoder_hidden_size": dac_encoder_hidden_size, "dac_downsampling_ratios": tuple(dac_downsampling_ratios),
                            "dac_codebook_dim": dac_codebook_dim, "frame_encoder": frame_encoder, "pe_core_config": pe_core_config,
-                           "frame_output_dim": frame_output_dim}  # fmt: skip
+                           "frame_output_dim": frame_output_dim, **text}  # fmt: skip
         init_scale, init_bias = (math.log(1 / 0.07), 0.0) if objective == "clip" else (math.log(10.0), -10.0)
         self.logit_scale = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_scale)) for pair in PE_AV_PAIRINGS})
         self.logit_bias = nn.ParameterDict({pair: nn.Parameter(torch.tensor(init_bias)) for pair in PE_AV_PAIRINGS}) if objective == "sigmoid" else None
@@ -647,9 +925,9 @@ class PEAudioVisual(L.LightningModule):
                                   "vocabulary (SyntheticAudioVideoDataModule with captions: true)")  # fmt: skip
             self.build(self.vocabulary.vocab_size)
         assert self.net is not None
-        if self.vocabulary is not None and self.vocabulary.vocab_size > self.net.text_model.vocab_size:
+        if self.vocabulary is not None and self.vocabulary.vocab_size > self.net.vocab_size:
             raise LitzooError(f"PEAudioVisual: the datamodule's vocabulary of {self.vocabulary.vocab_size} exceeds the model's "
-                              f"{self.net.text_model.vocab_size}")  # fmt: skip
+                              f"{self.net.vocab_size}")  # fmt: skip
 
     def tokens(self, batch: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
         """``(tokens, mask)`` of the batch's captions: its own ``"tokens"`` / ``"token_mask"``, else ``"text"`` encoded."""
@@ -744,19 +1022,30 @@ class PEAudioVisual(L.LightningModule):
 __all__ = [
     "AUDIO_FEATURES",
     "FRAME_ENCODERS",
+    "PE_AV_TEXT_CONFIG",
+    "TEXT_DEFAULTS",
+    "TEXT_TOWERS",
     "TOWER_KINDS",
     "AVTransformer",
     "AudioEncoder",
     "AudioVisualEncoder",
+    "PEAudioFrameNet",
     "PEAudioVisual",
     "OfficialTowerSpec",
     "PEAudioVisualNet",
     "RopeAVTransformer",
     "SequenceTransformer",
     "VisualEncoder",
+    "add_cls_sep",
     "adamw_pe_av",
+    "build_text_model",
     "check_padding_mask",
+    "frame_spans",
+    "load_pe_a_frame_weights",
     "load_pe_av_shared_weights",
+    "import_transformers",
+    "modernbert_text_config",
     "recall_at_k",
     "official_pe_av_key_map",
+    "pool_text",
 ]

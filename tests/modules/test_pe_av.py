@@ -1,5 +1,7 @@
 """PE-AV: every pairing's loss by hand, the heads' inputs, the modality paths, the official key map, captioned data, a tiny fit;
-the official towers (tower="official"): release names, release-named weights loading, the DAC-VAE audio path, training."""
+the official towers (tower="official"): release names, release-named weights loading, the DAC-VAE audio path, training; the
+ModernBERT text tower (text_tower="modernbert"): [CLS]/[SEP] by hand, release text keys loading strict, the pooled state by hand,
+training, hyper-parameters, the CLI; PE-A-Frame against a transcription of the release's forward."""
 
 from __future__ import annotations
 
@@ -537,3 +539,275 @@ def test_step_masks_follow_the_release_rule():
         net(batch["audio"], batch["video"], batch["tokens"], batch["tokens"] != 0, video_mask=torch.zeros(4, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="T ≤ 4"):
         net(batch["audio"], torch.zeros(4, 5, 3, 16, 16), batch["tokens"], batch["tokens"] != 0)
+
+
+# ------------------------------------------------------------------------------------- the ModernBERT text tower (text_tower="modernbert")
+MODERNBERT = {"text_tower": "modernbert", "text_hidden_size": 12, "text_intermediate_size": 20, "text_num_hidden_layers": 4,
+              "text_num_attention_heads": 2, "nth_text_layer": 2}  # fmt: skip
+
+
+def release_modernbert_keys(vocab: int, width: int, intermediate: int, layers: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The release's ``text_model.*`` keys (``AutoModel.from_config(ModernBertConfig(...))`` = transformers' ``ModernBertModel``,
+    norms without bias) written out by name and shape: the first layer has no ``attn_norm`` (an Identity), ``Wqkv`` stacks
+    q, k, v, ``Wi`` the GeGLU's input and gate halves."""
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {"embeddings.tok_embeddings.weight": (vocab, width), "embeddings.norm.weight": (width,), "final_norm.weight": (width,)}
+    for i in range(layers):
+        if i:
+            shapes[f"layers.{i}.attn_norm.weight"] = (width,)
+        shapes |= {f"layers.{i}.attn.Wqkv.weight": (3 * width, width), f"layers.{i}.attn.Wo.weight": (width, width),
+                   f"layers.{i}.mlp_norm.weight": (width,), f"layers.{i}.mlp.Wi.weight": (2 * intermediate, width),
+                   f"layers.{i}.mlp.Wo.weight": (width, intermediate)}  # fmt: skip
+    return {f"text_model.{name}": torch.randn(*shape, generator=generator) * 0.3 for name, shape in shapes.items()}
+
+
+def test_add_cls_sep_writes_bert_special_tokens_by_hand():
+    from litzoo.modules.pe_av import add_cls_sep
+
+    tokens = torch.tensor([[5, 6, 7, 9], [8, 4, 4, 4], [3, 3, 3, 3]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    ids, attention = add_cls_sep(tokens, mask, cls_id=12, sep_id=13)
+    assert ids.tolist() == [[12, 5, 6, 7, 13, 0], [12, 8, 13, 0, 0, 0], [12, 3, 3, 3, 3, 13]]  # padded ids (9, 4) become [PAD]
+    assert attention.tolist() == [[True] * 5 + [False], [True] * 3 + [False] * 3, [True] * 6]
+    with pytest.raises(ValueError, match="left-aligned"):
+        add_cls_sep(tokens, torch.tensor([[1, 0, 1, 0]] * 3, dtype=torch.bool), 12, 13)
+
+
+def test_release_named_modernbert_keys_load_strict(tmp_path):
+    pytest.importorskip("transformers")  # the optional extra `text`
+    torch.manual_seed(0)
+    net = PEAudioVisualNet(12, 6, **OFFICIAL, **MODERNBERT)
+    text = release_modernbert_keys(12 + 2, 12, 20, 4)  # the word vocabulary of 12 ids, [CLS] and [SEP]
+    assert {k for k in net.state_dict() if k.startswith("text_model.")} == set(text)  # every key, no other (buffers: not persistent)
+    official = {**release_like_state(net), **text}  # the text keys replace release_like_state's stand-in
+    path = tmp_path / "pe_av_text.pt"
+    torch.save({"model": official}, path)
+    assert load_pe_av_shared_weights(net, str(path)) == 2  # only PE-Core's two stand-ins are left
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in text.items())
+    assert net.audio_text_head.layer_norm.weight.shape == (12,) and net.audio_plus_text_head.layer_norm.weight.shape == (16 + 12,)
+    # the small text tower leaves every text key out
+    assert len(official) - len(official_pe_av_key_map(official, "official")) == 2 + len(text)
+    # a release text model that lacks a key, or has another vocabulary: one line naming the file
+    torch.save({k: v for k, v in official.items() if k != "text_model.layers.3.mlp.Wo.weight"}, path)
+    with pytest.raises(LitzooError, match=r"pe_av_text.pt.*ModernBERT text model lacks 1 keys \(text_model.layers.3.mlp.Wo.weight"):
+        load_pe_av_shared_weights(PEAudioVisualNet(12, 6, **OFFICIAL, **MODERNBERT), str(path))
+    torch.save({**official, "text_model.embeddings.tok_embeddings.weight": torch.zeros(50368, 12)}, path)
+    with pytest.raises(LitzooError, match=r"pe_av_text.pt.*tok_embeddings"):
+        load_pe_av_shared_weights(PEAudioVisualNet(12, 6, **OFFICIAL, **MODERNBERT), str(path))
+
+
+def test_modernbert_pools_the_class_token_state_after_nth_layers():
+    ModernBertModel = pytest.importorskip("transformers").ModernBertModel
+
+    from litzoo.modules.pe_av import modernbert_text_config
+
+    torch.manual_seed(0)
+    net = PEAudioVisualNet(12, 6, **TINY, **MODERNBERT).eval()
+    tokens = torch.tensor([[5, 6, 7, 0], [8, 3, 0, 0], [4, 9, 10, 11]])
+    mask = tokens != 0
+    ids = torch.tensor([[12, 5, 6, 7, 13, 0], [12, 8, 3, 13, 0, 0], [12, 4, 9, 10, 11, 13]])  # [CLS] words [SEP] by hand
+    with torch.no_grad():
+        pooled = net.encode_text(tokens, mask)
+        # ModernBertModel run directly, the release's state taken by hand: hidden_states[2][:, 0]
+        direct = ModernBertModel(modernbert_text_config(12, 12, 20, 4, 2)).eval()
+        direct.load_state_dict(net.text_model.state_dict())
+        torch.testing.assert_close(pooled, direct(input_ids=ids, attention_mask=ids != 0, output_hidden_states=True).hidden_states[2][:, 0])
+        # = the first token after the first two layers, before any final norm: a two-layer copy without its final norm
+        truncated = ModernBertModel(modernbert_text_config(12, 12, 20, 2, 2)).eval()
+        truncated.load_state_dict({k: v for k, v in net.text_model.state_dict().items() if not k.startswith(("layers.2.", "layers.3."))})
+        truncated.final_norm = torch.nn.Identity()
+        torch.testing.assert_close(pooled, truncated(input_ids=ids, attention_mask=ids != 0).last_hidden_state[:, 0])
+        # nth_text_layer=None: last_hidden_state, after all four layers and the final norm
+        last = PEAudioVisualNet(12, 6, **TINY, **{**MODERNBERT, "nth_text_layer": None}).eval()
+        last.text_model.load_state_dict(net.text_model.state_dict())
+        torch.testing.assert_close(last.encode_text(tokens, mask), direct(input_ids=ids, attention_mask=ids != 0).last_hidden_state[:, 0])
+        assert not torch.allclose(last.encode_text(tokens, mask), pooled, atol=1e-3)
+        # the class token reads the caption (a changed word changes it), not the padding's ids
+        changed = tokens.clone()
+        changed[0, 3], changed[1, 2:] = 9, 7
+        torch.testing.assert_close(net.encode_text(changed, mask), pooled)
+        changed[2, 1] = 3
+        assert not torch.allclose(net.encode_text(changed, mask)[2], pooled[2], atol=1e-4)
+        # the pooled state feeds the three text heads and the two media+text heads
+        batch = tiny_batch(batch_size=3)
+        out = net(batch["audio"], batch["video"], tokens, mask)
+        _, audio = net.audio_visual_model.audio_model(batch["audio"])
+        _, video = net.audio_visual_model.visual_model(batch["video"])
+    for name, value in {"audio_text": net.audio_text_head(pooled), "visual_text": net.visual_text_head(pooled),
+                        "audio_visual_text": net.audio_visual_text_head(pooled),
+                        "audio_plus_text": net.audio_plus_text_head(torch.cat([audio, pooled], -1)),
+                        "visual_plus_text": net.visual_plus_text_head(torch.cat([video, pooled], -1))}.items():  # fmt: skip
+        torch.testing.assert_close(out[name], value, msg=name)
+
+
+def test_modernbert_text_tower_trains(captioned, tmp_path):
+    pytest.importorskip("transformers")  # the optional extra `text`
+    torch.manual_seed(0)
+    module = PEAudioVisual(vocab_size=12, max_text_length=6, **TINY, **MODERNBERT)
+    batch = tiny_batch(batch_size=8, seed=3)
+    optimizer = module.configure_optimizers()
+    before = {name: p.detach().clone() for name, p in module.named_parameters() if name.startswith("net.text_model.")}
+    first = None
+    for _ in range(40):
+        loss, _ = module.loss(module.embed(batch))
+        first = float(loss) if first is None else first
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.5 * first
+    params = dict(module.named_parameters())
+    for name, value in before.items():
+        unused = name.startswith(("net.text_model.layers.2.", "net.text_model.layers.3.", "net.text_model.final_norm."))
+        assert (params[name].grad is None) == unused, name  # past the pooled layer: no gradient, as in the release
+        assert torch.equal(params[name], value) == unused, name
+    # and through Lightning on the captioned synthetic clips: the word vocabulary plus [CLS] and [SEP]
+    fitted = PEAudioVisual(**{**TINY, "num_frames": 4, "image_size": 32}, **MODERNBERT)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path, num_sanity_val_steps=0, limit_val_batches=1)  # fmt: skip
+    trainer.fit(fitted, captioned)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and fitted.net is not None
+    assert fitted.net.text_model.embeddings.tok_embeddings.num_embeddings == captioned.vocabulary.vocab_size + 2
+
+
+def test_modernbert_options_round_trip_and_are_checked():
+    pytest.importorskip("transformers")  # the optional extra `text`
+    module = rebuilds_from_flat_hparams(PEAudioVisual, vocab_size=12, max_text_length=6, **TINY, **MODERNBERT)
+    assert module.net is not None and module.net.text_tower == "modernbert" and module.net.nth_text_layer == 2
+    with pytest.raises(ValueError, match="text_tower must be one of"):
+        PEAudioVisual(text_tower="bert")
+    with pytest.raises(ValueError, match="nth_text_layer, text_hidden_size need text_tower='modernbert'"):
+        PEAudioVisualNet(12, 6, **TINY, text_hidden_size=64, nth_text_layer=3)
+    with pytest.raises(ValueError, match="nth_text_layer must be in 0 … text_num_hidden_layers = 4"):
+        PEAudioVisual(**{**MODERNBERT, "nth_text_layer": 5})
+    with pytest.raises(ValueError, match="divisible"):
+        PEAudioVisualNet(12, 6, **TINY, **{**MODERNBERT, "text_num_attention_heads": 5})
+
+
+def test_cli_fits_the_synthetic_config_with_the_modernbert_text_tower(tmp_path):
+    pytest.importorskip("transformers")  # the optional extra `text`
+    from litzoo.cli import main
+
+    sizes = [f"--model.{name}={value}" for name, value in MODERNBERT.items()]
+    main(["fit", "-c", "configs/pe_av/synthetic_av.yaml", *sizes, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir",
+          str(tmp_path), "--trainer.enable_progress_bar", "false", "--data.root", str(tmp_path / "data"), "--data.num_train", "8",
+          "--data.num_val", "4", "--data.batch_size", "4"])  # fmt: skip
+
+
+def test_the_release_text_layout_is_modernbert_large():
+    pytest.importorskip("transformers")  # the optional extra `text`
+    with torch.device("meta"):  # shapes only
+        net = PEAudioVisualNet(50368 - 2, 6, **TINY, text_tower="modernbert")  # the release's defaults; its tokenizer's 50368 ids
+    state = net.state_dict()
+    width, glu, layers = 1024, 2624, 28
+    per_layer = 3 * width * width + width * width + width + 2 * glu * width + glu * width  # Wqkv, Wo, mlp_norm, Wi, Wo
+    expected = 50368 * width + width + layers * per_layer + (layers - 1) * width + width  # + attn_norm from layer 1, final_norm
+    assert sum(v.numel() for k, v in state.items() if k.startswith("text_model.")) == expected == 394_781_696  # ModernBERT-large
+    config = net.text_model.config
+    assert [i for i, kind in enumerate(config.layer_types) if kind == "full_attention"] == list(range(0, 28, 3))  # global every third
+    assert config.rope_parameters["full_attention"]["rope_theta"] == 160000.0 and config.rope_parameters["sliding_attention"]["rope_theta"] == 10000.0
+    assert config.local_attention == 128 and config.norm_eps == 1e-5 and net.nth_text_layer == 22
+    assert state["audio_visual_text_head.proj.weight"].shape == (8, 1024) and state["visual_plus_text_head.layer_norm.weight"].shape == (16 + 1024,)
+
+
+def test_modernbert_without_transformers_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    with pytest.raises(LitzooError, match=r"text_tower='modernbert' needs transformers, which is not installed: pip install 'litzoo\[text\]'"):
+        PEAudioVisualNet(12, 6, **TINY, **MODERNBERT)
+    assert PEAudioVisualNet(12, 6, **TINY).text_tower == "small"  # the default needs no transformers
+
+
+# --------------------------------------------------------------------------------------------------------------- PE-A-Frame
+TINY_FRAME = {"num_mel_bins": 8, "audio_frames": 16, "audio_patch_frames": 2, "dim": 16, "depth": 1, "num_heads": 2, "output_dim": 8}
+FRAME_RELEASE = {"num_mel_bins": 8, "audio_frames": 16, "audio_patch_frames": 2, "dim": 16, "depth": 1, "num_heads": 2, "output_dim": 8,
+                 "tower": "official", "intermediate_size": 24, "audio_features": "dac_vae", **TINY_DAC, **MODERNBERT}  # fmt: skip
+
+
+def release_frame_forward(net, input_values, input_ids, attention_mask, threshold):
+    """A transcription of the release's ``PEAudioFrame.forward`` (``pe.py``) on the net's modules, with its
+    ``_get_text_output`` (``hidden_states[nth_text_layer]``, first token) and its span rule."""
+    audio_last_hidden_state, _ = net.audio_model(input_values)
+    output = net.text_model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+    pooler_output = output.hidden_states[net.nth_text_layer][:, 0]
+    text_embeds = net.text_head(pooler_output)
+    audio_embeds = net.audio_head(audio_last_hidden_state)
+    bsz = input_ids.size(0)
+    unscaled_logits = audio_embeds @ text_embeds.unsqueeze(1).transpose(-1, -2)
+    logits = unscaled_logits.squeeze(-1) * net.logit_scale + net.logit_bias
+    probs = logits.sigmoid()
+    preds = probs > threshold
+    changes = torch.diff(F.pad(preds, (1, 1), value=False), dim=1).nonzero()
+    span_tensor = torch.cat([changes[::2], changes[1::2, [1]]], dim=1)
+    hop, rate = net.audio_model.dac_vae_encoder.hop_length, net.audio_model.dac_vae_encoder.sampling_rate
+    spans = [(span_tensor[span_tensor[:, 0] == i, 1:] * hop / rate).tolist() for i in range(bsz)]
+    return audio_embeds, text_embeds, logits, spans
+
+
+def test_pe_a_frame_equals_a_transcription_of_the_release_forward():
+    pytest.importorskip("transformers")  # the optional extra `text`
+    from litzoo.modules.pe_av import PEAudioFrameNet
+
+    torch.manual_seed(0)
+    net = PEAudioFrameNet(12, 6, **FRAME_RELEASE).eval()
+    with torch.no_grad():
+        net.logit_scale.fill_(4.0)
+        net.logit_bias.fill_(-0.3)
+    wave = torch.randn(3, 1, 64, generator=torch.Generator().manual_seed(1))  # hop 4: 16 frames
+    tokens = torch.tensor([[5, 6, 7, 0], [8, 3, 0, 0], [4, 9, 10, 11]])
+    ids = torch.tensor([[12, 5, 6, 7, 13, 0], [12, 8, 3, 13, 0, 0], [12, 4, 9, 10, 11, 13]])
+    with torch.no_grad():
+        audio_embeds, text_embeds = net(wave, tokens, tokens != 0)
+        logits = net.frame_logits(audio_embeds, text_embeds)
+        threshold = float(logits.sigmoid().median())  # some frames above, some below
+        spans = net.spans(wave, tokens, tokens != 0, threshold=threshold)
+        expected = release_frame_forward(net, wave, ids, (ids != 0).long(), threshold)
+    assert audio_embeds.shape == (3, 16, 8) and text_embeds.shape == (3, 8)
+    for got, want in zip((audio_embeds, text_embeds, logits), expected[:3], strict=True):
+        torch.testing.assert_close(got, want)
+    assert sum(len(row) for row in spans) >= 3
+    assert len(spans) == 3 and all(torch.allclose(torch.tensor(g), torch.tensor(w)) for g, w in zip(spans, expected[3], strict=True))
+    assert net.step_seconds == 4 / 48000
+
+
+def test_frame_spans_by_hand():
+    from litzoo.modules.pe_av import frame_spans
+
+    big = 10.0  # sigmoid(±10): clearly above / below 0.3
+    logits = torch.tensor([[big, big, -big, -big, big], [-big] * 5, [big] * 5, [-big, big, -big, big, -big]])
+    assert frame_spans(logits, 0.3, 0.5) == [[[0.0, 1.0], [2.0, 2.5]], [], [[0.0, 2.5]], [[0.5, 1.0], [1.5, 2.0]]]
+    edge = torch.tensor([[0.0, 1e-3]])  # sigmoid(0) = 0.5 exactly: strictly above the threshold counts
+    assert frame_spans(edge, 0.5, 1.0) == [[[1.0, 2.0]]]
+
+
+def test_release_named_pe_a_frame_state_loads_strict(tmp_path):
+    pytest.importorskip("transformers")  # the optional extra `text`
+    from litzoo.modules.pe_av import PEAudioFrameNet, load_pe_a_frame_weights
+
+    torch.manual_seed(0)
+    net = PEAudioFrameNet(12, 6, **FRAME_RELEASE)
+    generator = torch.Generator().manual_seed(5)
+    # the release's names: audio_model.* as PE-AV's audio branch (whose names are checked above), text_model.*, the two heads, scalars
+    av = PEAudioVisualNet(12, 6, **{k: v for k, v in FRAME_RELEASE.items() if k not in MODERNBERT}).state_dict()
+    state = {k.removeprefix("audio_visual_model."): torch.randn(v.shape, generator=generator) for k, v in av.items()
+             if k.startswith("audio_visual_model.audio_model.")}  # fmt: skip
+    state |= release_modernbert_keys(12 + 2, 12, 20, 4, seed=6)
+    state |= {"text_head.layer_norm.weight": torch.rand(12), "text_head.layer_norm.bias": torch.rand(12), "text_head.proj.weight": torch.rand(8, 12),
+              "audio_head.layer_norm.weight": torch.rand(16), "audio_head.layer_norm.bias": torch.rand(16), "audio_head.proj.weight": torch.rand(8, 16),
+              "logit_scale": torch.tensor([7.5]), "logit_bias": torch.tensor([-2.0])}  # fmt: skip
+    path = tmp_path / "pe_a_frame.pt"
+    torch.save({"model": state}, path)
+    load_pe_a_frame_weights(net, str(path))
+    loaded = net.state_dict()
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
+    torch.save({k: v for k, v in state.items() if k != "logit_bias"}, path)
+    with pytest.raises(LitzooError, match=r"pe_a_frame.pt.*PE-A-Frame model.*logit_bias"):
+        load_pe_a_frame_weights(PEAudioFrameNet(12, 6, **FRAME_RELEASE), str(path))
+    # the small default layout (fbank strips, small towers and text) embeds per frame too
+    small = PEAudioFrameNet(12, 6, **TINY_FRAME)
+    audio_embeds, text_embeds = small(torch.randn(2, 1, 16, 8), torch.tensor([[3, 4], [5, 0]]), torch.tensor([[True, True], [True, False]]))
+    assert audio_embeds.shape == (2, 8, 8) and text_embeds.shape == (2, 8) and small.step_seconds == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="tower='official'"):
+        PEAudioFrameNet(12, 6, **TINY_FRAME, audio_features="dac_vae")
+
