@@ -12,4 +12,4 @@ for room in ROOMS:
     package_dir[f"litzoo.{room}"] = room
     packages += [f"litzoo.{name}" for name in find_packages(include=[room, f"{room}.*"])]
 
-setup(packages=packages, package_dir=package_dir, package_data={"litzoo.configs": ["*/*.yaml"]})
+setup(packages=packages, package_dir=package_dir, package_data={"litzoo.configs": ["*/*.yaml", "*/*.json"]})

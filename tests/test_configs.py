@@ -62,6 +62,20 @@ def data_root_args(config: str, tmp_path: Path) -> list[str]:
     return [f"{prefix}.root", str(tmp_path / "data")]
 
 
+def policy_args(config: str, tmp_path: Path) -> list[str]:
+    """``--data.init_args.policy <a tiny policy>`` for an LA3 config whose policy file the user searches first
+    (``configs/la3/cifar10.yaml``), else nothing."""
+    from litzoo.framework.data.augment_ops import AugmentPolicy, save_policy
+    from litzoo.framework.data.label_aware import resolve_policy_path
+
+    data = yaml.safe_load(Path(config).read_text()).get("data") or {}
+    policy = (data.get("init_args") or {}).get("policy")
+    if not str(data.get("class_path", "")).endswith("LabelAwareAugmentDataModule") or resolve_policy_path(policy).is_file():
+        return []
+    path = save_policy(AugmentPolicy(shared=(("Rotate", "Identity", "Cutout"),)), tmp_path / "policy.json")
+    return ["--data.init_args.policy", str(path)]
+
+
 def test_configs_are_found():
     assert "configs/repvgg/digits.yaml" in CONFIGS
 
@@ -69,7 +83,7 @@ def test_configs_are_found():
 @pytest.mark.parametrize("config", CONFIGS)
 def test_config_runs_fast_dev_run(config, tmp_path):
     main(["fit", "-c", config, "--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path),
-          "--trainer.enable_progress_bar", "false", *data_root_args(config, tmp_path)])
+          "--trainer.enable_progress_bar", "false", *data_root_args(config, tmp_path), *policy_args(config, tmp_path)])
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if needs_root(c)])

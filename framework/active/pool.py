@@ -37,7 +37,7 @@ from typing_extensions import override
 from litzoo.framework.data.batches import datamodule_loader
 from litzoo.framework.data.loaders import make_loader
 from litzoo.framework.data.staging import write_files_atomically
-from litzoo.framework.data.wrappers import repair_wrapped_hparams
+from litzoo.framework.data.wrappers import DataModuleWrapper
 from litzoo.framework.distributed import rank
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.random_state import derive_seed
@@ -182,7 +182,7 @@ def check_map_style(dataset: Any, who: str) -> Dataset:
     return dataset
 
 
-class ActiveLearningDataModule(L.LightningDataModule):
+class ActiveLearningDataModule(DataModuleWrapper):
     """Any DataModule's training split as an active-learning pool; trains on its labelled part.
 
     Args:
@@ -221,7 +221,7 @@ class ActiveLearningDataModule(L.LightningDataModule):
         head: str | None = None,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(datamodule)
         for name, value, low in (("initial_labels", initial_labels, 1), ("query_size", query_size, 1), ("rounds", rounds, 0),
                                  ("mc_samples", mc_samples, 1), ("scoring_batch_size", scoring_batch_size, 1), ("num_workers", num_workers, 0)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -230,19 +230,10 @@ class ActiveLearningDataModule(L.LightningDataModule):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-        if not isinstance(datamodule, L.LightningDataModule):
-            raise ValueError(f"datamodule must be a LightningDataModule, got {type(datamodule).__name__}")
-        repair_wrapped_hparams(datamodule, "datamodule")  # before our own save_hyperparameters, which replaces nothing of it
         self.save_hyperparameters(ignore=["datamodule"])
-        self.datamodule = datamodule
         self.pool: ActivePool | None = None
         self._train_dataset: Dataset | None = None
         self._batch_size: int | None = batch_size
-
-    @property
-    def input_shape(self) -> Any:
-        """The wrapped DataModule's ``input_shape`` (FLOPs counting, export), if it has one."""
-        return getattr(self.datamodule, "input_shape", None)
 
     # ------------------------------------------------------------------------------------------ the pool
     @property
@@ -291,13 +282,9 @@ class ActiveLearningDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     @override
-    def prepare_data(self) -> None:
-        self.datamodule.prepare_data()
-
-    @override
     def setup(self, stage: str | None = None) -> None:
         if self._train_dataset is None:
-            self.datamodule.setup("fit")
+            super().setup("fit")
             loader = datamodule_loader(self.datamodule, "train")
             if loader is None:
                 raise ValueError(f"{type(self.datamodule).__name__} has no train_dataloader: it cannot be an active-learning pool")
@@ -305,7 +292,7 @@ class ActiveLearningDataModule(L.LightningDataModule):
             if self._batch_size is None:
                 self._batch_size = getattr(loader, "batch_size", None) or 32
         if stage in ("test", "validate"):
-            self.datamodule.setup(stage)
+            super().setup(stage)
         if self.pool is None:
             self.pool = self.load_pool()
 
@@ -323,14 +310,6 @@ class ActiveLearningDataModule(L.LightningDataModule):
         labelled = self.labelled_dataset()
         seed = derive_seed(self.hparams.seed, 1, self.pool.last_round) % 2**31
         return make_loader(labelled, min(self._batch_size, len(labelled)), shuffle=True, num_workers=self.hparams.num_workers, seed=seed)
-
-    @override
-    def val_dataloader(self) -> Any:
-        return self.datamodule.val_dataloader()
-
-    @override
-    def test_dataloader(self) -> Any:
-        return self.datamodule.test_dataloader()
 
     def scoring_dataset(self) -> Dataset:
         """The pool as the strategies see it: the training dataset, with its random augmentation turned off when it has
@@ -355,14 +334,14 @@ class ActiveLearningDataModule(L.LightningDataModule):
     @override
     def state_dict(self) -> dict[str, Any]:
         """The labelled set a checkpoint was trained on (the pool file stays the run's state) and the wrapped state."""
-        state: dict[str, Any] = {"datamodule": self.datamodule.state_dict()}
+        state = super().state_dict()
         if self.pool is not None:
             state["labelled"] = self.pool.labelled
         return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.datamodule.load_state_dict(state_dict.get("datamodule", {}))
+        super().load_state_dict(state_dict)
         labelled = state_dict.get("labelled")
         if labelled is not None and self.pool is not None and not torch.equal(torch.as_tensor(labelled), self.pool.labelled):
             raise LitzooError(

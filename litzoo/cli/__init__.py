@@ -12,6 +12,7 @@
     litzoo architecture-tasks --benchmark data/architectures/digits_v1.jsonl --limit 200   # AIO-P's extra task labels
     litzoo nas-search --predictor gennape.ckpt --family mobilenet --flops-limit 6e5 --evaluate 20
     litzoo active-learn -c configs/active_learning/digits.yaml   # rounds of fit / test / query
+    litzoo la3-search -c configs/la3/digits.yaml --out policy.json   # LA3's label-aware augmentation policy
 
 This package is the roof of the house: the only place that imports every room (methods, callbacks,
 datamodules, the core). Each command parses its arguments here and calls into the rooms; every
@@ -51,6 +52,7 @@ COMMANDS: dict[str, str] = {
     "recaption": "litzoo.cli.recaption:recaption_command",
     "mode-cluster": "litzoo.cli.mode:mode_cluster_command",
     "active-learn": "litzoo.cli.active:active_learn_command",
+    "la3-search": "litzoo.cli.la3:la3_search_command",
 }
 
 

@@ -39,6 +39,7 @@ COMMAND_SUMMARIES: dict[str, str] = {
     "recaption": "rewrite the alt-texts of an image-text manifest into aligned captions with an Altogether captioner",
     "mode-cluster": "MoDE: cluster a caption pool in two levels and write one training manifest per data expert",
     "active-learn": "pool-based active learning from a config: fit, test, query and label, round by round (resumable)",
+    "la3-search": "LA3: search a label-aware augmentation policy with a pretrained classifier, written as a policy file",
 }
 
 

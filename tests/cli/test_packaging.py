@@ -107,6 +107,7 @@ def test_the_wheel_holds_only_the_litzoo_package_and_its_configs(tmp_path: Path)
     packaged_configs = {name.removeprefix("litzoo/configs/").removesuffix(".yaml") for name in names
                         if name.startswith("litzoo/configs/") and name.endswith(".yaml")}  # fmt: skip
     assert packaged_configs == set(shipped_configs()) and "repvgg/digits" in packaged_configs
+    assert "litzoo/configs/la3/digits_policy.json" in names  # a shipped config's policy file ships beside it
     for room in ("framework", "modules", "callbacks", "datamodules"):
         assert f"litzoo/{room}/__init__.py" in names
     assert "litzoo/framework/reparam/fusion.py" in names and "litzoo/cli/__init__.py" in names

@@ -16,6 +16,7 @@ import torch
 from cifar_files import write_cifar10, write_cifar100
 from interaction_files import write_interaction_folder
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_configs import needs_root, on_disk_data, policy_args
 
 from litzoo.cli import LitzooCLI, main
 from litzoo.cli.lightning_cli import config_variant
@@ -44,9 +45,11 @@ def test_every_shipped_config_has_its_own_run_folder(tmp_path):
     def run_dir(path: Path) -> str:
         try:
             return LitzooCLI(args=["-c", str(path)], run=False).run_dir.as_posix()
-        except ValueError as error:  # a config for data the user has (CIFAR): it needs data.root
-            assert "needs data.root" in str(error)
-            return LitzooCLI(args=["-c", str(path), "--data.init_args.root", str(tmp_path)], run=False).run_dir.as_posix()
+        except ValueError as error:  # a config for data the user has (CIFAR): it needs data.root, and LA3 a policy first
+            assert "needs data.root" in str(error) or "policy" in str(error)
+            root = [f"{on_disk_data(str(path))[1]}.root", str(tmp_path)] if needs_root(str(path)) else []
+            args = ["-c", str(path), *root, *policy_args(str(path), tmp_path)]
+            return LitzooCLI(args=args, run=False).run_dir.as_posix()
 
     folders = {name: run_dir(path) for name, path in shipped_configs().items()}
     shared = {folder for folder in folders.values() if list(folders.values()).count(folder) > 1}
