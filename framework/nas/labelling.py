@@ -21,6 +21,7 @@ the DataModules; ``litzoo architectures`` is the command.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -285,8 +286,9 @@ def format_benchmark_summary(path: str | Path) -> str:
     """:func:`benchmark_summary` as a table, one row per family."""
     rows = ["family      n   acc min  mean   max   FLOPs min..max        params max  SRCC(FLOPs, acc)"]
     for family, s in benchmark_summary(path).items():
+        rho = s["spearman_flops_acc"]  # undefined below 3 networks (or with constant FLOPs or accuracies)
         rows.append(
             f"{family:<10} {s['count']:>3}   {s['acc_min']:.3f} {s['acc_mean']:.3f} {s['acc_max']:.3f}   "
-            f"{s['flops_min'] / 1e3:>7.0f}K..{s['flops_max'] / 1e6:>5.2f}M   {s['params_max']:>10.0f}  {s['spearman_flops_acc']:+.3f}"
+            f"{s['flops_min'] / 1e3:>7.0f}K..{s['flops_max'] / 1e6:>5.2f}M   {s['params_max']:>10.0f}  {f'{rho:+.3f}' if math.isfinite(rho) else '—'}"
         )
     return "\n".join(rows)

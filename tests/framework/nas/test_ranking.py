@@ -33,3 +33,21 @@ def test_bad_arguments_are_refused():
         TopKPrecision(0.0)
     with pytest.raises(ValueError, match="1-D"):
         top_k_precision(torch.zeros(3), torch.zeros(4), 0.5)
+
+
+def test_benchmark_summary_table_by_hand_and_a_dash_where_spearman_is_undefined(tmp_path):
+    import json
+
+    from litzoo.framework.nas.labelling import format_benchmark_summary
+
+    def record(family, accuracy, flops):
+        return {"family": family, "label": {"accuracy": accuracy, "flops": flops, "params": 100}}
+
+    path = tmp_path / "bench.jsonl"
+    rows = [record("vgg", 0.5, 1000), record("vgg", 0.7, 3000), record("vgg", 0.6, 2000), record("resnet", 0.8, 5000)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = format_benchmark_summary(path).splitlines()
+    vgg = next(line for line in table if line.startswith("vgg"))
+    resnet = next(line for line in table if line.startswith("resnet"))
+    assert "0.500 0.600 0.700" in vgg and vgg.endswith("+1.000")  # FLOPs and accuracy rank alike
+    assert resnet.endswith("—") and "nan" not in resnet  # one network: no correlation, not "+nan"
