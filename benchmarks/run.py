@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     import layer_probe
     import masked_modelling
     import mavil
+    import mavil_finetune
     import mbt
     import mode
     import mulco
@@ -175,12 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     dropped = _section("FLAP: encoder step time vs kept tokens, retrieval vs drop ratio, reconstruction in low data (3 seeds)", flap.main, **options)
     captioned = _section("FLAP: caption augmentation with rewrites vs held-out validation phrasings (3 seeds)", flap_captions.main, **options)
     mavil_run = _section("MAViL: reconstruction, audio-video retrieval and probes on SYNTHETIC clips with a shared digit pitch (3 seeds)", mavil.main, **options)
+    mavil_ft_run = _section("MAViL: fine-tuning heads and the masked-contrast diagnosis on SYNTHETIC clips (3 seeds)", mavil_finetune.main, **options)
     augment = _section("LA3: label-aware augmentation search on the digits with planted harm (3 seeds)", la3.main, **options)
     active = _section("Deep active learning on digits: learning-curve AUC per query strategy, plain and duplicated pools (3 seeds)", active_learning.main, **options)
 
     # with --reuse the wall time of this process is not the benchmarks': add up each section's own time
     total = sum(r["seconds"] for r in (fusion, deploy, overhead, grafted, pruned, residual, gradient, quantized, curated, matchers, pooled, text_pruned, masked,
-                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, captioned, mavil_run, active, augment))
+                                       predictors, transfer, aio, search, distilled, experts, realigned, pe, stickers, paths, inductive, capped, rules, walks, mf, sequential, gurus, transfers, scopes, toxic, clusters, polar, layers, fusions, pairings, dropped, captioned, mavil_run, mavil_ft_run, active, augment))
     del start
     try:
         load_end = ", ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -217,7 +219,7 @@ Command: `{COMMAND}` (each benchmark also runs alone: `.venv/bin/python benchmar
 `.venv/bin/python benchmarks/ceil.py`, `.venv/bin/python benchmarks/polarization.py`,
 `.venv/bin/python benchmarks/layer_probe.py`, `.venv/bin/python benchmarks/mbt.py`, `.venv/bin/python benchmarks/pe_av.py`,
 `.venv/bin/python benchmarks/flap.py`, `.venv/bin/python benchmarks/mavil.py`,
-`.venv/bin/python benchmarks/flap_captions.py`, `.venv/bin/python benchmarks/active_learning.py`, `.venv/bin/python benchmarks/la3.py`). Total wall time: {total:.0f} s.
+`.venv/bin/python benchmarks/flap_captions.py`, `.venv/bin/python benchmarks/mavil_finetune.py`, `.venv/bin/python benchmarks/active_learning.py`, `.venv/bin/python benchmarks/la3.py`). Total wall time: {total:.0f} s.
 
 Machine:
 
@@ -333,6 +335,8 @@ noisy, the alternating-round ratios less so.
 {flap_captions.format_section(captioned)}
 
 {mavil.format_section(mavil_run)}
+
+{mavil_finetune.format_section(mavil_ft_run)}
 
 {active_learning.format_section(active)}
 

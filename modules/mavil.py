@@ -20,7 +20,8 @@ Verified against that code and followed here (state-dict names included):
   — the concatenated (kept) tokens of both branches, class tokens included.
 * **Pooling**: the mean of the modality's tokens *without* its class token; the AV feature is
   ``fc_norm_av(cat(mean audio, mean video))`` of the fusion outputs (``forward_features_av``), ``fc_norm_a`` / ``fc_norm_v``
-  on the uni-modal means; ``head_av`` a linear layer on the AV feature (only in fine-tuned checkpoints: not built here).
+  on the uni-modal means; ``head_av`` a linear layer on the AV feature, ``head_a`` / ``head_v`` on the uni-modal ones
+  (fine-tuned checkpoints only: built by :class:`MAViLClassifier`, the fine-tuning stage).
 * **Hidden states** (``expert.py``): audio / video states before every block and after the last (class token dropped),
   fusion states pooled as ``cat(mean audio, mean video)`` before every fusion block and after the last.
 
@@ -62,6 +63,13 @@ Chosen where the released code is silent (ours):
   ``sincos_pos_embed_{2d,3d}``, ``masked_patch_loss``, ``ClipLoss``. Written here: :func:`info_nce` (a thin
   fixed-temperature wrapper of ``ClipLoss``).
 
+Fine-tuning (:class:`MAViLClassifier`): ``mode="audio" | "video" | "av"``, the released heads above on unmasked inputs,
+the encoder weights of a stage-1 or stage-2 checkpoint (or random initialisation); see its docstring.
+
+Diagnostic option (not the paper's setting): ``contrast_mask_ratio_audio`` / ``contrast_mask_ratio_video`` compute the
+inter-modal InfoNCE on separately drawn, less masked views (default ``None``: the reconstruction's masked inputs, as above);
+``benchmarks/mavil_finetune.py`` uses it to test whether the heavy masking starves the contrast at small scale.
+
 Probing: :meth:`MAViL.forward_features` takes a dict batch (AV feature), a ``(B, T, C, H, W)`` clip (video-only,
 ``fc_norm_v`` of the video encoder's mean) or a ``(B, 1, T, F)`` spectrogram (audio-only); :meth:`MAViL.forward_hidden_states`
 returns ``{"audio": [...], "video": [...], "fusion": [...]}`` for :class:`litzoo.callbacks.layer_probe.LayerProbe`.
@@ -79,6 +87,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torch.optim import AdamW
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.losses.contrastive import ClipLoss
@@ -131,6 +140,9 @@ class MAViLNet(nn.Module):
         decoder_dim, decoder_depth, decoder_heads: each decoder *(ours: 512, 8, 16, MAE's)*.
         mlp_ratio: MLP width over the token width.
         proj_dim: width of the contrastive projections.
+        pretraining: ``False`` builds the encoders, the fusion encoder and the ``fc_norm`` layers only (fine-tuning,
+            :class:`MAViLClassifier`): no ``norm``, projections or decoders, whose arguments are then unused; set by the
+            owning LightningModule.
 
     Raises:
         ValueError: bad sizes.
@@ -153,6 +165,7 @@ class MAViLNet(nn.Module):
         decoder_heads: int = 16,
         mlp_ratio: float = 4.0,
         proj_dim: int = 256,
+        pretraining: bool = True,
     ) -> None:
         super().__init__()
         if min(depth, decoder_depth, proj_dim) < 1 or fusion_depth < 0:
@@ -176,10 +189,16 @@ class MAViLNet(nn.Module):
         self.blocks_v = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
         # fusion encoder and norms
         self.blocks_av = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(fusion_depth))
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.pretraining = pretraining
+        if pretraining:
+            self.norm = nn.LayerNorm(dim, eps=1e-6)  # the decoders' input norm (MAE's encoder norm)
         self.fc_norm_a = nn.LayerNorm(dim, eps=1e-6)
         self.fc_norm_v = nn.LayerNorm(dim, eps=1e-6)
         self.fc_norm_av = nn.LayerNorm(2 * dim, eps=1e-6)
+        if not pretraining:
+            init_vit_weights(self)
+            self._init_tokens()
+            return
         self.proj_a = nn.Linear(dim, proj_dim)
         self.proj_v = nn.Linear(dim, proj_dim)
         # decoders
@@ -194,10 +213,14 @@ class MAViLNet(nn.Module):
             setattr(self, f"decoder_pred_{m}", nn.Linear(decoder_dim, self.patch_dims[m]))
         self.decoder_dim = decoder_dim
         init_vit_weights(self)
-        nn.init.xavier_uniform_(self.patch_embed_v.proj.weight.view(dim, -1))  # the Conv3d like a linear layer, as the 2-D one
+        self._init_tokens()
+
+    def _init_tokens(self) -> None:
+        nn.init.xavier_uniform_(self.patch_embed_v.proj.weight.view(self.dim, -1))  # the Conv3d like a linear layer, as the 2-D one
         nn.init.zeros_(self.patch_embed_v.proj.bias)
         for name in ("cls_token", "cls_token_v", "mask_token_a", "mask_token_v"):
-            nn.init.normal_(getattr(self, name), std=0.02)
+            if hasattr(self, name):
+                nn.init.normal_(getattr(self, name), std=0.02)
 
     @property
     def num_patches(self) -> dict[str, int]:
@@ -289,6 +312,11 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         inter_weight, intra_weight: weights of the inter- and intra-modal InfoNCE (0 switches a term off).
         inter_temperature, intra_temperature: their fixed temperatures.
         norm_pix_loss: stage 1 targets standardised per patch.
+        contrast_mask_ratio_audio, contrast_mask_ratio_video: **diagnostic ablation, not the paper's setting** — ``None``
+            (default): the inter-modal InfoNCE uses the pooled encodings of the reconstruction's masked inputs (as
+            described above); a ratio in ``[0, 1)`` computes it instead on another random mask of that modality removing
+            that fraction (0: the whole input), drawn after the reconstruction and intra-modal masks (which stay as they
+            are). ``benchmarks/mavil_finetune.py`` uses it to test whether the heavy masking starves the contrast.
         teacher_checkpoint: stage 2: a stage-1 checkpoint of this module (or a state dict of :class:`MAViLNet`); ``None``:
             the teacher is a copy of this module's network at the start of fit.
         video_frames, video_size, spec_size: input sizes (``None``: read from the DataModule's first training item).
@@ -314,6 +342,8 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         inter_temperature: float = 0.1,
         intra_temperature: float = 0.1,
         norm_pix_loss: bool = False,
+        contrast_mask_ratio_audio: float | None = None,
+        contrast_mask_ratio_video: float | None = None,
         teacher_checkpoint: str | None = None,
         video_frames: int | None = None,
         video_size: int | None = None,
@@ -326,12 +356,15 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         **net_kwargs: Any,
     ) -> None:
         super().__init__()
-        check_network_kwargs(MAViLNet, net_kwargs, type(self).__name__, set_by_owner=("num_frames", "video_size", "spec_size"))
+        check_network_kwargs(MAViLNet, net_kwargs, type(self).__name__, set_by_owner=("num_frames", "video_size", "spec_size", "pretraining"))
         if stage not in STAGES:
             raise ValueError(f"MAViL: stage must be 1 or 2, got {stage!r}")
         for name, value in (("mask_ratio_audio", mask_ratio_audio), ("mask_ratio_video", mask_ratio_video)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"MAViL: {name} must be in (0, 1), got {value}")
+        for name, value in (("contrast_mask_ratio_audio", contrast_mask_ratio_audio), ("contrast_mask_ratio_video", contrast_mask_ratio_video)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"MAViL: {name} must be None or in [0, 1), got {value}")
         if min(inter_weight, intra_weight) < 0 or min(inter_temperature, intra_temperature) <= 0:
             raise ValueError(f"MAViL: contrast weights must be >= 0 and temperatures > 0, got {inter_weight}, {intra_weight}, "
                              f"{inter_temperature}, {intra_temperature}")  # fmt: skip
@@ -356,13 +389,16 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
     # ------------------------------------------------------------------ building
     def build(self) -> None:
         hp = self.hparams
-        self.net = MAViLNet(hp.video_frames, hp.video_size, tuple(hp.spec_size), **self.net_kwargs)
+        self.net = MAViLNet(hp.video_frames, hp.video_size, tuple(hp.spec_size), pretraining=True, **self.net_kwargs)
         num_kept(self.net.num_patches["a"], hp.mask_ratio_audio)  # a ValueError when a ratio keeps no patch
         num_kept(self.net.num_patches["v"], hp.mask_ratio_video)
+        for m, ratio in (("a", hp.contrast_mask_ratio_audio), ("v", hp.contrast_mask_ratio_video)):
+            if ratio is not None:
+                num_kept(self.net.num_patches[m], ratio)
         if hp.stage == 2:
             dim, dec = self.net.dim, self.net.decoder_dim
             self.feat_pred_a, self.feat_pred_v = nn.Linear(dec, dim), nn.Linear(dec, dim)
-            self.teacher = MAViLNet(hp.video_frames, hp.video_size, tuple(hp.spec_size), **self.net_kwargs)
+            self.teacher = MAViLNet(hp.video_frames, hp.video_size, tuple(hp.spec_size), pretraining=True, **self.net_kwargs)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
             if hp.teacher_checkpoint is not None:
@@ -403,7 +439,8 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
             try:
                 loaded = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as error:  # a file torch cannot read
-                raise LitzooError(f"MAViL: teacher checkpoint {path} is not a torch checkpoint ({type(error).__name__}: {error})") from error
+                reason = " ".join(str(error).split())[:200]  # one line
+                raise LitzooError(f"MAViL: teacher checkpoint {path} is not a torch checkpoint ({type(error).__name__}: {reason})") from error
             state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
             if not isinstance(state, dict):
                 raise LitzooError(f"MAViL: teacher checkpoint {path} holds no state dict")
@@ -455,6 +492,17 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
             return self.feat_pred_a(d_a), self.feat_pred_v(d_v)
         return net.decoder_pred_a(d_a), net.decoder_pred_v(d_v)
 
+    def contrast_embedding(self, x: Tensor, m: str, ratio: float, generator: torch.Generator | None = None) -> Tensor:
+        """The diagnostic contrast view: the projected pooled uni-modal encoding of ``x`` under a fresh random mask removing
+        ``ratio`` of the patches (0: unmasked; no noise is drawn then)."""
+        net = self._net()
+        mask = None
+        if ratio > 0:
+            length = net.num_patches[m]
+            noise = torch.rand(len(x), length, generator=generator).to(x.device)
+            mask = random_token_mask(len(x), length, ratio, noise)
+        return net.project(net.pooled(net.encode_modality(x, m, mask), m), m)
+
     def losses(self, audio: Tensor, video: Tensor, generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """All loss terms of one batch (two masks per modality drawn from ``generator`` or the global RNG)."""
         net, hp = self._net(), self.hparams
@@ -465,7 +513,6 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         target_a, target_v = self.targets(audio, video)
         out = {"rec_audio": masked_patch_loss(pred_a, target_a, mask_a.drop), "rec_video": masked_patch_loss(pred_v, target_v, mask_v.drop)}
         z_a, z_v = net.project(enc.pooled_a, "a"), net.project(enc.pooled_v, "v")
-        out["inter"] = info_nce(z_a, z_v, hp.inter_temperature) if hp.inter_weight > 0 else z_a.new_zeros(())
         if hp.intra_weight > 0:
             mask_a2, mask_v2 = net.draw_masks(batch, hp.mask_ratio_audio, hp.mask_ratio_video, generator, audio.device)
             z_a2 = net.project(net.pooled(net.encode_modality(audio, "a", mask_a2), "a"), "a")
@@ -473,6 +520,13 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
             out["intra"] = (info_nce(z_a, z_a2, hp.intra_temperature) + info_nce(z_v, z_v2, hp.intra_temperature)) / 2
         else:
             out["intra"] = z_a.new_zeros(())
+        if hp.inter_weight > 0:  # the contrast views' masks (diagnostic option) are drawn last: the other masks do not move
+            ratio_a, ratio_v = hp.contrast_mask_ratio_audio, hp.contrast_mask_ratio_video
+            c_a = z_a if ratio_a is None else self.contrast_embedding(audio, "a", ratio_a, generator)
+            c_v = z_v if ratio_v is None else self.contrast_embedding(video, "v", ratio_v, generator)
+            out["inter"] = info_nce(c_a, c_v, hp.inter_temperature)
+        else:
+            out["inter"] = z_a.new_zeros(())
         out["loss"] = out["rec_audio"] + out["rec_video"] + hp.inter_weight * out["inter"] + hp.intra_weight * out["intra"]
         return out
 
@@ -541,4 +595,217 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
         return self.forward_features(batch)
 
 
-__all__ = ["STAGES", "MAViL", "MAViLNet", "info_nce"]
+# ---------------------------------------------------------------------------------------------------- fine-tuning
+MODES = ("audio", "video", "av")
+#: the encoder parts (first state-dict name component) each fine-tuning mode trains; the rest stays frozen and unused
+MODE_PARTS = {
+    "audio": ("patch_embed", "cls_token", "blocks", "fc_norm_a"),
+    "video": ("patch_embed_v", "cls_token_v", "blocks_v", "fc_norm_v"),
+    "av": ("patch_embed", "cls_token", "blocks", "patch_embed_v", "cls_token_v", "blocks_v", "blocks_av", "fc_norm_av"),
+}
+
+
+class MAViLClassifier(BlrWarmupCosine, L.LightningModule):
+    """MAViL fine-tuning: the pretrained encoders with the released model's classification heads, on audio-visual batches
+    ``{"video": (B, T, C, H, W), "audio": (B, 1, T_a, F), "label": ...}`` (:mod:`litzoo.datamodules.audio_video`).
+
+    Heads, as ``VisionTransformerMM`` (AV-SUPERB's ``models_vitmm.py``, read line by line) names and feeds them:
+
+    * ``mode="audio"``: ``head_a(fc_norm_a(mean audio))`` — the audio encoder's outputs without its class token
+      (``forward_features_a``; no fusion);
+    * ``mode="video"``: ``head_v(fc_norm_v(mean video))`` — the video encoder alone (the released uni-modal model
+      computes both heads on the two encoders; here one mode, one head);
+    * ``mode="av"``: ``head_av(fc_norm_av(cat(mean audio, mean video)))`` of the fusion encoder's outputs on
+      ``cat([cls_a, audio, cls_v, video])``, class tokens dropped from the means (``forward_features_av`` with ``av_fusion``).
+
+    No masking at fine-tuning (the released ``forward`` masks only when given mask probabilities; default 0). The network
+    is :class:`MAViLNet` with ``pretraining=False`` (no ``norm``, projections or decoders); the encoder parts the mode does
+    not use are frozen (``requires_grad=False``, outside the optimizer; DDP needs no unused-parameter search). Head weights
+    start from a truncated normal of std 2e-5 and zero bias (MAE's ``main_finetune.py`` *[recall, unverified]*).
+
+    Task: ``multi_label=True`` (default; the audio-video DataModules' multi-hot ``(B, C)`` labels, AudioSet-style):
+    sigmoid BCE, ``{stage}/mAP`` macro average precision (torchmetrics ``MultilabelAveragePrecision``, targets binarised
+    at 0.5), the checkpoint monitor ``val/mAP``; ``multi_label=False``: cross-entropy on ``(B,)`` class indices or one-hot
+    ``(B, C)`` rows, ``{stage}/acc`` top-1, monitor ``val/acc``.
+
+    Args:
+        mode: ``"audio"``, ``"video"`` or ``"av"``.
+        num_classes: outputs (``None``: the DataModule's ``num_classes``, else its first training item's label width).
+        multi_label: BCE + mAP instead of cross-entropy + top-1.
+        pretrained: a stage-1 or stage-2 :class:`MAViL` checkpoint (``.ckpt``, ``net.*`` keys; a stage-2 file's teacher and
+            feature heads are ignored) or a bare :class:`MAViLNet` state dict, whose encoder weights (every key of this
+            network) initialise this one; ``None``: random initialisation.
+        video_frames, video_size, spec_size: input sizes (``None``: read from the DataModule's first training item).
+        blr, warmup_epochs: MAE's ``lr = blr · batch / 256`` (``None`` keeps the optimizer's lr) and warm-up epochs.
+        optimizer, lr_scheduler: factories (default AdamW, MAE's betas (0.9, 0.95) and weight decay 0.05).
+        **net_kwargs: :class:`MAViLNet`'s architecture arguments (must match the pretrained encoder; the decoder and
+            projection arguments are accepted, so a stage-1 config's network block can be reused, and unused).
+
+    Raises:
+        ValueError: bad arguments.
+    """
+
+    def __init__(
+        self,
+        mode: str = "av",
+        num_classes: int | None = None,
+        multi_label: bool = True,
+        pretrained: str | None = None,
+        video_frames: int | None = None,
+        video_size: int | None = None,
+        spec_size: tuple[int, int] | None = None,
+        blr: float | None = None,
+        warmup_epochs: float = 1.0,
+        optimizer: OptimizerCallable = adamw_mae,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        **net_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        check_network_kwargs(MAViLNet, net_kwargs, type(self).__name__, set_by_owner=("num_frames", "video_size", "spec_size", "pretraining"))
+        if mode not in MODES:
+            raise ValueError(f"MAViLClassifier: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1 or (not multi_label and num_classes < 2)):
+            raise ValueError(f"MAViLClassifier: num_classes must be a positive integer (at least 2 single-label) or None, got {num_classes!r}")
+        if blr is not None and blr <= 0:
+            raise ValueError(f"MAViLClassifier: blr must be positive or None, got {blr}")
+        if warmup_epochs < 0:
+            raise ValueError(f"MAViLClassifier: warmup_epochs must be >= 0, got {warmup_epochs}")
+        if spec_size is not None and (len(spec_size) != 2 or min(spec_size) < 1):
+            raise ValueError(f"MAViLClassifier: spec_size must be (frames, mel_bins), got {spec_size!r}")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.optimizer, self.lr_scheduler, self.blr, self.warmup_epochs = optimizer, lr_scheduler, blr, warmup_epochs
+        self.net_kwargs = net_kwargs
+        self.monitor, self.monitor_mode = ("val/mAP" if multi_label else "val/acc"), "max"
+        self.net: MAViLNet | None = None
+        if num_classes is not None and video_frames is not None and video_size is not None and spec_size is not None:
+            self.build()
+
+    # ------------------------------------------------------------------ building
+    def build(self) -> None:
+        hp = self.hparams
+        self.net = MAViLNet(hp.video_frames, hp.video_size, tuple(hp.spec_size), pretraining=False, **self.net_kwargs)
+        width = 2 * self.net.dim if hp.mode == "av" else self.net.dim
+        head = nn.Linear(width, hp.num_classes)
+        nn.init.trunc_normal_(head.weight, std=2e-5)
+        nn.init.zeros_(head.bias)
+        self.head_name = {"audio": "head_a", "video": "head_v", "av": "head_av"}[hp.mode]
+        setattr(self, self.head_name, head)
+        used = MODE_PARTS[hp.mode]
+        for name, parameter in self.net.named_parameters():
+            parameter.requires_grad_(name.split(".")[0] in used)
+        make = (lambda: MultilabelAveragePrecision(hp.num_classes, average="macro")) if hp.multi_label else (lambda: MulticlassAccuracy(hp.num_classes))
+        self.metrics = nn.ModuleDict({stage: make() for stage in ("val", "test")})
+        if hp.pretrained is not None:
+            self.load_pretrained(hp.pretrained)
+
+    def setup(self, stage: str) -> None:
+        if self.net is not None:
+            return
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if datamodule is None or not hasattr(datamodule, "dataset"):
+            raise LitzooError("MAViLClassifier: give num_classes, video_frames, video_size and spec_size, or train with an audio-video DataModule")
+        item = datamodule.dataset("train" if stage == "fit" else datamodule.stage_splits(stage)[0])[0]
+        video, audio = item["video"], item["audio"]
+        if video.dim() != 4 or audio.dim() != 3 or video.shape[-1] != video.shape[-2]:
+            raise LitzooError(f"MAViLClassifier: expected square (T, C, H, W) frames and (1, T, F) spectrograms, got {tuple(video.shape)} and "
+                              f"{tuple(audio.shape)}")  # fmt: skip
+        self.hparams["num_classes"] = self.hparams.num_classes or int(getattr(datamodule, "num_classes", None) or item["label"].shape[-1])
+        self.hparams["video_frames"] = self.hparams.video_frames or int(video.shape[0])
+        self.hparams["video_size"] = self.hparams.video_size or int(video.shape[-1])
+        self.hparams["spec_size"] = tuple(self.hparams.spec_size or (int(audio.shape[-2]), int(audio.shape[-1])))
+        self.build()
+
+    def _net(self) -> MAViLNet:
+        if self.net is None:
+            raise RuntimeError("MAViLClassifier has no network yet: give num_classes, video_frames, video_size and spec_size, or run setup() "
+                               "with a DataModule")  # fmt: skip
+        return self.net
+
+    def load_pretrained(self, path: str | Path) -> list[str]:
+        """Copy every encoder weight of this network from a :class:`MAViL` checkpoint (or a bare :class:`MAViLNet` state
+        dict) at ``path``; returns the keys copied. One-line :class:`LitzooError` naming the file and the missing or
+        mismatched keys."""
+        net, path = self._net(), Path(path).expanduser()
+        if not path.is_file():
+            raise LitzooError(f"MAViLClassifier: pretrained checkpoint {path} does not exist")
+        try:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a file torch cannot read
+            reason = " ".join(str(error).split())[:200]  # one line
+            raise LitzooError(f"MAViLClassifier: pretrained checkpoint {path} is not a torch checkpoint ({type(error).__name__}: {reason})") from error
+        state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+        if not isinstance(state, dict):
+            raise LitzooError(f"MAViLClassifier: pretrained checkpoint {path} holds no state dict")
+        if any(str(key).startswith("net.") for key in state):
+            state = {key[4:]: value for key, value in state.items() if key.startswith("net.")}
+        own = net.state_dict()
+        missing = [key for key in own if key not in state]
+        mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(own[key].shape)}" for key in own
+                      if key in state and (not isinstance(state[key], Tensor) or state[key].shape != own[key].shape)]  # fmt: skip
+        if missing or mismatched:
+            problems = ([f"{len(missing)} missing encoder keys ({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''})"] if missing else []) + (
+                [f"{len(mismatched)} mismatched shapes ({'; '.join(mismatched[:3])})"] if mismatched else [])  # fmt: skip
+            raise LitzooError(f"MAViLClassifier: {path} is not a MAViL checkpoint of this architecture: {' and '.join(problems)}")
+        net.load_state_dict({key: state[key] for key in own}, strict=True)
+        return list(own)
+
+    # ------------------------------------------------------------------ forward
+    def features(self, audio: Tensor | None, video: Tensor | None) -> Tensor:
+        """The head's input on unmasked clips: ``fc_norm_a`` / ``fc_norm_v`` of the encoder's mean, or ``fc_norm_av`` of
+        ``cat(mean audio, mean video)`` of the fusion outputs (class tokens dropped)."""
+        net, mode = self._net(), self.hparams.mode
+        if mode == "audio":
+            return net.pooled(net.encode_modality(audio, "a"), "a")  # type: ignore[arg-type]
+        if mode == "video":
+            return net.pooled(net.encode_modality(video, "v"), "v")  # type: ignore[arg-type]
+        f_a, f_v = net.fuse(net.encode_modality(audio, "a"), net.encode_modality(video, "v"))  # type: ignore[arg-type]
+        return net.fc_norm_av(torch.cat([f_a[:, 1:].mean(dim=1), f_v[:, 1:].mean(dim=1)], dim=-1))
+
+    def forward(self, audio: Tensor | None, video: Tensor | None) -> Tensor:
+        """``(B, num_classes)`` logits (``audio`` or ``video`` may be ``None`` when the mode does not read it)."""
+        return getattr(self, self.head_name)(self.features(audio, video))
+
+    def target(self, label: Tensor) -> Tensor:
+        if self.hparams.multi_label:
+            if label.dim() != 2 or label.shape[-1] != self.hparams.num_classes:
+                raise LitzooError(f"MAViLClassifier: multi_label expects (B, {self.hparams.num_classes}) multi-hot labels, got {tuple(label.shape)}")
+            return label.float()
+        if label.dim() == 1:
+            return label.long()
+        if label.dim() != 2 or not bool(((label == 0) | (label == 1)).all() and (label.sum(dim=1) == 1).all()):
+            raise LitzooError(f"MAViLClassifier: single-label expects (B,) class indices or one-hot (B, C) rows, got {tuple(label.shape)} "
+                              "with rows that are not one-hot (use multi_label: true)")  # fmt: skip
+        return label.argmax(dim=1)
+
+    def loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.hparams.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.cross_entropy(logits, target)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        target = self.target(batch["label"])
+        loss = self.loss(self(batch.get("audio"), batch.get("video")), target)
+        if not torch.isfinite(loss):
+            raise LitzooError(f"MAViLClassifier: non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(target))
+        return loss
+
+    def _evaluate(self, batch: dict[str, Tensor], stage: str) -> None:
+        logits, target = self(batch.get("audio"), batch.get("video")), self.target(batch["label"])
+        size = len(target)
+        self.log(f"{stage}/loss", self.loss(logits, target), sync_dist=True, batch_size=size)
+        metric = self.metrics[stage]
+        metric.update(logits, (target > 0.5).long() if self.hparams.multi_label else target)
+        self.log(f"{stage}/{'mAP' if self.hparams.multi_label else 'acc'}", metric, prog_bar=stage == "val", batch_size=size)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self(batch.get("audio"), batch.get("video"))
+
+
+__all__ = ["MODES", "STAGES", "MAViL", "MAViLClassifier", "MAViLNet", "info_nce"]

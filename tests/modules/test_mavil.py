@@ -1,4 +1,5 @@
-"""MAViL (issue 25, item 2): masking, losses by hand, gathered InfoNCE under 2 gloo ranks, stage-2 teacher, tiny fit."""
+"""MAViL (issue 25, item 2): masking, losses by hand, gathered InfoNCE under 2 gloo ranks, stage-2 teacher, tiny fit,
+the diagnostic contrast masks, and the fine-tuning classifier (heads by hand, checkpoint loading, steps, hparams)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch.utils.data import DataLoader
 from litzoo.framework.errors import LitzooError
 from litzoo.framework.nn.patches import masked_patch_loss
 from litzoo.framework.nn.pos_embed import sincos_pos_embed_3d
-from litzoo.modules.mavil import MAViL, info_nce
+from litzoo.modules.mavil import MAViL, MAViLClassifier, info_nce
 from tests.gloo_ranks import run_ranks
 
 SIZES = dict(video_frames=4, video_size=32, spec_size=(32, 32), tubelet=(2, 8, 8), audio_patch=8, dim=32, depth=1, num_heads=2,
@@ -218,7 +219,8 @@ def test_teacher_checkpoint_round_trip_and_bad_files(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs", [dict(stage=3), dict(mask_ratio_audio=1.0), dict(inter_weight=-1.0), dict(intra_temperature=0.0),
-                                    dict(teacher_checkpoint="x.ckpt"), dict(depht=2)])  # fmt: skip
+                                    dict(teacher_checkpoint="x.ckpt"), dict(depht=2), dict(contrast_mask_ratio_audio=1.0),
+                                    dict(contrast_mask_ratio_video=-0.1), dict(pretraining=False)])  # fmt: skip
 def test_bad_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         MAViL(**{**SIZES, **kwargs})
@@ -293,3 +295,189 @@ def test_token_layout_follows_the_released_model():
     assert torch.allclose(tokens[:, 0], net.cls_token[0].expand(4, -1))
     tokens_v = net._tokens(video, "v", None)
     assert torch.allclose(tokens_v[:, 1:], net.patch_embed_v(video) + sincos_pos_embed_3d(32, (2, 4, 4)), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------- diagnostic contrast masks
+
+def test_contrast_masks_change_only_the_inter_term():
+    """With contrast_mask_ratio_*: reconstruction and intra terms equal the default's (same generator), the inter term is
+    InfoNCE of the projected pooled encodings of the unmasked (ratio 0) / freshly masked (drawn after the others) views."""
+    audio, video = _inputs()
+    base = _module().eval().losses(audio, video, torch.Generator().manual_seed(5))
+    module = _module(contrast_mask_ratio_audio=0.0, contrast_mask_ratio_video=0.5).eval()
+    got = module.losses(audio, video, torch.Generator().manual_seed(5))
+    for key in ("rec_audio", "rec_video", "intra"):
+        assert got[key].item() == pytest.approx(base[key].item(), rel=1e-6)
+    net = module.net
+    g = torch.Generator().manual_seed(5)
+    net.draw_masks(4, 0.8, 0.9, g)  # reconstruction masks
+    net.draw_masks(4, 0.8, 0.9, g)  # intra view 2
+    noise = torch.rand(4, 32, generator=g)
+    keep = noise.argsort(dim=1)[:, :16]  # MAE's random_masking: the 16 smallest noises stay
+    h_v = net._tokens(video, "v", None)
+    h_v = torch.cat([h_v[:, :1], torch.gather(h_v[:, 1:], 1, keep[..., None].expand(-1, -1, 32))], 1)
+    for block in net.blocks_v:
+        h_v = block(h_v)
+    z_v = F.normalize(net.proj_v(net.fc_norm_v(h_v[:, 1:].mean(1))), dim=1)
+    z_a = F.normalize(net.proj_a(net.fc_norm_a(net.encode_modality(audio, "a")[:, 1:].mean(1))), dim=1)
+    assert got["inter"].item() == pytest.approx(_hand_info_nce(z_a, z_v, 0.1).item(), rel=1e-5)
+    assert abs(got["inter"].item() - base["inter"].item()) > 1e-4  # not the default's masked views
+    total = got["rec_audio"] + got["rec_video"] + 0.1 * got["inter"] + 0.1 * got["intra"]
+    assert got["loss"].item() == pytest.approx(total.item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------- fine-tuning
+
+def _classifier(mode: str = "av", **kwargs) -> MAViLClassifier:
+    torch.manual_seed(3)
+    return MAViLClassifier(mode=mode, **{"num_classes": 3, **SIZES, **kwargs})
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Every parameter random (LayerNorm gains and biases included), so a hand computation sees them all."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def _encoder_by_hand(net, x: torch.Tensor, m: str) -> torch.Tensor:
+    """``(B, 1 + N, D)``: patches + fixed positions, class token (+ its position) in front, every block; nothing removed."""
+    if m == "a":
+        patches = F.conv2d(x, net.patch_embed.proj.weight, net.patch_embed.proj.bias, stride=8).flatten(2).transpose(1, 2)
+        pos, cls, blocks = sincos_pos_embed_2d_ref(32, (4, 4)), net.cls_token, net.blocks
+    else:
+        w = net.patch_embed_v.proj
+        patches = F.conv3d(x.transpose(1, 2), w.weight, w.bias, stride=(2, 8, 8)).flatten(2).transpose(1, 2)
+        pos, cls, blocks = sincos_pos_embed_3d(32, (2, 4, 4)), net.cls_token_v, net.blocks_v
+    h = torch.cat([cls.expand(len(x), -1, -1), patches + pos], 1)  # the class token's position row is all zeros
+    for block in blocks:
+        h = block(h)
+    return h
+
+
+def sincos_pos_embed_2d_ref(dim: int, grid: tuple[int, int]) -> torch.Tensor:
+    from litzoo.framework.nn.pos_embed import sincos_pos_embed_2d
+
+    return sincos_pos_embed_2d(dim, grid)
+
+
+def test_finetuning_heads_follow_the_released_model():
+    audio, video = _inputs()
+    for mode in ("audio", "video", "av"):
+        module = _classifier(mode).eval()
+        _randomize(module, 1)
+        net = module.net
+        h_a, h_v = _encoder_by_hand(net, audio, "a"), _encoder_by_hand(net, video, "v")
+        if mode == "audio":
+            feature = F.layer_norm(h_a[:, 1:].mean(1), (32,), net.fc_norm_a.weight, net.fc_norm_a.bias, 1e-6)
+            head = module.head_a
+        elif mode == "video":
+            feature = F.layer_norm(h_v[:, 1:].mean(1), (32,), net.fc_norm_v.weight, net.fc_norm_v.bias, 1e-6)
+            head = module.head_v
+        else:
+            h = torch.cat([h_a, h_v], 1)  # [cls_a, audio, cls_v, video] through the fusion block
+            for block in net.blocks_av:
+                h = block(h)
+            pooled = torch.cat([h[:, 1:17].mean(1), h[:, 18:].mean(1)], -1)
+            feature = F.layer_norm(pooled, (64,), net.fc_norm_av.weight, net.fc_norm_av.bias, 1e-6)
+            head = module.head_av
+            assert not hasattr(module, "head_a") and not hasattr(module, "head_v")
+        assert torch.allclose(module.features(audio, video), feature, atol=1e-5), mode
+        assert torch.allclose(module(audio, video), feature @ head.weight.T + head.bias, atol=1e-5), mode
+        # no masking at fine-tuning: train mode gives the same logits (no dropout, no token removal)
+        assert torch.allclose(module.train()(audio, video), module.eval()(audio, video), atol=1e-6)
+    # the uni-modal modes read one modality only
+    assert _classifier("audio")(audio, None).shape == (4, 3) and _classifier("video")(None, video).shape == (4, 3)
+
+
+def test_finetuning_loads_every_encoder_weight_of_a_stage1_or_stage2_checkpoint(tmp_path):
+    stage1 = _module()
+    _randomize(stage1, 7)
+    path = tmp_path / "stage1.ckpt"
+    torch.save({"state_dict": stage1.state_dict()}, path)
+    module = _classifier("av")
+    before = {k: v.clone() for k, v in module.net.state_dict().items()}
+    copied = module.load_pretrained(path)
+    after, source = module.net.state_dict(), stage1.net.state_dict()
+    assert sorted(copied) == sorted(after) and {k.split(".")[0] for k in after} == {
+        "patch_embed", "cls_token", "blocks", "patch_embed_v", "cls_token_v", "blocks_v", "blocks_av", "fc_norm_a", "fc_norm_v", "fc_norm_av"}
+    for key in after:
+        assert torch.equal(after[key], source[key]) and not torch.equal(after[key], before[key]), key  # every encoder weight moved
+    # through the constructor (the config's pretrained path) and from a stage-2 file (net.* read, teacher.* ignored)
+    student = MAViL(stage=2, **SIZES)
+    student.load_teacher(stage1.net)
+    _randomize(student.net, 9)
+    torch.save({"state_dict": student.state_dict()}, tmp_path / "stage2.ckpt")
+    loaded = _classifier("video", pretrained=str(tmp_path / "stage2.ckpt")).net.state_dict()
+    assert all(torch.equal(loaded[k], student.net.state_dict()[k]) for k in loaded)
+    assert not torch.equal(loaded["blocks.0.attn.qkv.weight"], source["blocks.0.attn.qkv.weight"])
+
+
+def test_finetuning_refuses_foreign_files_in_one_line(tmp_path):
+    module = _classifier("av")
+    torch.save({"state_dict": {"model.fc.weight": torch.zeros(3, 3)}}, tmp_path / "foreign.ckpt")
+    other = MAViL(**{**SIZES, "dim": 48})
+    torch.save({"state_dict": other.state_dict()}, tmp_path / "wide.ckpt")
+    (tmp_path / "junk.ckpt").write_text("not a checkpoint")
+    cases = (("foreign.ckpt", "48 missing encoder keys (cls_token, cls_token_v"), ("wide.ckpt", "48 mismatched shapes (cls_token (1, 1, 48) vs (1, 1, 32)"),
+             ("junk.ckpt", "not a torch checkpoint"), ("absent.ckpt", "does not exist"))  # fmt: skip
+    for name, words in cases:
+        with pytest.raises(LitzooError) as info:
+            module.load_pretrained(tmp_path / name)
+        message = str(info.value)
+        assert "\n" not in message and name in message and words in message, message
+
+
+def test_finetuning_training_step_trains_the_mode_parts_only():
+    audio, video = _inputs()
+    label = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    for mode, trained in (("audio", {"patch_embed", "cls_token", "blocks", "fc_norm_a"}),
+                          ("av", {"patch_embed", "cls_token", "blocks", "patch_embed_v", "cls_token_v", "blocks_v", "blocks_av", "fc_norm_av"})):  # fmt: skip
+        module = _classifier(mode)
+        _randomize(module, 2)
+        loss = module.training_step({"audio": audio, "video": video, "label": label}, 0)
+        logits = module(audio, video)
+        hand = -(label * F.logsigmoid(logits) + (1 - label) * F.logsigmoid(-logits)).mean()
+        assert loss.item() == pytest.approx(hand.item(), rel=1e-5)
+        loss.backward()
+        with_grad = {n.split(".")[0] for n, p in module.net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert with_grad == trained and {n.split(".")[0] for n, p in module.net.named_parameters() if p.requires_grad} == trained
+        head = module.head_a if mode == "audio" else module.head_av
+        assert head.weight.grad.abs().sum() > 0
+    # single-label: cross-entropy on class indices or one-hot rows; multi-hot rows refused in one line
+    module = _classifier("video", multi_label=False)
+    one_hot = F.one_hot(torch.tensor([2, 0, 1, 2]), 3).float()
+    ce = module.training_step({"video": video, "label": one_hot}, 0)
+    assert ce.item() == pytest.approx(F.cross_entropy(module(None, video), torch.tensor([2, 0, 1, 2])).item(), rel=1e-6)
+    assert ce.item() == pytest.approx(module.training_step({"video": video, "label": torch.tensor([2, 0, 1, 2])}, 0).item(), rel=1e-6)
+    with pytest.raises(LitzooError, match="not one-hot"):
+        module.training_step({"video": video, "label": label}, 0)
+
+
+def test_finetuning_fit_and_hparams_round_trip(tmp_path):
+    module = _classifier("av", multi_label=False, blr=None)
+    items = [{"audio": a, "video": v, "label": torch.tensor([i % 3, (i + 1) % 3, (i + 2) % 3, i % 3])}
+             for i, (a, v) in enumerate(_inputs(4, seed) for seed in range(2))]  # fmt: skip
+    frozen = {k: v.clone() for k, v in module.net.named_parameters() if not v.requires_grad}
+    head = module.head_av.weight.detach().clone()
+    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, DataLoader(items, batch_size=None), DataLoader(items, batch_size=None))
+    assert "val/acc" in trainer.callback_metrics and module.monitor == "val/acc"
+    assert all(torch.equal(p, frozen[k]) for k, p in module.net.named_parameters() if k in frozen) and frozen  # fc_norm_a/v unused
+    assert not torch.equal(module.head_av.weight, head)
+    path = tmp_path / "ft.ckpt"
+    trainer.save_checkpoint(path)
+    restored = MAViLClassifier.load_from_checkpoint(path, weights_only=True)
+    assert {k: restored.hparams[k] for k in ("mode", "num_classes", "multi_label", "video_frames", "video_size", "dim")} == {
+        "mode": "av", "num_classes": 3, "multi_label": False, "video_frames": 4, "video_size": 32, "dim": 32}
+    audio, video = _inputs()
+    assert torch.allclose(restored.eval()(audio, video), module.eval()(audio, video), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs", [dict(mode="both"), dict(num_classes=0), dict(multi_label=False, num_classes=1), dict(blr=0.0),
+                                    dict(pretraining=True), dict(decoder_dpth=1)])  # fmt: skip
+def test_finetuning_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        MAViLClassifier(**{"num_classes": 3, **SIZES, **kwargs})
