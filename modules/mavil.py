@@ -297,6 +297,34 @@ class MAViLNet(nn.Module):
         return random_token_mask(batch, self.num_patches["a"], ratio_a, noise_a), random_token_mask(batch, self.num_patches["v"], ratio_v, noise_v)
 
 
+def check_recipe(who: str, blr: float | None, warmup_epochs: float, spec_size: tuple[int, int] | None) -> None:
+    """The ``ValueError`` checks that pretraining (:class:`MAViL`) and fine-tuning (:class:`MAViLClassifier`) share."""
+    if blr is not None and blr <= 0:
+        raise ValueError(f"{who}: blr must be positive or None, got {blr}")
+    if warmup_epochs < 0:
+        raise ValueError(f"{who}: warmup_epochs must be >= 0, got {warmup_epochs}")
+    if spec_size is not None and (len(spec_size) != 2 or min(spec_size) < 1):
+        raise ValueError(f"{who}: spec_size must be (frames, mel_bins), got {spec_size!r}")
+
+
+def sizes_from_data(module: L.LightningModule, stage: str, needed: str) -> dict[str, Any]:
+    """Fill ``module``'s missing ``video_frames`` / ``video_size`` / ``spec_size`` hyper-parameters from the first sample of
+    its Trainer's audio-video DataModule (the split ``stage`` reads); returns that sample."""
+    who = type(module).__name__
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    if datamodule is None or not hasattr(datamodule, "dataset"):
+        raise LitzooError(f"{who}: give {needed}, or train with an audio-video DataModule")
+    item = datamodule.dataset("train" if stage == "fit" else datamodule.stage_splits(stage)[0])[0]
+    video, audio = item["video"], item["audio"]
+    if video.dim() != 4 or audio.dim() != 3 or video.shape[-1] != video.shape[-2]:
+        raise LitzooError(f"{who}: expected square (T, C, H, W) frames and (1, T, F) spectrograms, got {tuple(video.shape)} and {tuple(audio.shape)}")
+    hp = module.hparams
+    hp["video_frames"] = hp.video_frames or int(video.shape[0])
+    hp["video_size"] = hp.video_size or int(video.shape[-1])
+    hp["spec_size"] = tuple(hp.spec_size or (int(audio.shape[-2]), int(audio.shape[-1])))
+    return item
+
+
 class MAViL(BlrWarmupCosine, L.LightningModule):
     """MAViL pretraining on audio-visual batches ``{"video": (B, T, C, H, W), "audio": (B, 1, T_a, F), ...}``
     (:mod:`litzoo.datamodules.audio_video`); see the module docstring for what is verified and what is chosen.
@@ -370,12 +398,7 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
                              f"{inter_temperature}, {intra_temperature}")  # fmt: skip
         if teacher_checkpoint is not None and stage != 2:
             raise ValueError("MAViL: teacher_checkpoint is for stage 2 only")
-        if blr is not None and blr <= 0:
-            raise ValueError(f"MAViL: blr must be positive or None, got {blr}")
-        if warmup_epochs < 0:
-            raise ValueError(f"MAViL: warmup_epochs must be >= 0, got {warmup_epochs}")
-        if spec_size is not None and (len(spec_size) != 2 or min(spec_size) < 1):
-            raise ValueError(f"MAViL: spec_size must be (frames, mel_bins), got {spec_size!r}")
+        check_recipe("MAViL", blr, warmup_epochs, spec_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer, self.lr_scheduler, self.blr, self.warmup_epochs = optimizer, lr_scheduler, blr, warmup_epochs
         self.net_kwargs = net_kwargs
@@ -407,16 +430,7 @@ class MAViL(BlrWarmupCosine, L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.net is not None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "dataset"):
-            raise LitzooError("MAViL: give video_frames, video_size and spec_size, or train with an audio-video DataModule")
-        item = datamodule.dataset("train" if stage == "fit" else datamodule.stage_splits(stage)[0])[0]
-        video, audio = item["video"], item["audio"]
-        if video.dim() != 4 or audio.dim() != 3 or video.shape[-1] != video.shape[-2]:
-            raise LitzooError(f"MAViL: expected square (T, C, H, W) frames and (1, T, F) spectrograms, got {tuple(video.shape)} and {tuple(audio.shape)}")
-        self.hparams["video_frames"] = self.hparams.video_frames or int(video.shape[0])
-        self.hparams["video_size"] = self.hparams.video_size or int(video.shape[-1])
-        self.hparams["spec_size"] = tuple(self.hparams.spec_size or (int(audio.shape[-2]), int(audio.shape[-1])))
+        sizes_from_data(self, stage, "video_frames, video_size and spec_size")
         self.build()
 
     def _net(self) -> MAViLNet:
@@ -666,12 +680,7 @@ class MAViLClassifier(BlrWarmupCosine, L.LightningModule):
             raise ValueError(f"MAViLClassifier: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 1 or (not multi_label and num_classes < 2)):
             raise ValueError(f"MAViLClassifier: num_classes must be a positive integer (at least 2 single-label) or None, got {num_classes!r}")
-        if blr is not None and blr <= 0:
-            raise ValueError(f"MAViLClassifier: blr must be positive or None, got {blr}")
-        if warmup_epochs < 0:
-            raise ValueError(f"MAViLClassifier: warmup_epochs must be >= 0, got {warmup_epochs}")
-        if spec_size is not None and (len(spec_size) != 2 or min(spec_size) < 1):
-            raise ValueError(f"MAViLClassifier: spec_size must be (frames, mel_bins), got {spec_size!r}")
+        check_recipe("MAViLClassifier", blr, warmup_epochs, spec_size)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.optimizer, self.lr_scheduler, self.blr, self.warmup_epochs = optimizer, lr_scheduler, blr, warmup_epochs
         self.net_kwargs = net_kwargs
@@ -701,18 +710,9 @@ class MAViLClassifier(BlrWarmupCosine, L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.net is not None:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if datamodule is None or not hasattr(datamodule, "dataset"):
-            raise LitzooError("MAViLClassifier: give num_classes, video_frames, video_size and spec_size, or train with an audio-video DataModule")
-        item = datamodule.dataset("train" if stage == "fit" else datamodule.stage_splits(stage)[0])[0]
-        video, audio = item["video"], item["audio"]
-        if video.dim() != 4 or audio.dim() != 3 or video.shape[-1] != video.shape[-2]:
-            raise LitzooError(f"MAViLClassifier: expected square (T, C, H, W) frames and (1, T, F) spectrograms, got {tuple(video.shape)} and "
-                              f"{tuple(audio.shape)}")  # fmt: skip
+        item = sizes_from_data(self, stage, "num_classes, video_frames, video_size and spec_size")
+        datamodule = self.trainer.datamodule
         self.hparams["num_classes"] = self.hparams.num_classes or int(getattr(datamodule, "num_classes", None) or item["label"].shape[-1])
-        self.hparams["video_frames"] = self.hparams.video_frames or int(video.shape[0])
-        self.hparams["video_size"] = self.hparams.video_size or int(video.shape[-1])
-        self.hparams["spec_size"] = tuple(self.hparams.spec_size or (int(audio.shape[-2]), int(audio.shape[-1])))
         self.build()
 
     def _net(self) -> MAViLNet:

@@ -48,3 +48,14 @@ class AttentionPool(nn.Module):
         x = self.attn(query, tokens, tokens, need_weights=False)[0]  # (B, P, D)
         x = x + self.mlp(self.norm(x))
         return x.squeeze(1) if squeeze and x.shape[1] == 1 else x
+
+
+def check_vision_pooling(embed_dim: int, pool_type: str, class_token: bool) -> None:
+    """The ``ValueError`` checks of a vision tower's output: ``embed_dim`` positive, ``pool_type`` ``token`` (the class
+    token) or ``attn`` (:class:`AttentionPool`), and a class token present for ``token`` (CLIP's and PE-Core's towers)."""
+    if embed_dim <= 0:
+        raise ValueError(f"embed_dim must be positive, got {embed_dim}")
+    if pool_type not in ("token", "attn"):
+        raise ValueError(f"pool_type must be 'token' or 'attn', got {pool_type!r}")
+    if pool_type == "token" and not class_token:
+        raise ValueError("pool_type='token' needs a class token (vision_class_token=True); use pool_type='attn' without one")

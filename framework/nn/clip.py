@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litzoo.framework.checkpoints import load_checkpoint, load_state_dict_checked, state_dict_from
-from litzoo.framework.nn.attention_pool import AttentionPool
+from litzoo.framework.nn.attention_pool import AttentionPool, check_vision_pooling
 from litzoo.framework.nn.text import TextTransformer
 from litzoo.framework.nn.vit import VisionTransformer
 
@@ -109,12 +109,7 @@ class CLIP(nn.Module):
         text_mlp_ratio: float = 4.0,
     ) -> None:
         super().__init__()
-        if embed_dim <= 0:
-            raise ValueError(f"embed_dim must be positive, got {embed_dim}")
-        if pool_type not in ("token", "attn"):
-            raise ValueError(f"pool_type must be 'token' or 'attn', got {pool_type!r}")
-        if pool_type == "token" and not vision_class_token:
-            raise ValueError("pool_type='token' needs a class token (vision_class_token=True); use pool_type='attn' without one")
+        check_vision_pooling(embed_dim, pool_type, vision_class_token)
         self.image_size, self.in_chans = image_size, in_chans  # the input the module's example is made of
         self.pool_type = pool_type
         self.visual = VisionTransformer(

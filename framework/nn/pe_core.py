@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from litzoo.framework.checkpoints import rename_segments
 from litzoo.framework.errors import LitzooError
-from litzoo.framework.nn.attention_pool import AttentionPool
+from litzoo.framework.nn.attention_pool import AttentionPool, check_vision_pooling
 from litzoo.framework.nn.vit import VisionTransformer
 
 # ------------------------------------------------------------------------------ configurations
@@ -131,12 +131,7 @@ class PECoreVision(nn.Module):
                  vision_layer_scale_init: float | None = None, vision_norm_eps: float = 1e-5, vision_patch_bias: bool = False,
                  dynamic_size: bool = True, in_chans: int = 3) -> None:  # fmt: skip
         super().__init__()
-        if embed_dim <= 0:
-            raise ValueError(f"embed_dim must be positive, got {embed_dim}")
-        if pool_type not in ("token", "attn"):
-            raise ValueError(f"pool_type must be 'token' or 'attn', got {pool_type!r}")
-        if pool_type == "token" and not vision_class_token:
-            raise ValueError("pool_type='token' needs a class token (vision_class_token=True); use pool_type='attn' without one")
+        check_vision_pooling(embed_dim, pool_type, vision_class_token)
         self.image_size, self.in_chans, self.embed_dim = image_size, in_chans, embed_dim
         self.visual = VisionTransformer(
             image_size, patch_size, in_chans, vision_width, vision_depth, vision_heads, vision_mlp_ratio, class_token=vision_class_token,
